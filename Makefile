@@ -1,0 +1,35 @@
+# Two entry points, both self-contained on a machine with Python >= 3.11:
+#   make demo   set up a virtualenv and run the main example
+#   make test   set up a virtualenv and run lint, types and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/activate
+
+demo: $(BIN)/activate
+	$(BIN)/python examples/quickstart.py
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/activate
+	$(BIN)/mypy
+
+pytest: $(BIN)/activate
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(BIN)/activate
+	$(BIN)/python -m bench.core
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

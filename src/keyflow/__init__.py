@@ -1,0 +1,94 @@
+"""keyflow: an asyncio job scheduler with per-key trigger coalescing.
+
+``coalesce="queue"`` queues exactly one follow-up run behind a running one and lets
+every later trigger join it: fan-out producers, barrier consumer, nothing left behind.
+"""
+
+from __future__ import annotations
+
+from .clock import Clock as Clock
+from .clock import SystemClock as SystemClock
+from .coalesce import Coalesce as Coalesce
+from .context import RunContext as RunContext
+from .context import RunLogger as RunLogger
+from .errors import ConfigurationError as ConfigurationError
+from .errors import IllegalTransitionError as IllegalTransitionError
+from .errors import InvalidCoalesceError as InvalidCoalesceError
+from .errors import InvalidInputError as InvalidInputError
+from .errors import InvalidTriggerError as InvalidTriggerError
+from .errors import KeyflowError as KeyflowError
+from .errors import Retry as Retry
+from .errors import RunNotFoundError as RunNotFoundError
+from .errors import SchedulerNotRunningError as SchedulerNotRunningError
+from .errors import StorageError as StorageError
+from .errors import TriggerError as TriggerError
+from .errors import UnknownJobError as UnknownJobError
+from .errors import WaitTimeoutError as WaitTimeoutError
+from .events import Event as Event
+from .events import RunChanged as RunChanged
+from .events import RunLogged as RunLogged
+from .events import RunProgressed as RunProgressed
+from .events import Subscription as Subscription
+from .events import TriggerCoalesced as TriggerCoalesced
+from .jobs import Backoff as Backoff
+from .jobs import Job as Job
+from .runs import AttemptError as AttemptError
+from .runs import CoalescedTrigger as CoalescedTrigger
+from .runs import Disposition as Disposition
+from .runs import LogEntry as LogEntry
+from .runs import Progress as Progress
+from .runs import Run as Run
+from .runs import RunStatus as RunStatus
+from .runs import TriggerResult as TriggerResult
+from .scheduler import Keyflow as Keyflow
+from .stats import LaneSnapshot as LaneSnapshot
+from .stats import Statistics as Statistics
+from .stats import TriggerCounts as TriggerCounts
+from .storage_backends.base import StorageBackend as StorageBackend
+from .triggers import TriggerRequest as TriggerRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttemptError",
+    "Backoff",
+    "Clock",
+    "CoalescedTrigger",
+    "Coalesce",
+    "ConfigurationError",
+    "Disposition",
+    "Event",
+    "IllegalTransitionError",
+    "InvalidCoalesceError",
+    "InvalidInputError",
+    "InvalidTriggerError",
+    "Job",
+    "Keyflow",
+    "KeyflowError",
+    "LaneSnapshot",
+    "LogEntry",
+    "Progress",
+    "Retry",
+    "Run",
+    "RunChanged",
+    "RunContext",
+    "RunLogged",
+    "RunLogger",
+    "RunNotFoundError",
+    "RunProgressed",
+    "RunStatus",
+    "SchedulerNotRunningError",
+    "Statistics",
+    "StorageError",
+    "StorageBackend",
+    "Subscription",
+    "SystemClock",
+    "TriggerCoalesced",
+    "TriggerCounts",
+    "TriggerError",
+    "TriggerRequest",
+    "TriggerResult",
+    "UnknownJobError",
+    "WaitTimeoutError",
+    "__version__",
+]

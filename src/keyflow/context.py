@@ -1,0 +1,109 @@
+"""What a handler receives besides its input: :class:`RunContext`."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from .jsonvalue import NotJSONError, json_copy
+from .runs import JSONObject, LogEntry, Progress, TriggerResult
+
+if TYPE_CHECKING:
+    from .core import Core
+    from .records import RunRecord
+    from .scheduler import Keyflow
+
+
+class RunLogger:
+    """``ctx.log``: log lines recorded on the run (the newest 200 are kept)."""
+
+    def __init__(self, core: Core, record: RunRecord, attempt: int) -> None:
+        self._core = core
+        self._record = record
+        self._attempt = attempt
+
+    def _emit(self, level: str, message: str, data: dict[str, Any]) -> None:
+        try:
+            fields: JSONObject = json_copy(data)
+        except NotJSONError:
+            fields = {name: repr(value) for name, value in data.items()}
+        entry = LogEntry(self._core.clock.now(), level, str(message), fields, self._attempt)
+        self._core.report_log(self._record, entry)
+
+    def info(self, message: str, **data: Any) -> None:
+        """Record an informational line with structured ``data``."""
+        self._emit("info", message, data)
+
+    def warning(self, message: str, **data: Any) -> None:
+        """Record a warning."""
+        self._emit("warning", message, data)
+
+    def error(self, message: str, **data: Any) -> None:
+        """Record an error (the run goes on; raise to fail it)."""
+        self._emit("error", message, data)
+
+
+class RunContext:
+    """The handler's view of its run, and of the scheduler.
+
+    Attributes:
+        run_id: the run's id.
+        job: the job's name.
+        attempt: this attempt's number (1 for the first).
+        input: the input (a copy; changing it changes nothing stored).
+        concurrency_key: the run's lane, if any.
+        log: records log lines on the run.
+    """
+
+    def __init__(self, keyflow: Keyflow, core: Core, record: RunRecord, input: JSONObject) -> None:
+        self._keyflow = keyflow
+        self._core = core
+        self._record = record
+        self.run_id = record.id
+        self.job = record.job
+        self.attempt = record.attempt
+        self.input = input
+        self.concurrency_key = record.key
+        self.log = RunLogger(core, record, record.attempt)
+
+    @property
+    def keyflow(self) -> Keyflow:
+        """The scheduler running this handler."""
+        return self._keyflow
+
+    @property
+    def trigger_count(self) -> int:
+        """1 + the triggers coalesced into this run so far."""
+        return self._record.trigger_count
+
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress (shown on the dashboard, kept on the run).
+
+        Raises:
+            ValueError: ``current`` or ``total`` is not a finite number.
+        """
+        for name, value in (("current", current), ("total", total)):
+            if value is None and name == "total":
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"progress {name} must be a finite number, got {value!r}")
+        note = None if message is None else str(message)
+        self._core.report_progress(
+            self._record, Progress(float(current), None if total is None else float(total), note)
+        )
+
+    async def trigger(
+        self, job: str, input: JSONObject | None = None, **options: Any
+    ) -> TriggerResult:
+        """Trigger another job from this handler (the new run records this one as parent).
+
+        Takes the same options as :meth:`keyflow.Keyflow.trigger`.
+        """
+        options.setdefault("parent_run_id", self.run_id)
+        return await self._keyflow.trigger(job, input, **options)

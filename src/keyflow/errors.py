@@ -1,0 +1,89 @@
+"""Exceptions raised by keyflow.
+
+Every error keyflow raises on purpose derives from :class:`KeyflowError`, so one
+``except keyflow.KeyflowError`` catches them all::
+
+    KeyflowError
+    ├── TriggerError                  refused at trigger(); nothing was stored
+    │   ├── UnknownJobError
+    │   ├── InvalidInputError
+    │   ├── InvalidCoalesceError
+    │   └── InvalidTriggerError
+    ├── ConfigurationError            a job or scheduler was set up wrongly
+    ├── SchedulerNotRunningError      used before start() or after stop()
+    ├── RunNotFoundError
+    ├── WaitTimeoutError              also a builtin TimeoutError
+    ├── IllegalTransitionError        a bug: the state machine refused a change
+    └── StorageError                  the storage backend failed; the change was rolled back
+
+:class:`Retry` is not an error: a handler raises it to ask for another attempt.
+"""
+
+from __future__ import annotations
+
+
+class KeyflowError(Exception):
+    """Something went wrong in keyflow."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class TriggerError(KeyflowError):
+    """The trigger was refused; nothing was stored."""
+
+
+class UnknownJobError(TriggerError):
+    """No job is registered under that name."""
+
+
+class InvalidInputError(TriggerError):
+    """The input is not a JSON object."""
+
+
+class InvalidCoalesceError(TriggerError):
+    """The coalesce option is not valid."""
+
+
+class InvalidTriggerError(TriggerError):
+    """An option of the trigger is not valid."""
+
+
+class ConfigurationError(KeyflowError):
+    """keyflow was configured with an invalid option."""
+
+
+class SchedulerNotRunningError(KeyflowError):
+    """The scheduler is not running: call start() (or use ``async with``) first."""
+
+
+class RunNotFoundError(KeyflowError):
+    """No run exists with that id."""
+
+
+class WaitTimeoutError(KeyflowError, TimeoutError):
+    """The run did not finish within the timeout."""
+
+
+class IllegalTransitionError(KeyflowError):
+    """The state machine refused a transition; nothing was changed."""
+
+
+class StorageError(KeyflowError):
+    """The storage backend failed to write; the change was rolled back."""
+
+
+class Retry(Exception):
+    """Raised by a handler to ask for another attempt.
+
+    Args:
+        delay: seconds to wait before the next attempt; ``None`` uses the job's backoff.
+
+    The attempt counts against the job's ``retries``; when they are used up the run fails.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError("Retry delay must be >= 0")
+        self.delay = delay
+        super().__init__(f"retry requested (delay={delay})")

@@ -1,0 +1,185 @@
+"""Typed events and the hub that fans them out.
+
+Every run change and every coalesced trigger is published. Subscribers each get a
+bounded buffer: a slow one loses its oldest events (counted in ``dropped``) and never
+slows the scheduler, which only appends to a deque.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, TypeAlias
+
+from .runs import JSONObject, LogEntry, Progress, Run, RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RunChanged:
+    """A run was created or changed status."""
+
+    kind: ClassVar[str] = "run"
+    run: Run
+    """The run after the change."""
+    previous: RunStatus | None
+    """The status before; None for a new run."""
+    at: float
+    """When (epoch seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerCoalesced:
+    """A trigger joined an existing run instead of creating one."""
+
+    kind: ClassVar[str] = "coalesced"
+    run_id: str
+    """The run it joined."""
+    job: str
+    """The job."""
+    concurrency_key: str | None
+    """The lane."""
+    input: JSONObject
+    """The trigger's own input."""
+    trigger_count: int
+    """The joined run's trigger count after this trigger."""
+    parent_run_id: str | None
+    """The run whose handler sent the trigger, if any."""
+    at: float
+    """When the trigger was accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgressed:
+    """A handler reported progress."""
+
+    kind: ClassVar[str] = "progress"
+    run_id: str
+    """The run."""
+    concurrency_key: str | None
+    """The lane."""
+    progress: Progress
+    """The new progress."""
+    at: float
+    """When."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunLogged:
+    """A handler logged a line."""
+
+    kind: ClassVar[str] = "log"
+    run_id: str
+    """The run."""
+    entry: LogEntry
+    """The line."""
+
+
+Event: TypeAlias = RunChanged | TriggerCoalesced | RunProgressed | RunLogged
+"""Anything :meth:`keyflow.Keyflow.events` yields."""
+
+
+class Subscription:
+    """An async iterator over events, with a bounded buffer.
+
+    Use as ``async with kf.events() as events: async for event in events: ...``;
+    leaving the block unsubscribes. Iteration ends when the scheduler stops.
+    """
+
+    def __init__(self, hub: EventHub, buffer: int) -> None:
+        if buffer < 1:
+            raise ValueError("buffer must be >= 1")
+        self._hub = hub
+        self._buffer: deque[Event] = deque()
+        self._capacity = buffer
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.dropped = 0
+        """Events lost because the buffer was full (the oldest go first)."""
+
+    def _push(self, event: Event) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._buffer.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        """Unsubscribe; iteration ends once the buffered events are consumed."""
+        self._closed = True
+        self._hub._subscribers.discard(self)
+        self._wake()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._buffer.popleft()
+
+    def get_nowait(self) -> Event | None:
+        """The next buffered event, or None."""
+        return self._buffer.popleft() if self._buffer else None
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EventHub:
+    """Publishes events to every live subscription."""
+
+    def __init__(self, buffer: int = 1000) -> None:
+        self.buffer = buffer
+        # Weak: a subscription the caller dropped without closing simply goes away.
+        self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self.published = 0
+        """Events published so far."""
+
+    @property
+    def active(self) -> bool:
+        """True when someone listens (so building an event is worth it)."""
+        return bool(self._subscribers)
+
+    def subscribe(self, buffer: int | None = None) -> Subscription:
+        """A new subscription receiving every event from now on."""
+        sub = Subscription(self, buffer or self.buffer)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to every subscriber; never blocks."""
+        self.published += 1
+        for sub in list(self._subscribers):
+            sub._push(event)
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped across the live subscriptions."""
+        return sum(sub.dropped for sub in list(self._subscribers))
+
+    def close(self) -> None:
+        """End every subscription."""
+        for sub in list(self._subscribers):
+            sub.close()

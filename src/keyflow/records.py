@@ -1,0 +1,168 @@
+"""The scheduler's mutable run records, and the ids they get.
+
+A :class:`RunRecord` is what lanes and storage hold; callers only ever see the frozen
+:class:`~keyflow.runs.Run` that :meth:`RunRecord.snapshot` makes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .runs import (
+    AttemptError,
+    CoalescedTrigger,
+    JSONObject,
+    LogEntry,
+    Progress,
+    Run,
+    RunStatus,
+)
+from .state import RunState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MAX_COALESCED_KEPT = 20
+"""How many coalesced triggers a run remembers (``trigger_count`` counts them all)."""
+MAX_LOG_LINES = 200
+"""How many log lines a run keeps (the newest)."""
+
+_NO_LABELS: dict[str, str] = {}
+
+
+class RunIds:
+    """Makes run ids: a random per-instance prefix plus a counter, sortable by creation."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter: Iterator[int] = itertools.count(1)
+
+    def next(self) -> str:
+        """A new, unique run id."""
+        return f"{self._prefix}-{next(self._counter):08x}"
+
+
+class RunRecord(RunState):
+    """Everything keyflow knows about one run."""
+
+    __slots__ = (
+        "cancel_requested",
+        "coalesced",
+        "created_at",
+        "error",
+        "errors",
+        "finished_at",
+        "idempotency_key",
+        "input",
+        "interruptions",
+        "labels",
+        "logs",
+        "max_attempts",
+        "output",
+        "parent_run_id",
+        "progress",
+        "retries_used",
+        "started_at",
+        "trigger_count",
+        "unsettled",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        job: str,
+        key: str | None,
+        status: RunStatus,
+        input: JSONObject,
+        *,
+        created_at: float,
+        due_at: float,
+        max_attempts: int,
+        labels: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        parent_run_id: str | None = None,
+        by_queue: bool = False,
+        durable: bool = True,
+    ) -> None:
+        super().__init__(id, job, key, status, due_at, by_queue=by_queue, durable=durable)
+        self.input = input
+        self.labels = labels or _NO_LABELS
+        self.idempotency_key = idempotency_key
+        self.parent_run_id = parent_run_id
+        self.max_attempts = max_attempts
+        self.trigger_count = 1
+        self.created_at = created_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.output: Any = None
+        self.error: str | None = None
+        self.errors: list[AttemptError] | None = None
+        self.progress: Progress | None = None
+        self.logs: deque[LogEntry] | None = None
+        self.coalesced: tuple[CoalescedTrigger, ...] = ()
+        self.interruptions = 0
+        """Attempts cut short by a stop or a crash."""
+        self.retries_used = 0
+        """Failed attempts that used up a retry."""
+        self.cancel_requested = False
+        self.unsettled = 0
+        """Trigger changes to this run that are not durable yet; it may not run before."""
+
+    def add_coalesced(self, entry: CoalescedTrigger) -> None:
+        """Remember a joined trigger (a new tuple, so a rollback can restore the old one)."""
+        kept = self.coalesced[-(MAX_COALESCED_KEPT - 1) :]
+        self.coalesced = (*kept, entry)
+
+    def add_error(self, error: AttemptError) -> None:
+        """Record the failure of an attempt."""
+        if self.errors is None:
+            self.errors = []
+        self.errors.append(error)
+        self.error = f"{error.type}: {error.message}"
+
+    def add_log(self, entry: LogEntry) -> None:
+        """Keep a log line (the oldest go once there are too many)."""
+        if self.logs is None:
+            self.logs = deque(maxlen=MAX_LOG_LINES)
+        self.logs.append(entry)
+
+    def snapshot(self) -> Run:
+        """An immutable copy for callers."""
+        return Run(
+            id=self.id,
+            job=self.job,
+            input=_deep_copy(self.input),
+            status=self.status,
+            concurrency_key=self.key,
+            labels=dict(self.labels),
+            idempotency_key=self.idempotency_key,
+            parent_run_id=self.parent_run_id,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            trigger_count=self.trigger_count,
+            created_at=self.created_at,
+            due_at=self.due_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            output=_deep_copy(self.output),
+            error=self.error,
+            errors=tuple(self.errors or ()),
+            progress=self.progress,
+            logs=tuple(self.logs or ()),
+            coalesced=self.coalesced,
+            interruptions=self.interruptions,
+        )
+
+
+def _deep_copy(value: Any) -> Any:
+    # Stored values are plain JSON (checked on the way in), so this is enough.
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -1,0 +1,556 @@
+"""``keyflow.Keyflow``: the scheduler users create, register jobs on and trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+
+from .clock import Clock, SystemClock
+from .coalesce import CoalesceOption, parse_coalesce
+from .commit import Txn
+from .context import RunContext
+from .core import Core
+from .errors import (
+    ConfigurationError,
+    RunNotFoundError,
+    SchedulerNotRunningError,
+    WaitTimeoutError,
+)
+from .events import EventHub, Subscription
+from .jobs import DEFAULT, Backoff, BackoffOption, Default, Handler, Job, KeyOption
+from .records import RunRecord
+from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
+from .stats import LaneSnapshot, Statistics, TriggerCounts
+from .storage_backends import RunQuery, StorageBackend, open_backend
+from .triggers import PreparedTrigger, TriggerRequest, prepare_trigger
+from .worker import WorkerPool
+
+_Phase = Literal["new", "running", "stopping", "stopped"]
+
+
+class Keyflow:
+    """An embedded job scheduler with per-key trigger coalescing.
+
+    Args:
+        storage: a storage URL (``"memory://"``, the default) or a backend instance.
+        workers: how many runs may execute at once in this process.
+        retention: how many finished runs to keep (oldest dropped first).
+        lane_limit: how many runs of one concurrency key may execute at once: a number
+            for every key, or a function of the key.
+        clock: the time source (a :class:`keyflow.testing.VirtualClock` in tests).
+        event_buffer: default buffer size of each ``events()`` subscription.
+        seed: seeds the jitter of retry backoffs, for reproducible runs.
+        grace: default seconds ``stop()`` gives running handlers before interrupting them.
+
+    Use ``async with Keyflow(...) as kf:`` (or ``start()``/``stop()``).
+    """
+
+    def __init__(
+        self,
+        storage: str | StorageBackend = "memory://",
+        *,
+        workers: int = 16,
+        retention: int = 10_000,
+        lane_limit: int | Callable[[str], int] = 1,
+        clock: Clock | None = None,
+        event_buffer: int = 1000,
+        seed: int | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigurationError(f"workers must be an integer >= 1, got {workers!r}")
+        if isinstance(retention, bool) or not isinstance(retention, int) or retention < 0:
+            raise ConfigurationError(f"retention must be an integer >= 0, got {retention!r}")
+        if event_buffer < 1:
+            raise ConfigurationError(f"event_buffer must be >= 1, got {event_buffer!r}")
+        if grace < 0:
+            raise ConfigurationError(f"grace must be >= 0, got {grace!r}")
+        self._backend = open_backend(storage, retention=retention)
+        self._clock = clock or SystemClock()
+        self._limit_of = _lane_limit(lane_limit)
+        self._rng = random.Random(seed)
+        self._grace = grace
+        self._jobs: dict[str, Job] = {}
+        self._hub = EventHub(event_buffer)
+        self._core = Core(
+            backend=self._backend,
+            clock=self._clock,
+            hub=self._hub,
+            lane_limit=self._limit_of,
+            on_ready=self._wake_worker,
+            on_cancel_running=self._cancel_task,
+        )
+        self._pool = WorkerPool(
+            self._core, self._jobs, workers, make_context=self._context, rng=self._rng
+        )
+        self._phase: _Phase = "new"
+
+    # -- jobs --------------------------------------------------------------------
+
+    def job(
+        self,
+        name: str | None = None,
+        *,
+        retries: int = 0,
+        backoff: BackoffOption = Backoff(),  # noqa: B008 - immutable
+        timeout: float | None = None,
+        concurrency_key: KeyOption = None,
+        coalesce: CoalesceOption = None,
+    ) -> Callable[[Handler], Job]:
+        """Register ``async def handler(ctx, input)`` as a job.
+
+        Args:
+            name: the job's name (default: the function's name).
+            retries: extra attempts after a failure.
+            backoff: delay before each retry (:class:`Backoff`, seconds, or a function).
+            timeout: seconds an attempt may take before it fails with TimeoutError.
+            concurrency_key: default key, or a function of the input returning it.
+            coalesce: default coalesce strategy for triggers of this job.
+
+        Raises:
+            ConfigurationError: a duplicate name or an invalid option.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        if not (isinstance(backoff, Backoff | int | float) or callable(backoff)):
+            raise ConfigurationError(f"backoff must be a Backoff, seconds or callable: {backoff!r}")
+        if concurrency_key is not None and not (
+            (isinstance(concurrency_key, str) and concurrency_key) or callable(concurrency_key)
+        ):
+            raise ConfigurationError("concurrency_key must be a non-empty string or a function")
+        coalesce_spec = parse_coalesce(coalesce)
+        if coalesce_spec is not None and concurrency_key is None:
+            raise ConfigurationError("a job-level coalesce needs a job-level concurrency_key")
+
+        def register(handler: Handler) -> Job:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigurationError(
+                    f"job handler {handler!r} must be an async function (async def)"
+                )
+            job_name = name or handler.__name__
+            if job_name in self._jobs:
+                raise ConfigurationError(f"a job named {job_name!r} is already registered")
+            job = Job(
+                self,
+                job_name,
+                handler,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                concurrency_key=concurrency_key,
+                coalesce=coalesce_spec,
+            )
+            self._jobs[job_name] = job
+            return job
+
+        return register
+
+    @property
+    def jobs(self) -> Mapping[str, Job]:
+        """The registered jobs by name (read-only)."""
+        return MappingProxyType(self._jobs)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._phase == "running"
+
+    async def start(self) -> None:
+        """Open storage, rebuild lanes from it, and start the workers.
+
+        Raises:
+            SchedulerNotRunningError: it was started before (an instance starts once).
+        """
+        if self._phase != "new":
+            raise SchedulerNotRunningError("a Keyflow instance can be started only once")
+        stored = await self._backend.open()
+        if stored.unfinished:
+            raise ConfigurationError(
+                "this storage holds unfinished runs, and restoring them is not supported "
+                "by this backend yet"
+            )
+        self._pool.start()
+        self._phase = "running"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop: refuse triggers, start nothing new, let running handlers finish.
+
+        Args:
+            grace: seconds to wait for running handlers (default: the ``grace`` given to
+                the constructor); after it, they are cancelled and their runs go back to
+                the head of their lanes.
+        """
+        if self._phase in ("stopping", "stopped"):
+            return
+        was_running = self._phase == "running"
+        self._phase = "stopping"
+        if was_running:
+            await self._pool.stop(self._grace if grace is None else grace)
+            for handle in self._core.timers.values():
+                handle.cancel()
+            self._core.timers.clear()
+            await self._core.pipeline.flush()
+        self._hub.close()
+        await self._backend.close()
+        self._phase = "stopped"
+
+    async def __aenter__(self) -> Keyflow:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Drain the work that is due (not delayed runs), then stop."""
+        if exc_type is None:
+            await self._drain_due_work()
+        await self.stop()
+
+    async def _drain_due_work(self) -> None:
+        core = self._core
+        while any(not _waits_for_delay(r) for r in core.records.values()):
+            await core.change_waiter()
+
+    async def run_until_idle(self, timeout: float | None = None) -> None:
+        """Wait until no run is unfinished, delayed and backed-off runs included.
+
+        With a :class:`keyflow.testing.VirtualClock`, delays and backoffs are skipped
+        instantly. Meant for tests, scripts and demos.
+
+        Raises:
+            WaitTimeoutError: still busy after ``timeout`` seconds.
+        """
+        self._require_running()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._until_idle()
+        except TimeoutError:
+            raise WaitTimeoutError(
+                f"still {len(self._core.records)} unfinished runs after {timeout}s"
+            ) from None
+
+    async def _until_idle(self) -> None:
+        core = self._core
+        while True:
+            if not core.records:
+                if core.pipeline.idle:
+                    return
+                await core.pipeline.flush()
+                continue
+            if core.only_timers_left and self._clock.jump():
+                continue
+            await core.change_waiter()
+
+    # -- triggering --------------------------------------------------------------
+
+    async def trigger(
+        self,
+        job: str,
+        input: JSONObject | None = None,
+        *,
+        concurrency_key: str | Default | None = DEFAULT,
+        coalesce: CoalesceOption | Default = DEFAULT,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+        parent_run_id: str | None = None,
+    ) -> TriggerResult:
+        """Ask for a run of ``job``; return once the run that covers it is durable.
+
+        Args:
+            job: the job's name.
+            input: a JSON object (default ``{}``); copied.
+            concurrency_key: the lane (default: the job's); runs of one key never
+                execute more than ``lane_limit`` at once, whatever their job.
+            coalesce: ``None``, ``"skip"``, ``"queue"``, ``"cancel"`` or a
+                :class:`Coalesce` (default: the job's).
+            idempotency_key: a trigger with a key already used for this job returns the
+                run the earlier one made (while that run is retained).
+            labels: string labels stored on the run, for filtering.
+            delay: seconds before the run is due.
+            parent_run_id: the run whose handler triggers this one (set by ``ctx.trigger``).
+
+        Raises:
+            TriggerError: bad arguments (a subclass names the problem); nothing stored.
+            SchedulerNotRunningError: not started, or stopped.
+            StorageError: the write failed; nothing of the trigger remains.
+        """
+        self._require_running()
+        request = TriggerRequest(
+            job, input, concurrency_key, coalesce, idempotency_key, labels, delay
+        )
+        prepared = prepare_trigger(self._jobs, request, parent_run_id)
+        results = await self._commit([prepared])
+        return results[0]
+
+    async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
+        """Trigger several jobs at once: all are accepted, or none.
+
+        Raises:
+            TriggerError: one request is invalid (nothing was stored); the message names it.
+        """
+        self._require_running()
+        prepared: list[PreparedTrigger] = []
+        for index, request in enumerate(requests):
+            if not isinstance(request, TriggerRequest):
+                raise ConfigurationError(
+                    f"batch_trigger item {index} must be a keyflow.TriggerRequest"
+                )
+            try:
+                prepared.append(prepare_trigger(self._jobs, request))
+            except Exception as exc:
+                exc.args = (f"batch_trigger item {index}: {exc}",)
+                raise
+        if not prepared:
+            return []
+        return await self._commit(prepared)
+
+    async def _commit(self, prepared: list[PreparedTrigger]) -> list[TriggerResult]:
+        core = self._core
+        stored = await self._stored_idempotency(prepared)
+        self._require_running()  # a stop may have begun meanwhile
+        txn = Txn()
+        results: list[TriggerResult] = []
+        try:
+            for trig in prepared:
+                found = stored.get(id(trig))
+                if found is not None:
+                    core.counters.idempotent += 1
+                    results.append(
+                        TriggerResult(found, Disposition.IDEMPOTENT, trig.job.name, trig.key)
+                    )
+                else:
+                    results.append(core.apply_trigger(trig, txn))
+        except BaseException:
+            core.roll_back(txn)
+            raise
+        touched = txn.created + [join.run for join in txn.joined]
+        if touched or any(not _settled(core.records.get(r.run_id)) for r in results):
+            await core.pipeline.commit(txn, touched)
+        return results
+
+    async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
+        """Run ids of idempotency keys known to storage but no longer in memory."""
+        found: dict[int, str] = {}
+        for trig in prepared:
+            key = trig.idempotency_key
+            if key is None or (trig.job.name, key) in self._core.idempotency:
+                continue
+            run_id = await self._backend.find_idempotent(trig.job.name, key)
+            if run_id is not None:
+                found[id(trig)] = run_id
+        return found
+
+    async def trigger_and_wait(
+        self,
+        job: str,
+        input: JSONObject | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Run:
+        """Trigger, then wait for the run that covers the trigger to finish.
+
+        For a coalesced trigger that is the run it joined. Options as in :meth:`trigger`.
+        """
+        result = await self.trigger(job, input, **options)
+        return await self.wait(result.run_id, timeout=timeout)
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run with that id (unfinished or retained), or None."""
+        record = self._core.records.get(run_id)
+        if record is not None:
+            return record.snapshot()
+        return await self._backend.get_run(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        job: str | None = None,
+        status: RunStatus | str | None = None,
+        concurrency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs matching every filter given, newest first.
+
+        Raises:
+            ValueError: an unknown status, or a negative limit/offset.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        query = RunQuery(
+            job=job,
+            status=None if status is None else RunStatus(status),
+            key=concurrency_key,
+            labels=tuple(sorted((labels or {}).items())),
+            limit=limit,
+            offset=offset,
+        )
+        runs = await self._backend.list_runs(query)
+        live = self._core.records
+        return [live[r.id].snapshot() if r.id in live else r for r in runs]
+
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
+        """Wait until the run is terminal and return it.
+
+        Raises:
+            RunNotFoundError: no such run.
+            WaitTimeoutError: it did not finish within ``timeout`` seconds.
+        """
+        if run_id not in self._core.records:
+            run = await self._backend.get_run(run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            if run.is_terminal or run_id not in self._core.records:
+                return run
+        waiter = self._core.run_waiter(run_id)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
+        finally:
+            self._core.forget_waiter(run_id, waiter)
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run and return it once it has stopped.
+
+        A waiting run is cancelled at once; a running one has its task cancelled (the
+        handler sees ``asyncio.CancelledError``). A finished run is returned unchanged.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        record = self._core.records.get(run_id)
+        if record is None:
+            run = await self._backend.get_run(run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            return run
+        if self._core.cancel(record):
+            return await self.wait(run_id)
+        await self._core.pipeline.barrier()
+        return record.snapshot()
+
+    async def retrigger(self, run_id: str) -> TriggerResult:
+        """Trigger the job of a run again with the same input, key and labels.
+
+        The job's default coalesce strategy applies.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        run = await self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return await self.trigger(
+            run.job, run.input, concurrency_key=run.concurrency_key, labels=run.labels or None
+        )
+
+    # -- observing ---------------------------------------------------------------
+
+    def keys(self, prefix: str | None = None) -> list[LaneSnapshot]:
+        """Lane snapshots, sorted by key: every key with unfinished runs, and recent idle ones."""
+        core = self._core
+        names = set(core.lanes) | set(core.key_coalesced)
+        if prefix:
+            names = {k for k in names if k.startswith(prefix)}
+        return [core.lane_snapshot(k) for k in sorted(names)]
+
+    def lane(self, key: str) -> LaneSnapshot:
+        """The snapshot of one key's lane (idle when it has no unfinished run)."""
+        return self._core.lane_snapshot(key)
+
+    def statistics(self) -> Statistics:
+        """Counters and gauges, as a frozen snapshot."""
+        core = self._core
+        c = core.counters
+        unfinished = {
+            s.value: core.status_counts[s]
+            for s in (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
+        }
+        error = core.pipeline.last_error
+        return Statistics(
+            triggers=TriggerCounts(c.created, c.queued, c.coalesced, c.idempotent),
+            unfinished=MappingProxyType(unfinished),
+            started=c.started,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            retried=c.retried,
+            interrupted=c.interrupted,
+            lanes=len(core.lanes),
+            lanes_busy=sum(1 for lane in core.lanes.values() if lane.holders),
+            workers=self._pool.size,
+            workers_busy=self._pool.busy,
+            events_published=self._hub.published,
+            events_dropped=self._hub.dropped,
+            storage_batches=core.pipeline.batches_written,
+            storage_error=None if error is None else repr(error),
+        )
+
+    def events(self, buffer: int | None = None) -> Subscription:
+        """Subscribe to events from now on (an async iterator; ``async with`` closes it).
+
+        Args:
+            buffer: events kept for a slow reader before the oldest are dropped.
+        """
+        return self._hub.subscribe(buffer)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if self._phase != "running":
+            if self._phase == "new":
+                raise SchedulerNotRunningError(
+                    "keyflow is not started: use 'async with kf:' or 'await kf.start()'"
+                )
+            raise SchedulerNotRunningError("keyflow is stopped; it accepts no more triggers")
+
+    def _wake_worker(self) -> None:
+        self._pool.wake()
+
+    def _cancel_task(self, record: RunRecord) -> None:
+        self._pool.cancel_running(record)
+
+    def _context(self, record: RunRecord, data: JSONObject) -> RunContext:
+        return RunContext(self, self._core, record, data)
+
+
+def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:
+    if callable(option):
+        function = option
+
+        def checked(key: str) -> int:
+            value = function(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"lane_limit({key!r}) returned {value!r}; need >= 1")
+            return value
+
+        return checked
+    if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+        raise ConfigurationError(f"lane_limit must be an integer >= 1, got {option!r}")
+    limit = option
+    return lambda _key: limit
+
+
+def _waits_for_delay(record: RunRecord) -> bool:
+    return record.status is RunStatus.SCHEDULED and record.attempt == 0
+
+
+def _settled(record: RunRecord | None) -> bool:
+    return record is None or (record.durable and record.unsettled == 0)

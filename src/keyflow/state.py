@@ -1,0 +1,322 @@
+"""The pure per-key state machine.
+
+No asyncio and no I/O here: the scheduler, the recovery code and the tests all drive
+runs through these functions, so every status change in keyflow is checked against one
+table.
+
+Two layers:
+
+* :data:`TRANSITIONS` says which :class:`Action` moves a run from which status to which.
+  :func:`next_status` applies it, or raises :class:`IllegalTransitionError` and changes
+  nothing.
+* :class:`Lane` holds the unfinished runs of one concurrency key and decides what a
+  trigger does (:func:`plan_trigger`), which waiting run takes a free slot, and what a
+  finished run frees. A lane is ``idle → running → running+queued`` and back.
+
+Slots: at most ``limit`` runs of a lane hold a slot. A run takes its slot when promoted
+to ``pending`` and keeps it through ``running``, retry backoffs and interruptions, until
+it is terminal. So at most ``limit`` runs of a key ever execute at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, TypeAlias
+
+from .coalesce import Coalesce
+from .errors import IllegalTransitionError
+from .runs import Disposition, RunStatus
+
+S = RunStatus
+
+
+class Action(StrEnum):
+    """Something that happens to a run."""
+
+    BECOME_DUE = "become_due"
+    """A delayed run's time came: it enters its lane's queue."""
+    RESUME = "resume"
+    """A retry backoff ended: the run still holds its slot and waits for a worker."""
+    PROMOTE = "promote"
+    """A queued run takes a free slot of its lane."""
+    START = "start"
+    """A worker starts an attempt."""
+    COMPLETE = "complete"
+    """The handler returned."""
+    FAIL = "fail"
+    """The handler failed and no retry is left."""
+    RETRY = "retry"
+    """The handler failed; another attempt follows a backoff (the slot is kept)."""
+    INTERRUPT = "interrupt"
+    """A stop or crash interrupted the attempt; the run goes back to the head of its lane."""
+    CANCEL = "cancel"
+    """The run was cancelled (a running one once its task has stopped)."""
+
+
+TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
+    (S.SCHEDULED, Action.BECOME_DUE): S.QUEUED,
+    (S.SCHEDULED, Action.RESUME): S.PENDING,
+    (S.SCHEDULED, Action.CANCEL): S.CANCELLED,
+    (S.QUEUED, Action.PROMOTE): S.PENDING,
+    (S.QUEUED, Action.CANCEL): S.CANCELLED,
+    (S.PENDING, Action.START): S.RUNNING,
+    (S.PENDING, Action.CANCEL): S.CANCELLED,
+    (S.RUNNING, Action.COMPLETE): S.COMPLETED,
+    (S.RUNNING, Action.FAIL): S.FAILED,
+    (S.RUNNING, Action.RETRY): S.SCHEDULED,
+    (S.RUNNING, Action.INTERRUPT): S.PENDING,
+    (S.RUNNING, Action.CANCEL): S.CANCELLED,
+}
+"""Every legal ``(status, action) → status``; any pair not listed is illegal."""
+
+
+def next_status(status: RunStatus, action: Action) -> RunStatus:
+    """Return the status ``action`` leads to from ``status``.
+
+    Raises:
+        IllegalTransitionError: the pair is not in :data:`TRANSITIONS`.
+    """
+    try:
+        return TRANSITIONS[status, action]
+    except KeyError:
+        raise IllegalTransitionError(
+            f"illegal transition: {action.value!r} from status {status.value!r}"
+        ) from None
+
+
+class RunState:
+    """The part of a run the state machine looks at.
+
+    The scheduler's run records extend this class, so lanes hold the records themselves.
+    """
+
+    __slots__ = ("attempt", "by_queue", "due_at", "durable", "id", "job", "key", "status")
+
+    def __init__(
+        self,
+        id: str,
+        job: str,
+        key: str | None,
+        status: RunStatus,
+        due_at: float,
+        *,
+        attempt: int = 0,
+        by_queue: bool = False,
+        durable: bool = True,
+    ) -> None:
+        self.id = id
+        self.job = job
+        self.key = key
+        self.status = status
+        self.due_at = due_at
+        self.attempt = attempt
+        """Attempts started so far; > 0 means the run has started."""
+        self.by_queue = by_queue
+        """Created by a ``"queue"`` trigger (guarantee 3 counts these)."""
+        self.durable = durable
+        """Its creation is committed to storage; only durable runs take a slot."""
+
+    @property
+    def started(self) -> bool:
+        """True once an attempt has started."""
+        return self.attempt > 0
+
+    @property
+    def holds_slot(self) -> bool:
+        """True while the run occupies one of its lane's slots."""
+        s = self.status
+        return s is S.PENDING or s is S.RUNNING or (s is S.SCHEDULED and self.attempt > 0)
+
+    def apply(self, action: Action) -> RunStatus:
+        """Move this run by ``action`` (see :func:`next_status`); return the old status."""
+        old = self.status
+        self.status = next_status(old, action)
+        return old
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.job} {self.status.value}>"
+
+
+LaneState: TypeAlias = Literal["idle", "running", "running+queued"]
+
+
+class PlanKind(StrEnum):
+    """What a trigger does to its lane."""
+
+    CREATE = "create"
+    """Make a new run."""
+    JOIN = "join"
+    """Join an existing run (coalesced)."""
+    REPLACE = "replace"
+    """Cancel the job's runs in the lane and make a new one (``"cancel"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerPlan:
+    """The decision for one trigger, made without changing anything."""
+
+    kind: PlanKind
+    target: RunState | None = None
+    """For JOIN: the run joined."""
+    victims: tuple[RunState, ...] = ()
+    """For REPLACE: the runs to cancel."""
+    by_queue: bool = False
+    """For CREATE: the new run is made by a ``"queue"`` trigger."""
+
+
+PLAIN_CREATE = TriggerPlan(PlanKind.CREATE)
+
+
+class Lane:
+    """The unfinished runs of one concurrency key and the slots they hold."""
+
+    __slots__ = ("holders", "key", "limit", "members", "waiting")
+
+    def __init__(self, key: str, limit: int = 1) -> None:
+        if limit < 1:
+            raise ValueError("a lane's limit must be >= 1")
+        self.key = key
+        self.limit = limit
+        self.members: dict[str, RunState] = {}
+        """Every unfinished run of the key, in creation order (delayed ones included)."""
+        self.waiting: deque[RunState] = deque()
+        """Queued runs, in the order they became due."""
+        self.holders = 0
+        """How many runs hold a slot."""
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def state(self) -> LaneState:
+        """``idle``, ``running`` (a slot is held) or ``running+queued`` (and runs wait)."""
+        if self.holders == 0:
+            return "idle"
+        return "running+queued" if self.waiting else "running"
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the lane holds no unfinished run."""
+        return not self.members
+
+    def runs_of(self, job: str) -> Iterator[RunState]:
+        """The job's unfinished runs in this lane, newest first."""
+        for run in reversed(self.members.values()):
+            if run.job == job:
+                yield run
+
+    def new_run_waits(self, victims: tuple[RunState, ...] = ()) -> bool:
+        """Would a new due run wait behind others (ignoring ``victims`` about to be cancelled)?"""
+        if not victims:
+            return self.holders >= self.limit or bool(self.waiting)
+        cancelled_ids = {v.id for v in victims}
+        freed = sum(1 for v in victims if v.holds_slot and v.status is not S.RUNNING)
+        if any(w.id not in cancelled_ids for w in self.waiting):
+            return True
+        return self.holders - freed >= self.limit
+
+    # -- changing --------------------------------------------------------------
+
+    def add(self, run: RunState) -> list[RunState]:
+        """Add a new run (``queued`` when due, else ``scheduled``); return runs promoted."""
+        if run.status is S.QUEUED:
+            self.members[run.id] = run
+            self.waiting.append(run)
+            return self.promote()
+        if run.status is S.SCHEDULED:
+            self.members[run.id] = run
+            return []
+        raise IllegalTransitionError(
+            f"a new run enters its lane as queued or scheduled, not {run.status.value!r}"
+        )
+
+    def remove_new(self, run: RunState) -> list[RunState]:
+        """Take back a run added by a trigger that was rolled back; return runs promoted."""
+        self.members.pop(run.id, None)
+        if run.status is S.QUEUED:
+            self.waiting.remove(run)
+        elif run.status is S.PENDING:
+            self.holders -= 1
+        return self.promote()
+
+    def promote(self) -> list[RunState]:
+        """Give free slots to the queued runs at the head, in order; return them.
+
+        A run whose creation is not durable yet blocks the head: order is kept.
+        """
+        promoted: list[RunState] = []
+        while self.holders < self.limit and self.waiting:
+            head = self.waiting[0]
+            if not head.durable:
+                break
+            head.apply(Action.PROMOTE)
+            self.waiting.popleft()
+            self.holders += 1
+            promoted.append(head)
+        return promoted
+
+    def become_due(self, run: RunState) -> list[RunState]:
+        """A scheduled run's time came; return the runs that became pending."""
+        if run.attempt > 0:  # a retry backoff ended: it kept its slot
+            run.apply(Action.RESUME)
+            return [run]
+        run.apply(Action.BECOME_DUE)
+        self.waiting.append(run)
+        return self.promote()
+
+    def finish(self, run: RunState, action: Action) -> list[RunState]:
+        """A run became terminal (or was cancelled before starting); return runs promoted."""
+        held = run.holds_slot
+        was_waiting = run.status is S.QUEUED
+        run.apply(action)
+        if not run.status.is_terminal:
+            raise IllegalTransitionError(f"{action.value!r} does not finish a run")
+        del self.members[run.id]
+        if was_waiting:
+            self.waiting.remove(run)
+        if held:
+            self.holders -= 1
+        return self.promote()
+
+
+def plan_trigger(lane: Lane | None, job: str, coalesce: Coalesce | None) -> TriggerPlan:
+    """Decide what a trigger of ``job`` does in ``lane``; change nothing.
+
+    See DESIGN.md §3: ``skip`` joins the newest unfinished run of the job; ``queue``
+    joins the newest never-started run once the job has ``max_queued`` of them, else
+    creates one; ``cancel`` replaces the job's runs.
+    """
+    if coalesce is None:
+        return PLAIN_CREATE
+    strategy = coalesce.strategy
+    if lane is None:
+        return TriggerPlan(PlanKind.CREATE, by_queue=strategy == "queue")
+    if strategy == "skip":
+        for run in lane.runs_of(job):
+            return TriggerPlan(PlanKind.JOIN, target=run)
+        return PLAIN_CREATE
+    if strategy == "queue":
+        newest: RunState | None = None
+        not_started = 0
+        for run in lane.runs_of(job):
+            if run.attempt == 0:
+                newest = newest or run
+                not_started += 1
+                if not_started >= coalesce.max_queued:
+                    return TriggerPlan(PlanKind.JOIN, target=newest)
+        return TriggerPlan(PlanKind.CREATE, by_queue=True)
+    victims = tuple(reversed(list(lane.runs_of(job))))
+    return TriggerPlan(PlanKind.REPLACE, victims=victims)
+
+
+def new_run_disposition(
+    lane: Lane | None, plan: TriggerPlan, *, due: bool
+) -> Literal[Disposition.CREATED, Disposition.QUEUED]:
+    """``queued`` when a new due run will wait behind another run of its lane."""
+    if lane is None or not due:
+        return Disposition.CREATED
+    if lane.new_run_waits(plan.victims):
+        return Disposition.QUEUED
+    return Disposition.CREATED

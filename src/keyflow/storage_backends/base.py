@@ -1,0 +1,97 @@
+"""The storage interface: what the scheduler asks of a backend, in domain terms.
+
+The scheduler decides in memory (pure state machine) and persists through a backend.
+A backend sees batches of run records to save, never SQL from the scheduler, and
+answers queries with :class:`~keyflow.runs.Run` snapshots.
+
+Contract for :meth:`StorageBackend.write`:
+
+* a batch is atomic: all of it is durable when ``write`` returns, none of it when it
+  raises (wrap the backend's own errors in :class:`~keyflow.errors.StorageError`);
+* batches arrive one at a time, in order; ``write`` must read the records' fields before
+  its first ``await``, because the scheduler keeps changing them afterwards (what it read
+  is exactly the state the batch stands for);
+* records in ``batch.runs`` are live objects: a backend must not keep references to them
+  unless, like the in-memory backend, it *is* the memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..runs import Run, RunStatus
+
+if TYPE_CHECKING:
+    from ..records import RunRecord
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Changes to persist in one transaction."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    """Runs created or changed; each is saved with its current fields."""
+    idempotency: list[tuple[str, str, str]] = field(default_factory=list)
+    """New ``(job, idempotency_key, run_id)`` entries."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """Filters for :meth:`StorageBackend.list_runs`; results are newest first."""
+
+    job: str | None = None
+    status: RunStatus | None = None
+    key: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    """Every ``(name, value)`` pair must match."""
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a backend hands the scheduler at start: enough to rebuild the lanes."""
+
+    unfinished: list[RunRecord]
+    """Every run not yet terminal, in creation order."""
+
+
+class StorageBackend(ABC):
+    """Where runs live. Pick one by URL with :func:`keyflow.storage_backends.open_backend`."""
+
+    durable: bool = True
+    """False when a crash loses everything (the in-memory backend)."""
+
+    @abstractmethod
+    async def open(self) -> StoredState:
+        """Connect or load; return the unfinished runs to rebuild lanes from."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources. Idempotent."""
+
+    @abstractmethod
+    async def write(self, batch: WriteBatch) -> None:
+        """Persist ``batch`` atomically (see the module docstring for the contract).
+
+        Raises:
+            StorageError: nothing of the batch was stored.
+        """
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> Run | None:
+        """The stored run with that id, or None."""
+
+    @abstractmethod
+    async def list_runs(self, query: RunQuery) -> list[Run]:
+        """Runs matching ``query``, newest first."""
+
+    @abstractmethod
+    async def count_runs(self, query: RunQuery) -> int:
+        """How many runs match ``query`` (``limit``/``offset`` ignored)."""
+
+    @abstractmethod
+    async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
+        """The run id an earlier trigger of ``job`` with that key made, if still stored."""

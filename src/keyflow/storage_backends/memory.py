@@ -1,0 +1,105 @@
+"""``memory://``: the default backend, and the fake the tests use.
+
+It keeps the scheduler's own records (no copies) and forgets everything when the
+process ends. Finished runs are retained up to ``retention``, oldest dropped first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..runs import Run
+from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ..records import RunRecord
+
+
+class MemoryBackend(StorageBackend):
+    """Runs held in process memory."""
+
+    durable = False
+
+    def __init__(self, *, retention: int = 10_000) -> None:
+        if retention < 0:
+            raise ValueError("retention must be >= 0")
+        self.retention = retention
+        self._runs: dict[str, RunRecord] = {}
+        self._finished: dict[str, None] = {}  # insertion-ordered set, oldest first
+        self._idempotency: dict[tuple[str, str], str] = {}
+
+    async def open(self) -> StoredState:
+        """Start empty, or with what an earlier ``open`` in this process left."""
+        return StoredState(unfinished=[r for r in self._runs.values() if not r.status.is_terminal])
+
+    async def close(self) -> None:
+        """Nothing to release; runs stay until :meth:`reset`."""
+
+    def reset(self) -> None:
+        """Forget every run."""
+        self._runs.clear()
+        self._finished.clear()
+        self._idempotency.clear()
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Register new records and retire finished ones beyond the retention."""
+        runs = self._runs
+        finished = self._finished
+        for record in batch.runs:
+            runs[record.id] = record
+            if record.status.is_terminal and record.id not in finished:
+                finished[record.id] = None
+        for job, key, run_id in batch.idempotency:
+            self._idempotency[job, key] = run_id
+        excess = len(finished) - self.retention
+        if excess > 0:
+            self._prune(excess)
+
+    def _prune(self, count: int) -> None:
+        finished = self._finished
+        victims = [run_id for run_id, _ in zip(finished, range(count), strict=False)]
+        for run_id in victims:
+            del finished[run_id]
+            record = self._runs.pop(run_id)
+            if record.idempotency_key is not None:
+                self._idempotency.pop((record.job, record.idempotency_key), None)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, if known."""
+        record = self._runs.get(run_id)
+        return None if record is None else record.snapshot()
+
+    def _matching(self, query: RunQuery) -> Iterator[RunRecord]:
+        for record in reversed(self._runs.values()):
+            if query.job is not None and record.job != query.job:
+                continue
+            if query.status is not None and record.status is not query.status:
+                continue
+            if query.key is not None and record.key != query.key:
+                continue
+            if query.labels and any(record.labels.get(n) != v for n, v in query.labels):
+                continue
+            yield record
+
+    async def list_runs(self, query: RunQuery) -> list[Run]:
+        """Matching runs, newest first."""
+        out: list[Run] = []
+        skipped = 0
+        for record in self._matching(query):
+            if skipped < query.offset:
+                skipped += 1
+                continue
+            if len(out) >= query.limit:
+                break
+            out.append(record.snapshot())
+        return out
+
+    async def count_runs(self, query: RunQuery) -> int:
+        """How many runs match."""
+        return sum(1 for _ in self._matching(query))
+
+    async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
+        """The run an earlier trigger with that key made, while it is retained."""
+        return self._idempotency.get((job, idempotency_key))
