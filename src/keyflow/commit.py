@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import StorageError
@@ -47,23 +47,32 @@ class Join:
     entry: CoalescedTrigger
 
 
-@dataclass(slots=True)
 class Txn:
     """The in-memory effects of one trigger (or one batch_trigger), pending durability."""
 
-    created: list[RunRecord] = field(default_factory=list)
-    joined: list[Join] = field(default_factory=list)
-    idempotency: list[tuple[str, str, RunRecord]] = field(default_factory=list)
-    victims: list[RunRecord] = field(default_factory=list)
-    """Runs to cancel once the transaction is durable (``coalesce="cancel"``)."""
-    results: list[TriggerResult] = field(default_factory=list)
+    __slots__ = ("created", "idempotency", "joined", "results", "victims")
+
+    def __init__(self) -> None:
+        self.created: list[RunRecord] = []
+        self.joined: list[Join] = []
+        self.idempotency: list[tuple[str, str, RunRecord]] = []
+        self.victims: list[RunRecord] = []
+        """Runs to cancel once the transaction is durable (``coalesce="cancel"``)."""
+        self.results: list[TriggerResult] = []
+
+    @property
+    def touched(self) -> list[RunRecord]:
+        """The runs this transaction created or joined."""
+        return self.created + [join.run for join in self.joined]
 
 
-@dataclass(slots=True)
 class _Batch:
-    records: dict[str, RunRecord] = field(default_factory=dict)
-    txns: list[Txn] = field(default_factory=list)
-    future: asyncio.Future[None] | None = None
+    __slots__ = ("future", "records", "txns")
+
+    def __init__(self) -> None:
+        self.records: dict[str, RunRecord] = {}
+        self.txns: list[Txn] = []
+        self.future: asyncio.Future[None] | None = None
 
     def waiter(self) -> asyncio.Future[None]:
         if self.future is None:
@@ -95,12 +104,13 @@ class CommitPipeline:
         roll_back: Callable[[Txn], None],
     ) -> None:
         self._backend = backend
-        self._inline = not backend.durable
+        self._synchronous = backend.synchronous
         self._settle = settle
         self._roll_back = roll_back
         self._open = _Batch()
         self._inflight: _Batch | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._flush_soon: asyncio.Handle | None = None
         self._failures = 0
         self.last_error: Exception | None = None
         """The latest write failure, for statistics."""
@@ -115,8 +125,31 @@ class CommitPipeline:
     def touch(self, record: RunRecord) -> None:
         """Queue an execution change of ``record`` for the next batch."""
         self._open.records[record.id] = record
-        if self._flush_task is None and self._inflight is None:
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        if self._flush_task is None and self._flush_soon is None and self._inflight is None:
+            loop = asyncio.get_running_loop()
+            if self._synchronous:
+                self._flush_soon = loop.call_soon(self._flush_now)
+            else:
+                self._flush_task = loop.create_task(self._flush_loop())
+
+    def commit_now(self, txn: Txn, records: list[RunRecord]) -> bool:
+        """Write ``txn`` without suspending, if the backend allows; False if it does not.
+
+        Raises:
+            StorageError: the write failed; ``txn`` (and every transaction not yet
+                durable) was rolled back.
+        """
+        if not self._synchronous or self._inflight is not None or self._failures:
+            return False
+        batch = self._open
+        if not batch.records and not batch.txns:
+            self._write_alone(txn, records)
+            return True
+        batch.txns.append(txn)
+        for record in records:
+            batch.records[record.id] = record
+        self._write_sync()
+        return True
 
     async def commit(self, txn: Txn, records: list[RunRecord]) -> None:
         """Write ``txn`` (whose changed runs are ``records``); return once durable.
@@ -125,14 +158,12 @@ class CommitPipeline:
             StorageError: the write failed; ``txn`` (and every transaction not yet
                 durable) was rolled back.
         """
+        if self.commit_now(txn, records):
+            return
         batch = self._open
         batch.txns.append(txn)
         for record in records:
             batch.records[record.id] = record
-        if self._inline and self._inflight is None:
-            # The backend never suspends: write right here, no task, no future.
-            await self._write_open_batch()
-            return
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
         # shield: a cancelled caller must not cancel the batch its neighbours wait on.
@@ -161,31 +192,73 @@ class CommitPipeline:
         with contextlib.suppress(StorageError):
             await asyncio.shield(target.waiter())
 
+    def _flush_now(self) -> None:
+        self._flush_soon = None
+        if self._inflight is not None or self._flush_task is not None:
+            return
+        try:
+            self._write_sync()
+        except StorageError:
+            # Execution changes were put back; the task retries them after a pause.
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+
     async def _flush_loop(self) -> None:
         try:
             while self._open.records or self._open.txns:
-                try:
-                    await self._write_open_batch()
-                except StorageError:
+                if self._failures:
                     # Execution changes were put back; wait before trying again.
-                    delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+                with contextlib.suppress(StorageError):
+                    await self._write_open_batch()
         finally:
             self._flush_task = None
 
-    async def _write_open_batch(self) -> None:
+    def _seal(self) -> tuple[_Batch, WriteBatch]:
         batch = self._open
         self._open = _Batch()
         self._inflight = batch
-        write = WriteBatch(runs=list(batch.records.values()))
+        write = WriteBatch(list(batch.records.values()))
         for txn in batch.txns:
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
+        return batch, write
+
+    def _write_alone(self, txn: Txn, records: list[RunRecord]) -> None:
+        # One transaction and nothing else pending: skip the batch bookkeeping.
+        idempotency = txn.idempotency
+        write = WriteBatch(
+            records, [(j, k, r.id) for j, k, r in idempotency] if idempotency else []
+        )
+        try:
+            self._backend.write_sync(write)
+        except Exception as exc:
+            batch = _Batch()
+            batch.txns.append(txn)
+            for record in records:
+                batch.records[record.id] = record
+            raise self._fail(batch, exc) from exc
+        self._failures = 0
+        self.batches_written += 1
+        self._settle(txn)
+
+    def _write_sync(self) -> None:
+        batch, write = self._seal()
+        try:
+            self._backend.write_sync(write)
+        except Exception as exc:
+            self._inflight = None
+            raise self._fail(batch, exc) from exc
+        self._written(batch)
+
+    async def _write_open_batch(self) -> None:
+        batch, write = self._seal()
         try:
             await self._backend.write(write)
         except Exception as exc:
             self._inflight = None
-            error = self._fail(batch, exc)
-            raise error from exc
+            raise self._fail(batch, exc) from exc
+        self._written(batch)
+
+    def _written(self, batch: _Batch) -> None:
         self._inflight = None
         self._failures = 0
         self.batches_written += 1

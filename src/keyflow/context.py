@@ -52,7 +52,6 @@ class RunContext:
         attempt: this attempt's number (1 for the first).
         input: the input (a copy; changing it changes nothing stored).
         concurrency_key: the run's lane, if any.
-        log: records log lines on the run.
     """
 
     def __init__(self, keyflow: Keyflow, core: Core, record: RunRecord, input: JSONObject) -> None:
@@ -64,7 +63,14 @@ class RunContext:
         self.attempt = record.attempt
         self.input = input
         self.concurrency_key = record.key
-        self.log = RunLogger(core, record, record.attempt)
+        self._log: RunLogger | None = None
+
+    @property
+    def log(self) -> RunLogger:
+        """Records log lines on the run."""
+        if self._log is None:
+            self._log = RunLogger(self._core, self._record, self.attempt)
+        return self._log
 
     @property
     def keyflow(self) -> Keyflow:

@@ -8,7 +8,7 @@ someone listens, published as an event.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,11 +88,14 @@ class Core:
         """Pending runs, in the order workers should take them."""
         self.timers: dict[str, TimerHandle] = {}
         self.key_coalesced: OrderedDict[str, int] = OrderedDict()
-        self.status_counts: Counter[RunStatus] = Counter()
+        self.status_counts: list[int] = [0] * len(RunStatus)
+        """Unfinished runs by status ordinal."""
         self.counters = Counters()
         self._run_waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._change_waiters: list[asyncio.Future[None]] = []
         self.pipeline = CommitPipeline(backend, settle=self.settle, roll_back=self.roll_back)
+        # A backend holding our records needs to hear only of new and finished runs.
+        self._touch_all = not backend.shares_records
 
     # -- triggers ----------------------------------------------------------------
 
@@ -107,8 +110,9 @@ class Core:
         if trig.idempotency_key is not None:
             existing = self.idempotency.get((job.name, trig.idempotency_key))
             if existing is not None:
-                self.counters.idempotent += 1
-                return TriggerResult(existing.id, Disposition.IDEMPOTENT, job.name, existing.key)
+                result = TriggerResult(existing.id, Disposition.IDEMPOTENT, job.name, existing.key)
+                txn.results.append(result)
+                return result
         lane = self.lanes.get(key) if key is not None else None
         plan = plan_trigger(lane, job.name, trig.coalesce)
         now = self.clock.now()
@@ -122,30 +126,34 @@ class Core:
             disposition = Disposition.COALESCED
         else:
             due = trig.delay <= 0
-            disposition = new_run_disposition(lane, plan, due=due)
+            if lane is None or not due:
+                disposition = Disposition.CREATED
+            else:
+                disposition = new_run_disposition(lane, plan, due=due)
             record = RunRecord(
                 self.ids.next(),
                 job.name,
                 key,
                 S.QUEUED if due else S.SCHEDULED,
                 trig.input,
-                created_at=now,
-                due_at=due_at,
-                max_attempts=job.retries + 1,
-                labels=trig.labels,
-                idempotency_key=trig.idempotency_key,
-                parent_run_id=trig.parent_run_id,
-                by_queue=plan.by_queue,
-                durable=False,
+                now,
+                due_at,
+                job.retries + 1,
+                trig.labels,
+                trig.idempotency_key,
+                trig.parent_run_id,
+                plan.by_queue,
+                False,
             )
             self.records[record.id] = record
-            self.status_counts[record.status] += 1
+            self.status_counts[record.status.ordinal] += 1
             if key is not None:
                 if lane is None:
                     lane = self.lanes[key] = Lane(key, self._lane_limit(key))
-                self._dispatch(lane.add(record))
+                lane.add(record)  # not durable yet: it waits for settle() to take a slot
             txn.created.append(record)
-            txn.victims.extend(self.records[v.id] for v in plan.victims)
+            if plan.victims:
+                txn.victims.extend(self.records[v.id] for v in plan.victims)
         if trig.idempotency_key is not None:
             self.idempotency[job.name, trig.idempotency_key] = record
             txn.idempotency.append((job.name, trig.idempotency_key, record))
@@ -183,10 +191,18 @@ class Core:
     def settle(self, txn: Txn) -> None:
         """``txn`` is durable: let its runs start, arm timers, publish events."""
         publish = self.hub.active
+        counters = self.counters
+        for result in txn.results:
+            disposition = result.disposition
+            if disposition is Disposition.CREATED:
+                counters.created += 1
+            elif disposition is Disposition.QUEUED:
+                counters.queued += 1
+            elif disposition is Disposition.IDEMPOTENT:
+                counters.idempotent += 1
         for record in txn.created:
             record.durable = True
         for record in txn.created:
-            self._counted_disposition(txn, record)
             if publish:
                 self.hub.publish(RunChanged(record.snapshot(), None, record.created_at))
             if record.status is S.SCHEDULED:
@@ -225,15 +241,6 @@ class Core:
         if self._change_waiters:
             self._wake_change_waiters()
 
-    def _counted_disposition(self, txn: Txn, record: RunRecord) -> None:
-        for result in txn.results:
-            if result.run_id == record.id:
-                if result.disposition is Disposition.QUEUED:
-                    self.counters.queued += 1
-                else:
-                    self.counters.created += 1
-                return
-
     def roll_back(self, txn: Txn) -> None:
         """``txn`` will never be durable: undo it in memory, newest change first."""
         for job, idem, record in reversed(txn.idempotency):
@@ -249,7 +256,7 @@ class Core:
         for record in reversed(txn.created):
             if self.records.pop(record.id, None) is None:
                 continue
-            self.status_counts[record.status] -= 1
+            self.status_counts[record.status.ordinal] -= 1
             if record.key is not None:
                 lane = self.lanes.get(record.key)
                 if lane is not None:
@@ -412,10 +419,14 @@ class Core:
 
     def _moved(self, record: RunRecord, previous: RunStatus) -> None:
         counts = self.status_counts
-        counts[previous] -= 1
-        if not record.status.is_terminal:
-            counts[record.status] += 1
-        self.pipeline.touch(record)
+        counts[previous.ordinal] -= 1
+        status = record.status
+        if not status.is_terminal:
+            counts[status.ordinal] += 1
+            if self._touch_all:
+                self.pipeline.touch(record)
+        else:
+            self.pipeline.touch(record)
         if self.hub.active:
             self.hub.publish(RunChanged(record.snapshot(), previous, self.clock.now()))
         if self._change_waiters:
@@ -459,7 +470,7 @@ class Core:
     @property
     def only_timers_left(self) -> bool:
         """True when every unfinished run waits for a timer (nothing can run now)."""
-        return self.status_counts[S.SCHEDULED] == len(self.records) and not self.ready
+        return self.status_counts[S.SCHEDULED.ordinal] == len(self.records) and not self.ready
 
     # -- reading -----------------------------------------------------------------
 

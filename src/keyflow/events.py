@@ -115,6 +115,7 @@ class Subscription:
         """Unsubscribe; iteration ends once the buffered events are consumed."""
         self._closed = True
         self._hub._subscribers.discard(self)
+        self._hub._refresh()
         self._wake()
 
     def __aiter__(self) -> Subscription:
@@ -156,22 +157,27 @@ class EventHub:
         self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self.published = 0
         """Events published so far."""
+        self.active = False
+        """True when someone listens (so building an event is worth it); kept as a
+        plain attribute because the scheduler reads it on every change."""
 
-    @property
-    def active(self) -> bool:
-        """True when someone listens (so building an event is worth it)."""
-        return bool(self._subscribers)
+    def _refresh(self) -> None:
+        self.active = bool(self._subscribers)
 
     def subscribe(self, buffer: int | None = None) -> Subscription:
         """A new subscription receiving every event from now on."""
         sub = Subscription(self, buffer or self.buffer)
         self._subscribers.add(sub)
+        self.active = True
         return sub
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` to every subscriber; never blocks."""
         self.published += 1
-        for sub in list(self._subscribers):
+        subscribers = list(self._subscribers)
+        if not subscribers:  # every subscription was garbage-collected
+            self.active = False
+        for sub in subscribers:
             sub._push(event)
 
     @property

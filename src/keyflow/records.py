@@ -79,7 +79,6 @@ class RunRecord(RunState):
         key: str | None,
         status: RunStatus,
         input: JSONObject,
-        *,
         created_at: float,
         due_at: float,
         max_attempts: int,
@@ -89,7 +88,15 @@ class RunRecord(RunState):
         by_queue: bool = False,
         durable: bool = True,
     ) -> None:
-        super().__init__(id, job, key, status, due_at, by_queue=by_queue, durable=durable)
+        # RunState's fields are set here too: this runs once per trigger.
+        self.id = id
+        self.job = job
+        self.key = key
+        self.status = status
+        self.due_at = due_at
+        self.attempt = 0
+        self.by_queue = by_queue
+        self.durable = durable
         self.input = input
         self.labels = labels or _NO_LABELS
         self.idempotency_key = idempotency_key

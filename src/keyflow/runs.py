@@ -30,13 +30,18 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @property
-    def is_terminal(self) -> bool:
-        """True for completed, failed and cancelled."""
-        return self in TERMINAL_STATUSES
+    # Set on every member below. Plain attributes, because the scheduler reads them on
+    # every change and an Enum's hash and properties are slow Python code.
+    ordinal: int
+    """The member's position, for list-indexed tables."""
+    is_terminal: bool
+    """True for completed, failed and cancelled."""
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+for _ordinal, _status in enumerate(RunStatus):
+    _status.ordinal = _ordinal
+    _status.is_terminal = _status in TERMINAL_STATUSES
 
 
 class Disposition(StrEnum):

@@ -26,7 +26,7 @@ from .records import RunRecord
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Statistics, TriggerCounts
 from .storage_backends import RunQuery, StorageBackend, open_backend
-from .triggers import PreparedTrigger, TriggerRequest, prepare_trigger
+from .triggers import PreparedTrigger, TriggerRequest, prepare_request, prepare_trigger
 from .worker import WorkerPool
 
 _Phase = Literal["new", "running", "stopping", "stopped"]
@@ -286,11 +286,19 @@ class Keyflow:
             SchedulerNotRunningError: not started, or stopped.
             StorageError: the write failed; nothing of the trigger remains.
         """
-        self._require_running()
-        request = TriggerRequest(
-            job, input, concurrency_key, coalesce, idempotency_key, labels, delay
+        if self._phase != "running":
+            self._require_running()
+        prepared = prepare_trigger(
+            self._jobs,
+            job,
+            input,
+            concurrency_key,
+            coalesce,
+            idempotency_key,
+            labels,
+            delay,
+            parent_run_id,
         )
-        prepared = prepare_trigger(self._jobs, request, parent_run_id)
         results = await self._commit([prepared])
         return results[0]
 
@@ -308,7 +316,7 @@ class Keyflow:
                     f"batch_trigger item {index} must be a keyflow.TriggerRequest"
                 )
             try:
-                prepared.append(prepare_trigger(self._jobs, request))
+                prepared.append(prepare_request(self._jobs, request))
             except Exception as exc:
                 exc.args = (f"batch_trigger item {index}: {exc}",)
                 raise
@@ -318,26 +326,35 @@ class Keyflow:
 
     async def _commit(self, prepared: list[PreparedTrigger]) -> list[TriggerResult]:
         core = self._core
-        stored = await self._stored_idempotency(prepared)
-        self._require_running()  # a stop may have begun meanwhile
+        stored: dict[int, str] = {}
+        for trig in prepared:
+            if trig.idempotency_key is not None:
+                stored = await self._stored_idempotency(prepared)
+                self._require_running()  # a stop may have begun meanwhile
+                break
         txn = Txn()
-        results: list[TriggerResult] = []
+        results = txn.results
         try:
             for trig in prepared:
-                found = stored.get(id(trig))
-                if found is not None:
-                    core.counters.idempotent += 1
+                found = stored.get(id(trig)) if stored else None
+                if found is None:
+                    core.apply_trigger(trig, txn)
+                else:
                     results.append(
                         TriggerResult(found, Disposition.IDEMPOTENT, trig.job.name, trig.key)
                     )
-                else:
-                    results.append(core.apply_trigger(trig, txn))
         except BaseException:
             core.roll_back(txn)
             raise
-        touched = txn.created + [join.run for join in txn.joined]
-        if touched or any(not _settled(core.records.get(r.run_id)) for r in results):
-            await core.pipeline.commit(txn, touched)
+        if txn.created or txn.joined:
+            touched = txn.touched
+            if not core.pipeline.commit_now(txn, touched):
+                await core.pipeline.commit(txn, touched)
+        elif any(not _settled(core.records.get(r.run_id)) for r in results):
+            # Found by idempotency key, but its creation is not durable yet: wait for it.
+            await core.pipeline.commit(txn, [])
+        else:
+            core.settle(txn)
         return results
 
     async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
@@ -480,7 +497,7 @@ class Keyflow:
         core = self._core
         c = core.counters
         unfinished = {
-            s.value: core.status_counts[s]
+            s.value: core.status_counts[s.ordinal]
             for s in (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
         }
         error = core.pipeline.last_error

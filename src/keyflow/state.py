@@ -73,18 +73,29 @@ TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
 """Every legal ``(status, action) → status``; any pair not listed is illegal."""
 
 
+def _by_action() -> dict[str, list[RunStatus | None]]:
+    # TRANSITIONS re-indexed for speed: action value -> list indexed by status ordinal.
+    table: dict[str, list[RunStatus | None]] = {a._value_: [None] * len(S) for a in Action}
+    for (status, action), target in TRANSITIONS.items():
+        table[action._value_][status.ordinal] = target
+    return table
+
+
+_BY_ACTION = _by_action()
+
+
 def next_status(status: RunStatus, action: Action) -> RunStatus:
     """Return the status ``action`` leads to from ``status``.
 
     Raises:
         IllegalTransitionError: the pair is not in :data:`TRANSITIONS`.
     """
-    try:
-        return TRANSITIONS[status, action]
-    except KeyError:
+    target = _BY_ACTION[action._value_][status.ordinal]
+    if target is None:
         raise IllegalTransitionError(
             f"illegal transition: {action.value!r} from status {status.value!r}"
-        ) from None
+        )
+    return target
 
 
 class RunState:
@@ -133,7 +144,10 @@ class RunState:
     def apply(self, action: Action) -> RunStatus:
         """Move this run by ``action`` (see :func:`next_status`); return the old status."""
         old = self.status
-        self.status = next_status(old, action)
+        target = _BY_ACTION[action._value_][old.ordinal]
+        if target is None:
+            next_status(old, action)  # raises IllegalTransitionError
+        self.status = target  # type: ignore[assignment]  # None was excluded above
         return old
 
     def __repr__(self) -> str:
@@ -168,6 +182,7 @@ class TriggerPlan:
 
 
 PLAIN_CREATE = TriggerPlan(PlanKind.CREATE)
+_NONE: list[RunState] = []  # returned when nothing was promoted; never mutated
 
 
 class Lane:
@@ -220,14 +235,19 @@ class Lane:
     # -- changing --------------------------------------------------------------
 
     def add(self, run: RunState) -> list[RunState]:
-        """Add a new run (``queued`` when due, else ``scheduled``); return runs promoted."""
-        if run.status is S.QUEUED:
+        """Add a new run (``queued`` when due, else ``scheduled``); return runs promoted.
+
+        A run that is not durable yet is only enqueued: it cannot take a slot, and the
+        runs ahead of it had their chance when they arrived (every change promotes).
+        """
+        status = run.status
+        if status is S.QUEUED:
             self.members[run.id] = run
             self.waiting.append(run)
-            return self.promote()
-        if run.status is S.SCHEDULED:
+            return self.promote() if run.durable else _NONE
+        if status is S.SCHEDULED:
             self.members[run.id] = run
-            return []
+            return _NONE
         raise IllegalTransitionError(
             f"a new run enters its lane as queued or scheduled, not {run.status.value!r}"
         )

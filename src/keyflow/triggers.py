@@ -36,9 +36,9 @@ class TriggerRequest:
     delay: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedTrigger:
-    """A trigger whose arguments were checked and copied."""
+    """A trigger whose arguments were checked and copied (internal; not frozen for speed)."""
 
     job: Job
     input: JSONObject
@@ -50,41 +50,68 @@ class PreparedTrigger:
     parent_run_id: str | None
 
 
-def prepare_trigger(
+def prepare_request(
     jobs: Mapping[str, Job], request: TriggerRequest, parent_run_id: str | None = None
 ) -> PreparedTrigger:
-    """Check ``request`` and return it with defaults applied and input copied.
+    """:func:`prepare_trigger` for a :class:`TriggerRequest`."""
+    return prepare_trigger(
+        jobs,
+        request.job,
+        request.input,
+        request.concurrency_key,
+        request.coalesce,
+        request.idempotency_key,
+        request.labels,
+        request.delay,
+        parent_run_id,
+    )
+
+
+def prepare_trigger(
+    jobs: Mapping[str, Job],
+    job_name: str,
+    input: JSONObject | None,
+    concurrency_key: str | Default | None,
+    coalesce_option: CoalesceOption | Default,
+    idempotency_key: str | None,
+    labels: Mapping[str, str] | None,
+    delay: float,
+    parent_run_id: str | None,
+) -> PreparedTrigger:
+    """Check a trigger's arguments; return them with defaults applied and input copied.
 
     Raises:
         TriggerError: a subclass naming the problem; nothing was changed.
     """
-    job = jobs.get(request.job) if isinstance(request.job, str) else None
+    job = jobs.get(job_name) if isinstance(job_name, str) else None
     if job is None:
         known = ", ".join(repr(name) for name in sorted(jobs)) or "none"
-        raise UnknownJobError(f"unknown job {request.job!r} (registered jobs: {known})")
-    raw = {} if request.input is None else request.input
+        raise UnknownJobError(f"unknown job {job_name!r} (registered jobs: {known})")
     try:
-        data = json_object_copy(raw)
+        data = {} if input is None else json_object_copy(input)
     except NotJSONError as exc:
         raise InvalidInputError(f"input of job {job.name!r} is not a JSON object: {exc}") from None
-    key = _key(job, request.concurrency_key, data)
-    coalesce = job.coalesce if request.coalesce is DEFAULT else parse_coalesce(request.coalesce)
+    key = _key(job, concurrency_key, data)
+    coalesce = job.coalesce if coalesce_option is DEFAULT else parse_coalesce(coalesce_option)
     if coalesce is not None and key is None:
         raise InvalidCoalesceError(
             f"coalesce={coalesce.strategy!r} needs a concurrency_key (job {job.name!r} has none)"
         )
-    idem = request.idempotency_key
-    if idem is not None and (not isinstance(idem, str) or not idem):
-        raise InvalidTriggerError(f"idempotency_key must be a non-empty string, got {idem!r}")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not idempotency_key
+    ):
+        raise InvalidTriggerError(
+            f"idempotency_key must be a non-empty string, got {idempotency_key!r}"
+        )
     return PreparedTrigger(
-        job=job,
-        input=data,
-        key=key,
-        coalesce=coalesce,
-        idempotency_key=idem,
-        labels=_labels(request.labels),
-        delay=_delay(request.delay),
-        parent_run_id=parent_run_id,
+        job,
+        data,
+        key,
+        coalesce,
+        idempotency_key,
+        _labels(labels) if labels else None,
+        _delay(delay) if delay else 0.0,
+        parent_run_id,
     )
 
 

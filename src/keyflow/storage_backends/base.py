@@ -18,7 +18,7 @@ Contract for :meth:`StorageBackend.write`:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..runs import Run, RunStatus
@@ -27,14 +27,23 @@ if TYPE_CHECKING:
     from ..records import RunRecord
 
 
-@dataclass(slots=True)
 class WriteBatch:
-    """Changes to persist in one transaction."""
+    """Changes to persist in one transaction.
 
-    runs: list[RunRecord] = field(default_factory=list)
-    """Runs created or changed; each is saved with its current fields."""
-    idempotency: list[tuple[str, str, str]] = field(default_factory=list)
-    """New ``(job, idempotency_key, run_id)`` entries."""
+    Attributes:
+        runs: runs created or changed; each is saved with its current fields.
+        idempotency: new ``(job, idempotency_key, run_id)`` entries.
+    """
+
+    __slots__ = ("idempotency", "runs")
+
+    def __init__(
+        self,
+        runs: list[RunRecord] | None = None,
+        idempotency: list[tuple[str, str, str]] | None = None,
+    ) -> None:
+        self.runs: list[RunRecord] = [] if runs is None else runs
+        self.idempotency: list[tuple[str, str, str]] = [] if idempotency is None else idempotency
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +72,22 @@ class StorageBackend(ABC):
 
     durable: bool = True
     """False when a crash loses everything (the in-memory backend)."""
+
+    shares_records: bool = False
+    """True when the backend keeps the scheduler's live records themselves (the in-memory
+    backend): then it is told only of new and finished runs, not of every change."""
+
+    synchronous: bool = False
+    """True when :meth:`write_sync` works: the write needs no I/O wait, so the scheduler
+    can commit a trigger without suspending (the in-memory backend)."""
+
+    def write_sync(self, batch: WriteBatch) -> None:
+        """Persist ``batch`` without awaiting; only for ``synchronous`` backends.
+
+        Raises:
+            StorageError: nothing of the batch was stored.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot write synchronously")
 
     @abstractmethod
     async def open(self) -> StoredState:

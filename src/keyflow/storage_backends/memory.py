@@ -21,6 +21,8 @@ class MemoryBackend(StorageBackend):
     """Runs held in process memory."""
 
     durable = False
+    synchronous = True
+    shares_records = True
 
     def __init__(self, *, retention: int = 10_000) -> None:
         if retention < 0:
@@ -44,6 +46,10 @@ class MemoryBackend(StorageBackend):
         self._idempotency.clear()
 
     async def write(self, batch: WriteBatch) -> None:
+        """Register new records and retire finished ones beyond the retention."""
+        self.write_sync(batch)
+
+    def write_sync(self, batch: WriteBatch) -> None:
         """Register new records and retire finished ones beyond the retention."""
         runs = self._runs
         finished = self._finished
