@@ -1,0 +1,263 @@
+"""Hypothesis: random interleavings against the real scheduler and a reference model.
+
+Triggers of two jobs sharing two keys with every strategy (some delayed), completions,
+failures with retries, explicit retries, cancels and clock jumps. After every step the
+decisions are compared with DESIGN.md §3's table, evaluated independently on public
+snapshots; at the end guarantees 1 (exclusion), 2 (trailing edge), 3 (bound) and
+5 (order) are checked on what the handlers and the event stream saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import keyflow
+from keyflow import Coalesce, Disposition, RunStatus
+from keyflow.testing import VirtualClock
+
+JOBS = ("a", "b")
+KEYS = ("k1", "k2")
+MAX_QUEUED = {"a": 1, "b": 2}
+STRATEGIES: tuple[str | None, ...] = (None, "skip", "queue", "cancel")
+NOT_STARTED = (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING)
+
+
+@dataclass
+class Observed:
+    """What handlers and events saw, with one global sequence for ordering."""
+
+    seq: int = 0
+    starts: list[tuple[int, str, str, int]] = field(default_factory=list)
+    executing: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    exclusion_violations: list[str] = field(default_factory=list)
+    entered_lane: dict[str, int] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+    queue_triggers: list[tuple[int, str]] = field(default_factory=list)
+    created_by_queue: set[str] = field(default_factory=set)
+
+    def tick(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = VirtualClock()
+        self.seen = Observed()
+        self.gates: dict[str, asyncio.Future[str]] = {}
+        self.run_key: dict[str, str] = {}
+        self.kf = keyflow.Keyflow(workers=3, clock=self.clock, seed=7, event_buffer=100_000)
+        for name in JOBS:
+            self.kf.job(name, retries=1, backoff=2.0)(self._handler)
+
+    async def _handler(self, ctx: keyflow.RunContext, input: dict[str, Any]) -> Any:
+        key = ctx.concurrency_key
+        assert key is not None
+        self.seen.starts.append((self.seen.tick(), ctx.run_id, key, ctx.attempt))
+        self.seen.executing[key] += 1
+        if self.seen.executing[key] > 1:
+            self.seen.exclusion_violations.append(f"{key}: {self.seen.executing[key]} at once")
+        gate = self.loop.create_future()
+        self.gates[ctx.run_id] = gate
+        try:
+            outcome = await gate
+        finally:
+            self.seen.executing[key] -= 1
+            self.gates.pop(ctx.run_id, None)
+        if outcome == "fail":
+            raise RuntimeError("handler failed")
+        if outcome == "retry":
+            raise keyflow.Retry(delay=1.0)
+        return {"ok": True}
+
+    async def _watch(self, events: keyflow.Subscription) -> None:
+        async for event in events:
+            if not isinstance(event, keyflow.RunChanged):
+                continue
+            run = event.run
+            entered = run.status in (RunStatus.QUEUED, RunStatus.PENDING) and run.attempt == 0
+            if entered and run.id not in self.seen.entered_lane:
+                self.seen.entered_lane[run.id] = self.seen.tick()
+            if run.status is RunStatus.CANCELLED:
+                self.seen.cancelled.add(run.id)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    async def _settle(self) -> None:
+        # Yield to the loop (no timers involved) until every run that can start has
+        # started and every cancelled task has unwound.
+        quiet = 0
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            stats = self.kf.statistics()
+            busy = stats.unfinished["pending"] == 0 or stats.workers_busy == 3
+            settled = busy and stats.workers_busy == len(self.gates)
+            quiet = quiet + 1 if settled else 0
+            if quiet >= 3:
+                return
+        raise AssertionError("the scheduler did not settle")
+
+    @initialize()
+    def start(self) -> None:
+        self.run(self.kf.start())
+        self.events = self.kf.events()
+        self.watcher = self.loop.create_task(self._watch(self.events))
+
+    @rule(
+        job=st.sampled_from(JOBS),
+        key=st.sampled_from(KEYS),
+        strategy=st.sampled_from(STRATEGIES),
+        delayed=st.integers(0, 4).map(lambda n: n == 0),
+    )
+    def trigger(self, job: str, key: str, strategy: str | None, delayed: bool) -> None:
+        expected = self.run(self._expected(job, key, strategy, delayed))
+        coalesce = None if strategy is None else Coalesce(strategy, max_queued=MAX_QUEUED[job])  # type: ignore[arg-type]
+        issued = self.seen.tick()  # nothing observable happens between issue and acceptance
+        result = self.run(
+            self.kf.trigger(
+                job, {"n": self.seen.seq}, concurrency_key=key, coalesce=coalesce,
+                delay=3.0 if delayed else 0.0,
+            )
+        )
+        self.run_key[result.run_id] = key
+        kind, target = expected
+        if kind == "join":
+            assert result.disposition is Disposition.COALESCED, (expected, result)
+            assert result.run_id == target
+        else:
+            assert result.disposition is kind, (expected, result)
+            assert result.run_id not in self.run_key or self.run_key[result.run_id] == key
+        if strategy == "queue":
+            self.seen.queue_triggers.append((issued, result.run_id))
+            if result.disposition is not Disposition.COALESCED:
+                self.seen.created_by_queue.add(result.run_id)
+        self.run(self._settle())
+
+    async def _expected(
+        self, job: str, key: str, strategy: str | None, delayed: bool
+    ) -> tuple[Any, str | None]:
+        lane = [r for r in await self.kf.list_runs(concurrency_key=key, limit=10_000)
+                if not r.is_terminal]  # newest first
+        mine = [r for r in lane if r.job == job]
+        if strategy == "skip" and mine:
+            return "join", mine[0].id
+        if strategy == "queue":
+            not_started = [r for r in mine if r.attempt == 0]
+            if len(not_started) >= MAX_QUEUED[job]:
+                return "join", not_started[0].id
+        if delayed:
+            return Disposition.CREATED, None
+        victims = {r.id for r in mine} if strategy == "cancel" else set()
+        busy = [
+            r for r in lane
+            if r.id not in victims or r.status is RunStatus.RUNNING
+            if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
+            or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
+        ]
+        waiting = [r for r in lane if r.status is RunStatus.QUEUED and r.id not in victims]
+        return (Disposition.QUEUED if busy or waiting else Disposition.CREATED), None
+
+    @rule(data=st.data(), outcome=st.sampled_from(["ok", "ok", "fail", "retry"]))
+    def finish_one(self, data: st.DataObject, outcome: str) -> None:
+        if not self.gates:
+            return
+        run_id = data.draw(st.sampled_from(sorted(self.gates)))
+        self.gates[run_id].set_result(outcome)
+        self.run(self._settle())
+
+    @rule(data=st.data())
+    def cancel_one(self, data: st.DataObject) -> None:
+        if not self.run_key:
+            return
+        run_id = data.draw(st.sampled_from(sorted(self.run_key)))
+        run = self.run(self.kf.cancel(run_id))
+        assert run.is_terminal
+        self.run(self._settle())
+
+    @rule()
+    def jump(self) -> None:
+        self.clock.jump()
+        self.run(self._settle())
+
+    @invariant()
+    def exclusion_and_bound(self) -> None:
+        assert not self.seen.exclusion_violations
+        if not hasattr(self, "events"):
+            return
+        runs = self.run(self.kf.list_runs(limit=100_000))
+        for key in KEYS:
+            for job in JOBS:
+                waiting = [
+                    r for r in runs
+                    if r.concurrency_key == key and r.job == job
+                    and r.status in NOT_STARTED and r.attempt == 0
+                    and r.id in self.seen.created_by_queue
+                ]
+                assert len(waiting) <= MAX_QUEUED[job], (key, job, waiting)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "events"):
+            self.loop.close()
+            return
+        try:
+            for _ in range(1000):
+                for gate in list(self.gates.values()):
+                    if not gate.done():
+                        gate.set_result("ok")
+                self.run(self._settle())
+                stats = self.kf.statistics()
+                if not any(stats.unfinished.values()):
+                    break
+                if not self.gates and stats.unfinished["running"] == 0:
+                    self.clock.jump()
+            self.run(self.kf.run_until_idle(timeout=5))
+            self._check_final()
+        finally:
+            self.run(self.kf.stop(grace=0))
+            self.run(self.watcher)
+            self.loop.close()
+
+    def _check_final(self) -> None:
+        seen = self.seen
+        assert not seen.exclusion_violations
+        first_start: dict[str, int] = {}
+        for seq, run_id, _key, attempt in seen.starts:
+            if attempt == 1:
+                first_start[run_id] = seq
+        # 2. trailing edge: a queue trigger's run starts after it was accepted
+        for accepted, run_id in seen.queue_triggers:
+            if run_id in seen.cancelled:
+                continue
+            assert run_id in first_start, f"run {run_id} covering a queue trigger never ran"
+            assert first_start[run_id] > accepted, (run_id, first_start[run_id], accepted)
+        # 5. order: per key, first starts follow the order runs entered the lane
+        for key in KEYS:
+            started = [rid for _, rid, k, attempt in seen.starts if k == key and attempt == 1]
+            entered = sorted(started, key=lambda rid: seen.entered_lane[rid])
+            assert started == entered, (key, started, entered)
+        # every run ended; only cancelled ones did not run
+        for run_id in self.run_key:
+            run = self.run(self.kf.get_run(run_id))
+            assert run is not None
+            assert run.is_terminal
+            if run.status is not RunStatus.CANCELLED:
+                assert run_id in first_start
+
+
+TestSchedulerGuarantees = SchedulerMachine.TestCase
+TestSchedulerGuarantees.settings = settings(
+    max_examples=200,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
