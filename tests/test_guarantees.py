@@ -125,7 +125,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         issued = self.seen.tick()  # nothing observable happens between issue and acceptance
         result = self.run(
             self.kf.trigger(
-                job, {"n": self.seen.seq}, concurrency_key=key, coalesce=coalesce,
+                job,
+                {"n": self.seen.seq},
+                concurrency_key=key,
+                coalesce=coalesce,
                 delay=3.0 if delayed else 0.0,
             )
         )
@@ -146,8 +149,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     async def _expected(
         self, job: str, key: str, strategy: str | None, delayed: bool
     ) -> tuple[Any, str | None]:
-        lane = [r for r in await self.kf.list_runs(concurrency_key=key, limit=10_000)
-                if not r.is_terminal]  # newest first
+        lane = [
+            r
+            for r in await self.kf.list_runs(concurrency_key=key, limit=10_000)
+            if not r.is_terminal
+        ]  # newest first
         mine = [r for r in lane if r.job == job]
         if strategy == "skip" and mine:
             return "join", mine[0].id
@@ -159,7 +165,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             return Disposition.CREATED, None
         victims = {r.id for r in mine} if strategy == "cancel" else set()
         busy = [
-            r for r in lane
+            r
+            for r in lane
             if r.id not in victims or r.status is RunStatus.RUNNING
             if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
             or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
@@ -198,9 +205,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         for key in KEYS:
             for job in JOBS:
                 waiting = [
-                    r for r in runs
-                    if r.concurrency_key == key and r.job == job
-                    and r.status in NOT_STARTED and r.attempt == 0
+                    r
+                    for r in runs
+                    if r.concurrency_key == key
+                    and r.job == job
+                    and r.status in NOT_STARTED
+                    and r.attempt == 0
                     and r.id in self.seen.created_by_queue
                 ]
                 assert len(waiting) <= MAX_QUEUED[job], (key, job, waiting)

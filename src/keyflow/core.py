@@ -469,8 +469,14 @@ class Core:
 
     @property
     def only_timers_left(self) -> bool:
-        """True when every unfinished run waits for a timer (nothing can run now)."""
-        return self.status_counts[S.SCHEDULED.ordinal] == len(self.records) and not self.ready
+        """True when nothing can progress until a timer fires (no run pending or running)."""
+        counts = self.status_counts
+        return (
+            counts[S.SCHEDULED.ordinal] > 0
+            and counts[S.RUNNING.ordinal] == 0
+            and counts[S.PENDING.ordinal] == 0
+            and not self.ready
+        )
 
     # -- reading -----------------------------------------------------------------
 

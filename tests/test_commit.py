@@ -1,0 +1,192 @@
+"""Durability through a fake durable backend: group commit, rollback, retried writes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import keyflow
+from keyflow import Disposition, RunStatus
+from keyflow.storage_backends import MemoryBackend, WriteBatch
+
+from .conftest import MakeKeyflow
+
+
+class FlakyBackend(MemoryBackend):
+    """The memory backend behaving like a disk: writes suspend, can be held, can fail."""
+
+    durable = True
+    synchronous = False
+    shares_records = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+        self.hold: asyncio.Event | None = None
+        self.writes: list[int] = []
+        self.statuses: dict[str, RunStatus] = {}
+
+    async def write(self, batch: WriteBatch) -> None:
+        captured = [(r.id, r.status) for r in batch.runs]  # read before the first await
+        self.writes.append(len(batch.runs))
+        if self.hold is not None:
+            await self.hold.wait()
+        else:
+            await asyncio.sleep(0)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.write_sync(batch)
+        self.statuses.update(captured)
+
+
+@pytest.fixture
+def backend() -> FlakyBackend:
+    return FlakyBackend()
+
+
+async def start(make_keyflow: MakeKeyflow, backend: FlakyBackend, **jobs: Any) -> keyflow.Keyflow:
+    kf = make_keyflow(storage=backend)
+    for name, handler in jobs.items():
+        kf.job(name)(handler)
+    await kf.start()
+    return kf
+
+
+async def get(kf: keyflow.Keyflow, run_id: str) -> keyflow.Run:
+    run = await kf.get_run(run_id)
+    assert run is not None
+    return run
+
+
+async def echo(ctx: keyflow.RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    return input
+
+
+async def test_failed_write_raises_and_leaves_no_trace(
+    make_keyflow: MakeKeyflow, backend: FlakyBackend
+) -> None:
+    kf = await start(make_keyflow, backend, echo=echo)
+    backend.fail = True
+    with pytest.raises(keyflow.StorageError, match="No space left"):
+        await kf.trigger("echo", {"n": 1}, concurrency_key="k", idempotency_key="once")
+    assert await kf.list_runs() == []
+    assert kf.keys() == []
+    stats = kf.statistics()
+    assert stats.triggers.total == 0
+    assert not any(stats.unfinished.values())
+    assert stats.storage_error is not None
+    backend.fail = False
+    result = await kf.trigger("echo", {"n": 2}, concurrency_key="k", idempotency_key="once")
+    assert result.disposition is Disposition.CREATED  # the failed trigger left no key behind
+    await kf.run_until_idle(timeout=5)
+    assert (await kf.wait(result.run_id)).output == {"n": 2}
+    assert backend.statuses[result.run_id] is RunStatus.COMPLETED
+
+
+async def test_a_coalesced_trigger_fails_with_the_run_it_joined(
+    make_keyflow: MakeKeyflow, backend: FlakyBackend
+) -> None:
+    kf = await start(make_keyflow, backend, echo=echo)
+    backend.hold = asyncio.Event()
+    creating = asyncio.ensure_future(
+        kf.trigger("echo", {"n": 1}, concurrency_key="k", coalesce="queue")
+    )
+    joining = asyncio.ensure_future(
+        kf.trigger("echo", {"n": 2}, concurrency_key="k", coalesce="queue")
+    )
+    while len(backend.writes) < 1:
+        await asyncio.sleep(0)
+    backend.fail = True
+    backend.hold.set()
+    for attempt in (creating, joining):
+        with pytest.raises(keyflow.StorageError):
+            await attempt
+    assert kf.keys() == []
+    assert await kf.list_runs() == []
+
+
+async def test_concurrent_triggers_share_one_commit(
+    make_keyflow: MakeKeyflow, backend: FlakyBackend
+) -> None:
+    kf = await start(make_keyflow, backend, echo=echo)
+    backend.hold = asyncio.Event()
+    first = asyncio.ensure_future(kf.trigger("echo", {"n": -1}))
+    while not backend.writes:
+        await asyncio.sleep(0)
+    many = [
+        asyncio.ensure_future(kf.trigger("echo", {"n": n}, concurrency_key=f"k{n}"))
+        for n in range(50)
+    ]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in many)  # none acknowledged before its write
+    backend.hold.set()
+    results = await asyncio.gather(first, *many)
+    assert len({r.run_id for r in results}) == 51
+    assert backend.writes[0] == 1
+    assert backend.writes[1] >= 50  # the 50 arrived during one write: all in the next batch
+    await kf.run_until_idle(timeout=5)
+
+
+async def test_execution_changes_are_retried_until_written(
+    make_keyflow: MakeKeyflow, backend: FlakyBackend
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    kf = await start(make_keyflow, backend, job=job)
+    result = await kf.trigger("job")
+    await started.wait()
+    backend.fail = True
+    release.set()
+    run = await kf.wait(result.run_id, timeout=5)
+    assert run.status is RunStatus.COMPLETED  # memory moved on
+    assert backend.statuses[result.run_id] is not RunStatus.COMPLETED
+    backend.fail = False
+    await kf.run_until_idle(timeout=5)  # waits for the pipeline, which retries
+    assert backend.statuses[result.run_id] is RunStatus.COMPLETED
+
+
+async def test_a_run_never_executes_an_input_that_was_rolled_back(
+    make_keyflow: MakeKeyflow, backend: FlakyBackend
+) -> None:
+    release_first = asyncio.Event()
+    first_started = asyncio.Event()
+    seen: list[dict[str, Any]] = []
+
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        seen.append(input)
+        if input["n"] == 1:
+            first_started.set()
+            await release_first.wait()
+
+    kf = await start(make_keyflow, backend, job=job)
+    await kf.trigger("job", {"n": 1}, concurrency_key="k", coalesce="queue")
+    await first_started.wait()
+    follow = await kf.trigger("job", {"n": 2}, concurrency_key="k", coalesce="queue")
+    backend.hold = asyncio.Event()
+    joining = asyncio.ensure_future(
+        kf.trigger("job", {"n": 3}, concurrency_key="k", coalesce="queue")
+    )
+    while (await get(kf, follow.run_id)).trigger_count < 2:  # joined, not yet durable
+        await asyncio.sleep(0)
+    release_first.set()  # the follow-up starts while the join is not durable
+    while (await get(kf, follow.run_id)).status in (RunStatus.QUEUED, RunStatus.PENDING):
+        await asyncio.sleep(0)
+    backend.fail = True
+    backend.hold.set()
+    with pytest.raises(keyflow.StorageError):
+        await joining
+    backend.fail = False
+    backend.hold = None
+    await kf.run_until_idle(timeout=5)
+    assert seen == [{"n": 1}, {"n": 2}]
+    run = await kf.get_run(follow.run_id)
+    assert run is not None
+    assert run.trigger_count == 1

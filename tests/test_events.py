@@ -1,0 +1,105 @@
+"""The event stream: typed events, bounded buffers, and a scheduler that never waits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import keyflow
+from keyflow import RunStatus
+from keyflow.events import EventHub, RunChanged
+
+from .conftest import MakeKeyflow
+
+
+async def test_events_tell_the_story_of_a_lane(make_keyflow: MakeKeyflow) -> None:
+    kf = make_keyflow()
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @kf.job(concurrency_key="k", coalesce="queue")
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        started.set()
+        ctx.progress(1, 2)
+        ctx.log.info("working")
+        await release.wait()
+
+    await kf.start()
+    async with kf.events() as events:
+        first = await job.trigger({"n": 1})
+        await started.wait()
+        follow = await job.trigger({"n": 2})
+        joined = await job.trigger({"n": 3})
+        release.set()
+        await kf.run_until_idle()
+        seen: list[keyflow.Event] = []
+        while (event := events.get_nowait()) is not None:
+            seen.append(event)
+    changes = [
+        (e.run.id, e.previous, e.run.status) for e in seen if isinstance(e, keyflow.RunChanged)
+    ]
+    assert changes[:4] == [
+        (first.run_id, None, RunStatus.QUEUED),
+        (first.run_id, RunStatus.QUEUED, RunStatus.PENDING),
+        (first.run_id, RunStatus.PENDING, RunStatus.RUNNING),
+        (follow.run_id, None, RunStatus.QUEUED),
+    ]
+    assert (follow.run_id, RunStatus.RUNNING, RunStatus.COMPLETED) in changes
+    coalesced = [e for e in seen if isinstance(e, keyflow.TriggerCoalesced)]
+    assert len(coalesced) == 1
+    assert coalesced[0].run_id == joined.run_id == follow.run_id
+    assert coalesced[0].input == {"n": 3}
+    assert coalesced[0].trigger_count == 2
+    assert any(isinstance(e, keyflow.RunProgressed) for e in seen)
+    assert any(isinstance(e, keyflow.RunLogged) and e.entry.message == "working" for e in seen)
+
+
+async def test_slow_subscriber_loses_oldest_events_and_counts_them(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    kf = make_keyflow()
+
+    @kf.job()
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        return None
+
+    await kf.start()
+    slow = kf.events(buffer=5)
+    fast = kf.events(buffer=10_000)
+    for n in range(20):
+        await job.trigger({"n": n})
+    await kf.run_until_idle()
+    kept = []
+    while (event := slow.get_nowait()) is not None:
+        kept.append(event)
+    assert len(kept) == 5
+    assert slow.dropped > 0
+    assert fast.dropped == 0
+    assert kf.statistics().events_dropped == slow.dropped
+    last = kept[-1]
+    assert isinstance(last, RunChanged)
+    assert last.run.status is RunStatus.COMPLETED  # the newest survive
+    slow.close()
+    fast.close()
+
+
+async def test_iteration_ends_when_the_scheduler_stops(make_keyflow: MakeKeyflow) -> None:
+    kf = make_keyflow()
+    await kf.start()
+    events = kf.events()
+
+    async def consume() -> int:
+        return sum([1 async for _ in events])
+
+    consumer = asyncio.ensure_future(consume())
+    await kf.stop()
+    assert await consumer == 0
+
+
+def test_hub_without_subscribers_is_inactive() -> None:
+    hub = EventHub()
+    assert not hub.active
+    sub = hub.subscribe()
+    assert hub.active
+    sub.close()
+    assert not hub.active
