@@ -27,10 +27,12 @@ class FlakyBackend(MemoryBackend):
         self.hold: asyncio.Event | None = None
         self.writes: list[int] = []
         self.statuses: dict[str, RunStatus] = {}
+        self.writing = asyncio.Event()
 
     async def write(self, batch: WriteBatch) -> None:
         captured = [(r.id, r.status) for r in batch.runs]  # read before the first await
         self.writes.append(len(batch.runs))
+        self.writing.set()
         if self.hold is not None:
             await self.hold.wait()
         else:
@@ -96,8 +98,7 @@ async def test_a_coalesced_trigger_fails_with_the_run_it_joined(
     joining = asyncio.ensure_future(
         kf.trigger("echo", {"n": 2}, concurrency_key="k", coalesce="queue")
     )
-    while len(backend.writes) < 1:
-        await asyncio.sleep(0)
+    await backend.writing.wait()
     backend.fail = True
     backend.hold.set()
     for attempt in (creating, joining):
@@ -113,8 +114,7 @@ async def test_concurrent_triggers_share_one_commit(
     kf = await start(make_keyflow, backend, echo=echo)
     backend.hold = asyncio.Event()
     first = asyncio.ensure_future(kf.trigger("echo", {"n": -1}))
-    while not backend.writes:
-        await asyncio.sleep(0)
+    await backend.writing.wait()
     many = [
         asyncio.ensure_future(kf.trigger("echo", {"n": n}, concurrency_key=f"k{n}"))
         for n in range(50)
@@ -170,15 +170,22 @@ async def test_a_run_never_executes_an_input_that_was_rolled_back(
     await kf.trigger("job", {"n": 1}, concurrency_key="k", coalesce="queue")
     await first_started.wait()
     follow = await kf.trigger("job", {"n": 2}, concurrency_key="k", coalesce="queue")
+    backend.writing.clear()
     backend.hold = asyncio.Event()
     joining = asyncio.ensure_future(
         kf.trigger("job", {"n": 3}, concurrency_key="k", coalesce="queue")
     )
-    while (await get(kf, follow.run_id)).trigger_count < 2:  # joined, not yet durable
-        await asyncio.sleep(0)
-    release_first.set()  # the follow-up starts while the join is not durable
-    while (await get(kf, follow.run_id)).status in (RunStatus.QUEUED, RunStatus.PENDING):
-        await asyncio.sleep(0)
+    await backend.writing.wait()  # joined in memory, not yet durable
+    assert (await get(kf, follow.run_id)).trigger_count == 2
+    async with kf.events() as events:
+        release_first.set()  # the follow-up starts while the join is not durable
+        async for event in events:
+            if (
+                isinstance(event, keyflow.RunChanged)
+                and event.run.id == follow.run_id
+                and event.run.status is RunStatus.RUNNING
+            ):
+                break
     backend.fail = True
     backend.hold.set()
     with pytest.raises(keyflow.StorageError):

@@ -82,10 +82,11 @@ def test_lane_runs_one_at_a_time_in_order() -> None:
     a, b, c = (RunState(f"r{i}", "j", "k", S.QUEUED, 0.0) for i in range(3))
     assert lane.add(a) == [a]
     assert a.status is S.PENDING
-    assert lane.state == "running"
+    states = [lane.state]
     assert lane.add(b) == []
     assert lane.add(c) == []
-    assert lane.state == "running+queued"
+    states.append(lane.state)
+    assert states == ["running", "running+queued"]
     assert list(lane.waiting) == [b, c]
     a.apply(Action.START)
     assert lane.finish(a, Action.COMPLETE) == [b]
@@ -138,8 +139,8 @@ def test_retry_backoff_keeps_the_slot_and_resumes_first() -> None:
     lane.add(b)
     a.apply(Action.START)
     a.attempt = 1
-    a.apply(Action.RETRY)
-    assert a.status is S.SCHEDULED
+    assert a.apply(Action.RETRY) is S.RUNNING
+    assert a.holds_slot
     assert lane.promote() == []  # b still waits: a holds the slot in its backoff
     assert lane.become_due(a) == [a]
     assert a.status is S.PENDING
