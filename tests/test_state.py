@@ -209,9 +209,6 @@ def test_skip_joins_the_newest_unfinished_run_of_the_job() -> None:
 
 def test_queue_joins_only_a_never_started_run() -> None:
     running = RunState("r1", "j", "k", S.RUNNING, 0.0, attempt=1)
-    assert plan_trigger(lane_with(running), "j", Coalesce("queue")) == plan_trigger(
-        lane_with(running), "j", Coalesce("queue")
-    )
     plan = plan_trigger(lane_with(running), "j", Coalesce("queue"))
     assert plan.kind is PlanKind.CREATE
     assert plan.by_queue
@@ -248,16 +245,15 @@ def test_cancel_replaces_every_run_of_the_job() -> None:
 
 def test_disposition_of_new_runs() -> None:
     lane = Lane("k")
-    create = plan_trigger(lane, "j", None)
-    assert new_run_disposition(None, create, due=True) is Disposition.CREATED
-    assert new_run_disposition(lane, create, due=True) is Disposition.CREATED
+    assert new_run_disposition(None, due=True) is Disposition.CREATED
+    assert new_run_disposition(lane, due=True) is Disposition.CREATED
     lane.add(RunState("a", "j", "k", S.QUEUED, 0.0))
-    assert new_run_disposition(lane, create, due=True) is Disposition.QUEUED
-    assert new_run_disposition(lane, create, due=False) is Disposition.CREATED
+    assert new_run_disposition(lane, due=True) is Disposition.QUEUED
+    assert new_run_disposition(lane, due=False) is Disposition.CREATED
     # cancel: a pending victim frees its slot, a running one does not
     pending = lane.members["a"]
     replace = plan_trigger(lane, "j", Coalesce("cancel"))
     assert replace.victims == (pending,)
-    assert new_run_disposition(lane, replace, due=True) is Disposition.CREATED
+    assert new_run_disposition(lane, replace.victims, due=True) is Disposition.CREATED
     pending.apply(Action.START)
-    assert new_run_disposition(lane, replace, due=True) is Disposition.QUEUED
+    assert new_run_disposition(lane, replace.victims, due=True) is Disposition.QUEUED

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, TypeAlias, get_args
 
 from .errors import InvalidCoalesceError
@@ -69,6 +70,12 @@ CoalesceOption: TypeAlias = Strategy | Coalesce | None
 """What ``trigger(coalesce=...)`` accepts."""
 
 
+NAMED_STRATEGIES: Mapping[str, Coalesce] = MappingProxyType(
+    {name: Coalesce(name) for name in STRATEGIES}  # type: ignore[arg-type]
+)
+"""A strategy given by name maps to one shared, frozen :class:`Coalesce`."""
+
+
 def parse_coalesce(value: object) -> Coalesce | None:
     """Turn a ``coalesce=`` argument into a :class:`Coalesce` (or None).
 
@@ -78,7 +85,8 @@ def parse_coalesce(value: object) -> Coalesce | None:
     if value is None or isinstance(value, Coalesce):
         return value
     if isinstance(value, str):
-        return Coalesce(value)  # type: ignore[arg-type]  # validated in __post_init__
+        known = NAMED_STRATEGIES.get(value)
+        return known if known is not None else Coalesce(value)  # type: ignore[arg-type]
     raise InvalidCoalesceError(
         f"coalesce must be None, a strategy name or keyflow.Coalesce, got {value!r}"
     )

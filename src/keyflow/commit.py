@@ -19,15 +19,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from .errors import StorageError
 from .storage_backends.base import StorageBackend, WriteBatch
 
 if TYPE_CHECKING:
-    from .records import RunRecord
-    from .runs import CoalescedTrigger, JSONObject, TriggerResult
+    from .records import Coalescence, RunRecord
+    from .runs import JSONObject, TriggerResult
 
 logger = logging.getLogger("keyflow.commit")
 
@@ -35,16 +34,9 @@ RETRY_DELAYS = (0.01, 0.05, 0.2, 1.0, 5.0)
 """Seconds between retries of a failed write of execution changes."""
 
 
-@dataclass(slots=True)
-class Join:
-    """A trigger joined ``run``; what to restore if it is rolled back."""
-
-    run: RunRecord
-    old_input: JSONObject
-    old_trigger_count: int
-    old_due_at: float
-    old_coalesced: tuple[CoalescedTrigger, ...]
-    entry: CoalescedTrigger
+Join: TypeAlias = "tuple[RunRecord, JSONObject, float, Coalescence | None, Coalescence]"
+"""A trigger joined a run: ``(run, old_input, old_due_at, evicted, entry)``, what to
+restore if it is rolled back (a plain tuple: one is made per coalesced trigger)."""
 
 
 class Txn:
@@ -63,7 +55,7 @@ class Txn:
     @property
     def touched(self) -> list[RunRecord]:
         """The runs this transaction created or joined."""
-        return self.created + [join.run for join in self.joined]
+        return self.created + [join[0] for join in self.joined]
 
 
 class _Batch:
@@ -105,6 +97,7 @@ class CommitPipeline:
     ) -> None:
         self._backend = backend
         self._synchronous = backend.synchronous
+        self._shares_records = backend.shares_records
         self._settle = settle
         self._roll_back = roll_back
         self._open = _Batch()
@@ -143,6 +136,10 @@ class CommitPipeline:
             return False
         batch = self._open
         if not batch.records and not batch.txns:
+            if self._shares_records and not txn.created and not txn.idempotency:
+                # The backend holds these very records: a join has nothing to write.
+                self._settle(txn)
+                return True
             self._write_alone(txn, records)
             return True
         batch.txns.append(txn)

@@ -8,20 +8,23 @@ someone listens, published as an event.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .coalesce import Coalesce
-from .commit import CommitPipeline, Join, Txn
+from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
 from .events import EventHub, RunChanged, RunLogged, RunProgressed, TriggerCoalesced
 from .jsonvalue import NotJSONError, json_object_copy
-from .records import RunIds, RunRecord
+from .records import MAX_COALESCED_KEPT, RunIds, RunRecord
 from .runs import (
-    CoalescedTrigger,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
     Disposition,
     JSONObject,
     LogEntry,
@@ -30,7 +33,23 @@ from .runs import (
     RunStatus,
     TriggerResult,
 )
-from .state import Action, Lane, PlanKind, new_run_disposition, plan_trigger
+from .state import (
+    BECOME_DUE,
+    CANCEL,
+    COMPLETE,
+    FAIL,
+    INTERRUPT,
+    PROMOTE,
+    RESUME,
+    RETRY,
+    START,
+    Action,
+    Lane,
+    RunState,
+    join_target,
+    new_run_disposition,
+    replace_victims,
+)
 from .stats import LaneSnapshot
 
 if TYPE_CHECKING:
@@ -39,6 +58,12 @@ if TYPE_CHECKING:
     from .triggers import PreparedTrigger
 
 S = RunStatus
+_result = partial(tuple.__new__, TriggerResult)
+"""Builds a TriggerResult from a tuple without NamedTuple's slower Python __new__."""
+D_COALESCED = Disposition.COALESCED
+D_CREATED = Disposition.CREATED
+D_IDEMPOTENT = Disposition.IDEMPOTENT
+D_QUEUED = Disposition.QUEUED
 MAX_TRACKED_KEYS = 10_000
 """Idle keys remembered for ``keys()`` (with their coalesced counts), newest kept."""
 
@@ -87,7 +112,8 @@ class Core:
         self.ready: deque[RunRecord] = deque()
         """Pending runs, in the order workers should take them."""
         self.timers: dict[str, TimerHandle] = {}
-        self.key_coalesced: OrderedDict[str, int] = OrderedDict()
+        self.key_coalesced: dict[str, int] = {}
+        """Coalesced triggers per key, least recently active first (bounded)."""
         self.status_counts: list[int] = [0] * len(RunStatus)
         """Unfinished runs by status ordinal."""
         self.counters = Counters()
@@ -110,39 +136,44 @@ class Core:
         if trig.idempotency_key is not None:
             existing = self.idempotency.get((job.name, trig.idempotency_key))
             if existing is not None:
-                result = TriggerResult(existing.id, Disposition.IDEMPOTENT, job.name, existing.key)
+                result = TriggerResult(existing.id, D_IDEMPOTENT, job.name, existing.key)
                 txn.results.append(result)
                 return result
         lane = self.lanes.get(key) if key is not None else None
-        plan = plan_trigger(lane, job.name, trig.coalesce)
-        now = self.clock.now()
-        due_at = now + trig.delay
-        if plan.kind is PlanKind.JOIN:
-            assert plan.target is not None
-            assert trig.coalesce is not None
-            target = self.records[plan.target.id]
-            self._join(target, trig, trig.coalesce, txn, now, due_at)
-            record = target
-            disposition = Disposition.COALESCED
-        else:
-            due = trig.delay <= 0
-            if lane is None or not due:
-                disposition = Disposition.CREATED
+        coalesce = trig.coalesce
+        target: RunState | None = None
+        victims: tuple[RunState, ...] = ()
+        if coalesce is not None and lane is not None:
+            if coalesce.strategy == "cancel":
+                victims = replace_victims(lane, job.name)
             else:
-                disposition = new_run_disposition(lane, plan, due=due)
+                target = join_target(lane, job.name, coalesce)
+        now = self.clock.now()
+        if target is not None:
+            assert coalesce is not None
+            record = self.records[target.id]
+            self._join(record, trig, coalesce, txn, now)
+            disposition = D_COALESCED
+        else:
+            delay = trig.delay
+            due = delay <= 0
+            if lane is None or not due:
+                disposition = D_CREATED
+            else:
+                disposition = new_run_disposition(lane, victims, due=due)
             record = RunRecord(
                 self.ids.next(),
                 job.name,
                 key,
-                S.QUEUED if due else S.SCHEDULED,
+                QUEUED if due else SCHEDULED,
                 trig.input,
                 now,
-                due_at,
+                now + delay,
                 job.retries + 1,
                 trig.labels,
                 trig.idempotency_key,
                 trig.parent_run_id,
-                plan.by_queue,
+                coalesce is not None and coalesce.strategy == "queue",
                 False,
             )
             self.records[record.id] = record
@@ -152,92 +183,83 @@ class Core:
                     lane = self.lanes[key] = Lane(key, self._lane_limit(key))
                 lane.add(record)  # not durable yet: it waits for settle() to take a slot
             txn.created.append(record)
-            if plan.victims:
-                txn.victims.extend(self.records[v.id] for v in plan.victims)
+            if victims:
+                txn.victims.extend(self.records[v.id] for v in victims)
         if trig.idempotency_key is not None:
             self.idempotency[job.name, trig.idempotency_key] = record
             txn.idempotency.append((job.name, trig.idempotency_key, record))
-        result = TriggerResult(record.id, disposition, job.name, key)
+        result = _result((record.id, disposition, job.name, key))
         txn.results.append(result)
         return result
 
     def _join(
-        self,
-        target: RunRecord,
-        trig: PreparedTrigger,
-        coalesce: Coalesce,
-        txn: Txn,
-        now: float,
-        due_at: float,
+        self, target: RunRecord, trig: PreparedTrigger, coalesce: Coalesce, txn: Txn, now: float
     ) -> None:
-        new_input = target.input
-        if target.attempt == 0:
+        old_input = target.input
+        if target.attempt == 0:  # a run that started keeps its input
             policy = coalesce.input
             if policy == "latest":
-                new_input = trig.input
-            elif callable(policy):
-                new_input = _merge(policy, target.input, trig.input, trig.job.name)
-        entry = CoalescedTrigger(now, trig.input, trig.parent_run_id)
-        txn.joined.append(
-            Join(target, target.input, target.trigger_count, target.due_at, target.coalesced, entry)
-        )
-        target.input = new_input
+                target.input = trig.input
+            elif policy != "first":
+                target.input = _merge(policy, old_input, trig.input, trig.job.name)
+        entry = (now, trig.input, trig.parent_run_id)
+        kept = target.coalesced
+        if kept is None:
+            kept = target.coalesced = deque(maxlen=MAX_COALESCED_KEPT)
+        evicted = kept[0] if len(kept) == MAX_COALESCED_KEPT else None
+        kept.append(entry)
         target.trigger_count += 1
-        target.add_coalesced(entry)
-        if target.status is S.SCHEDULED and target.attempt == 0 and due_at < target.due_at:
+        old_due = target.due_at
+        due_at = now + trig.delay
+        if due_at < old_due and target.status is SCHEDULED and target.attempt == 0:
             target.due_at = due_at  # the run covers this trigger no later than it asked
         target.unsettled += 1
+        txn.joined.append((target, old_input, old_due, evicted, entry))
 
     def settle(self, txn: Txn) -> None:
         """``txn`` is durable: let its runs start, arm timers, publish events."""
         publish = self.hub.active
         counters = self.counters
         for result in txn.results:
-            disposition = result.disposition
-            if disposition is Disposition.CREATED:
+            disposition = result[1]
+            if disposition is D_CREATED:
                 counters.created += 1
-            elif disposition is Disposition.QUEUED:
+            elif disposition is D_QUEUED:
                 counters.queued += 1
-            elif disposition is Disposition.IDEMPOTENT:
+            elif disposition is D_IDEMPOTENT:
                 counters.idempotent += 1
-        for record in txn.created:
+        created = txn.created
+        for record in created:
             record.durable = True
-        for record in txn.created:
+        for record in created:
             if publish:
                 self.hub.publish(RunChanged(record.snapshot(), None, record.created_at))
-            if record.status is S.SCHEDULED:
+            if record.status is SCHEDULED:
                 self._arm(record)
             elif record.key is None:
-                record.apply(Action.PROMOTE)
-                self._moved(record, S.QUEUED)
+                record.apply(PROMOTE)
+                self._moved(record, QUEUED)
                 self._dispatch_one(record)
             else:
                 lane = self.lanes.get(record.key)
                 if lane is not None:
                     self._dispatch(lane.promote())
-        for join in txn.joined:
-            run = join.run
+        for run, _old_input, old_due_at, _evicted, entry in txn.joined:
             run.unsettled -= 1
-            self.counters.coalesced += 1
+            counters.coalesced += 1
             if run.key is not None:
                 self._count_key_coalesced(run.key)
-            if run.status is S.SCHEDULED and run.due_at < join.old_due_at:
+            if run.status is SCHEDULED and run.due_at < old_due_at:
                 self._arm(run)
             if publish:
+                at, data, parent = entry
                 self.hub.publish(
-                    TriggerCoalesced(
-                        run.id,
-                        run.job,
-                        run.key,
-                        join.entry.input,
-                        run.trigger_count,
-                        join.entry.parent_run_id,
-                        join.entry.at,
-                    )
+                    TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
                 )
-        for victim in txn.victims:
-            if not victim.status.is_terminal:
-                self.cancel(victim)
+        if txn.victims:
+            for victim in txn.victims:
+                if not victim.status.is_terminal:
+                    self.cancel(victim)
         if self._change_waiters:
             self._wake_change_waiters()
 
@@ -246,12 +268,11 @@ class Core:
         for job, idem, record in reversed(txn.idempotency):
             if self.idempotency.get((job, idem)) is record:
                 del self.idempotency[job, idem]
-        for join in reversed(txn.joined):
-            run = join.run
-            run.input = join.old_input
-            run.trigger_count = join.old_trigger_count
-            run.due_at = join.old_due_at
-            run.coalesced = join.old_coalesced
+        for run, old_input, old_due_at, evicted, _entry in reversed(txn.joined):
+            run.input = old_input
+            run.trigger_count -= 1
+            run.due_at = old_due_at
+            run.remove_coalesced(evicted)
             run.unsettled -= 1
         for record in reversed(txn.created):
             if self.records.pop(record.id, None) is None:
@@ -271,23 +292,23 @@ class Core:
         ready = self.ready
         while ready:
             record = ready.popleft()
-            if record.status is S.PENDING:
+            if record.status is PENDING:
                 return record
         return None
 
     def start(self, record: RunRecord) -> None:
         """A worker starts an attempt of ``record``."""
-        record.apply(Action.START)
+        record.apply(START)
         record.attempt += 1
         record.started_at = self.clock.now()
         self.counters.started += 1
-        self._moved(record, S.PENDING)
+        self._moved(record, PENDING)
 
     def complete(self, record: RunRecord, output: Any) -> None:
         """The handler returned ``output``."""
         record.output = output
         self.counters.completed += 1
-        self._finish(record, Action.COMPLETE, S.RUNNING)
+        self._finish(record, COMPLETE, RUNNING)
 
     def fail(self, record: RunRecord, retry_delay: float | None) -> None:
         """The attempt failed (its error is recorded); retry after ``retry_delay`` if allowed.
@@ -296,13 +317,13 @@ class Core:
         """
         if retry_delay is None or record.retries_used + 1 >= record.max_attempts:
             self.counters.failed += 1
-            self._finish(record, Action.FAIL, S.RUNNING)
+            self._finish(record, FAIL, RUNNING)
             return
         record.retries_used += 1
         self.counters.retried += 1
-        record.apply(Action.RETRY)
+        record.apply(RETRY)
         record.due_at = self.clock.now() + retry_delay
-        self._moved(record, S.RUNNING)
+        self._moved(record, RUNNING)
         if retry_delay <= 0:
             self._due(record.id)
         else:
@@ -310,10 +331,10 @@ class Core:
 
     def interrupt(self, record: RunRecord) -> None:
         """A stop cut the attempt short: back to the head of its lane, slot kept."""
-        record.apply(Action.INTERRUPT)
+        record.apply(INTERRUPT)
         record.interruptions += 1
         self.counters.interrupted += 1
-        self._moved(record, S.RUNNING)
+        self._moved(record, RUNNING)
         self.ready.appendleft(record)
 
     def cancel(self, record: RunRecord) -> bool:
@@ -321,7 +342,7 @@ class Core:
         status = record.status
         if status.is_terminal:
             return False
-        if status is S.RUNNING:
+        if status is RUNNING:
             if not record.cancel_requested:
                 record.cancel_requested = True
                 self._on_cancel_running(record)
@@ -330,13 +351,13 @@ class Core:
         if timer is not None:
             timer.cancel()
         self.counters.cancelled += 1
-        self._finish(record, Action.CANCEL, status)
+        self._finish(record, CANCEL, status)
         return False
 
     def cancelled(self, record: RunRecord) -> None:
         """A running run's task stopped after a cancel."""
         self.counters.cancelled += 1
-        self._finish(record, Action.CANCEL, S.RUNNING)
+        self._finish(record, CANCEL, RUNNING)
 
     def _finish(self, record: RunRecord, action: Action, previous: RunStatus) -> None:
         key = record.key
@@ -387,18 +408,18 @@ class Core:
     def _due(self, run_id: str) -> None:
         self.timers.pop(run_id, None)
         record = self.records.get(run_id)
-        if record is None or record.status is not S.SCHEDULED:
+        if record is None or record.status is not SCHEDULED:
             return
         if record.key is not None:
             promoted = self.lanes[record.key].become_due(record)
         else:
             if record.attempt == 0:
-                record.apply(Action.BECOME_DUE)
-                record.apply(Action.PROMOTE)
+                record.apply(BECOME_DUE)
+                record.apply(PROMOTE)
             else:
-                record.apply(Action.RESUME)
+                record.apply(RESUME)
             promoted = [record]
-        self._moved(record, S.SCHEDULED)
+        self._moved(record, SCHEDULED)
         self._dispatch(promoted, reported=record)
 
     # -- bookkeeping -------------------------------------------------------------
@@ -410,7 +431,7 @@ class Core:
         """
         for record in promoted:
             if record is not reported:
-                self._moved(record, S.QUEUED)
+                self._moved(record, QUEUED)
             self._dispatch_one(record)
 
     def _dispatch_one(self, record: RunRecord) -> None:
@@ -434,10 +455,9 @@ class Core:
 
     def _count_key_coalesced(self, key: str, add: int = 1) -> None:
         tracked = self.key_coalesced
-        tracked[key] = tracked.get(key, 0) + add
-        tracked.move_to_end(key)
+        tracked[key] = tracked.pop(key, 0) + add  # re-inserted: now the most recent
         if len(tracked) > MAX_TRACKED_KEYS:
-            tracked.popitem(last=False)
+            del tracked[next(iter(tracked))]
 
     # -- waiting -----------------------------------------------------------------
 
@@ -472,9 +492,9 @@ class Core:
         """True when nothing can progress until a timer fires (no run pending or running)."""
         counts = self.status_counts
         return (
-            counts[S.SCHEDULED.ordinal] > 0
-            and counts[S.RUNNING.ordinal] == 0
-            and counts[S.PENDING.ordinal] == 0
+            counts[SCHEDULED.ordinal] > 0
+            and counts[RUNNING.ordinal] == 0
+            and counts[PENDING.ordinal] == 0
             and not self.ready
         )
 
@@ -493,7 +513,7 @@ class Core:
             limit=lane.limit,
             running=tuple(r.id for r in members if r.holds_slot),
             waiting=tuple(r.id for r in lane.waiting),
-            scheduled=tuple(r.id for r in members if r.status is S.SCHEDULED and not r.holds_slot),
+            scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
             coalesced=coalesced,
         )
 

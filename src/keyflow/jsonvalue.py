@@ -12,6 +12,7 @@ from typing import Any
 from .runs import JSONObject
 
 _SCALARS = (str, int, bool, type(None))
+_EXACT_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class NotJSONError(ValueError):
@@ -33,20 +34,27 @@ def json_copy(value: object, where: str = "$") -> Any:
             raise NotJSONError(f"{where} is {value!r}, which JSON cannot represent")
         return value
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise NotJSONError(f"{where} has a non-string key {k!r}")
-            out[k] = v if type(v) in _SCALARS else json_copy(v, f"{where}.{k}")
-        return out
+        return copy_json_dict(value, where)
     if isinstance(value, list | tuple):
         return [json_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise NotJSONError(f"{where} is a {type(value).__name__}, which is not a JSON value")
+
+
+def copy_json_dict(value: dict[Any, Any], where: str = "$") -> JSONObject:
+    """Copy a dict as a JSON object (see :func:`json_copy`)."""
+    out: JSONObject = {}
+    for k, v in value.items():
+        if type(k) is not str:
+            if not isinstance(k, str):
+                raise NotJSONError(f"{where} has a non-string key {k!r}")
+            k = str(k)
+        # Exact types first: the common case costs one set lookup per value.
+        out[k] = v if type(v) in _EXACT_SCALARS else json_copy(v, f"{where}.{k}")
+    return out
 
 
 def json_object_copy(value: object) -> JSONObject:
     """Like :func:`json_copy`, but the value itself must be a dict (a JSON object)."""
     if not isinstance(value, dict):
         raise NotJSONError(f"expected a JSON object (dict), got {type(value).__name__}")
-    result: JSONObject = json_copy(value)
-    return result
+    return copy_json_dict(value, "$")

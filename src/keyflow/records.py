@@ -32,6 +32,9 @@ MAX_LOG_LINES = 200
 
 _NO_LABELS: dict[str, str] = {}
 
+Coalescence = tuple[float, JSONObject, str | None]
+"""A joined trigger as stored: ``(at, input, parent_run_id)``."""
+
 
 class RunIds:
     """Makes run ids: a random per-instance prefix plus a counter, sortable by creation."""
@@ -111,7 +114,8 @@ class RunRecord(RunState):
         self.errors: list[AttemptError] | None = None
         self.progress: Progress | None = None
         self.logs: deque[LogEntry] | None = None
-        self.coalesced: tuple[CoalescedTrigger, ...] = ()
+        self.coalesced: deque[Coalescence] | None = None
+        """The latest joined triggers, oldest first (tuples: cheap on the hot path)."""
         self.interruptions = 0
         """Attempts cut short by a stop or a crash."""
         self.retries_used = 0
@@ -120,10 +124,13 @@ class RunRecord(RunState):
         self.unsettled = 0
         """Trigger changes to this run that are not durable yet; it may not run before."""
 
-    def add_coalesced(self, entry: CoalescedTrigger) -> None:
-        """Remember a joined trigger (a new tuple, so a rollback can restore the old one)."""
-        kept = self.coalesced[-(MAX_COALESCED_KEPT - 1) :]
-        self.coalesced = (*kept, entry)
+    def remove_coalesced(self, evicted: Coalescence | None) -> None:
+        """Undo the latest :meth:`add_coalesced` (a rolled-back trigger)."""
+        kept = self.coalesced
+        if kept:
+            kept.pop()
+            if evicted is not None:
+                kept.appendleft(evicted)
 
     def add_error(self, error: AttemptError) -> None:
         """Record the failure of an attempt."""
@@ -161,7 +168,7 @@ class RunRecord(RunState):
             errors=tuple(self.errors or ()),
             progress=self.progress,
             logs=tuple(self.logs or ()),
-            coalesced=self.coalesced,
+            coalesced=tuple(CoalescedTrigger(*e) for e in self.coalesced or ()),
             interruptions=self.interruptions,
         )
 

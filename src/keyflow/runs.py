@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 JSONObject = dict[str, Any]
 """A JSON object: the type of a run's input."""
@@ -44,6 +44,17 @@ for _ordinal, _status in enumerate(RunStatus):
     _status.is_terminal = _status in TERMINAL_STATUSES
 
 
+# Module-level aliases of the members, for hot paths: reading an Enum member through
+# its class costs ~0.1 µs, a global ~0.01 µs. They are constants, like the members.
+SCHEDULED = RunStatus.SCHEDULED
+QUEUED = RunStatus.QUEUED
+PENDING = RunStatus.PENDING
+RUNNING = RunStatus.RUNNING
+COMPLETED = RunStatus.COMPLETED
+FAILED = RunStatus.FAILED
+CANCELLED = RunStatus.CANCELLED
+
+
 class Disposition(StrEnum):
     """What a trigger did.
 
@@ -59,9 +70,11 @@ class Disposition(StrEnum):
     IDEMPOTENT = "idempotent"
 
 
-@dataclass(frozen=True, slots=True)
-class TriggerResult:
-    """The answer to a trigger: the run that covers it, and how."""
+class TriggerResult(NamedTuple):
+    """The answer to a trigger: the run that covers it, and how.
+
+    Immutable; a named tuple rather than a dataclass because every trigger makes one.
+    """
 
     run_id: str
     """The run that covers the trigger (new, joined, or found by idempotency key)."""

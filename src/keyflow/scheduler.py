@@ -299,8 +299,21 @@ class Keyflow:
             delay,
             parent_run_id,
         )
-        results = await self._commit([prepared])
-        return results[0]
+        if idempotency_key is not None:
+            return (await self._commit([prepared]))[0]
+        # The common case, kept short: one trigger, nothing to look up in storage.
+        core = self._core
+        txn = Txn()
+        try:
+            result = core.apply_trigger(prepared, txn)
+        except BaseException:
+            core.roll_back(txn)
+            raise
+        touched = txn.created or [txn.joined[0][0]]  # one trigger: one run
+        pipeline = core.pipeline
+        if not pipeline.commit_now(txn, touched):
+            await pipeline.commit(txn, touched)
+        return result
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.

@@ -21,14 +21,20 @@ it is terminal. So at most ``limit`` runs of a key ever execute at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 from .coalesce import Coalesce
 from .errors import IllegalTransitionError
-from .runs import Disposition, RunStatus
+from .runs import (
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    Disposition,
+    RunStatus,
+)
 
 S = RunStatus
 
@@ -55,6 +61,17 @@ class Action(StrEnum):
     CANCEL = "cancel"
     """The run was cancelled (a running one once its task has stopped)."""
 
+
+# Aliases of the members for hot paths (see runs.py: class attribute reads are slow).
+BECOME_DUE = Action.BECOME_DUE
+RESUME = Action.RESUME
+PROMOTE = Action.PROMOTE
+START = Action.START
+COMPLETE = Action.COMPLETE
+FAIL = Action.FAIL
+RETRY = Action.RETRY
+INTERRUPT = Action.INTERRUPT
+CANCEL = Action.CANCEL
 
 TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
     (S.SCHEDULED, Action.BECOME_DUE): S.QUEUED,
@@ -139,7 +156,7 @@ class RunState:
     def holds_slot(self) -> bool:
         """True while the run occupies one of its lane's slots."""
         s = self.status
-        return s is S.PENDING or s is S.RUNNING or (s is S.SCHEDULED and self.attempt > 0)
+        return s is PENDING or s is RUNNING or (s is SCHEDULED and self.attempt > 0)
 
     def apply(self, action: Action) -> RunStatus:
         """Move this run by ``action`` (see :func:`next_status`); return the old status."""
@@ -168,8 +185,7 @@ class PlanKind(StrEnum):
     """Cancel the job's runs in the lane and make a new one (``"cancel"``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TriggerPlan:
+class TriggerPlan(NamedTuple):
     """The decision for one trigger, made without changing anything."""
 
     kind: PlanKind
@@ -181,7 +197,11 @@ class TriggerPlan:
     """For CREATE: the new run is made by a ``"queue"`` trigger."""
 
 
+CREATE = PlanKind.CREATE
+JOIN = PlanKind.JOIN
+REPLACE = PlanKind.REPLACE
 PLAIN_CREATE = TriggerPlan(PlanKind.CREATE)
+QUEUE_CREATE = TriggerPlan(PlanKind.CREATE, by_queue=True)
 _NONE: list[RunState] = []  # returned when nothing was promoted; never mutated
 
 
@@ -216,18 +236,12 @@ class Lane:
         """True when the lane holds no unfinished run."""
         return not self.members
 
-    def runs_of(self, job: str) -> Iterator[RunState]:
-        """The job's unfinished runs in this lane, newest first."""
-        for run in reversed(self.members.values()):
-            if run.job == job:
-                yield run
-
     def new_run_waits(self, victims: tuple[RunState, ...] = ()) -> bool:
         """Would a new due run wait behind others (ignoring ``victims`` about to be cancelled)?"""
         if not victims:
             return self.holders >= self.limit or bool(self.waiting)
         cancelled_ids = {v.id for v in victims}
-        freed = sum(1 for v in victims if v.holds_slot and v.status is not S.RUNNING)
+        freed = sum(1 for v in victims if v.holds_slot and v.status is not RUNNING)
         if any(w.id not in cancelled_ids for w in self.waiting):
             return True
         return self.holders - freed >= self.limit
@@ -241,11 +255,11 @@ class Lane:
         runs ahead of it had their chance when they arrived (every change promotes).
         """
         status = run.status
-        if status is S.QUEUED:
+        if status is QUEUED:
             self.members[run.id] = run
             self.waiting.append(run)
             return self.promote() if run.durable else _NONE
-        if status is S.SCHEDULED:
+        if status is SCHEDULED:
             self.members[run.id] = run
             return _NONE
         raise IllegalTransitionError(
@@ -255,9 +269,9 @@ class Lane:
     def remove_new(self, run: RunState) -> list[RunState]:
         """Take back a run added by a trigger that was rolled back; return runs promoted."""
         self.members.pop(run.id, None)
-        if run.status is S.QUEUED:
+        if run.status is QUEUED:
             self.waiting.remove(run)
-        elif run.status is S.PENDING:
+        elif run.status is PENDING:
             self.holders -= 1
         return self.promote()
 
@@ -271,7 +285,7 @@ class Lane:
             head = self.waiting[0]
             if not head.durable:
                 break
-            head.apply(Action.PROMOTE)
+            head.apply(PROMOTE)
             self.waiting.popleft()
             self.holders += 1
             promoted.append(head)
@@ -280,16 +294,16 @@ class Lane:
     def become_due(self, run: RunState) -> list[RunState]:
         """A scheduled run's time came; return the runs that became pending."""
         if run.attempt > 0:  # a retry backoff ended: it kept its slot
-            run.apply(Action.RESUME)
+            run.apply(RESUME)
             return [run]
-        run.apply(Action.BECOME_DUE)
+        run.apply(BECOME_DUE)
         self.waiting.append(run)
         return self.promote()
 
     def finish(self, run: RunState, action: Action) -> list[RunState]:
         """A run became terminal (or was cancelled before starting); return runs promoted."""
         held = run.holds_slot
-        was_waiting = run.status is S.QUEUED
+        was_waiting = run.status is QUEUED
         run.apply(action)
         if not run.status.is_terminal:
             raise IllegalTransitionError(f"{action.value!r} does not finish a run")
@@ -301,42 +315,62 @@ class Lane:
         return self.promote()
 
 
-def plan_trigger(lane: Lane | None, job: str, coalesce: Coalesce | None) -> TriggerPlan:
-    """Decide what a trigger of ``job`` does in ``lane``; change nothing.
+def join_target(lane: Lane, job: str, coalesce: Coalesce) -> RunState | None:
+    """The run a ``"skip"`` or ``"queue"`` trigger of ``job`` joins; None: it creates one.
 
-    See DESIGN.md §3: ``skip`` joins the newest unfinished run of the job; ``queue``
-    joins the newest never-started run once the job has ``max_queued`` of them, else
-    creates one; ``cancel`` replaces the job's runs.
+    ``skip`` joins the newest unfinished run of the job; ``queue`` joins the newest
+    never-started run once the job has ``max_queued`` of them. Plain loops, newest
+    first: this is the hot path of coalescing.
     """
-    if coalesce is None:
-        return PLAIN_CREATE
     strategy = coalesce.strategy
-    if lane is None:
-        return TriggerPlan(PlanKind.CREATE, by_queue=strategy == "queue")
     if strategy == "skip":
-        for run in lane.runs_of(job):
-            return TriggerPlan(PlanKind.JOIN, target=run)
-        return PLAIN_CREATE
+        for run in reversed(lane.members.values()):
+            if run.job == job:
+                return run
+        return None
     if strategy == "queue":
         newest: RunState | None = None
         not_started = 0
-        for run in lane.runs_of(job):
-            if run.attempt == 0:
-                newest = newest or run
+        bound = coalesce.max_queued
+        for run in reversed(lane.members.values()):
+            if run.attempt == 0 and run.job == job:
+                if newest is None:
+                    newest = run
                 not_started += 1
-                if not_started >= coalesce.max_queued:
-                    return TriggerPlan(PlanKind.JOIN, target=newest)
-        return TriggerPlan(PlanKind.CREATE, by_queue=True)
-    victims = tuple(reversed(list(lane.runs_of(job))))
-    return TriggerPlan(PlanKind.REPLACE, victims=victims)
+                if not_started >= bound:
+                    return newest
+    return None
+
+
+def replace_victims(lane: Lane, job: str) -> tuple[RunState, ...]:
+    """The runs a ``"cancel"`` trigger of ``job`` cancels: all of the job's, oldest first."""
+    return tuple(run for run in lane.members.values() if run.job == job)
+
+
+def plan_trigger(lane: Lane | None, job: str, coalesce: Coalesce | None) -> TriggerPlan:
+    """Decide what a trigger of ``job`` does in ``lane``; change nothing.
+
+    See DESIGN.md §3 and :func:`join_target` / :func:`replace_victims`.
+    """
+    if coalesce is None:
+        return PLAIN_CREATE
+    by_queue = coalesce.strategy == "queue"
+    if lane is None:
+        return QUEUE_CREATE if by_queue else PLAIN_CREATE
+    if coalesce.strategy == "cancel":
+        return TriggerPlan(REPLACE, victims=replace_victims(lane, job))
+    target = join_target(lane, job, coalesce)
+    if target is not None:
+        return TriggerPlan(JOIN, target)
+    return QUEUE_CREATE if by_queue else PLAIN_CREATE
 
 
 def new_run_disposition(
-    lane: Lane | None, plan: TriggerPlan, *, due: bool
+    lane: Lane | None, victims: tuple[RunState, ...] = (), *, due: bool
 ) -> Literal[Disposition.CREATED, Disposition.QUEUED]:
     """``queued`` when a new due run will wait behind another run of its lane."""
     if lane is None or not due:
         return Disposition.CREATED
-    if lane.new_run_waits(plan.victims):
+    if lane.new_run_waits(victims):
         return Disposition.QUEUED
     return Disposition.CREATED

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .coalesce import NAMED_STRATEGIES as _NAMED
 from .coalesce import Coalesce, CoalesceOption, parse_coalesce
 from .errors import (
     InvalidCoalesceError,
@@ -16,7 +17,7 @@ from .errors import (
     UnknownJobError,
 )
 from .jobs import DEFAULT, Default
-from .jsonvalue import NotJSONError, json_object_copy
+from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
 from .runs import JSONObject
 
 if TYPE_CHECKING:
@@ -88,11 +89,19 @@ def prepare_trigger(
         known = ", ".join(repr(name) for name in sorted(jobs)) or "none"
         raise UnknownJobError(f"unknown job {job_name!r} (registered jobs: {known})")
     try:
-        data = {} if input is None else json_object_copy(input)
+        data = copy_json_dict(input) if type(input) is dict else _other_input(input)
     except NotJSONError as exc:
         raise InvalidInputError(f"input of job {job.name!r} is not a JSON object: {exc}") from None
-    key = _key(job, concurrency_key, data)
-    coalesce = job.coalesce if coalesce_option is DEFAULT else parse_coalesce(coalesce_option)
+    # Fast paths for the common argument types; the helpers check everything else.
+    key = concurrency_key if type(concurrency_key) is str and concurrency_key else None
+    if key is None:
+        key = _key(job, concurrency_key, data)
+    if coalesce_option is DEFAULT:
+        coalesce = job.coalesce
+    else:
+        coalesce = _NAMED.get(coalesce_option) if type(coalesce_option) is str else None
+        if coalesce is None:
+            coalesce = parse_coalesce(coalesce_option)
     if coalesce is not None and key is None:
         raise InvalidCoalesceError(
             f"coalesce={coalesce.strategy!r} needs a concurrency_key (job {job.name!r} has none)"
@@ -113,6 +122,10 @@ def prepare_trigger(
         _delay(delay) if delay else 0.0,
         parent_run_id,
     )
+
+
+def _other_input(input: object) -> JSONObject:
+    return {} if input is None else json_object_copy(input)
 
 
 def _key(job: Job, option: str | Default | None, data: JSONObject) -> str | None:
