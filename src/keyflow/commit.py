@@ -111,6 +111,17 @@ class CommitPipeline:
         """How many batches were written."""
 
     @property
+    def settles_joins_now(self) -> bool:
+        """True when a join needs no write and nothing is pending: it is durable at once."""
+        return (
+            self._shares_records
+            and self._synchronous
+            and self._inflight is None
+            and not self._failures
+            and not self._open.txns
+        )
+
+    @property
     def idle(self) -> bool:
         """True when nothing waits to be written."""
         return self._inflight is None and not self._open.records and not self._open.txns
@@ -218,6 +229,18 @@ class CommitPipeline:
         for txn in batch.txns:
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
         return batch, write
+
+    def write_now(self, record: RunRecord) -> None:
+        """Write one new run synchronously (the in-memory fast path; see Core.trigger_now).
+
+        Raises:
+            StorageError: the write failed; nothing was stored.
+        """
+        try:
+            self._backend.write_sync(WriteBatch([record]))
+        except Exception as exc:
+            raise self._fail(_Batch(), exc) from exc
+        self.batches_written += 1
 
     def _write_alone(self, txn: Txn, records: list[RunRecord]) -> None:
         # One transaction and nothing else pending: skip the batch bookkeeping.

@@ -19,7 +19,7 @@ from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
 from .events import EventHub, RunChanged, RunLogged, RunProgressed, TriggerCoalesced
 from .jsonvalue import NotJSONError, json_object_copy
-from .records import MAX_COALESCED_KEPT, RunIds, RunRecord
+from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
     PENDING,
     QUEUED,
@@ -94,13 +94,13 @@ class Core:
         clock: Clock,
         hub: EventHub,
         lane_limit: Callable[[str], int],
-        on_ready: Callable[[], None],
         on_cancel_running: Callable[[RunRecord], None],
     ) -> None:
         self.clock = clock
         self.hub = hub
         self._lane_limit = lane_limit
-        self._on_ready = on_ready
+        self.on_ready: Callable[[], None] = _nothing
+        """Called whenever a run becomes pending (the worker pool sets it)."""
         self._on_cancel_running = on_cancel_running
         self.ids = RunIds()
         self.records: dict[str, RunRecord] = {}
@@ -152,7 +152,12 @@ class Core:
         if target is not None:
             assert coalesce is not None
             record = self.records[target.id]
-            self._join(record, trig, coalesce, txn, now)
+            old_input = record.input
+            kept = record.coalesced
+            evicted = kept[0] if kept is not None and len(kept) == MAX_COALESCED_KEPT else None
+            old_due, entry = self._join(record, trig, coalesce, now)
+            record.unsettled += 1
+            txn.joined.append((record, old_input, old_due, evicted, entry))
             disposition = D_COALESCED
         else:
             delay = trig.delay
@@ -161,21 +166,7 @@ class Core:
                 disposition = D_CREATED
             else:
                 disposition = new_run_disposition(lane, victims, due=due)
-            record = RunRecord(
-                self.ids.next(),
-                job.name,
-                key,
-                QUEUED if due else SCHEDULED,
-                trig.input,
-                now,
-                now + delay,
-                job.retries + 1,
-                trig.labels,
-                trig.idempotency_key,
-                trig.parent_run_id,
-                coalesce is not None and coalesce.strategy == "queue",
-                False,
-            )
+            record = self._new_record(trig, now, due, durable=False)
             self.records[record.id] = record
             self.status_counts[record.status.ordinal] += 1
             if key is not None:
@@ -193,8 +184,9 @@ class Core:
         return result
 
     def _join(
-        self, target: RunRecord, trig: PreparedTrigger, coalesce: Coalesce, txn: Txn, now: float
-    ) -> None:
+        self, target: RunRecord, trig: PreparedTrigger, coalesce: Coalesce, now: float
+    ) -> tuple[float, Coalescence]:
+        """Join ``target`` in memory; return its old due time and the stored entry."""
         old_input = target.input
         if target.attempt == 0:  # a run that started keeps its input
             policy = coalesce.input
@@ -206,15 +198,13 @@ class Core:
         kept = target.coalesced
         if kept is None:
             kept = target.coalesced = deque(maxlen=MAX_COALESCED_KEPT)
-        evicted = kept[0] if len(kept) == MAX_COALESCED_KEPT else None
         kept.append(entry)
         target.trigger_count += 1
         old_due = target.due_at
         due_at = now + trig.delay
         if due_at < old_due and target.status is SCHEDULED and target.attempt == 0:
             target.due_at = due_at  # the run covers this trigger no later than it asked
-        target.unsettled += 1
-        txn.joined.append((target, old_input, old_due, evicted, entry))
+        return old_due, entry
 
     def settle(self, txn: Txn) -> None:
         """``txn`` is durable: let its runs start, arm timers, publish events."""
@@ -246,22 +236,109 @@ class Core:
                     self._dispatch(lane.promote())
         for run, _old_input, old_due_at, _evicted, entry in txn.joined:
             run.unsettled -= 1
-            counters.coalesced += 1
-            if run.key is not None:
-                self._count_key_coalesced(run.key)
-            if run.status is SCHEDULED and run.due_at < old_due_at:
-                self._arm(run)
-            if publish:
-                at, data, parent = entry
-                self.hub.publish(
-                    TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
-                )
+            self._joined(run, old_due_at, entry)
         if txn.victims:
             for victim in txn.victims:
                 if not victim.status.is_terminal:
                     self.cancel(victim)
         if self._change_waiters:
             self._wake_change_waiters()
+
+    def _joined(self, run: RunRecord, old_due_at: float, entry: Coalescence) -> None:
+        # A join is durable: count it, re-arm a timer it pulled forward, publish it.
+        self.counters.coalesced += 1
+        if run.key is not None:
+            self._count_key_coalesced(run.key)
+        if run.due_at < old_due_at and run.status is SCHEDULED:
+            self._arm(run)
+        if self.hub.active:
+            at, data, parent = entry
+            self.hub.publish(
+                TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
+            )
+
+    def _new_record(
+        self, trig: PreparedTrigger, now: float, due: bool, *, durable: bool
+    ) -> RunRecord:
+        coalesce = trig.coalesce
+        return RunRecord(
+            self.ids.next(),
+            trig.job.name,
+            trig.key,
+            QUEUED if due else SCHEDULED,
+            trig.input,
+            now,
+            now + trig.delay,
+            trig.job.retries + 1,
+            trig.labels,
+            trig.idempotency_key,
+            trig.parent_run_id,
+            coalesce is not None and coalesce.strategy == "queue",
+            durable,
+        )
+
+    def trigger_now(self, trig: PreparedTrigger) -> TriggerResult | None:
+        """The fast path of a single trigger, when storage needs nothing awaited.
+
+        Taken when the backend holds our records and writes synchronously and nothing
+        is pending (the in-memory backend): a join needs no write at all, a new run one
+        synchronous write before anything changes in memory. Returns None when the
+        general path must decide (idempotency keys, ``"cancel"``, durable storage).
+
+        Raises:
+            StorageError: the write of a new run failed; nothing changed.
+            InvalidInputError: a merge function failed; nothing changed.
+        """
+        if trig.idempotency_key is not None or not self.pipeline.settles_joins_now:
+            return None
+        key = trig.key
+        lane = self.lanes.get(key) if key is not None else None
+        coalesce = trig.coalesce
+        job = trig.job.name
+        if coalesce is not None and lane is not None:
+            if coalesce.strategy == "cancel":
+                return None
+            target = join_target(lane, job, coalesce)
+            if target is not None:
+                record = self.records[target.id]
+                old_due_at, entry = self._join(record, trig, coalesce, self.clock.now())
+                self._joined(record, old_due_at, entry)
+                if self._change_waiters:
+                    self._wake_change_waiters()
+                return _result((record.id, D_COALESCED, job, key))
+        now = self.clock.now()
+        due = trig.delay <= 0
+        record = self._new_record(trig, now, due, durable=True)
+        self.pipeline.write_now(record)
+        self.records[record.id] = record
+        self.status_counts[record.status.ordinal] += 1
+        if lane is not None and due and lane.new_run_waits():
+            disposition = D_QUEUED
+            self.counters.queued += 1
+        else:
+            disposition = D_CREATED
+            self.counters.created += 1
+        if self.hub.active:
+            self.hub.publish(RunChanged(record.snapshot(), None, now))
+        if not due:
+            if key is not None:
+                if lane is None:
+                    lane = self.lanes[key] = Lane(key, self._lane_limit(key))
+                lane.add(record)
+            self._arm(record)
+        elif key is None:
+            record.apply(PROMOTE)
+            self._moved(record, QUEUED)
+            self._dispatch_one(record)
+        else:
+            if lane is None:
+                lane = self.lanes[key] = Lane(key, self._lane_limit(key))
+            promoted = lane.add(record)
+            if promoted:
+                self._dispatch(promoted)
+        if self._change_waiters:
+            self._wake_change_waiters()
+        return _result((record.id, disposition, job, key))
 
     def roll_back(self, txn: Txn) -> None:
         """``txn`` will never be durable: undo it in memory, newest change first."""
@@ -364,12 +441,12 @@ class Core:
         if key is not None:
             lane = self.lanes[key]
             promoted = lane.finish(record, action)
-            if lane.is_empty:
+            if not lane.members:
                 del self.lanes[key]
                 self._count_key_coalesced(key, 0)
         else:
             record.apply(action)
-            promoted = []
+            promoted = None
         record.finished_at = self.clock.now()
         del self.records[record.id]
         if record.idempotency_key is not None:
@@ -381,7 +458,8 @@ class Core:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(run)
-        self._dispatch(promoted)
+        if promoted:
+            self._dispatch(promoted)
 
     def report_progress(self, record: RunRecord, progress: Progress) -> None:
         """A handler reported progress."""
@@ -436,7 +514,7 @@ class Core:
 
     def _dispatch_one(self, record: RunRecord) -> None:
         self.ready.append(record)
-        self._on_ready()
+        self.on_ready()
 
     def _moved(self, record: RunRecord, previous: RunStatus) -> None:
         counts = self.status_counts
@@ -516,6 +594,10 @@ class Core:
             scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
             coalesced=coalesced,
         )
+
+
+def _nothing() -> None:
+    return None
 
 
 def _merge(

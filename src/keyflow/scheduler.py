@@ -12,7 +12,6 @@ from typing import Any, Literal
 from .clock import Clock, SystemClock
 from .coalesce import CoalesceOption, parse_coalesce
 from .commit import Txn
-from .context import RunContext
 from .core import Core
 from .errors import (
     ConfigurationError,
@@ -81,12 +80,10 @@ class Keyflow:
             clock=self._clock,
             hub=self._hub,
             lane_limit=self._limit_of,
-            on_ready=self._wake_worker,
             on_cancel_running=self._cancel_task,
         )
-        self._pool = WorkerPool(
-            self._core, self._jobs, workers, make_context=self._context, rng=self._rng
-        )
+        self._pool = WorkerPool(self._core, self._jobs, workers, keyflow=self, rng=self._rng)
+        self._core.on_ready = self._pool.wake  # straight to the pool: called once per run
         self._phase: _Phase = "new"
 
     # -- jobs --------------------------------------------------------------------
@@ -301,8 +298,11 @@ class Keyflow:
         )
         if idempotency_key is not None:
             return (await self._commit([prepared]))[0]
-        # The common case, kept short: one trigger, nothing to look up in storage.
         core = self._core
+        fast = core.trigger_now(prepared)  # in-memory storage: nothing to await
+        if fast is not None:
+            return fast
+        # The common case, kept short: one trigger, nothing to look up in storage.
         txn = Txn()
         try:
             result = core.apply_trigger(prepared, txn)
@@ -551,14 +551,8 @@ class Keyflow:
                 )
             raise SchedulerNotRunningError("keyflow is stopped; it accepts no more triggers")
 
-    def _wake_worker(self) -> None:
-        self._pool.wake()
-
     def _cancel_task(self, record: RunRecord) -> None:
         self._pool.cancel_running(record)
-
-    def _context(self, record: RunRecord, data: JSONObject) -> RunContext:
-        return RunContext(self, self._core, record, data)
 
 
 def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:

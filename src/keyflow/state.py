@@ -302,8 +302,9 @@ class Lane:
 
     def finish(self, run: RunState, action: Action) -> list[RunState]:
         """A run became terminal (or was cancelled before starting); return runs promoted."""
-        held = run.holds_slot
-        was_waiting = run.status is QUEUED
+        status = run.status
+        held = status is RUNNING or status is PENDING or (status is SCHEDULED and run.attempt > 0)
+        was_waiting = status is QUEUED
         run.apply(action)
         if not run.status.is_terminal:
             raise IllegalTransitionError(f"{action.value!r} does not finish a run")

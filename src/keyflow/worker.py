@@ -13,23 +13,25 @@ import contextlib
 import logging
 import random
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .context import RunContext
 from .errors import Retry
 from .jobs import backoff_delay
-from .jsonvalue import NotJSONError, json_copy
+from .jsonvalue import NotJSONError, copy_json_dict, json_copy
 from .records import RunRecord
 from .runs import AttemptError
 
 if TYPE_CHECKING:
-    from .context import RunContext
     from .core import Core
     from .jobs import Job
+    from .scheduler import Keyflow
 
 logger = logging.getLogger("keyflow.worker")
 
 MAX_TRACEBACK_CHARS = 20_000
+_PLAIN_OUTPUTS = frozenset({str, int, bool})  # JSON as they are: no copy, no check
 
 
 class _Worker:
@@ -49,12 +51,12 @@ class WorkerPool:
         jobs: Mapping[str, Job],
         size: int,
         *,
-        make_context: Callable[[RunRecord, Any], RunContext],
+        keyflow: Keyflow,
         rng: random.Random,
     ) -> None:
         self._core = core
         self._jobs = jobs
-        self._make_context = make_context
+        self._keyflow = keyflow
         self._rng = rng
         self._workers = [_Worker() for _ in range(size)]
         self._idle: list[asyncio.Future[None]] = []
@@ -139,8 +141,8 @@ class WorkerPool:
         try:
             while record.unsettled:  # a coalesced input is not durable yet
                 await core.pipeline.barrier()
-            data = json_copy(record.input)
-            ctx = self._make_context(record, data)
+            data = copy_json_dict(record.input)
+            ctx = RunContext(self._keyflow, core, record, data)
             if job.timeout is None:
                 output = await job.handler(ctx, data)
             else:
@@ -177,6 +179,8 @@ class WorkerPool:
             if record.cancel_requested:  # the handler swallowed the cancellation
                 task.uncancel()
                 core.cancelled(record)
+            elif output is None or type(output) in _PLAIN_OUTPUTS:
+                core.complete(record, output)
             else:
                 self._finish_ok(record, output)
         finally:
