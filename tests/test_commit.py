@@ -1,4 +1,4 @@
-"""Durability through a fake durable backend: group commit, rollback, retried writes."""
+"""Durability through a disk-like fake backend: group commit, rollback, retried writes."""
 
 from __future__ import annotations
 
@@ -9,46 +9,19 @@ import pytest
 
 import keyflow
 from keyflow import Disposition, RunStatus
-from keyflow.storage_backends import MemoryBackend, WriteBatch
 
 from .conftest import MakeKeyflow
-
-
-class FlakyBackend(MemoryBackend):
-    """The memory backend behaving like a disk: writes suspend, can be held, can fail."""
-
-    durable = True
-    synchronous = False
-    shares_records = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail = False
-        self.hold: asyncio.Event | None = None
-        self.writes: list[int] = []
-        self.statuses: dict[str, RunStatus] = {}
-        self.writing = asyncio.Event()
-
-    async def write(self, batch: WriteBatch) -> None:
-        captured = [(r.id, r.status) for r in batch.runs]  # read before the first await
-        self.writes.append(len(batch.runs))
-        self.writing.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        else:
-            await asyncio.sleep(0)
-        if self.fail:
-            raise OSError(28, "No space left on device")
-        self.write_sync(batch)
-        self.statuses.update(captured)
+from .fakes import DiskLikeBackend
 
 
 @pytest.fixture
-def backend() -> FlakyBackend:
-    return FlakyBackend()
+def backend() -> DiskLikeBackend:
+    return DiskLikeBackend()
 
 
-async def start(make_keyflow: MakeKeyflow, backend: FlakyBackend, **jobs: Any) -> keyflow.Keyflow:
+async def start(
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend, **jobs: Any
+) -> keyflow.Keyflow:
     kf = make_keyflow(storage=backend)
     for name, handler in jobs.items():
         kf.job(name)(handler)
@@ -67,7 +40,7 @@ async def echo(ctx: keyflow.RunContext, input: dict[str, Any]) -> dict[str, Any]
 
 
 async def test_failed_write_raises_and_leaves_no_trace(
-    make_keyflow: MakeKeyflow, backend: FlakyBackend
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend
 ) -> None:
     kf = await start(make_keyflow, backend, echo=echo)
     backend.fail = True
@@ -88,7 +61,7 @@ async def test_failed_write_raises_and_leaves_no_trace(
 
 
 async def test_a_coalesced_trigger_fails_with_the_run_it_joined(
-    make_keyflow: MakeKeyflow, backend: FlakyBackend
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend
 ) -> None:
     kf = await start(make_keyflow, backend, echo=echo)
     backend.hold = asyncio.Event()
@@ -109,7 +82,7 @@ async def test_a_coalesced_trigger_fails_with_the_run_it_joined(
 
 
 async def test_concurrent_triggers_share_one_commit(
-    make_keyflow: MakeKeyflow, backend: FlakyBackend
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend
 ) -> None:
     kf = await start(make_keyflow, backend, echo=echo)
     backend.hold = asyncio.Event()
@@ -130,7 +103,7 @@ async def test_concurrent_triggers_share_one_commit(
 
 
 async def test_execution_changes_are_retried_until_written(
-    make_keyflow: MakeKeyflow, backend: FlakyBackend
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend
 ) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
@@ -154,7 +127,7 @@ async def test_execution_changes_are_retried_until_written(
 
 
 async def test_a_run_never_executes_an_input_that_was_rolled_back(
-    make_keyflow: MakeKeyflow, backend: FlakyBackend
+    make_keyflow: MakeKeyflow, backend: DiskLikeBackend
 ) -> None:
     release_first = asyncio.Event()
     first_started = asyncio.Event()

@@ -22,6 +22,8 @@ import keyflow
 from keyflow import Coalesce, Disposition, RunStatus
 from keyflow.testing import VirtualClock
 
+from .fakes import DiskLikeBackend
+
 JOBS = ("a", "b")
 KEYS = ("k1", "k2")
 MAX_QUEUED = {"a": 1, "b": 2}
@@ -48,6 +50,11 @@ class Observed:
 
 
 class SchedulerMachine(RuleBasedStateMachine):
+    """Drives one scheduler; subclasses choose the storage."""
+
+    def storage(self) -> str | keyflow.StorageBackend:
+        return "memory://"
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
@@ -55,7 +62,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.seen = Observed()
         self.gates: dict[str, asyncio.Future[str]] = {}
         self.run_key: dict[str, str] = {}
-        self.kf = keyflow.Keyflow(workers=3, clock=self.clock, seed=7, event_buffer=100_000)
+        asyncio.set_event_loop(self.loop)  # the disk-like fake makes an Event
+        storage = self.storage()
+        asyncio.set_event_loop(None)
+        self.kf = keyflow.Keyflow(
+            storage, workers=3, clock=self.clock, seed=7, event_buffer=100_000
+        )
         for name in JOBS:
             self.kf.job(name, retries=1, backoff=2.0)(self._handler)
 
@@ -191,9 +203,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert run.is_terminal
         self.run(self._settle())
 
+    async def _jump(self) -> None:
+        self.clock.jump()  # timers fire inside the loop, as they would for real
+
     @rule()
     def jump(self) -> None:
-        self.clock.jump()
+        self.run(self._jump())
         self.run(self._settle())
 
     @invariant()
@@ -229,7 +244,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if not any(stats.unfinished.values()):
                     break
                 if not self.gates and stats.unfinished["running"] == 0:
-                    self.clock.jump()
+                    self.run(self._jump())
             self.run(self.kf.run_until_idle(timeout=5))
             self._check_final()
         finally:
@@ -264,10 +279,20 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert run_id in first_start
 
 
-TestSchedulerGuarantees = SchedulerMachine.TestCase
-TestSchedulerGuarantees.settings = settings(
-    max_examples=200,
+class DiskLikeMachine(SchedulerMachine):
+    """The same, through the general path: writes suspend, commits are grouped."""
+
+    def storage(self) -> str | keyflow.StorageBackend:
+        return DiskLikeBackend()
+
+
+SETTINGS = settings(
+    max_examples=150,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestGuaranteesInMemory = SchedulerMachine.TestCase
+TestGuaranteesInMemory.settings = SETTINGS
+TestGuaranteesDiskLike = DiskLikeMachine.TestCase
+TestGuaranteesDiskLike.settings = SETTINGS
