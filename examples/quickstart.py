@@ -10,28 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from typing import Any
 
 import keyflow
 
 
-async def story(strategy: str) -> tuple[int, int, keyflow.Statistics]:
+async def story(strategy: str) -> tuple[int, int, Counter[str]]:
     kf = keyflow.Keyflow(workers=8, seed=1)
     rng = random.Random(7)
     fetched: set[str] = set()
     processed: set[str] = set()
+    dispositions: Counter[str] = Counter()
 
     @kf.job()
     async def crawl(ctx: keyflow.RunContext, input: dict[str, Any]) -> int:
         await asyncio.sleep(input["seconds"])  # talking to GitHub
         prs = {f"{input['repo']}#{n}" for n in range(rng.randint(1, 5))}
         fetched.update(prs)
-        await ctx.trigger(
+        result = await ctx.trigger(
             "process",
             {"org": input["org"]},
             concurrency_key=f"process:{input['org']}",
             coalesce=strategy,
         )
+        dispositions[result.disposition.value] += 1
         return len(prs)
 
     @kf.job()
@@ -48,17 +51,17 @@ async def story(strategy: str) -> tuple[int, int, keyflow.Statistics]:
                 concurrency_key=f"crawl:acme:{repo}",
             )
         await kf.run_until_idle()
-        return len(fetched), len(fetched - processed), kf.statistics()
+        return len(fetched), len(fetched - processed), dispositions
 
 
 async def main() -> None:
     print("keyflow quickstart: three parallel crawls, one `process` per organisation\n")
     for strategy in ("queue", "skip"):
-        fetched, left, stats = await story(strategy)
-        t = stats.triggers
+        fetched, left, seen = await story(strategy)
         print(
             f'coalesce="{strategy}": {fetched} PRs fetched, {left} left unprocessed; '
-            f"process triggers: {t.created} created, {t.queued} queued, {t.coalesced} coalesced"
+            f"process triggers: {seen['created']} created, {seen['queued']} queued, "
+            f"{seen['coalesced']} coalesced"
         )
     print('\n"queue" leaves nothing behind; "skip" drops the triggers of crawls that end')
     print("while `process` runs.")
