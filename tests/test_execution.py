@@ -443,3 +443,21 @@ async def test_run_until_idle_skips_delays_with_a_virtual_clock(
     assert [t - start for t in ran_at] == [60, 3600]
     with pytest.raises(keyflow.SchedulerNotRunningError, match="not started"):
         await make_keyflow().run_until_idle()
+
+
+async def test_leaving_the_block_after_an_explicit_stop_does_not_wait(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    kf = make_keyflow()
+    started = asyncio.Event()
+
+    @kf.job()
+    async def forever(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with kf:
+        await forever.trigger()
+        await started.wait()
+        await kf.stop(grace=0)
+    assert not kf.running

@@ -210,7 +210,7 @@ class Keyflow:
         tb: TracebackType | None,
     ) -> None:
         """Drain the work that is due (not delayed runs), then stop."""
-        if exc_type is None:
+        if exc_type is None and self._phase == "running":
             await self._drain_due_work()
         await self.stop()
 
