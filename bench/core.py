@@ -36,6 +36,23 @@ async def keyflow_jobs_per_second(jobs: int, keys: int, workers: int) -> float:
         return jobs / (time.perf_counter() - start)
 
 
+async def keyflow_batched_jobs_per_second(jobs: int, keys: int, workers: int) -> float:
+    """The same, triggered with ``batch_trigger`` in batches of 1,000 (fan-out style)."""
+    kf = keyflow.Keyflow(workers=workers, retention=jobs)
+    kf.job("noop")(_noop)
+    async with kf:
+        start = time.perf_counter()
+        for first in range(0, jobs, 1_000):
+            await kf.batch_trigger(
+                [
+                    keyflow.TriggerRequest("noop", {"i": i}, concurrency_key=f"k{i % keys}")
+                    for i in range(first, min(jobs, first + 1_000))
+                ]
+            )
+        await kf.run_until_idle()
+        return jobs / (time.perf_counter() - start)
+
+
 def _rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -128,10 +145,11 @@ async def main(args: argparse.Namespace) -> int:
     mine = await best(args.rounds, lambda: keyflow_jobs_per_second(jobs, keys, workers))
     print(f"\n{jobs:,} no-op jobs over {keys:,} keys, {workers} workers")
     print(f"  baseline asyncio.Queue + worker tasks: {base:,.0f} jobs/s")
-    print(f"  keyflow memory backend:                {mine:,.0f} jobs/s")
-    report(
-        "end-to-end throughput vs baseline", f"{mine / base:.3f}x", mine / base >= 0.25, ">= 0.25x"
-    )
+    print(f"  keyflow, one awaited trigger() each:   {mine:,.0f} jobs/s")
+    batched = await best(args.rounds, lambda: keyflow_batched_jobs_per_second(jobs, keys, workers))
+    print(f"  keyflow, batch_trigger() of 1,000:     {batched:,.0f} jobs/s ({batched / base:.3f}x)")
+    ratio = mine / base
+    report("end-to-end throughput vs baseline", f"{ratio:.3f}x", ratio >= 0.25, ">= 0.25x")
 
     rate, rss, _ = await coalesced_triggers(args.coalesced)
     print(f"\n{args.coalesced:,} triggers coalescing into one queued run")
