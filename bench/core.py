@@ -139,17 +139,29 @@ async def main(args: argparse.Namespace) -> int:
         failures += not ok
         print(f"  {name:<44} {value:>22}   target {target:<12} {'ok' if ok else 'MISSED'}")
 
-    print(f"keyflow core benchmarks ({os.cpu_count()} cores, best of {args.rounds} rounds)")
+    print(f"keyflow core benchmarks ({os.cpu_count()} cores, {args.rounds} rounds)")
     jobs, keys, workers = args.jobs, 1_000, 100
-    base = await best(args.rounds, lambda: baseline_jobs_per_second(jobs, keys, workers))
-    mine = await best(args.rounds, lambda: keyflow_jobs_per_second(jobs, keys, workers))
+    # Baseline and keyflow alternate, round by round, so both see the same machine; the
+    # ratio reported is the median of the per-round ratios.
+    pairs = []
+    for _ in range(args.rounds):
+        pairs.append(
+            (
+                await baseline_jobs_per_second(jobs, keys, workers),
+                await keyflow_jobs_per_second(jobs, keys, workers),
+            )
+        )
+    base = max(b for b, _ in pairs)
+    mine = max(k for _, k in pairs)
+    ratios = sorted(k / b for b, k in pairs)
     print(f"\n{jobs:,} no-op jobs over {keys:,} keys, {workers} workers")
     print(f"  baseline asyncio.Queue + worker tasks: {base:,.0f} jobs/s")
     print(f"  keyflow, one awaited trigger() each:   {mine:,.0f} jobs/s")
     batched = await best(args.rounds, lambda: keyflow_batched_jobs_per_second(jobs, keys, workers))
     print(f"  keyflow, batch_trigger() of 1,000:     {batched:,.0f} jobs/s ({batched / base:.3f}x)")
-    ratio = mine / base
-    report("end-to-end throughput vs baseline", f"{ratio:.3f}x", ratio >= 0.25, ">= 0.25x")
+    ratio = ratios[len(ratios) // 2]
+    print(f"  per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
+    report("end-to-end throughput vs baseline (median)", f"{ratio:.3f}x", ratio >= 0.25, ">= 0.25x")
 
     rate, rss, _ = await coalesced_triggers(args.coalesced)
     print(f"\n{args.coalesced:,} triggers coalescing into one queued run")

@@ -423,6 +423,7 @@ async def test_retention_keeps_the_newest_finished_runs(make_keyflow: MakeKeyflo
     # a pruned run's idempotency key is forgotten with it
     again = await job.trigger({"n": 0}, idempotency_key="i0")
     assert again.run_id != ids[0]
+    assert (await job.trigger({"n": 4}, idempotency_key="i4")).run_id == ids[4]
 
 
 async def test_run_until_idle_skips_delays_with_a_virtual_clock(

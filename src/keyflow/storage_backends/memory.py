@@ -31,6 +31,7 @@ class MemoryBackend(StorageBackend):
         self._runs: dict[str, RunRecord] = {}
         self._finished: dict[str, None] = {}  # insertion-ordered set, oldest first
         self._idempotency: dict[tuple[str, str], str] = {}
+        self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
 
     async def open(self) -> StoredState:
         """Start empty, or with what an earlier ``open`` in this process left."""
@@ -44,6 +45,7 @@ class MemoryBackend(StorageBackend):
         self._runs.clear()
         self._finished.clear()
         self._idempotency.clear()
+        self._keys_of_run.clear()
 
     async def write(self, batch: WriteBatch) -> None:
         """Register new records and retire finished ones beyond the retention."""
@@ -59,6 +61,7 @@ class MemoryBackend(StorageBackend):
                 finished[record.id] = None
         for job, key, run_id in batch.idempotency:
             self._idempotency[job, key] = run_id
+            self._keys_of_run.setdefault(run_id, []).append((job, key))
         excess = len(finished) - self.retention
         if excess > 0:
             self._prune(excess)
@@ -68,9 +71,9 @@ class MemoryBackend(StorageBackend):
         victims = [run_id for run_id, _ in zip(finished, range(count), strict=False)]
         for run_id in victims:
             del finished[run_id]
-            record = self._runs.pop(run_id)
-            if record.idempotency_key is not None:
-                self._idempotency.pop((record.job, record.idempotency_key), None)
+            del self._runs[run_id]
+            for job_and_key in self._keys_of_run.pop(run_id, ()):
+                self._idempotency.pop(job_and_key, None)
 
     async def get_run(self, run_id: str) -> Run | None:
         """The run, if known."""
