@@ -125,7 +125,7 @@ class RunRecord(RunState):
         """Trigger changes to this run that are not durable yet; it may not run before."""
 
     def remove_coalesced(self, evicted: Coalescence | None) -> None:
-        """Undo the latest :meth:`add_coalesced` (a rolled-back trigger)."""
+        """Undo the latest joined trigger (a rolled-back one); put back what it evicted."""
         kept = self.coalesced
         if kept:
             kept.pop()
