@@ -247,8 +247,13 @@ class Core:
     def _joined(self, run: RunRecord, old_due_at: float, entry: Coalescence) -> None:
         # A join is durable: count it, re-arm a timer it pulled forward, publish it.
         self.counters.coalesced += 1
-        if run.key is not None:
-            self._count_key_coalesced(run.key)
+        key = run.key
+        if key is not None:
+            tracked = self.key_coalesced
+            if key in tracked:  # counted in place; recency is refreshed when the lane idles
+                tracked[key] += 1
+            else:
+                self._count_key_coalesced(key)
         if run.due_at < old_due_at and run.status is SCHEDULED:
             self._arm(run)
         if self.hub.active:
@@ -532,6 +537,7 @@ class Core:
             self._wake_change_waiters()
 
     def _count_key_coalesced(self, key: str, add: int = 1) -> None:
+        # Bounded by evicting the key that went idle (or was first seen) longest ago.
         tracked = self.key_coalesced
         tracked[key] = tracked.pop(key, 0) + add  # re-inserted: now the most recent
         if len(tracked) > MAX_TRACKED_KEYS:
