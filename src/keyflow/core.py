@@ -227,9 +227,7 @@ class Core:
             if record.status is SCHEDULED:
                 self._arm(record)
             elif record.key is None:
-                record.apply(PROMOTE)
-                self._moved(record, QUEUED)
-                self._dispatch_one(record)
+                self._promote_keyless(record)
             else:
                 lane = self.lanes.get(record.key)
                 if lane is not None:
@@ -332,9 +330,7 @@ class Core:
                 lane.add(record)
             self._arm(record)
         elif key is None:
-            record.apply(PROMOTE)
-            self._moved(record, QUEUED)
-            self._dispatch_one(record)
+            self._promote_keyless(record)
         else:
             if lane is None:
                 lane = self.lanes[key] = Lane(key, self._lane_limit(key))
@@ -516,6 +512,12 @@ class Core:
             if record is not reported:
                 self._moved(record, QUEUED)
             self._dispatch_one(record)
+
+    def _promote_keyless(self, record: RunRecord) -> None:
+        # A new due run without a key has no lane to wait in: it is pending at once.
+        record.apply(PROMOTE)
+        self._moved(record, QUEUED)
+        self._dispatch_one(record)
 
     def _dispatch_one(self, record: RunRecord) -> None:
         self.ready.append(record)

@@ -296,24 +296,10 @@ class Keyflow:
             delay,
             parent_run_id,
         )
-        if idempotency_key is not None:
-            return (await self._commit([prepared]))[0]
-        core = self._core
-        fast = core.trigger_now(prepared)  # in-memory storage: nothing to await
+        fast = self._core.trigger_now(prepared)  # in-memory storage: nothing to await
         if fast is not None:
             return fast
-        # The common case, kept short: one trigger, nothing to look up in storage.
-        txn = Txn()
-        try:
-            result = core.apply_trigger(prepared, txn)
-        except BaseException:
-            core.roll_back(txn)
-            raise
-        touched = txn.created or [txn.joined[0][0]]  # one trigger: one run
-        pipeline = core.pipeline
-        if not pipeline.commit_now(txn, touched):
-            await pipeline.commit(txn, touched)
-        return result
+        return (await self._commit([prepared]))[0]
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.

@@ -197,7 +197,6 @@ class TriggerPlan(NamedTuple):
     """For CREATE: the new run is made by a ``"queue"`` trigger."""
 
 
-CREATE = PlanKind.CREATE
 JOIN = PlanKind.JOIN
 REPLACE = PlanKind.REPLACE
 PLAIN_CREATE = TriggerPlan(PlanKind.CREATE)
