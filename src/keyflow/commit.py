@@ -237,7 +237,7 @@ class CommitPipeline:
             StorageError: the write failed; nothing was stored.
         """
         try:
-            self._backend.write_sync(WriteBatch([record]))
+            self._backend.write_new_sync(record)
         except Exception as exc:
             raise self._fail(_Batch(), exc) from exc
         self.batches_written += 1

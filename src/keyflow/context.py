@@ -47,23 +47,34 @@ class RunContext:
     """The handler's view of its run, and of the scheduler.
 
     Attributes:
-        run_id: the run's id.
-        job: the job's name.
         attempt: this attempt's number (1 for the first).
         input: the input (a copy; changing it changes nothing stored).
-        concurrency_key: the run's lane, if any.
     """
+
+    __slots__ = ("_core", "_keyflow", "_log", "_record", "attempt", "input")
 
     def __init__(self, keyflow: Keyflow, core: Core, record: RunRecord, input: JSONObject) -> None:
         self._keyflow = keyflow
         self._core = core
         self._record = record
-        self.run_id = record.id
-        self.job = record.job
         self.attempt = record.attempt
         self.input = input
-        self.concurrency_key = record.key
         self._log: RunLogger | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._record.id
+
+    @property
+    def job(self) -> str:
+        """The job's name."""
+        return self._record.job
+
+    @property
+    def concurrency_key(self) -> str | None:
+        """The run's lane, if any."""
+        return self._record.key
 
     @property
     def log(self) -> RunLogger:

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 S = RunStatus
 _result = partial(tuple.__new__, TriggerResult)
 """Builds a TriggerResult from a tuple without NamedTuple's slower Python __new__."""
+_PENDING = PENDING.ordinal
+_RUNNING = RUNNING.ordinal
+_QUEUED = QUEUED.ordinal
 D_COALESCED = Disposition.COALESCED
 D_CREATED = Disposition.CREATED
 D_IDEMPOTENT = Disposition.IDEMPOTENT
@@ -99,8 +102,9 @@ class Core:
         self.clock = clock
         self.hub = hub
         self._lane_limit = lane_limit
-        self.on_ready: Callable[[], None] = _nothing
-        """Called whenever a run becomes pending (the worker pool sets it)."""
+        self.idle_workers: list[asyncio.Future[None]] = []
+        """Futures of workers waiting for a pending run; the pool adds them, one is woken
+        per run that becomes pending."""
         self._on_cancel_running = on_cancel_running
         self.ids = RunIds()
         self.records: dict[str, RunRecord] = {}
@@ -310,13 +314,28 @@ class Core:
                     self._wake_change_waiters()
                 return _result((record.id, D_COALESCED, job, key))
         now = self.clock.now()
-        due = trig.delay <= 0
-        record = self._new_record(trig, now, due, durable=True)
+        delay = trig.delay
+        due = delay <= 0
+        record = RunRecord(
+            self.ids.next(),
+            job,
+            key,
+            QUEUED if due else SCHEDULED,
+            trig.input,
+            now,
+            now + delay,
+            trig.job.retries + 1,
+            trig.labels,
+            None,
+            trig.parent_run_id,
+            coalesce is not None and coalesce.strategy == "queue",
+            True,
+        )
         self.pipeline.write_now(record)
         self.records[record.id] = record
         self.status_counts[record.status.ordinal] += 1
-        if lane is not None and due and lane.new_run_waits():
-            disposition = D_QUEUED
+        if lane is not None and due and (lane.holders >= lane.limit or lane.waiting):
+            disposition = D_QUEUED  # it waits behind another run (Lane.new_run_waits)
             self.counters.queued += 1
         else:
             disposition = D_CREATED
@@ -365,22 +384,22 @@ class Core:
 
     # -- execution ---------------------------------------------------------------
 
-    def take_ready(self) -> RunRecord | None:
-        """The next pending run for a worker, or None."""
-        ready = self.ready
-        while ready:
-            record = ready.popleft()
-            if record.status is PENDING:
-                return record
-        return None
-
     def start(self, record: RunRecord) -> None:
         """A worker starts an attempt of ``record``."""
         record.apply(START)
         record.attempt += 1
         record.started_at = self.clock.now()
         self.counters.started += 1
-        self._moved(record, PENDING)
+        # _moved(record, PENDING), inlined: this runs once per attempt.
+        counts = self.status_counts
+        counts[_PENDING] -= 1
+        counts[_RUNNING] += 1
+        if self._touch_all:
+            self.pipeline.touch(record)
+        if self.hub.active:
+            self.hub.publish(RunChanged(record.snapshot(), PENDING, record.started_at))
+        if self._change_waiters:
+            self._wake_change_waiters()
 
     def complete(self, record: RunRecord, output: Any) -> None:
         """The handler returned ``output``."""
@@ -452,15 +471,25 @@ class Core:
         del self.records[record.id]
         if record.idempotency_key is not None:
             self.idempotency.pop((record.job, record.idempotency_key), None)
-        self._moved(record, previous)
+        # _moved(record, previous), inlined: this runs once per run.
+        self.status_counts[previous.ordinal] -= 1
+        self.pipeline.touch(record)
+        if self.hub.active:
+            self.hub.publish(RunChanged(record.snapshot(), previous, record.finished_at))
+        if self._change_waiters:
+            self._wake_change_waiters()
+        if self._run_waiters:
+            self._wake_run_waiters(record)
+        if promoted:
+            self._dispatch(promoted)
+
+    def _wake_run_waiters(self, record: RunRecord) -> None:
         waiters = self._run_waiters.pop(record.id, None)
         if waiters:
             run = record.snapshot()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(run)
-        if promoted:
-            self._dispatch(promoted)
 
     def report_progress(self, record: RunRecord, progress: Progress) -> None:
         """A handler reported progress."""
@@ -508,10 +537,22 @@ class Core:
 
         They all came from ``queued`` except ``reported``, whose move the caller reported.
         """
+        ready = self.ready
+        counts = self.status_counts
         for record in promoted:
             if record is not reported:
-                self._moved(record, QUEUED)
-            self._dispatch_one(record)
+                # _moved(record, QUEUED), inlined: this runs once per run.
+                counts[_QUEUED] -= 1
+                counts[_PENDING] += 1
+                if self._touch_all:
+                    self.pipeline.touch(record)
+                if self.hub.active:
+                    self.hub.publish(RunChanged(record.snapshot(), QUEUED, self.clock.now()))
+            ready.append(record)
+            if self.idle_workers:
+                self._wake_worker()
+        if self._change_waiters:
+            self._wake_change_waiters()
 
     def _promote_keyless(self, record: RunRecord) -> None:
         # A new due run without a key has no lane to wait in: it is pending at once.
@@ -521,7 +562,16 @@ class Core:
 
     def _dispatch_one(self, record: RunRecord) -> None:
         self.ready.append(record)
-        self.on_ready()
+        if self.idle_workers:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        idle = self.idle_workers
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _moved(self, record: RunRecord, previous: RunStatus) -> None:
         counts = self.status_counts
@@ -602,10 +652,6 @@ class Core:
             scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
             coalesced=coalesced,
         )
-
-
-def _nothing() -> None:
-    return None
 
 
 def _merge(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .coalesce import Coalesce
+from .coalesce import Coalesce, CoalesceOption
 from .errors import ConfigurationError
 from .runs import JSONObject, Run, TriggerResult
 
@@ -105,9 +105,32 @@ class Job:
         """Run the handler directly (no scheduling), e.g. in a unit test."""
         return await self.handler(ctx, input)
 
-    async def trigger(self, input: JSONObject | None = None, **options: Any) -> TriggerResult:
-        """Trigger this job; same options as :meth:`keyflow.Keyflow.trigger`."""
-        return await self._keyflow.trigger(self.name, input, **options)
+    async def trigger(
+        self,
+        input: JSONObject | None = None,
+        *,
+        concurrency_key: str | Default | None = DEFAULT,
+        coalesce: CoalesceOption | Default = DEFAULT,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+        parent_run_id: str | None = None,
+    ) -> TriggerResult:
+        """Trigger this job; the options are those of :meth:`keyflow.Keyflow.trigger`."""
+        kf = self._keyflow
+        accepted = kf._accept(
+            self.name,
+            input,
+            concurrency_key,
+            coalesce,
+            idempotency_key,
+            labels,
+            delay,
+            parent_run_id,
+        )
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await kf._commit([accepted]))[0]
 
     async def trigger_and_wait(
         self, input: JSONObject | None = None, *, timeout: float | None = None, **options: Any

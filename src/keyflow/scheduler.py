@@ -83,7 +83,6 @@ class Keyflow:
             on_cancel_running=self._cancel_task,
         )
         self._pool = WorkerPool(self._core, self._jobs, workers, keyflow=self, rng=self._rng)
-        self._core.on_ready = self._pool.wake  # straight to the pool: called once per run
         self._phase: _Phase = "new"
 
     # -- jobs --------------------------------------------------------------------
@@ -283,6 +282,30 @@ class Keyflow:
             SchedulerNotRunningError: not started, or stopped.
             StorageError: the write failed; nothing of the trigger remains.
         """
+        accepted = self._accept(
+            job, input, concurrency_key, coalesce, idempotency_key, labels, delay, parent_run_id
+        )
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await self._commit([accepted]))[0]
+
+    def _accept(
+        self,
+        job: str,
+        input: JSONObject | None,
+        concurrency_key: str | Default | None,
+        coalesce: CoalesceOption | Default,
+        idempotency_key: str | None,
+        labels: Mapping[str, str] | None,
+        delay: float,
+        parent_run_id: str | None,
+    ) -> TriggerResult | PreparedTrigger:
+        """Check a trigger; decide it at once when storage needs nothing awaited.
+
+        Returns the result, or the prepared trigger for :meth:`_commit` to write. Not a
+        coroutine, so :meth:`trigger` and :meth:`Job.trigger` await nothing more than the
+        write itself.
+        """
         if self._phase != "running":
             self._require_running()
         prepared = prepare_trigger(
@@ -297,9 +320,7 @@ class Keyflow:
             parent_run_id,
         )
         fast = self._core.trigger_now(prepared)  # in-memory storage: nothing to await
-        if fast is not None:
-            return fast
-        return (await self._commit([prepared]))[0]
+        return prepared if fast is None else fast
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.

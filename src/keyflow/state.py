@@ -279,6 +279,8 @@ class Lane:
 
         A run whose creation is not durable yet blocks the head: order is kept.
         """
+        if self.holders >= self.limit or not self.waiting:
+            return _NONE  # the common case: no list made
         promoted: list[RunState] = []
         while self.holders < self.limit and self.waiting:
             head = self.waiting[0]

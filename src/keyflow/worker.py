@@ -21,7 +21,7 @@ from .errors import Retry
 from .jobs import backoff_delay
 from .jsonvalue import NotJSONError, copy_json_dict, json_copy
 from .records import RunRecord
-from .runs import AttemptError
+from .runs import PENDING, AttemptError
 
 if TYPE_CHECKING:
     from .core import Core
@@ -59,9 +59,7 @@ class WorkerPool:
         self._keyflow = keyflow
         self._rng = rng
         self._workers = [_Worker() for _ in range(size)]
-        self._idle: list[asyncio.Future[None]] = []
         self._closing = False
-        self._by_run: dict[str, _Worker] = {}
 
     @property
     def size(self) -> int:
@@ -71,7 +69,7 @@ class WorkerPool:
     @property
     def busy(self) -> int:
         """Workers executing a run now."""
-        return len(self._by_run)
+        return sum(1 for worker in self._workers if worker.current is not None)
 
     def start(self) -> None:
         """Start the worker tasks."""
@@ -79,25 +77,16 @@ class WorkerPool:
         for i, worker in enumerate(self._workers):
             worker.task = loop.create_task(self._loop(worker), name=f"keyflow-worker-{i}")
 
-    def wake(self) -> None:
-        """A run became pending: wake one idle worker."""
-        idle = self._idle
-        while idle:
-            waiter = idle.pop()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
     def cancel_running(self, record: RunRecord) -> None:
         """Cancel the task executing ``record`` (its handler sees CancelledError)."""
-        worker = self._by_run.get(record.id)
-        if worker is not None and worker.current is record and worker.task is not None:
-            worker.task.cancel(f"keyflow: run {record.id} cancelled")
+        for worker in self._workers:  # a scan: cancels are rare, starts are not
+            if worker.current is record and worker.task is not None:
+                worker.task.cancel(f"keyflow: run {record.id} cancelled")
 
     async def stop(self, grace: float | None) -> None:
         """Start nothing new; give running handlers ``grace`` seconds, then interrupt them."""
         self._closing = True
-        for waiter in self._idle:
+        for waiter in self._core.idle_workers:
             if not waiter.done():
                 waiter.set_result(None)
         tasks = [w.task for w in self._workers if w.task is not None]
@@ -111,82 +100,76 @@ class WorkerPool:
                 await task
 
     async def _loop(self, worker: _Worker) -> None:
+        # One attempt per turn, inlined (no coroutine per run): this is the hot path.
         core = self._core
+        jobs = self._jobs
         loop = asyncio.get_running_loop()
+        task = worker.task
+        assert task is not None
+        ready = core.ready
         while not self._closing:
-            record = core.take_ready()
-            if record is None:
+            record = ready.popleft() if ready else None
+            if record is None or record.status is not PENDING:  # None, or cancelled since
+                if ready:
+                    continue
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._idle.append(waiter)
+                core.idle_workers.append(waiter)
                 await waiter
                 continue
             try:
-                keep_going = await self._execute(worker, record)
+                job = jobs[record.job]
+                core.start(record)
+                worker.current = record
+                deadline: asyncio.Timeout | None = None
+                try:
+                    while record.unsettled:  # a coalesced input is not durable yet
+                        await core.pipeline.barrier()
+                    data = copy_json_dict(record.input)
+                    ctx = RunContext(self._keyflow, core, record, data)
+                    if job.timeout is None:
+                        output = await job.handler(ctx, data)
+                    else:
+                        deadline = asyncio.timeout(job.timeout)
+                        async with deadline:
+                            output = await job.handler(ctx, data)
+                except asyncio.CancelledError:
+                    worker.current = None
+                    if not record.cancel_requested:
+                        core.interrupt(record)  # a stop: the run goes back to its lane
+                        raise
+                    task.uncancel()
+                    core.cancelled(record)
+                    if task.cancelling():  # a stop came too
+                        return
+                except Retry as request:
+                    worker.current = None
+                    self._record_error(record, request)
+                    delay = request.delay
+                    if delay is None:
+                        delay = backoff_delay(job.backoff, record.retries_used + 1, self._rng)
+                    core.fail(record, delay)
+                except TimeoutError as exc:
+                    worker.current = None
+                    expired = deadline is not None and deadline.expired()
+                    message = f"run exceeded its timeout of {job.timeout}s" if expired else None
+                    self._record_error(record, exc, message)
+                    core.fail(record, self._retry_delay(job, record))
+                except Exception as exc:
+                    worker.current = None
+                    self._record_error(record, exc)
+                    core.fail(record, self._retry_delay(job, record))
+                else:
+                    worker.current = None
+                    if record.cancel_requested:  # the handler swallowed the cancellation
+                        task.uncancel()
+                        core.cancelled(record)
+                    elif output is None or type(output) in _PLAIN_OUTPUTS:
+                        core.complete(record, output)
+                    else:
+                        self._finish_ok(record, output)
             except Exception:  # a bug in keyflow itself: keep the worker alive
+                worker.current = None
                 logger.exception("keyflow worker failed while executing run %s", record.id)
-                continue
-            if not keep_going:
-                return
-
-    async def _execute(self, worker: _Worker, record: RunRecord) -> bool:
-        """Run one attempt; False when the worker itself was cancelled (stop)."""
-        core = self._core
-        job = self._jobs[record.job]
-        task = worker.task
-        assert task is not None
-        core.start(record)
-        worker.current = record
-        self._by_run[record.id] = worker
-        deadline: asyncio.Timeout | None = None
-        try:
-            while record.unsettled:  # a coalesced input is not durable yet
-                await core.pipeline.barrier()
-            data = copy_json_dict(record.input)
-            ctx = RunContext(self._keyflow, core, record, data)
-            if job.timeout is None:
-                output = await job.handler(ctx, data)
-            else:
-                deadline = asyncio.timeout(job.timeout)
-                async with deadline:
-                    output = await job.handler(ctx, data)
-        except asyncio.CancelledError:
-            worker.current = None
-            if record.cancel_requested:
-                task.uncancel()
-                core.cancelled(record)
-                return task.cancelling() == 0
-            core.interrupt(record)
-            raise
-        except Retry as request:
-            worker.current = None
-            self._record_error(record, request)
-            delay = request.delay
-            if delay is None:
-                delay = backoff_delay(job.backoff, record.retries_used + 1, self._rng)
-            core.fail(record, delay)
-        except TimeoutError as exc:
-            worker.current = None
-            expired = deadline is not None and deadline.expired()
-            message = f"run exceeded its timeout of {job.timeout}s" if expired else None
-            self._record_error(record, exc, message)
-            core.fail(record, self._retry_delay(job, record))
-        except Exception as exc:
-            worker.current = None
-            self._record_error(record, exc)
-            core.fail(record, self._retry_delay(job, record))
-        else:
-            worker.current = None
-            if record.cancel_requested:  # the handler swallowed the cancellation
-                task.uncancel()
-                core.cancelled(record)
-            elif output is None or type(output) in _PLAIN_OUTPUTS:
-                core.complete(record, output)
-            else:
-                self._finish_ok(record, output)
-        finally:
-            worker.current = None
-            self._by_run.pop(record.id, None)
-        return True
 
     def _finish_ok(self, record: RunRecord, output: Any) -> None:
         try:

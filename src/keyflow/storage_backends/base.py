@@ -89,6 +89,14 @@ class StorageBackend(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot write synchronously")
 
+    def write_new_sync(self, record: RunRecord) -> None:
+        """Persist one new, unfinished run without awaiting (:meth:`write_sync` of it alone).
+
+        Raises:
+            StorageError: nothing was stored.
+        """
+        self.write_sync(WriteBatch([record]))
+
     @abstractmethod
     async def open(self) -> StoredState:
         """Connect or load; return the unfinished runs to rebuild lanes from."""

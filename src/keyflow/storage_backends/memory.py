@@ -56,15 +56,20 @@ class MemoryBackend(StorageBackend):
         runs = self._runs
         finished = self._finished
         for record in batch.runs:
-            runs[record.id] = record
-            if record.status.is_terminal and record.id not in finished:
-                finished[record.id] = None
+            run_id = record.id
+            runs[run_id] = record
+            if record.status.is_terminal:
+                finished[run_id] = None  # already there: keeps its place
         for job, key, run_id in batch.idempotency:
             self._idempotency[job, key] = run_id
             self._keys_of_run.setdefault(run_id, []).append((job, key))
         excess = len(finished) - self.retention
         if excess > 0:
             self._prune(excess)
+
+    def write_new_sync(self, record: RunRecord) -> None:
+        """Register a new run (it cannot be finished yet: nothing to retire)."""
+        self._runs[record.id] = record
 
     def _prune(self, count: int) -> None:
         finished = self._finished
