@@ -20,7 +20,9 @@ from .errors import KeyflowError as KeyflowError
 from .errors import Retry as Retry
 from .errors import RunNotFoundError as RunNotFoundError
 from .errors import SchedulerNotRunningError as SchedulerNotRunningError
+from .errors import StorageCorruptError as StorageCorruptError
 from .errors import StorageError as StorageError
+from .errors import StorageLockedError as StorageLockedError
 from .errors import TriggerError as TriggerError
 from .errors import UnknownJobError as UnknownJobError
 from .errors import WaitTimeoutError as WaitTimeoutError
@@ -79,7 +81,9 @@ __all__ = [
     "RunStatus",
     "SchedulerNotRunningError",
     "Statistics",
+    "StorageCorruptError",
     "StorageError",
+    "StorageLockedError",
     "StorageBackend",
     "Subscription",
     "SystemClock",

@@ -25,6 +25,7 @@ from .runs import (
     QUEUED,
     RUNNING,
     SCHEDULED,
+    AttemptError,
     Disposition,
     JSONObject,
     LogEntry,
@@ -67,6 +68,8 @@ D_COALESCED = Disposition.COALESCED
 D_CREATED = Disposition.CREATED
 D_IDEMPOTENT = Disposition.IDEMPOTENT
 D_QUEUED = Disposition.QUEUED
+MAX_CRASHES = 3
+"""A run cut short by this many crashes fails instead of running again (a poison pill)."""
 MAX_TRACKED_KEYS = 10_000
 """Idle keys remembered for ``keys()`` (with their coalesced counts), newest kept."""
 
@@ -381,6 +384,72 @@ class Core:
                     self._dispatch(lane.remove_new(record))
                     if lane.is_empty:
                         del self.lanes[record.key]
+
+    # -- recovery ----------------------------------------------------------------
+
+    def restore(self, unfinished: list[RunRecord]) -> None:
+        """Rebuild lanes, timers and the ready queue from storage, before workers start.
+
+        ``unfinished`` is in creation order. A run found ``running`` was cut short by a
+        crash: it goes back to the head of its lane as a new attempt (a crash uses up no
+        retry), fails once crashes cut it short :data:`MAX_CRASHES` times (a poison
+        pill), and is cancelled if a cancel had been asked for. Delays and backoffs keep
+        their due times; queued runs keep their order.
+        """
+        counts = self.status_counts
+        queued: list[tuple[float, int, RunRecord]] = []
+        crashed: list[RunRecord] = []
+        for index, record in enumerate(unfinished):
+            self.records[record.id] = record
+            counts[record.status.ordinal] += 1
+            if record.idempotency_key is not None:
+                self.idempotency[record.job, record.idempotency_key] = record
+            if record.key is not None:
+                lane = self.lanes.get(record.key)
+                if lane is None:
+                    lane = self.lanes[record.key] = Lane(record.key, self._lane_limit(record.key))
+                lane.restore(record)
+            status = record.status
+            if status is QUEUED:
+                queued.append((record.due_at, index, record))
+            elif status is RUNNING:
+                crashed.append(record)
+            elif status is PENDING:
+                self.ready.append(record)
+            elif status is SCHEDULED:
+                self._arm(record)
+        for _due, _index, record in sorted(queued, key=lambda item: item[:2]):
+            if record.key is None:
+                self._promote_keyless(record)  # keyless runs never wait
+            else:
+                self.lanes[record.key].restore_waiting(record)
+        for record in reversed(crashed):  # each goes to the head: reversed keeps their order
+            self._recover_crashed(record)
+        for lane in list(self.lanes.values()):
+            self._dispatch(lane.promote())
+
+    def _recover_crashed(self, record: RunRecord) -> None:
+        if record.cancel_requested:
+            self.cancelled(record)
+            return
+        record.crashes += 1
+        if record.crashes >= MAX_CRASHES:
+            record.add_error(
+                AttemptError(
+                    attempt=record.attempt,
+                    type="Crashed",
+                    message=(
+                        f"the process died while the run was running, {record.crashes} "
+                        "times: it is failed as a poison pill"
+                    ),
+                    traceback="",
+                    at=self.clock.now(),
+                )
+            )
+            self.counters.failed += 1
+            self._finish(record, FAIL, RUNNING)
+            return
+        self.interrupt(record)
 
     # -- execution ---------------------------------------------------------------
 

@@ -70,7 +70,15 @@ class IllegalTransitionError(KeyflowError):
 
 
 class StorageError(KeyflowError):
-    """The storage backend failed to write; the change was rolled back."""
+    """The storage failed: a write (the change was rolled back), or opening or reading it."""
+
+
+class StorageLockedError(StorageError):
+    """Another process writes this storage; only one may (read-only opens are allowed)."""
+
+
+class StorageCorruptError(StorageError):
+    """The storage holds something keyflow cannot read; the message names where."""
 
 
 class Retry(Exception):

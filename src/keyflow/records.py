@@ -58,6 +58,7 @@ class RunRecord(RunState):
     __slots__ = (
         "cancel_requested",
         "coalesced",
+        "crashes",
         "created_at",
         "error",
         "errors",
@@ -120,6 +121,8 @@ class RunRecord(RunState):
         """The latest joined triggers, oldest first (tuples: cheap on the hot path)."""
         self.interruptions = 0
         """Attempts cut short by a stop or a crash."""
+        self.crashes = 0
+        """Attempts cut short by a crash (found running at a restart)."""
         self.retries_used = 0
         """Failed attempts that used up a retry."""
         self.cancel_requested = False

@@ -28,7 +28,7 @@ from .storage_backends import RunQuery, StorageBackend, open_backend
 from .triggers import PreparedTrigger, TriggerRequest, prepare_request, prepare_trigger
 from .worker import WorkerPool
 
-_Phase = Literal["new", "running", "stopping", "stopped"]
+_Phase = Literal["new", "starting", "running", "stopping", "stopped"]
 
 
 class Keyflow:
@@ -168,11 +168,14 @@ class Keyflow:
         if self._phase != "new":
             raise SchedulerNotRunningError("a Keyflow instance can be started only once")
         stored = await self._backend.open()
-        if stored.unfinished:
-            raise ConfigurationError(
-                "this storage holds unfinished runs, and restoring them is not supported "
-                "by this backend yet"
-            )
+        self._phase = "starting"
+        try:
+            self._core.restore(stored.unfinished)
+            await self._core.pipeline.flush()  # crash counts are durable before a rerun
+        except BaseException:
+            await self._backend.close()
+            self._phase = "stopped"
+            raise
         self._pool.start()
         self._phase = "running"
 
@@ -552,7 +555,7 @@ class Keyflow:
 
     def _require_running(self) -> None:
         if self._phase != "running":
-            if self._phase == "new":
+            if self._phase in ("new", "starting"):
                 raise SchedulerNotRunningError(
                     "keyflow is not started: use 'async with kf:' or 'await kf.start()'"
                 )

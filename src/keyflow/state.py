@@ -265,6 +265,24 @@ class Lane:
             f"a new run enters its lane as queued or scheduled, not {run.status.value!r}"
         )
 
+    def restore(self, run: RunState) -> None:
+        """Put back a run read from storage at start, creation order first.
+
+        It takes its slot if it held one; a queued run is added to the members only, and
+        :meth:`restore_waiting` then puts the queued runs back in their waiting order.
+        """
+        if run.status.is_terminal:
+            raise IllegalTransitionError(f"a finished run ({run.id}) has no place in a lane")
+        self.members[run.id] = run
+        if run.holds_slot:
+            self.holders += 1
+
+    def restore_waiting(self, run: RunState) -> None:
+        """Put back a queued run read from storage, after those ahead of it."""
+        if run.status is not QUEUED or run.id not in self.members:
+            raise IllegalTransitionError(f"run {run.id} is not a queued member of this lane")
+        self.waiting.append(run)
+
     def remove_new(self, run: RunState) -> list[RunState]:
         """Take back a run added by a trigger that was rolled back; return runs promoted."""
         self.members.pop(run.id, None)

@@ -31,11 +31,65 @@ def open_backend(storage: str | StorageBackend, *, retention: int) -> StorageBac
         return storage
     if not isinstance(storage, str):
         raise ConfigurationError(f"storage must be a URL or a StorageBackend, got {storage!r}")
-    scheme, sep, _ = storage.partition("://")
+    scheme, sep, rest = storage.partition("://")
     if not sep:
         raise ConfigurationError(f"storage URL {storage!r} has no scheme (e.g. 'memory://')")
     if scheme == "memory":
         return MemoryBackend(retention=retention)
+    if scheme in ("sqlite", "json"):
+        path, options = _file_url(storage, rest)
+        if scheme == "sqlite":
+            from .sqlite import SQLiteBackend
+
+            synchronous = options.pop("synchronous", "NORMAL").upper()
+            if synchronous not in ("NORMAL", "FULL"):
+                raise ConfigurationError(
+                    f"synchronous must be NORMAL or FULL in {storage!r}, got {synchronous!r}"
+                )
+            read_only = _read_only(storage, options)
+            _no_more(storage, options)
+            return SQLiteBackend(
+                path,
+                retention=retention,
+                synchronous="FULL" if synchronous == "FULL" else "NORMAL",
+                read_only=read_only,
+            )
+        from .jsonfile import JSONFileBackend
+
+        read_only = _read_only(storage, options)
+        _no_more(storage, options)
+        return JSONFileBackend(path, retention=retention, read_only=read_only)
     raise ConfigurationError(
-        f"unknown storage scheme {scheme!r} in {storage!r}; available: 'memory://'"
+        f"unknown storage scheme {scheme!r} in {storage!r}; "
+        "available: 'memory://', 'sqlite:///path.db', 'json:///path.json'"
     )
+
+
+def _file_url(url: str, rest: str) -> tuple[str, dict[str, str]]:
+    """``/rel/path`` (relative) or ``//abs/path`` (absolute), SQLAlchemy style; options."""
+    from urllib.parse import parse_qsl
+
+    from ..errors import ConfigurationError
+
+    location, _, query = rest.partition("?")
+    if not location.startswith("/") or len(location) < 2:
+        raise ConfigurationError(
+            f"storage URL {url!r} needs a path: 'sqlite:///relative.db' or 'sqlite:////abs.db'"
+        )
+    return location[1:], dict(parse_qsl(query))
+
+
+def _read_only(url: str, options: dict[str, str]) -> bool:
+    from ..errors import ConfigurationError
+
+    mode = options.pop("mode", "rw")
+    if mode not in ("rw", "ro"):
+        raise ConfigurationError(f"mode must be 'rw' or 'ro' in {url!r}, got {mode!r}")
+    return mode == "ro"
+
+
+def _no_more(url: str, options: dict[str, str]) -> None:
+    from ..errors import ConfigurationError
+
+    if options:
+        raise ConfigurationError(f"unknown option(s) {', '.join(sorted(options))} in {url!r}")
