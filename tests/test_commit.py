@@ -15,6 +15,11 @@ from .fakes import DiskLikeBackend
 
 
 @pytest.fixture
+def storage_url() -> str:
+    return "memory://"  # unused: these tests bring their own backend
+
+
+@pytest.fixture
 def backend() -> DiskLikeBackend:
     return DiskLikeBackend()
 

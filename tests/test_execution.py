@@ -190,8 +190,8 @@ async def test_cancel_waiting_and_running_runs(make_keyflow: MakeKeyflow) -> Non
     assert kf.lane("k").state == "idle"
     assert kf.statistics().cancelled == 2
     # the worker survived its task's cancellation
-    follow = await long.trigger({}, concurrency_key="k")
     started.clear()
+    follow = await long.trigger({}, concurrency_key="k")
     await started.wait()
     await kf.cancel(follow.run_id)
 
@@ -345,12 +345,12 @@ async def test_stop_lets_running_handlers_finish_within_grace(make_keyflow: Make
     await kf.start()
     result = await job.trigger()
     await started.wait()
+    finished = asyncio.ensure_future(kf.wait(result.run_id))
     stopping = asyncio.ensure_future(kf.stop(grace=30))
     release.set()
     await stopping
-    run = await kf.get_run(result.run_id)
-    assert run is not None
-    assert run.output == "done"
+    assert finished.done()
+    assert finished.result().output == "done"
 
 
 async def test_context_manager_drains_due_work(make_keyflow: MakeKeyflow) -> None:

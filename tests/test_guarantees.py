@@ -10,8 +10,10 @@ snapshots; at the end guarantees 1 (exclusion), 2 (trailing edge), 3 (bound) and
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -22,6 +24,7 @@ import keyflow
 from keyflow import Coalesce, Disposition, RunStatus
 from keyflow.testing import VirtualClock
 
+from .conftest import storage_url_for
 from .fakes import DiskLikeBackend
 
 JOBS = ("a", "b")
@@ -286,6 +289,30 @@ class DiskLikeMachine(SchedulerMachine):
         return DiskLikeBackend()
 
 
+class FileMachine(SchedulerMachine):
+    """The same on a real storage file (a fresh directory per example)."""
+
+    backend = "sqlite"
+
+    def storage(self) -> str | keyflow.StorageBackend:
+        self.directory = tempfile.TemporaryDirectory(prefix="keyflow-guarantees-")
+        return storage_url_for(self.backend, Path(self.directory.name))
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self.directory.cleanup()
+
+
+class SQLiteMachine(FileMachine):
+    backend = "sqlite"
+
+
+class JSONFileMachine(FileMachine):
+    backend = "json"
+
+
 SETTINGS = settings(
     max_examples=150,
     stateful_step_count=30,
@@ -296,3 +323,8 @@ TestGuaranteesInMemory = SchedulerMachine.TestCase
 TestGuaranteesInMemory.settings = SETTINGS
 TestGuaranteesDiskLike = DiskLikeMachine.TestCase
 TestGuaranteesDiskLike.settings = SETTINGS
+FILE_SETTINGS = settings(SETTINGS, max_examples=40)  # real I/O: fewer, same depth
+TestGuaranteesSQLite = SQLiteMachine.TestCase
+TestGuaranteesSQLite.settings = FILE_SETTINGS
+TestGuaranteesJSONFile = JSONFileMachine.TestCase
+TestGuaranteesJSONFile.settings = FILE_SETTINGS

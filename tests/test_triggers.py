@@ -114,6 +114,7 @@ async def test_queue_first_and_merge_policies(make_keyflow: MakeKeyflow) -> None
         return {"repos": sorted(set(old["repos"]) | set(new["repos"]))}
 
     merged = Coalesce("queue", input=union)
+    blocker_m = await kf.trigger("work", {}, concurrency_key="m")  # b waits behind it
     b = await kf.trigger("other", {"repos": ["api"]}, concurrency_key="m", coalesce=merged)
     c = await kf.trigger("other", {"repos": ["web"]}, concurrency_key="m", coalesce=merged)
     d = await kf.trigger("other", {"repos": ["cli", "api"]}, concurrency_key="m", coalesce=merged)
@@ -122,7 +123,7 @@ async def test_queue_first_and_merge_policies(make_keyflow: MakeKeyflow) -> None
     assert run is not None
     assert run.input == {"repos": ["api", "cli", "web"]}
     assert [t.input for t in run.coalesced] == [{"repos": ["web"]}, {"repos": ["cli", "api"]}]
-    for result in (blocker, a, b):
+    for result in (blocker, blocker_m, a, b):
         gate.release(result.run_id)
     await kf.run_until_idle()
 
@@ -147,13 +148,19 @@ async def test_max_queued_bounds_waiting_runs(make_keyflow: MakeKeyflow) -> None
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     strategy = Coalesce("queue", max_queued=2)
+    blocker = await kf.trigger("other", {}, concurrency_key="k")
+    await gate.any_started.wait()
     results = [
         await kf.trigger("work", {"n": n}, concurrency_key="k", coalesce=strategy) for n in range(6)
     ]
-    # nothing started yet (no await let the workers run), so the first run counts too
+    # two never-started runs of the job: every later trigger joins the newest
     assert len({r.run_id for r in results}) == 2
-    assert [r.disposition for r in results[:2]] == [Disposition.CREATED, Disposition.QUEUED]
-    await gate.any_started.wait()
+    assert [r.disposition for r in results[:2]] == [Disposition.QUEUED, Disposition.QUEUED]
+    assert {r.run_id for r in results[2:]} == {results[1].run_id}
+    first_started = asyncio.Event()
+    gate.any_started = first_started
+    gate.release(blocker.run_id)
+    await first_started.wait()  # one of the two started: a new one may queue again
     more = await kf.trigger("work", {"n": 9}, concurrency_key="k", coalesce=strategy)
     assert more.disposition is Disposition.QUEUED
     assert len(kf.lane("k").waiting) == 2

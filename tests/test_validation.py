@@ -81,7 +81,8 @@ def test_bad_coalesce_options(options: dict[str, Any], message: str) -> None:
 
 async def test_a_merge_that_returns_non_json_is_refused(kf: keyflow.Keyflow) -> None:
     strategy = Coalesce("queue", input=lambda old, new: {"bad": {1, 2}})
-    first = await kf.trigger("job", {"n": 1}, concurrency_key="k", coalesce=strategy)
+    # delayed (the virtual clock stands still): it cannot start before the second trigger
+    first = await kf.trigger("job", {"n": 1}, concurrency_key="k", coalesce=strategy, delay=60)
     with pytest.raises(keyflow.InvalidInputError, match="merge function of job 'job'"):
         await kf.trigger("job", {"n": 2}, concurrency_key="k", coalesce=strategy)
     run = await kf.get_run(first.run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -27,6 +28,11 @@ from .stats import LaneSnapshot, Statistics, TriggerCounts
 from .storage_backends import RunQuery, StorageBackend, open_backend
 from .triggers import PreparedTrigger, TriggerRequest, prepare_request, prepare_trigger
 from .worker import WorkerPool
+
+logger = logging.getLogger("keyflow")
+
+STOP_FLUSH_SECONDS = 10.0
+"""How long ``stop()`` waits for storage to take the last changes before giving up."""
 
 _Phase = Literal["new", "starting", "running", "stopping", "stopped"]
 
@@ -196,7 +202,16 @@ class Keyflow:
             for handle in self._core.timers.values():
                 handle.cancel()
             self._core.timers.clear()
-            await self._core.pipeline.flush()
+            try:
+                async with asyncio.timeout(STOP_FLUSH_SECONDS):
+                    await self._core.pipeline.flush()
+            except TimeoutError:
+                # Storage keeps failing: what is not written is redone after a restart
+                # (a run found running is run again), so give up rather than hang.
+                logger.warning(
+                    "keyflow stopped with changes not written to storage: %s",
+                    self._core.pipeline.last_error,
+                )
         self._hub.close()
         await self._backend.close()
         self._phase = "stopped"
@@ -414,6 +429,7 @@ class Keyflow:
         record = self._core.records.get(run_id)
         if record is not None:
             return record.snapshot()
+        await self._fresh()
         return await self._backend.get_run(run_id)
 
     async def list_runs(
@@ -441,6 +457,7 @@ class Keyflow:
             limit=limit,
             offset=offset,
         )
+        await self._fresh()
         runs = await self._backend.list_runs(query)
         live = self._core.records
         return [live[r.id].snapshot() if r.id in live else r for r in runs]
@@ -453,6 +470,7 @@ class Keyflow:
             WaitTimeoutError: it did not finish within ``timeout`` seconds.
         """
         if run_id not in self._core.records:
+            await self._fresh()
             run = await self._backend.get_run(run_id)
             if run is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
@@ -477,6 +495,7 @@ class Keyflow:
         """
         record = self._core.records.get(run_id)
         if record is None:
+            await self._fresh()
             run = await self._backend.get_run(run_id)
             if run is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
@@ -552,6 +571,25 @@ class Keyflow:
         return self._hub.subscribe(buffer)
 
     # -- internals ---------------------------------------------------------------
+
+    async def _fresh(self) -> None:
+        """Read your writes: storage holds every change made so far before a query.
+
+        Not needed when the backend holds our very records (memory). A failed write does
+        not block the read; it answers with what is durable.
+
+        Raises:
+            SchedulerNotRunningError: durable storage is read through a started instance
+                only (after ``stop()`` it is closed).
+        """
+        if not self._backend.shares_records:
+            if self._phase in ("new", "starting", "stopped"):
+                raise SchedulerNotRunningError(
+                    f"keyflow is {'stopped' if self._phase == 'stopped' else 'not started'}"
+                    " and its storage is not open; read runs while it runs, or through a"
+                    " read-only backend"
+                )
+            await self._core.pipeline.barrier()
 
     def _require_running(self) -> None:
         if self._phase != "running":

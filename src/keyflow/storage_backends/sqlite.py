@@ -113,7 +113,7 @@ class SQLiteBackend(StorageBackend):
         self._engine: AsyncEngine | None = None
         self._writer: AsyncConnection | None = None
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
-        self._prune_slack = max(64, retention // 20)
+        self._prune_slack = retention // 20  # exact count at most every 5 % of growth
 
     def __repr__(self) -> str:
         return f"<SQLiteBackend {str(self.path)!r}{' read-only' if self.read_only else ''}>"
