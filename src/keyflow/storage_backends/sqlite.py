@@ -40,6 +40,7 @@ from .base import RunQuery, StorageBackend, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import dumps, record_row, row_record, row_run
 
+_TERMINAL = ("cancelled", "completed", "failed")
 SCHEMA_VERSION = 1
 """The schema this version writes; older ones are migrated at open."""
 
@@ -150,7 +151,9 @@ class SQLiteBackend(StorageBackend):
             self._writer = conn = await engine.connect()
             await self._check_schema(conn)
             unfinished = await conn.execute(
-                select(runs_table.c.data).where(runs_table.c.finished_at.is_(None)).order_by(_ROWID)
+                select(runs_table.c.data)
+                .where(runs_table.c.status.not_in(_TERMINAL))
+                .order_by(_ROWID)
             )
             records = [row_record(json.loads(data)) for (data,) in unfinished]
             self._finished = await self._count_finished(conn)
@@ -232,7 +235,7 @@ class SQLiteBackend(StorageBackend):
         # Read every record now, before the first await (see the base module).
         rows = [_columns(record_row(record)) for record in batch.runs]
         keys = [{"job": j, "idempotency_key": k, "run_id": r} for j, k, r in batch.idempotency]
-        newly_finished = sum(1 for row in rows if row["finished_at"] is not None)
+        newly_finished = sum(1 for row in rows if row["status"] in _TERMINAL)
         conn = self._writable()
         try:
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -260,7 +263,7 @@ class SQLiteBackend(StorageBackend):
             return finished
         oldest = (
             select(runs_table.c.id)
-            .where(runs_table.c.finished_at.is_not(None))
+            .where(runs_table.c.status.in_(_TERMINAL))
             .order_by(runs_table.c.finished_at)
             .limit(excess)
             .scalar_subquery()
@@ -270,7 +273,7 @@ class SQLiteBackend(StorageBackend):
         return finished - excess
 
     async def _count_finished(self, conn: AsyncConnection) -> int:
-        query = select(func.count()).where(runs_table.c.finished_at.is_not(None))
+        query = select(func.count()).where(runs_table.c.status.in_(_TERMINAL))
         return int((await conn.execute(query)).scalar_one())
 
     def _writable(self) -> AsyncConnection:
@@ -334,12 +337,9 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
         "concurrency_key": row["key"],
         "status": row["status"],
         "created_at": row["created_at"],
-        "finished_at": row["finished_at"] if row["status"] in _TERMINAL else None,
+        "finished_at": row["finished_at"],
         "data": dumps(row),
     }
-
-
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def _filtered(statement: Any, query: RunQuery) -> Any:

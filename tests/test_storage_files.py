@@ -1,0 +1,207 @@
+"""The storage files themselves: corrupt, truncated, foreign and torn files; compaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import keyflow
+from keyflow import RunStatus
+from keyflow.records import RunRecord
+from keyflow.storage_backends import WriteBatch
+from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends.jsonfile import JSONFileBackend
+from keyflow.storage_backends.sqlite import SQLiteBackend
+
+
+def record(run_id: str, status: RunStatus = RunStatus.QUEUED) -> RunRecord:
+    return RunRecord(run_id, "work", "k", status, {"id": run_id}, 1.0, 1.0, 1)
+
+
+async def write_json(path: Path, *batches: list[RunRecord]) -> None:
+    backend = JSONFileBackend(path)
+    await backend.open()
+    try:
+        for runs in batches:
+            await backend.write(WriteBatch(runs))
+    finally:
+        await backend.close()
+
+
+async def unfinished_ids(backend: JSONFileBackend | SQLiteBackend) -> list[str]:
+    state = await backend.open()
+    await backend.close()
+    return [r.id for r in state.unfinished]
+
+
+def contents(*paths: Path) -> list[bytes | None]:
+    return [p.read_bytes() if p.exists() else None for p in paths]
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "message"),
+    [
+        (b'{"format": "keyflow-snap', "not JSON"),
+        (b'{"hello": "world"}', "not a keyflow snapshot"),
+        (b"[1, 2, 3]", "not a keyflow snapshot"),
+        (
+            b'{"format": "keyflow-snapshot", "version": 7, "generation": 1}',
+            "format version 7",
+        ),
+        (
+            b'{"format": "keyflow-snapshot", "version": 1, "generation": 1, "runs": [{"id": 1}]}',
+            "malformed snapshot",
+        ),
+    ],
+)
+async def test_a_bad_snapshot_stops_the_open_and_is_left_untouched(
+    tmp_path: Path, snapshot: bytes, message: str
+) -> None:
+    path = tmp_path / "runs.json"
+    path.write_bytes(snapshot)
+    with pytest.raises(keyflow.StorageCorruptError, match=message) as caught:
+        await JSONFileBackend(path).open()
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == snapshot
+    assert not (tmp_path / "runs.json.journal").exists()
+
+
+async def test_a_corrupt_journal_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    journal = tmp_path / "runs.json.journal"
+    await write_json(path, [record("a")], [record("b")], [record("c")])
+    lines = journal.read_bytes().split(b"\n")
+    lines[2] = b'{"runs": [oops'  # the second batch, not the last line
+    journal.write_bytes(b"\n".join(lines))
+    before = contents(path, journal)
+    with pytest.raises(keyflow.StorageCorruptError, match=r"runs\.json\.journal:3: unreadable"):
+        await JSONFileBackend(path).open()
+    assert contents(path, journal) == before
+
+
+async def test_a_torn_last_journal_line_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    journal = tmp_path / "runs.json.journal"
+    await write_json(path, [record("a")], [record("b")])
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-25])  # the crash cut the last append short
+    assert await unfinished_ids(JSONFileBackend(path)) == ["a"]
+    # the torn bytes are gone, so later appends follow a whole line
+    await write_json(path, [record("c")])
+    assert await unfinished_ids(JSONFileBackend(path)) == ["a", "c"]
+
+
+async def test_a_journal_older_than_the_snapshot_is_ignored(tmp_path: Path) -> None:
+    # A crash between the snapshot's replacement and the journal's leaves the old journal.
+    path = tmp_path / "runs.json"
+    journal = tmp_path / "runs.json.journal"
+    await write_json(path, [record("a")])
+    old_journal = journal.read_bytes()
+    backend = JSONFileBackend(path)
+    await backend.open()
+    await backend.write(WriteBatch([record("a", RunStatus.CANCELLED)]))
+    await backend.compact()
+    await backend.close()
+    journal.write_bytes(old_journal)  # still says "a" is queued, at the old generation
+    reopened = JSONFileBackend(path)
+    assert await unfinished_ids(reopened) == []
+    await reopened.open()
+    run = await reopened.get_run("a")
+    await reopened.close()
+    assert run is not None
+    assert run.status is RunStatus.CANCELLED
+
+
+async def test_compaction_folds_the_journal_into_a_readable_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    path = tmp_path / "runs.json"
+    journal = tmp_path / "runs.json.journal"
+    await write_json(path, *([record(f"r{n}")] for n in range(40)))
+    snapshot = json.loads(path.read_text())
+    assert snapshot["generation"] > 1  # compacted at least once
+    assert len(journal.read_bytes()) < 20 * 400  # under half of the 40 appended lines
+    assert await unfinished_ids(JSONFileBackend(path)) == [f"r{n}" for n in range(40)]
+
+
+async def test_retention_prunes_the_files_too(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    backend = JSONFileBackend(path, retention=2)
+    await backend.open()
+    for n in range(5):
+        await backend.write(WriteBatch([record(f"r{n}", RunStatus.COMPLETED)]))
+    await backend.write(WriteBatch([]))  # carries the last prune
+    await backend.close()
+    reopened = JSONFileBackend(path, retention=100)
+    await reopened.open()
+    kept = [r.id for r in await reopened.list_runs(keyflow.storage_backends.RunQuery())]
+    await reopened.close()
+    assert kept == ["r4", "r3"]
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"this is a text file, not a database\n" * 200)
+    before = path.read_bytes()
+    with pytest.raises(keyflow.StorageCorruptError, match="cannot be opened") as caught:
+        await SQLiteBackend(path).open()
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == before
+
+
+async def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO users (name) VALUES ('ada')")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(keyflow.StorageCorruptError, match=r"not a keyflow database.*users"):
+        await SQLiteBackend(path).open()
+    assert path.read_bytes() == before
+
+
+async def test_a_truncated_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    await backend.write(WriteBatch([record(f"r{n}") for n in range(300)]))
+    await backend.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    before = path.read_bytes()
+    with pytest.raises(keyflow.StorageCorruptError):
+        await SQLiteBackend(path).open()
+    assert path.read_bytes() == before
+
+
+async def test_sqlite_survives_reopening_with_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path, synchronous="FULL")
+    await backend.open()
+    await backend.write(
+        WriteBatch([record("a"), record("b", RunStatus.COMPLETED)], [("work", "once", "a")])
+    )
+    await backend.close()
+    assert await unfinished_ids(SQLiteBackend(path)) == ["a"]
+    again = SQLiteBackend(path)
+    await again.open()
+    try:
+        assert await again.find_idempotent("work", "once") == "a"
+        done = await again.get_run("b")
+        assert done is not None
+        assert done.status is RunStatus.COMPLETED
+    finally:
+        await again.close()
