@@ -1,0 +1,296 @@
+"""The SIGKILL crash test's two halves: a child workload and the parent's checks.
+
+The child runs a scheduler on durable storage with producers triggering four jobs
+(one per strategy: none, ``queue`` with merged inputs, ``skip``, ``cancel``) on a few
+shared keys, and handlers that take a random time. It appends to a log with plain
+``write`` calls (they survive the process being killed): ``BOOT`` when it starts, ``T``
+after each ``trigger()`` returned, ``S``/``E`` when a handler starts/ends. The parent
+kills it at random moments, starts it again, and finally lets one child drain
+everything; then it checks the log and the storage:
+
+* every acknowledged trigger is covered by a run that completed (a ``queue``
+  trigger's id is in the input a start of its run saw: the trailing edge, guarantee 2;
+  a ``cancel`` trigger's run may instead have been replaced by a later one);
+* no two handlers of a key ever ran at once (exclusion, guarantee 1);
+* a new ``queue`` run is made only once the previous one of its job and key started
+  (the bound, guarantee 3, with ``max_queued=1``);
+* per key, runs first start in the order they were created (order, guarantee 5);
+* a run starts again only after a crash interrupted it (only an interrupted attempt is
+  ever repeated: there are no failures to retry).
+
+``python -m tests.crash_workload --backend sqlite --cycles 200`` is the soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keyflow
+from keyflow import Coalesce, RunStatus
+from keyflow.coalesce import CoalesceOption
+
+KEYS = ("k0", "k1", "k2")
+STRATEGIES: dict[str, CoalesceOption] = {
+    "plain": None,
+    "queued": None,  # set below: queue with merged inputs
+    "skipped": "skip",
+    "replaced": "cancel",
+}
+PRODUCERS = 3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return {"ts": old["ts"] + [t for t in new["ts"] if t not in old["ts"]]}
+
+
+STRATEGIES["queued"] = Coalesce("queue", max_queued=1, input=_merge)
+
+
+# -- the child -------------------------------------------------------------------------
+
+
+async def child(url: str, log_path: str, seed: int, drain: bool) -> None:
+    """Run the workload until killed (or, with ``drain``, until everything finished)."""
+    rng = random.Random(seed)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def log(*parts: object) -> None:
+        os.write(fd, (" ".join(str(p) for p in parts) + "\n").encode())
+
+    kf = keyflow.Keyflow(storage=url, workers=4, grace=0)
+
+    async def handler(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        key = ctx.concurrency_key
+        log("S", ctx.run_id, ctx.attempt, key, ",".join(input["ts"]))
+        try:
+            await asyncio.sleep(rng.uniform(0, 0.03))  # the work: a random duration
+        finally:  # a "cancel" trigger may cancel it
+            log("E", ctx.run_id, ctx.attempt, key)
+
+    for name in STRATEGIES:
+        kf.job(name)(handler)
+
+    async def produce(producer: int) -> None:
+        for n in range(1_000_000):
+            tid = f"{os.getpid()}.{producer}.{n}"
+            job = rng.choice(tuple(STRATEGIES))
+            key = rng.choice(KEYS)
+            result = await kf.trigger(
+                job, {"ts": [tid]}, concurrency_key=key, coalesce=STRATEGIES[job]
+            )
+            log("T", tid, job, key, result.run_id, result.disposition.value)
+            await asyncio.sleep(rng.uniform(0, 0.004))  # producers pace themselves
+
+    await kf.start()
+    log("BOOT", os.getpid())
+    print("ready", flush=True)
+    if drain:
+        await kf.run_until_idle(timeout=120)
+        log("IDLE")
+        await kf.stop()
+        return
+    await asyncio.gather(*(produce(p) for p in range(PRODUCERS)))
+
+
+# -- the parent ------------------------------------------------------------------------
+
+
+def run_cycles(url: str, log_path: Path, cycles: int, rng: random.Random) -> None:
+    """Start the child ``cycles`` times, killing each at a random moment; then drain."""
+    for cycle in range(cycles + 1):
+        drain = cycle == cycles
+        command = [sys.executable, "-m", "tests.crash_workload", "child", url, str(log_path)]
+        command += ["--seed", str(rng.randrange(1 << 30))] + (["--drain"] if drain else [])
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            if drain:
+                code = proc.wait(timeout=180)
+                assert code == 0, f"the draining child exited with {code}"
+                continue
+            assert ready == "ready\n", f"child {cycle} did not start: {ready!r}"
+            time.sleep(rng.uniform(0.05, 0.6))  # the moment of the crash, not a sync
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@dataclass
+class Trigger:
+    tid: str
+    job: str
+    key: str
+    run_id: str
+    disposition: str
+    line: int
+
+
+@dataclass
+class Report:
+    """What the log says, read once."""
+
+    triggers: list[Trigger] = field(default_factory=list)
+    starts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    covered: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    boots: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    first_start_order: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    prefixes: dict[str, int] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+    """Runs with an attempt that ran to its end (no crash in between)."""
+
+
+def read_log(log_path: Path) -> Report:
+    """Parse the log, checking exclusion and repeats on the way."""
+    report = Report()
+    running: dict[str, str] = {}  # key -> run id executing now
+    attempts: dict[str, set[str]] = {}  # run id -> trigger ids its running attempt saw
+    for number, line in enumerate(log_path.read_text().splitlines(), start=1):
+        kind, *rest = line.split(" ")
+        if kind == "BOOT":
+            report.boots.append(number)
+            running.clear()  # the previous process died: whatever ran stopped
+            attempts.clear()  # and its attempts never finished
+        elif kind == "T":
+            tid, job, key, run_id, disposition = rest
+            report.triggers.append(Trigger(tid, job, key, run_id, disposition, number))
+            report.prefixes.setdefault(run_id.split("-")[0], len(report.prefixes))
+        elif kind == "S":
+            run_id, _attempt, key, tids = rest
+            if key in running:
+                report.problems.append(f"line {number}: {run_id} started while {running[key]}")
+            running[key] = run_id
+            previous = report.starts[run_id]
+            if previous and not any(previous[-1] < boot < number for boot in report.boots):
+                report.problems.append(f"line {number}: {run_id} started again without a crash")
+            if not previous:
+                report.first_start_order[key].append(run_id)
+            previous.append(number)
+            attempts[run_id] = {t for t in tids.split(",") if t}
+        elif kind == "E":
+            run_id, _attempt, key = rest
+            if running.get(key) == run_id:
+                del running[key]
+            if run_id in attempts:  # an attempt that ran to its end covers what it saw
+                report.covered[run_id].update(attempts.pop(run_id))
+                report.finished.add(run_id)
+    return report
+
+
+async def final_runs(url: str) -> dict[str, keyflow.Run]:
+    """Every run in storage (retention is far above what the workload makes)."""
+    backend = keyflow.storage_backends.open_backend(url, retention=1_000_000)
+    await backend.open()
+    try:
+        query = keyflow.storage_backends.RunQuery(limit=10_000_000)
+        return {run.id: run for run in await backend.list_runs(query)}
+    finally:
+        await backend.close()
+
+
+def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
+    """Every problem found; empty when the guarantees held."""
+    problems = list(report.problems)
+    unfinished = [r.id for r in runs.values() if not r.is_terminal]
+    if unfinished:
+        problems.append(f"unfinished after draining: {unfinished[:5]}")
+    last_replacing: dict[str, str] = {}
+    for trig in report.triggers:
+        if trig.job == "replaced":
+            last_replacing[trig.key] = trig.run_id
+    made_by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for trig in report.triggers:
+        run = runs.get(trig.run_id)
+        if run is None:
+            problems.append(f"trigger {trig.tid}: its run {trig.run_id} is not in storage")
+            continue
+        if trig.job == "replaced" and run.status is RunStatus.CANCELLED:
+            if last_replacing[trig.key] == trig.run_id:
+                problems.append(f"trigger {trig.tid}: the last replacement was cancelled")
+            continue  # replaced by a later "cancel" trigger: that is the strategy
+        if run.status is not RunStatus.COMPLETED:
+            problems.append(f"trigger {trig.tid}: run {run.id} ended {run.status.value}")
+        elif run.id not in report.finished:
+            problems.append(f"trigger {trig.tid}: run {run.id} completed without running")
+        if trig.job == "queued":
+            if trig.tid not in report.covered[trig.run_id]:
+                problems.append(f"queue trigger {trig.tid}: no whole attempt of {run.id} saw it")
+            if trig.disposition != "coalesced":
+                earlier = made_by_queue[trig.job, trig.key]
+                for previous in earlier:  # the bound: at most one never-started run
+                    starts = report.starts.get(previous, [])
+                    if not starts or starts[0] > trig.line:
+                        problems.append(
+                            f"line {trig.line}: {trig.run_id} made while {previous} waited"
+                        )
+                earlier.append(trig.run_id)
+    for key, started in report.first_start_order.items():
+
+        def created(run_id: str) -> tuple[int, int]:
+            prefix, counter = run_id.split("-")
+            return report.prefixes.get(prefix, -1), int(counter, 16)
+
+        known = [r for r in started if r.split("-")[0] in report.prefixes]
+        if known != sorted(known, key=created):
+            problems.append(f"key {key}: runs did not first start in creation order")
+    return problems
+
+
+def crash_test(backend: str, cycles: int, seed: int, directory: Path) -> tuple[Report, list[str]]:
+    """Run the whole crash test; return what the log said and the problems found."""
+    suffix = "db" if backend == "sqlite" else "json"
+    url = f"{backend}:///{directory / f'runs.{suffix}'}"
+    log_path = directory / "workload.log"
+    run_cycles(url, log_path, cycles, random.Random(seed))
+    report = read_log(log_path)
+    return report, check(report, asyncio.run(final_runs(url)))
+
+
+def main() -> None:
+    """``child`` (run by the parent) or the soak: many more cycles than CI runs."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    child_args = sub.add_parser("child")
+    child_args.add_argument("url")
+    child_args.add_argument("log")
+    child_args.add_argument("--seed", type=int, default=0)
+    child_args.add_argument("--drain", action="store_true")
+    parser.add_argument("--backend", choices=("sqlite", "json"), default="sqlite")
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if args.command == "child":
+        asyncio.run(child(args.url, args.log, args.seed, args.drain))
+        return
+    with tempfile.TemporaryDirectory(prefix="keyflow-soak-") as directory:
+        report, problems = crash_test(args.backend, args.cycles, args.seed, Path(directory))
+    print(
+        f"{args.backend}: {args.cycles} kills, {len(report.triggers)} acknowledged triggers, "
+        f"{sum(len(s) for s in report.starts.values())} starts"
+    )
+    for problem in problems:
+        print("  PROBLEM", problem)
+    raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""SIGKILL at random moments, on SQLite and on the JSON file: nothing acknowledged is lost.
+
+See ``crash_workload.py`` for the workload and every check; this runs it with the
+cycle count CI affords. ``python -m tests.crash_workload --cycles 500`` soaks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .crash_workload import crash_test
+
+CYCLES = int(os.environ.get("KEYFLOW_CRASH_CYCLES", "20"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "json"])
+def test_sigkill_loses_no_acknowledged_trigger(backend: str, tmp_path: Path) -> None:
+    report, problems = crash_test(backend, CYCLES, seed=20261128, directory=tmp_path)
+    assert len(report.boots) == CYCLES + 1
+    assert len(report.triggers) > 20 * CYCLES  # the children did real work before dying
+    assert problems == []
