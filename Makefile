@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench bench-storage soak clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: lint typecheck pytest
 
 bench: $(BIN)/activate
 	$(BIN)/python -m bench.core
+
+bench-storage: $(BIN)/activate
+	$(BIN)/python -m bench.storage
+
+soak: $(BIN)/activate  # the SIGKILL crash test, 300 kills per durable backend
+	$(BIN)/python -m tests.crash_workload --backend sqlite --cycles 300
+	$(BIN)/python -m tests.crash_workload --backend json --cycles 300
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

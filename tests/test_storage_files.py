@@ -11,8 +11,9 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
-from keyflow.storage_backends import WriteBatch
+from keyflow.storage_backends import RunQuery, WriteBatch, open_backend
 from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends import sqlite as sqlite_module
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
@@ -141,7 +142,7 @@ async def test_retention_prunes_the_files_too(tmp_path: Path) -> None:
     await backend.close()
     reopened = JSONFileBackend(path, retention=100)
     await reopened.open()
-    kept = [r.id for r in await reopened.list_runs(keyflow.storage_backends.RunQuery())]
+    kept = [r.id for r in await reopened.list_runs(RunQuery())]
     await reopened.close()
     assert kept == ["r4", "r3"]
 
@@ -205,3 +206,79 @@ async def test_sqlite_survives_reopening_with_its_runs(tmp_path: Path) -> None:
         assert done.status is RunStatus.COMPLETED
     finally:
         await again.close()
+
+
+async def test_an_older_schema_is_migrated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    await backend.write(WriteBatch([record("a")]))
+    await backend.close()
+    migration = ["ALTER TABLE keyflow_runs ADD COLUMN note TEXT"]
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", {1: migration})
+    assert await unfinished_ids(SQLiteBackend(path)) == ["a"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM keyflow_schema").fetchall() == [(2,)]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(keyflow_runs)")]
+    db.close()
+    assert "note" in columns
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///runs.db", (SQLiteBackend, "runs.db", "NORMAL", False)),
+        ("sqlite:////abs/dir/runs.db", (SQLiteBackend, "/abs/dir/runs.db", "NORMAL", False)),
+        ("sqlite:///runs.db?synchronous=full", (SQLiteBackend, "runs.db", "FULL", False)),
+        ("sqlite:///runs.db?mode=ro", (SQLiteBackend, "runs.db", "NORMAL", True)),
+        ("json:///data/runs.json?mode=ro", (JSONFileBackend, "data/runs.json", None, True)),
+    ],
+)
+def test_storage_urls(url: str, expected: tuple[type, str, str | None, bool]) -> None:
+    backend = open_backend(url, retention=5)
+    kind, path, sync_mode, read_only = expected
+    assert isinstance(backend, kind)
+    assert isinstance(backend, SQLiteBackend | JSONFileBackend)
+    assert (str(backend.path), backend.read_only, backend.retention) == (path, read_only, 5)
+    if isinstance(backend, SQLiteBackend):
+        assert backend.sync_mode == sync_mode
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "needs a path"),
+        ("sqlite:///runs.db?synchronous=off", "synchronous must be NORMAL or FULL"),
+        ("json:///runs.json?mode=append", "mode must be 'rw' or 'ro'"),
+        ("json:///runs.json?fsync=no", "unknown option"),
+        ("postgres:///x", "unknown storage scheme 'postgres'"),
+    ],
+)
+def test_bad_storage_urls(url: str, message: str) -> None:
+    with pytest.raises(keyflow.ConfigurationError, match=message):
+        open_backend(url, retention=5)
+
+
+async def test_a_json_reader_sees_what_the_writer_adds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "REFRESH_SECONDS", 0.0)
+    path = tmp_path / "runs.json"
+    writer = JSONFileBackend(path)
+    await writer.open()
+    reader = JSONFileBackend(path, read_only=True)
+    try:
+        await writer.write(WriteBatch([record("a")]))
+        await reader.open()
+        assert await reader.get_run("a") is not None
+        await writer.write(WriteBatch([record("b")]))
+        await writer.compact()
+        await writer.write(WriteBatch([record("c")]))
+        ids = [r.id for r in await reader.list_runs(RunQuery())]
+        assert ids == ["c", "b", "a"]
+    finally:
+        await writer.close()
+        await reader.close()

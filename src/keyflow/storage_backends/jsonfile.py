@@ -98,7 +98,7 @@ class JSONFileBackend(StorageBackend):
     async def _open_for_writing(self) -> None:
         good_journal_bytes = await asyncio.to_thread(self._load)
         if not self.path.exists():
-            await asyncio.to_thread(self._write_snapshot, self._snapshot_text(1))
+            await asyncio.to_thread(self._write_snapshot, self._snapshot(1))
             self._generation = 1
             good_journal_bytes = None
         if good_journal_bytes is None:  # missing or stale: start a fresh one
@@ -250,9 +250,11 @@ class JSONFileBackend(StorageBackend):
                 everything).
         """
         journal = self._writable()
-        text = self._snapshot_text(self._generation + 1)
+        document = self._snapshot(self._generation + 1)
         try:
-            await asyncio.to_thread(self._write_snapshot, text)
+            # Serialised in the thread too: the rows are never changed in place, only
+            # replaced, so the lists taken here stay the state of this moment.
+            await asyncio.to_thread(self._write_snapshot, document)
             self._generation += 1
             await journal.close()
             self._journal = None
@@ -263,19 +265,18 @@ class JSONFileBackend(StorageBackend):
             self._broken = f"compaction failed: {exc!r}"
             raise StorageError(f"compacting {self.path} failed: {exc}") from exc
 
-    def _snapshot_text(self, generation: int) -> str:
+    def _snapshot(self, generation: int) -> dict[str, Any]:
         idempotency = [[job, key, run_id] for (job, key), run_id in self._idempotency.items()]
-        document = {
+        return {
             "format": SNAPSHOT_FORMAT,
             "version": VERSION,
             "generation": generation,
             "runs": list(self._runs.values()),
             "idempotency": idempotency,
         }
-        return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
 
-    def _write_snapshot(self, text: str) -> None:
-        data = text.encode()
+    def _write_snapshot(self, document: dict[str, Any]) -> None:
+        data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
         _replace_atomically(self.path, data)
         self._snapshot_size = len(data)
 

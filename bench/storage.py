@@ -1,0 +1,231 @@
+"""Durable storage benchmarks (issue #3): SQLite and JSON file against raw aiosqlite.
+
+Run with ``make bench-storage`` (or ``python -m bench.storage``). The baseline is raw
+aiosqlite on the same disk in the same run: one row INSERT + COMMIT per transaction
+(WAL, ``synchronous=NORMAL``), and 100 rows per transaction.
+
+* acknowledged durable triggers/s with 100 concurrent producers (the runs are delayed,
+  so the number is the trigger path alone);
+* end-to-end no-op jobs/s on SQLite (trigger, run, finish: every change written);
+* triggers/s with 1,000 and with 100,000 retained runs: one commit must not cost more
+  when the storage holds more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+import keyflow
+from keyflow.records import RunRecord
+from keyflow.runs import RunStatus
+from keyflow.storage_backends import WriteBatch, open_backend
+
+PRODUCERS = 100
+
+
+async def raw_sqlite_rows_per_second(path: Path, rows: int, per_transaction: int) -> float:
+    """The baseline: INSERT + COMMIT, ``per_transaction`` rows each, WAL/NORMAL."""
+    async with aiosqlite.connect(path, isolation_level=None) as db:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
+        payload = '{"job":"noop","input":{"n":1},"status":"queued"}'
+        start = time.perf_counter()
+        for first in range(0, rows, per_transaction):
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany(
+                "INSERT INTO runs (id, data) VALUES (?, ?)",
+                [(f"r{n}", payload) for n in range(first, first + per_transaction)],
+            )
+            await db.execute("COMMIT")
+        return rows / (time.perf_counter() - start)
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None
+
+
+async def _produce(kf: keyflow.Keyflow, count: int, *, delay: float) -> float:
+    """``count`` triggers from PRODUCERS concurrent tasks; acknowledged triggers/s."""
+    per_producer = count // PRODUCERS
+
+    async def producer(p: int) -> None:
+        for n in range(per_producer):
+            await kf.trigger("noop", {"p": p, "n": n}, concurrency_key=f"k{p}", delay=delay)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(producer(p) for p in range(PRODUCERS)))
+    return per_producer * PRODUCERS / (time.perf_counter() - start)
+
+
+async def triggers_per_second(url: str, count: int, retention: int = 1_000_000) -> float:
+    """Acknowledged durable triggers/s (delayed runs: nothing executes meanwhile)."""
+    kf = keyflow.Keyflow(storage=url, retention=retention)
+    kf.job("noop")(_noop)
+    await kf.start()
+    try:
+        return await _produce(kf, count, delay=3_600)
+    finally:
+        await kf.stop(grace=0)
+
+
+async def end_to_end_jobs_per_second(url: str, count: int) -> float:
+    """Trigger ``count`` no-op jobs from 100 producers and run them all; jobs/s."""
+    kf = keyflow.Keyflow(storage=url, retention=count * 2, workers=20)
+    kf.job("noop")(_noop)
+    await kf.start()
+    try:
+        start = time.perf_counter()
+        await _produce(kf, count, delay=0)
+        await kf.run_until_idle()
+        return count / (time.perf_counter() - start)
+    finally:
+        await kf.stop()
+
+
+async def fill(url: str, finished: int) -> None:
+    """Store ``finished`` finished runs, written directly in large batches."""
+    backend = open_backend(url, retention=10_000_000)
+    await backend.open()
+    try:
+        for first in range(0, finished, 5_000):
+            batch = []
+            for n in range(first, min(finished, first + 5_000)):
+                record = RunRecord(
+                    f"old-{n}", "noop", f"k{n % 1000}", RunStatus.QUEUED, {}, 1, 1, 1
+                )
+                record.status = RunStatus.COMPLETED
+                record.finished_at = 2.0
+                batch.append(record)
+            await backend.write(WriteBatch(batch))
+        if hasattr(backend, "compact"):
+            await backend.compact()  # start measuring from a folded journal
+    finally:
+        await backend.close()
+
+
+async def main(args: argparse.Namespace) -> int:
+    failures = 0
+
+    def report(name: str, value: float, ok: bool, target: str, extra: str = "") -> None:
+        nonlocal failures
+        failures += not ok
+        print(
+            f"  {name:<48} {value:>10,.0f}/s {extra:<16} target {target:<18} "
+            f"{'ok' if ok else 'MISSED'}"
+        )
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1_000_000))
+
+    def fresh(kind: str) -> str:
+        suffix = "db" if kind == "sqlite" else "json"
+        return f"{kind}:///{root / f'b{next(counter)}.{suffix}'}"
+
+    print(f"keyflow storage benchmarks ({os.cpu_count()} cores, files in {root})")
+    one = max(
+        [
+            await raw_sqlite_rows_per_second(root / f"raw1-{i}.db", args.rows, 1)
+            for i in range(args.rounds)
+        ]
+    )
+    hundred = max(
+        [
+            await raw_sqlite_rows_per_second(root / f"raw100-{i}.db", args.rows * 10, 100)
+            for i in range(args.rounds)
+        ]
+    )
+    print(f"\nbaseline raw aiosqlite, WAL/NORMAL")
+    print(f"  one row per INSERT + COMMIT:      {one:>10,.0f} rows/s")
+    print(f"  100 rows per transaction:         {hundred:>10,.0f} rows/s")
+
+    print(f"\nacknowledged durable triggers, {PRODUCERS} concurrent producers")
+    sqlite_rate = max(
+        [await triggers_per_second(fresh("sqlite"), args.triggers) for _ in range(args.rounds)]
+    )
+    report(
+        "SQLite trigger()",
+        sqlite_rate,
+        sqlite_rate >= 10_000,
+        ">= 10k/s",
+        f"({sqlite_rate / one:.2f}x 1-row)",
+    )
+    report(
+        "SQLite vs one row per commit",
+        sqlite_rate,
+        sqlite_rate > 1.3 * one,
+        "> 1.3x baseline",
+        f"({sqlite_rate / one:.2f}x)",
+    )
+    json_rate = max(
+        [await triggers_per_second(fresh("json"), args.triggers) for _ in range(args.rounds)]
+    )
+    report(
+        "JSON trigger()",
+        json_rate,
+        json_rate >= 5_000,
+        ">= 5k/s",
+        f"({json_rate / one:.2f}x 1-row)",
+    )
+
+    print("\nend to end (trigger, run, finish; every change durable)")
+    e2e = max(
+        [await end_to_end_jobs_per_second(fresh("sqlite"), args.jobs) for _ in range(args.rounds)]
+    )
+    report("SQLite no-op jobs", e2e, e2e >= 5_000, ">= 5k/s", f"({e2e / one:.2f}x 1-row)")
+    e2e_json = max(
+        [await end_to_end_jobs_per_second(fresh("json"), args.jobs) for _ in range(args.rounds)]
+    )
+    report("JSON no-op jobs (no target)", e2e_json, True, "-", f"({e2e_json / one:.2f}x 1-row)")
+
+    print("\nthe cost of a commit vs runs retained")
+    for kind in ("sqlite", "json"):
+        rates = {}
+        for retained in (1_000, args.retained):
+            url = fresh(kind)
+            await fill(url, retained)
+            rates[retained] = max(
+                [
+                    await triggers_per_second(url, args.triggers, retention=10**7)
+                    for _ in range(args.rounds)
+                ]
+            )
+        small, large = rates[1_000], rates[args.retained]
+        print(
+            f"  {kind}: {small:,.0f}/s at 1,000 retained, {large:,.0f}/s at "
+            f"{args.retained:,} retained"
+        )
+        report(
+            f"{kind} triggers at {args.retained:,} retained",
+            large,
+            large >= 0.8 * small,
+            "within 20 %",
+            f"({large / small:.2f}x)",
+        )
+    return 1 if failures and args.strict else 0
+
+
+def cli() -> None:
+    """Parse arguments and run the benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=5_000, help="baseline rows (x10 batched)")
+    parser.add_argument("--triggers", type=int, default=20_000)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--retained", type=int, default=100_000)
+    parser.add_argument("--dir", help="where to put the files (default: a temporary dir)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    raise SystemExit(asyncio.run(main(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    cli()
