@@ -123,8 +123,7 @@ async def main(args: argparse.Namespace) -> int:
             f"{'ok' if ok else 'MISSED'}"
         )
 
-    root = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root: Path = args.dir
     counter = iter(range(1_000_000))
 
     def fresh(kind: str) -> str:
@@ -144,7 +143,7 @@ async def main(args: argparse.Namespace) -> int:
             for i in range(args.rounds)
         ]
     )
-    print(f"\nbaseline raw aiosqlite, WAL/NORMAL")
+    print("\nbaseline raw aiosqlite, WAL/NORMAL")
     print(f"  one row per INSERT + COMMIT:      {one:>10,.0f} rows/s")
     print(f"  100 rows per transaction:         {hundred:>10,.0f} rows/s")
 
@@ -224,7 +223,10 @@ def cli() -> None:
     parser.add_argument("--retained", type=int, default=100_000)
     parser.add_argument("--dir", help="where to put the files (default: a temporary dir)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    raise SystemExit(asyncio.run(main(parser.parse_args())))
+    args = parser.parse_args()
+    args.dir = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
+    args.dir.mkdir(parents=True, exist_ok=True)
+    raise SystemExit(asyncio.run(main(args)))
 
 
 if __name__ == "__main__":
