@@ -230,17 +230,12 @@ class CommitPipeline:
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
         return batch, write
 
-    def write_now(self, record: RunRecord) -> None:
-        """Write one new run synchronously (the in-memory fast path; see Core.trigger_now).
+    def write_new_failed(self, exc: Exception) -> StorageError:
+        """The fast path's synchronous write of a new run failed (see Core.trigger_now).
 
-        Raises:
-            StorageError: the write failed; nothing was stored.
+        Counts and logs the failure like any other; returns the error to raise.
         """
-        try:
-            self._backend.write_new_sync(record)
-        except Exception as exc:
-            raise self._fail(_Batch(), exc) from exc
-        self.batches_written += 1
+        return self._fail(_Batch(), exc)
 
     def _write_alone(self, txn: Txn, records: list[RunRecord]) -> None:
         # One transaction and nothing else pending: skip the batch bookkeeping.

@@ -8,7 +8,7 @@ someone listens, published as an event.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -119,7 +119,7 @@ class Core:
         self.ready: deque[RunRecord] = deque()
         """Pending runs, in the order workers should take them."""
         self.timers: dict[str, TimerHandle] = {}
-        self.key_coalesced: dict[str, int] = {}
+        self.key_coalesced: OrderedDict[str, int] = OrderedDict()
         """Coalesced triggers per key, least recently active first (bounded)."""
         self.status_counts: list[int] = [0] * len(RunStatus)
         """Unfinished runs by status ordinal."""
@@ -127,6 +127,7 @@ class Core:
         self._run_waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._change_waiters: list[asyncio.Future[None]] = []
         self.pipeline = CommitPipeline(backend, settle=self.settle, roll_back=self.roll_back)
+        self._write_new = backend.write_new_sync
         # A backend holding our records needs to hear only of new and finished runs.
         self._touch_all = not backend.shares_records
 
@@ -334,7 +335,11 @@ class Core:
             coalesce is not None and coalesce.strategy == "queue",
             True,
         )
-        self.pipeline.write_now(record)
+        try:
+            self._write_new(record)  # the backend's own write: one call on the hot path
+        except Exception as exc:
+            raise self.pipeline.write_new_failed(exc) from exc
+        self.pipeline.batches_written += 1
         self.records[record.id] = record
         self.status_counts[record.status.ordinal] += 1
         if lane is not None and due and (lane.holders >= lane.limit or lane.waiting):
@@ -659,10 +664,13 @@ class Core:
 
     def _count_key_coalesced(self, key: str, add: int = 1) -> None:
         # Bounded by evicting the key that went idle (or was first seen) longest ago.
+        # An OrderedDict: a plain dict's first key is found by skipping every deleted
+        # slot before it, which turns eviction quadratic under many keys.
         tracked = self.key_coalesced
-        tracked[key] = tracked.pop(key, 0) + add  # re-inserted: now the most recent
+        tracked[key] = tracked.get(key, 0) + add
+        tracked.move_to_end(key)  # now the most recent
         if len(tracked) > MAX_TRACKED_KEYS:
-            del tracked[next(iter(tracked))]
+            tracked.popitem(last=False)
 
     # -- waiting -----------------------------------------------------------------
 

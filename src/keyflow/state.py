@@ -257,7 +257,9 @@ class Lane:
         if status is QUEUED:
             self.members[run.id] = run
             self.waiting.append(run)
-            return self.promote() if run.durable else _NONE
+            if run.durable and self.holders < self.limit:
+                return self.promote()
+            return _NONE
         if status is SCHEDULED:
             self.members[run.id] = run
             return _NONE

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class JSONFileBackend(StorageBackend):
         self._lock = WriterLock(self.path)
         self._runs: dict[str, Row] = {}
         """Every stored run, in creation order."""
-        self._finished: dict[str, None] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         """Finished runs, oldest first (an insertion-ordered set)."""
         self._idempotency: dict[tuple[str, str], str] = {}
         self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
@@ -315,7 +316,7 @@ class JSONFileBackend(StorageBackend):
         # Pruned at once in memory; the next journal line makes it durable.
         excess = len(self._finished) - self.retention
         if excess > 0:
-            victims = [run_id for run_id, _ in zip(self._finished, range(excess), strict=False)]
+            victims = [self._finished.popitem(last=False)[0] for _ in range(excess)]
             for run_id in victims:
                 self._forget(run_id)
             self._to_prune.extend(victims)

@@ -6,6 +6,7 @@ process ends. Finished runs are retained up to ``retention``, oldest dropped fir
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..runs import Run
@@ -29,7 +30,8 @@ class MemoryBackend(StorageBackend):
             raise ValueError("retention must be >= 0")
         self.retention = retention
         self._runs: dict[str, RunRecord] = {}
-        self._finished: dict[str, None] = {}  # insertion-ordered set, oldest first
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        """Finished runs, oldest first (O(1) to drop the oldest, unlike a plain dict)."""
         self._idempotency: dict[tuple[str, str], str] = {}
         self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
 
@@ -73,9 +75,8 @@ class MemoryBackend(StorageBackend):
 
     def _prune(self, count: int) -> None:
         finished = self._finished
-        victims = [run_id for run_id, _ in zip(finished, range(count), strict=False)]
-        for run_id in victims:
-            del finished[run_id]
+        for _ in range(min(count, len(finished))):
+            run_id, _ = finished.popitem(last=False)
             del self._runs[run_id]
             for job_and_key in self._keys_of_run.pop(run_id, ()):
                 self._idempotency.pop(job_and_key, None)
