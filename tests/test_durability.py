@@ -277,3 +277,19 @@ async def test_schema_from_a_newer_keyflow_is_refused(tmp_path: Path) -> None:
     with pytest.raises(keyflow.StorageCorruptError, match=r"schema version 99.*newer keyflow"):
         await SQLiteBackend(path).open()
     assert path.read_bytes() == before
+
+
+async def test_concurrent_triggers_share_commits(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    kf = make_keyflow()
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    before = kf.statistics().storage_batches
+    results = await asyncio.gather(
+        *(kf.trigger("work", {"n": n}, concurrency_key=f"k{n}", delay=60) for n in range(100))
+    )
+    batches = kf.statistics().storage_batches - before
+    assert len({r.run_id for r in results}) == 100
+    assert batches <= 10  # one commit in flight, the rest grouped behind it
+    assert {r.id for r in await kf.list_runs(limit=200)} == {r.run_id for r in results}
