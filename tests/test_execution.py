@@ -401,6 +401,13 @@ async def test_list_runs_filters_and_pages_newest_first(make_keyflow: MakeKeyflo
     assert [r.id for r in await kf.list_runs(labels={"org": "zeta"})] == [ids[5], ids[4]]
     assert [r.id for r in await kf.list_runs(job="a", labels={"org": "acme"})] == [ids[3], ids[1]]
     assert [r.id for r in await kf.list_runs(limit=2, offset=1)] == [ids[4], ids[3]]
+    # free text: anywhere in the run, any case (here: the error of the failed one)
+    assert [r.id for r in await kf.list_runs(text="RUNTIMEerror")] == [ids[3]]
+    assert [r.id for r in await kf.list_runs(text="ZETA", job="b")] == [ids[4]]
+    assert [r.id for r in await kf.list_runs(text="100%_")] == []  # LIKE characters are literal
+    assert await kf.count_runs() == 6
+    assert await kf.count_runs(job="a", labels={"org": "acme"}) == 2
+    assert await kf.count_runs(text="zeta") == 2
     with pytest.raises(ValueError, match="bogus"):
         await kf.list_runs(status="bogus")
     with pytest.raises(ValueError, match=">= 0"):

@@ -451,28 +451,43 @@ class Keyflow:
         status: RunStatus | str | None = None,
         concurrency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        text: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Run]:
         """Runs matching every filter given, newest first.
+
+        ``text`` matches anywhere in the stored run (id, job, key, input, labels, output,
+        error, logs), ignoring case.
 
         Raises:
             ValueError: an unknown status, or a negative limit/offset.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must be >= 0")
-        query = RunQuery(
-            job=job,
-            status=None if status is None else RunStatus(status),
-            key=concurrency_key,
-            labels=tuple(sorted((labels or {}).items())),
-            limit=limit,
-            offset=offset,
-        )
+        query = _query(job, status, concurrency_key, labels, text, limit, offset)
         await self._fresh()
         runs = await self._backend.list_runs(query)
         live = self._core.records
         return [live[r.id].snapshot() if r.id in live else r for r in runs]
+
+    async def count_runs(
+        self,
+        *,
+        job: str | None = None,
+        status: RunStatus | str | None = None,
+        concurrency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        text: str | None = None,
+    ) -> int:
+        """How many runs :meth:`list_runs` would find with these filters and no limit.
+
+        Raises:
+            ValueError: an unknown status.
+        """
+        query = _query(job, status, concurrency_key, labels, text, 0, 0)
+        await self._fresh()
+        return await self._backend.count_runs(query)
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is terminal and return it.
@@ -613,6 +628,26 @@ class Keyflow:
 
     def _cancel_task(self, record: RunRecord) -> None:
         self._pool.cancel_running(record)
+
+
+def _query(
+    job: str | None,
+    status: RunStatus | str | None,
+    key: str | None,
+    labels: Mapping[str, str] | None,
+    text: str | None,
+    limit: int,
+    offset: int,
+) -> RunQuery:
+    return RunQuery(
+        job=job,
+        status=None if status is None else RunStatus(status),
+        key=key,
+        labels=tuple(sorted((labels or {}).items())),
+        text=text or None,
+        limit=limit,
+        offset=offset,
+    )
 
 
 def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:

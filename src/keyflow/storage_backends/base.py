@@ -55,6 +55,9 @@ class RunQuery:
     key: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     """Every ``(name, value)`` pair must match."""
+    text: str | None = None
+    """Free text, any case: found anywhere in the stored run (id, job, key, input, labels,
+    output, error, logs)."""
     limit: int = 50
     offset: int = 0
 

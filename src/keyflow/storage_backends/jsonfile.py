@@ -360,6 +360,8 @@ class JSONFileBackend(StorageBackend):
                 continue
             if query.labels and any(row["labels"].get(n) != v for n, v in query.labels):
                 continue
+            if query.text and query.text.lower() not in dumps(row).lower():
+                continue
             yield row
 
     async def get_run(self, run_id: str) -> Run | None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..runs import Run
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+from .rows import dumps, record_row
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -95,6 +96,8 @@ class MemoryBackend(StorageBackend):
             if query.key is not None and record.key != query.key:
                 continue
             if query.labels and any(record.labels.get(n) != v for n, v in query.labels):
+                continue
+            if query.text and query.text.lower() not in dumps(record_row(record)).lower():
                 continue
             yield record
 

@@ -310,7 +310,9 @@ class SQLiteBackend(StorageBackend):
 
     async def count_runs(self, query: RunQuery) -> int:
         """How many runs match."""
-        count = await self._read_scalar(_filtered(select(func.count()), query))
+        count = await self._read_scalar(
+            _filtered(select(func.count()).select_from(runs_table), query)
+        )
         return int(count or 0)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
@@ -350,6 +352,13 @@ def _filtered(statement: Any, query: RunQuery) -> Any:
         statement = statement.where(table.c.status == query.status.value)
     if query.key is not None:
         statement = statement.where(table.c.concurrency_key == query.key)
+    if query.text:
+        pattern = (
+            "%"
+            + query.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            + "%"
+        )
+        statement = statement.where(func.lower(table.c.data).like(pattern, escape="\\"))
     for index, (name, value) in enumerate(query.labels):
         path: BindParameter[str] = bindparam(
             f"label_path_{index}", "$.labels." + json.dumps(name), String
