@@ -1,0 +1,58 @@
+"""Jinja filters: pretty JSON, ages and durations, short ids.
+
+Text only: escaping is the templates' (autoescape) job.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+
+NONE = "\u2013"
+"""Shown for a missing time (an en dash)."""
+
+
+def pretty(value: Any) -> str:
+    """Indented JSON."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def ago(at: float | None, now: float) -> str:
+    """How long ago: ``"3.0s ago"``, ``"2m05s ago"``."""
+    if at is None:
+        return NONE
+    return f"{duration(now - at)} ago"
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration."""
+    if seconds is None:
+        return NONE
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+def clock(at: float | None) -> str:
+    """``HH:MM:SS`` UTC."""
+    if at is None:
+        return NONE
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+
+
+def short(run_id: str) -> str:
+    """The distinctive end of a run id."""
+    return run_id.rsplit("-", 1)[-1].lstrip("0") or "0"
+
+
+def install(environment: jinja2.Environment) -> None:
+    """Register the filters on ``environment``."""
+    environment.filters.update(pretty=pretty, ago=ago, duration=duration, clock=clock, short=short)

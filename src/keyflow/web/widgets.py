@@ -1,0 +1,138 @@
+"""The dashboard's widgets: what each one shows, and which changes concern it.
+
+A widget is a partial template (``partials/<name>.html``) plus the context built here.
+Pages include their widgets' partials when first rendered; the live stream and the
+polling fallback render the same partials again with the same parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import RunChanged, TriggerCoalesced
+from ..runs import RunStatus
+from .charts import RateHistory, timeline
+from .source import ChangeFeed, DashboardSource, RunFilters, touches
+
+LANES_PER_PAGE = 50
+RUNS_PER_PAGE = 50
+FEED_SIZE = 30
+
+WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run")
+PERIODIC = frozenset({"rates"})
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What a page shows: filters, paging, the key or run it is about."""
+
+    prefix: str = ""
+    page: int = 1
+    key: str | None = None
+    run_id: str | None = None
+    filters: RunFilters = field(default_factory=RunFilters)
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> Params:
+        """From a query string (unknown or malformed values fall back to defaults)."""
+        try:
+            page = max(1, int(query.get("page", "1")))
+        except ValueError:
+            page = 1
+        status = query.get("status") or None
+        if status is not None and status not in {s.value for s in RunStatus}:
+            status = None
+        return cls(
+            prefix=query.get("prefix", ""),
+            page=page,
+            key=query.get("key") or None,
+            run_id=query.get("run") or None,
+            filters=RunFilters(
+                job=query.get("job") or None,
+                status=status,
+                key=query.get("key") or None,
+                text=query.get("q") or None,
+            ),
+        )
+
+    def as_query(self) -> dict[str, str]:
+        """The parameters that are set, for URLs."""
+        out = dict(self.filters.as_query())
+        if self.prefix:
+            out["prefix"] = self.prefix
+        if self.page > 1:
+            out["page"] = str(self.page)
+        if self.key:
+            out["key"] = self.key
+        if self.run_id:
+            out["run"] = self.run_id
+        return out
+
+
+def wants(widget: str, params: Params, feed: ChangeFeed) -> bool:
+    """Does ``feed`` change what ``widget`` shows for ``params``?"""
+    if feed.everything:
+        return True
+    if widget == "rates":
+        return False  # refreshed on a period
+    if widget == "feed":
+        return any(isinstance(e, TriggerCoalesced) for e in feed.events)
+    if widget in ("lane", "timeline"):
+        return any(touches(e, key=params.key) for e in feed.events)
+    if widget == "run":
+        return any(touches(e, run_id=params.run_id) for e in feed.events)
+    if widget == "runs":  # progress and log lines do not change the table
+        return any(isinstance(e, RunChanged | TriggerCoalesced) for e in feed.events)
+    return True
+
+
+async def context(
+    widget: str, source: DashboardSource, params: Params, history: RateHistory
+) -> dict[str, Any]:
+    """The template context of ``widget``.
+
+    Raises:
+        KeyError: an unknown widget.
+    """
+    now = time.time()
+    if widget == "counts":
+        counts = await source.counts()
+        history.sample(now, counts.finished_total, counts.coalesced_total)
+        return {"counts": counts, "statuses": [s.value for s in RunStatus]}
+    if widget == "rates":
+        counts = await source.counts()
+        history.sample(now, counts.finished_total, counts.coalesced_total)
+        return {
+            "finished": history.sparkline("finished", now),
+            "coalesced": history.sparkline("coalesced", now),
+        }
+    if widget == "feed":
+        runs, _ = await source.runs(RunFilters(), 0, 100)
+        joined = [(t, run) for run in runs for t in run.coalesced]
+        joined.sort(key=lambda pair: pair[0].at, reverse=True)
+        return {"feed": joined[:FEED_SIZE], "now": now}
+    if widget == "lanes":
+        offset = (params.page - 1) * LANES_PER_PAGE
+        rows, total = await source.lane_rows(params.prefix, offset, LANES_PER_PAGE)
+        return {"rows": rows, "total": total, "now": now, **_pages(params, total, LANES_PER_PAGE)}
+    if widget in ("lane", "timeline"):
+        key = params.key or ""
+        lane = await source.lane(key)
+        runs, total = await source.runs(RunFilters(key=key), 0, 40)
+        return {"lane": lane, "chart": timeline(runs, now), "runs": runs, "total": total}
+    if widget == "runs":
+        offset = (params.page - 1) * RUNS_PER_PAGE
+        runs, total = await source.runs(params.filters, offset, RUNS_PER_PAGE)
+        return {"runs": runs, "total": total, "now": now, **_pages(params, total, RUNS_PER_PAGE)}
+    if widget == "run":
+        run = await source.run(params.run_id or "")
+        return {"run": run, "now": now}
+    raise KeyError(widget)
+
+
+def _pages(params: Params, total: int, per_page: int) -> dict[str, Any]:
+    last = max(1, -(-total // per_page))
+    return {"page": min(params.page, last), "last_page": last, "per_page": per_page}
