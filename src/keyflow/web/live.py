@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 from .source import ChangeFeed
 
@@ -31,7 +31,7 @@ async def widget_updates(
     periodic: Sequence[str] = (),
     period: float = 2.0,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncGenerator[tuple[str, str], None]:
     """Yield ``(widget, html)`` whenever a widget changed, at most every ``min_interval``."""
     dirty: set[str] = set()
     wake = asyncio.Event()

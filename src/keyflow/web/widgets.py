@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from ..events import RunChanged, TriggerCoalesced
 from ..runs import RunStatus
@@ -57,6 +58,13 @@ class Params:
                 text=query.get("q") or None,
             ),
         )
+
+    def page_query(self, page: int) -> str:
+        """The query string of page ``page`` with the same filters."""
+        query = {k: v for k, v in self.as_query().items() if k != "page"}
+        if page > 1:
+            query["page"] = str(page)
+        return urlencode(query)
 
     def as_query(self) -> dict[str, str]:
         """The parameters that are set, for URLs."""
