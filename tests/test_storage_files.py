@@ -265,11 +265,11 @@ def test_bad_storage_urls(url: str, message: str) -> None:
 async def test_a_json_reader_sees_what_the_writer_adds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "REFRESH_SECONDS", 0.0)
     path = tmp_path / "runs.json"
     writer = JSONFileBackend(path)
     await writer.open()
     reader = JSONFileBackend(path, read_only=True)
+    reader.refresh_seconds = 0.0
     try:
         await writer.write(WriteBatch([record("a")]))
         await reader.open()

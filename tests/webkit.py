@@ -22,6 +22,7 @@ class Gate:
         self.events: dict[str, asyncio.Event] = {}
         self.started: list[str] = []
         self.any_started = asyncio.Event()
+        self.opened = False
 
     async def handler(self, ctx: keyflow.RunContext, input: dict[str, Any]) -> dict[str, Any]:
         self.started.append(ctx.run_id)
@@ -29,7 +30,8 @@ class Gate:
         if input.get("fail"):
             ctx.log.error("about to fail", detail=input["fail"])
             raise RuntimeError(input["fail"])
-        await self.events.setdefault(ctx.run_id, asyncio.Event()).wait()
+        if not self.opened:
+            await self.events.setdefault(ctx.run_id, asyncio.Event()).wait()
         return input
 
     def release(self, run_id: str) -> None:
@@ -38,6 +40,11 @@ class Gate:
     def release_all(self) -> None:
         for run_id in self.started:
             self.release(run_id)
+
+    def open(self) -> None:
+        """Release every run, now and from now on."""
+        self.opened = True
+        self.release_all()
 
 
 class CaptureTemplates:

@@ -67,6 +67,8 @@ class JSONFileBackend(StorageBackend):
         self._broken: str | None = None
         self._seen: tuple[float, int, float, int] | None = None  # read-only: file stats
         self._loaded_at = 0.0
+        self.refresh_seconds = REFRESH_SECONDS
+        """Read-only: the longest a change of the files goes unnoticed."""
 
     def __repr__(self) -> str:
         return f"<JSONFileBackend {str(self.path)!r}{' read-only' if self.read_only else ''}>"
@@ -329,7 +331,7 @@ class JSONFileBackend(StorageBackend):
         if not self.read_only:
             return
         loop = asyncio.get_running_loop()
-        if self._seen is not None and loop.time() - self._loaded_at < REFRESH_SECONDS:
+        if self._seen is not None and loop.time() - self._loaded_at < self.refresh_seconds:
             return
         for attempt in range(3):  # a compaction may replace the files between our reads
             try:

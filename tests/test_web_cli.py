@@ -1,0 +1,108 @@
+"""``keyflow dashboard --storage URL``: a read-only dashboard over another process's file."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+import keyflow
+from keyflow.cli import main, read_only_url
+from keyflow.storage_backends import open_backend
+from keyflow.storage_backends.jsonfile import JSONFileBackend
+from keyflow.web import create_app
+from keyflow.web.source import opened
+
+from .conftest import MakeKeyflow, storage_url_for
+from .webkit import Gate, client, free_port
+
+
+@pytest.fixture(params=("sqlite", "json"))
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return storage_url_for(request.param, tmp_path)
+
+
+async def test_a_storage_dashboard_follows_the_writer(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    gate = Gate()
+    writer = make_keyflow(workers=2)
+    writer.job("process")(gate.handler)
+    await writer.start()
+    first = await writer.trigger("process", {"org": "acme"}, concurrency_key="process:acme")
+    await gate.any_started.wait()
+    await writer.trigger("process", {}, concurrency_key="process:acme", coalesce="queue")
+    await writer.trigger("process", {}, concurrency_key="process:acme", coalesce="queue")
+    backend = open_backend(read_only_url(storage_url), retention=1000)
+    if isinstance(backend, JSONFileBackend):
+        backend.refresh_seconds = 0.0  # re-read the files at every request
+    async with opened(backend) as source:
+        source.poll_seconds = 0.0  # re-read at every request
+        async with client(create_app(source, read_only=True)) as http:
+            lanes = await http.get("/lanes")
+            assert lanes.status_code == 200
+            assert 'data-state="running+queued"' in lanes.text
+            assert "Trigger" not in (await http.get("/")).text
+            run_page = await http.get(f"/runs/{first.run_id}")
+            assert 'data-status="running"' in run_page.text
+            gate.open()
+            await writer.run_until_idle()
+            await writer.stop()
+            lanes = await http.get("/lanes")
+            assert 'data-state="running+queued"' not in lanes.text
+            done = await http.get(f"/runs/{first.run_id}")
+            assert 'data-status="completed"' in done.text
+            refused = await http.post("/trigger", data={"job": "process"})
+            assert refused.status_code == 403
+
+
+def test_the_command_refuses_open_binds_without_a_token_and_memory_storage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["dashboard", "--storage", "sqlite:///x.db", "--host", "0.0.0.0"])
+    assert exited.value.code == 2
+    assert "--token" in capsys.readouterr().err
+    assert main(["dashboard", "--storage", "memory://"]) == 2
+    assert "memory://" in capsys.readouterr().err
+    assert read_only_url("sqlite:///a.db") == "sqlite:///a.db?mode=ro"
+    assert (
+        read_only_url("sqlite:///a.db?synchronous=full")
+        == "sqlite:///a.db?synchronous=full&mode=ro"
+    )
+
+
+async def test_the_command_serves_a_storage_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    kf = keyflow.Keyflow(storage=url)
+    kf.job("process")(Gate().handler)
+    await kf.start()
+    await kf.trigger("process", {}, concurrency_key="process:acme", delay=600)
+    port = free_port()
+    command = [sys.executable, "-m", "keyflow.cli", "dashboard", "--storage", url]
+    proc = subprocess.Popen(  # noqa: ASYNC220  # a child to kill, not a call to await
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        banner = await asyncio.to_thread(proc.stdout.readline)
+        assert f"127.0.0.1:{port}" in banner
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for _ in range(100):  # the banner comes just before uvicorn listens
+                try:
+                    response = await http.get("/lanes")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            assert response.status_code == 200
+            assert "process:acme" in response.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        await kf.stop()
