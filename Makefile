@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench bench-storage soak clean
+.PHONY: demo test lint typecheck pytest chromium bench bench-storage soak clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ lint: $(BIN)/activate
 typecheck: $(BIN)/activate
 	$(BIN)/mypy
 
-pytest: $(BIN)/activate
+pytest: $(BIN)/activate chromium
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: lint typecheck pytest
 
