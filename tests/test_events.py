@@ -103,3 +103,51 @@ def test_hub_without_subscribers_is_inactive() -> None:
     assert hub.active
     sub.close()
     assert not hub.active
+
+
+async def test_a_change_watch_gathers_keys_without_building_events(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    kf = make_keyflow()
+    release = asyncio.Event()
+
+    @kf.job()
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        await release.wait()
+
+    await kf.start()
+    async with kf.changes() as watch:
+        assert watch.take() is None
+        await job.trigger({}, concurrency_key="a")
+        await job.trigger({}, concurrency_key="b", coalesce="queue", delay=5)  # cannot start
+        await job.trigger({}, concurrency_key="b", coalesce="queue")
+        changes = await anext(watch)
+        assert changes.keys == {"a", "b"}
+        assert changes.coalesced  # the second "b" trigger joined the first
+        assert watch.take() is None  # taken: nothing new since
+        assert kf.statistics().events_published == 0  # no event was built for the watch
+        release.set()
+        await kf.run_until_idle()
+        later = await anext(watch)
+        assert later.keys == {"a", "b"}
+        assert not later.coalesced
+    await job.trigger({}, concurrency_key="c")
+    assert watch.take() is None  # closed: the hub no longer tells it anything
+
+
+def test_changes_merge_and_overflow_to_everything() -> None:
+    from keyflow.watch import MAX_KEYS, Changes, ChangeWatch
+
+    watch = ChangeWatch()
+    for n in range(MAX_KEYS + 1):
+        watch.note(f"k{n}")
+    overflowed = watch.take()
+    assert overflowed is not None
+    assert overflowed.everything
+    assert overflowed.keys == set()
+    assert overflowed.touches("anything")
+    merged = Changes({"a"})
+    merged.merge(Changes({"b"}, coalesced=True))
+    assert (merged.keys, merged.coalesced, merged.everything) == ({"a", "b"}, True, False)
+    assert merged.touches("a")
+    assert not merged.touches("z")

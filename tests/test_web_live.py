@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from keyflow.watch import Changes
 from keyflow.web import create_app
 from keyflow.web.live import widget_updates
-from keyflow.web.source import ChangeFeed, KeyflowSource
+from keyflow.web.source import KeyflowSource
 
 from .conftest import MakeKeyflow
 from .webkit import Gate, serving
@@ -21,10 +22,10 @@ class Feed:
     """A change feed the test pushes into; records when its consumer let go."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[ChangeFeed] = asyncio.Queue()
+        self.queue: asyncio.Queue[Changes] = asyncio.Queue()
         self.closed = asyncio.Event()
 
-    async def changes(self) -> AsyncIterator[ChangeFeed]:
+    async def changes(self) -> AsyncIterator[Changes]:
         try:
             while True:
                 feed = await self.queue.get()
@@ -61,7 +62,7 @@ async def test_a_burst_of_changes_renders_each_widget_once_per_interval() -> Non
         renders.append(widget)
         return f"<p>{widget} {len(renders)}</p>"
 
-    def wants(widget: str, change: ChangeFeed) -> bool:
+    def wants(widget: str, change: Changes) -> bool:
         return widget == "lanes" or change.everything
 
     out: list[tuple[str, str]] = []
@@ -75,17 +76,17 @@ async def test_a_burst_of_changes_renders_each_widget_once_per_interval() -> Non
 
     consumer = asyncio.ensure_future(consume())
     for _ in range(500):
-        feed.queue.put_nowait(ChangeFeed())
+        feed.queue.put_nowait(Changes())
     await feed.queue.join()
     await turns()
     assert renders == ["lanes"]  # 500 changes, one render; "feed" did not want them
     clock.now += 0.1
-    feed.queue.put_nowait(ChangeFeed())
+    feed.queue.put_nowait(Changes())
     await feed.queue.join()
     await turns()
     assert renders == ["lanes"]  # still within the interval: held back, not dropped
     clock.now += 0.2
-    feed.queue.put_nowait(ChangeFeed(everything=True))
+    feed.queue.put_nowait(Changes(everything=True))
     await feed.queue.join()
     await turns()
     assert renders == ["lanes", "lanes", "feed"]
@@ -108,9 +109,9 @@ async def test_a_held_back_change_is_rendered_when_its_interval_ends() -> None:
     updates = widget_updates(
         feed.changes(), ["lanes"], render, lambda w, c: True, min_interval=0.05
     )
-    feed.queue.put_nowait(ChangeFeed())
+    feed.queue.put_nowait(Changes())
     assert await asyncio.wait_for(anext(updates), 5) == ("lanes", "lanes")
-    feed.queue.put_nowait(ChangeFeed())  # inside the interval: waits for its end
+    feed.queue.put_nowait(Changes())  # inside the interval: waits for its end
     assert await asyncio.wait_for(anext(updates), 5) == ("lanes", "lanes")
     assert renders[1] - renders[0] >= 0.05
     await updates.aclose()
@@ -141,7 +142,7 @@ async def test_sse_over_uvicorn_streams_named_widget_events_and_cleans_up(
     let_go = asyncio.Event()
 
     class Watched(KeyflowSource):
-        async def changes(self) -> AsyncIterator[ChangeFeed]:
+        async def changes(self) -> AsyncIterator[Changes]:
             try:
                 async for feed in super().changes():
                     yield feed

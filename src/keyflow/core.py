@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
-from .events import EventHub, RunChanged, RunLogged, RunProgressed, TriggerCoalesced
+from .events import EventHub
 from .jsonvalue import NotJSONError, json_object_copy
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
@@ -231,7 +231,7 @@ class Core:
             record.durable = True
         for record in created:
             if publish:
-                self.hub.publish(RunChanged(record.snapshot(), None, record.created_at))
+                self.hub.run_changed(record, None, record.created_at)
             if record.status is SCHEDULED:
                 self._arm(record)
             elif record.key is None:
@@ -263,10 +263,7 @@ class Core:
         if run.due_at < old_due_at and run.status is SCHEDULED:
             self._arm(run)
         if self.hub.active:
-            at, data, parent = entry
-            self.hub.publish(
-                TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
-            )
+            self.hub.trigger_coalesced(run, entry)
 
     def _new_record(
         self, trig: PreparedTrigger, now: float, due: bool, *, durable: bool
@@ -349,7 +346,7 @@ class Core:
             disposition = D_CREATED
             self.counters.created += 1
         if self.hub.active:
-            self.hub.publish(RunChanged(record.snapshot(), None, now))
+            self.hub.run_changed(record, None, now)
         if not due:
             if key is not None:
                 if lane is None:
@@ -471,7 +468,7 @@ class Core:
         if self._touch_all:
             self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.publish(RunChanged(record.snapshot(), PENDING, record.started_at))
+            self.hub.run_changed(record, PENDING, record.started_at)
         if self._change_waiters:
             self._wake_change_waiters()
 
@@ -549,7 +546,7 @@ class Core:
         self.status_counts[previous.ordinal] -= 1
         self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.publish(RunChanged(record.snapshot(), previous, record.finished_at))
+            self.hub.run_changed(record, previous, record.finished_at)
         if self._change_waiters:
             self._wake_change_waiters()
         if self._run_waiters:
@@ -570,14 +567,14 @@ class Core:
         record.progress = progress
         self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.publish(RunProgressed(record.id, record.key, progress, self.clock.now()))
+            self.hub.progressed(record, progress, self.clock.now())
 
     def report_log(self, record: RunRecord, entry: LogEntry) -> None:
         """A handler logged a line."""
         record.add_log(entry)
         self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.publish(RunLogged(record.id, entry))
+            self.hub.logged(record, entry)
 
     # -- timers ------------------------------------------------------------------
 
@@ -621,7 +618,7 @@ class Core:
                 if self._touch_all:
                     self.pipeline.touch(record)
                 if self.hub.active:
-                    self.hub.publish(RunChanged(record.snapshot(), QUEUED, self.clock.now()))
+                    self.hub.run_changed(record, QUEUED, self.clock.now())
             ready.append(record)
             if self.idle_workers:
                 self._wake_worker()
@@ -658,7 +655,7 @@ class Core:
         else:
             self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.publish(RunChanged(record.snapshot(), previous, self.clock.now()))
+            self.hub.run_changed(record, previous, self.clock.now())
         if self._change_waiters:
             self._wake_change_waiters()
 

@@ -12,9 +12,13 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 from .runs import JSONObject, LogEntry, Progress, Run, RunStatus
+from .watch import ChangeWatch
+
+if TYPE_CHECKING:
+    from .records import RunRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,18 +161,71 @@ class EventHub:
         self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self.published = 0
         """Events published so far."""
+        self._watches: list[ChangeWatch] = []
+        self._full = False  # a subscription wants whole events
         self.active = False
-        """True when someone listens (so building an event is worth it); kept as a
-        plain attribute because the scheduler reads it on every change."""
+        """True when someone listens (events or watches); kept as a plain attribute
+        because the scheduler reads it on every change."""
 
     def _refresh(self) -> None:
-        self.active = bool(self._subscribers)
+        self._full = bool(self._subscribers)
+        self.active = self._full or bool(self._watches)
+
+    # -- what the scheduler calls when something happens (only while ``active``) --
+
+    def run_changed(self, record: RunRecord, previous: RunStatus | None, at: float) -> None:
+        """A run was created (``previous`` None) or changed status."""
+        if self._full:
+            self.publish(RunChanged(record.snapshot(), previous, at))
+        for watch in self._watches:
+            watch.note(record.key)
+
+    def trigger_coalesced(
+        self, run: RunRecord, entry: tuple[float, JSONObject, str | None]
+    ) -> None:
+        """A trigger joined ``run``; ``entry`` is ``(at, input, parent_run_id)``."""
+        if self._full:
+            at, data, parent = entry
+            self.publish(
+                TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
+            )
+        for watch in self._watches:
+            watch.note(run.key, coalesced=True)
+
+    def progressed(self, record: RunRecord, progress: Progress, at: float) -> None:
+        """A handler reported progress."""
+        if self._full:
+            self.publish(RunProgressed(record.id, record.key, progress, at))
+        for watch in self._watches:
+            watch.note(record.key)
+
+    def logged(self, record: RunRecord, entry: LogEntry) -> None:
+        """A handler logged a line."""
+        if self._full:
+            self.publish(RunLogged(record.id, entry))
+        for watch in self._watches:
+            watch.note(record.key)
+
+    def watch(self) -> ChangeWatch:
+        """A :class:`~keyflow.watch.ChangeWatch` of every change from now on.
+
+        Cheap: no events are built for it. ``close()`` it when done.
+        """
+        watch = ChangeWatch(on_close=self._unwatch)
+        self._watches.append(watch)
+        self._refresh()
+        return watch
+
+    def _unwatch(self, watch: ChangeWatch) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+        self._refresh()
 
     def subscribe(self, buffer: int | None = None) -> Subscription:
         """A new subscription receiving every event from now on."""
         sub = Subscription(self, buffer or self.buffer)
         self._subscribers.add(sub)
-        self.active = True
+        self._refresh()
         return sub
 
     def publish(self, event: Event) -> None:
@@ -176,7 +233,7 @@ class EventHub:
         self.published += 1
         subscribers = list(self._subscribers)
         if not subscribers:  # every subscription was garbage-collected
-            self.active = False
+            self._refresh()
         for sub in subscribers:
             sub._push(event)
 
@@ -186,6 +243,8 @@ class EventHub:
         return sum(sub.dropped for sub in list(self._subscribers))
 
     def close(self) -> None:
-        """End every subscription."""
+        """End every subscription and watch."""
         for sub in list(self._subscribers):
             sub.close()
+        for watch in list(self._watches):
+            watch.close()

@@ -27,6 +27,7 @@ from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Statistics, TriggerCounts
 from .storage_backends import RunQuery, StorageBackend, open_backend
 from .triggers import PreparedTrigger, TriggerRequest, prepare_request, prepare_trigger
+from .watch import ChangeWatch
 from .worker import WorkerPool
 
 logger = logging.getLogger("keyflow")
@@ -596,6 +597,15 @@ class Keyflow:
             buffer: events kept for a slow reader before the oldest are dropped.
         """
         return self._hub.subscribe(buffer)
+
+    def changes(self) -> ChangeWatch:
+        """Watch for changes without events: ``async for changes in kf.changes()``.
+
+        Each :class:`~keyflow.watch.Changes` says which keys had runs change, and
+        whether a trigger was coalesced, since the previous one; cheap for the scheduler
+        whatever the rate (no event is built). ``async with`` (or ``close()``) ends it.
+        """
+        return self._hub.watch()
 
     # -- internals ---------------------------------------------------------------
 

@@ -15,14 +15,14 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
-from .source import ChangeFeed
+from ..watch import Changes
 
 Render = Callable[[str], Awaitable[str]]
-Wants = Callable[[str, ChangeFeed], bool]
+Wants = Callable[[str, Changes], bool]
 
 
 async def widget_updates(
-    changes: AsyncIterator[ChangeFeed],
+    changes: AsyncIterator[Changes],
     widgets: Sequence[str],
     render: Render,
     wants: Wants,

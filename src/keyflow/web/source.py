@@ -14,16 +14,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..coalesce import CoalesceOption, parse_coalesce
 from ..errors import KeyflowError
-from ..events import Event, RunChanged, TriggerCoalesced
 from ..jobs import DEFAULT, Default
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
 from ..stats import LaneSnapshot
 from ..storage_backends import RunQuery, StorageBackend
+from ..watch import Changes, ChangeWatch
 
 UNFINISHED = (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
 ALL_STATUSES = tuple(RunStatus)
@@ -73,13 +73,37 @@ class RunFilters:
         return (("job", self.job), ("status", self.status), ("key", self.key), ("q", self.text))
 
 
-@dataclass
-class ChangeFeed:
-    """What changed since the last look: the widgets' reason to re-render."""
+class _Broadcast:
+    """One change watch on the scheduler, fanned out to every live stream of the app.
 
-    events: list[Event] = field(default_factory=list)
-    everything: bool = False
-    """True when the source cannot tell what changed (polling): re-render all."""
+    The scheduler pays for one watch however many pages are open; the watch exists
+    only while at least one stream listens.
+    """
+
+    def __init__(self, kf: Keyflow) -> None:
+        self.kf = kf
+        self.inboxes: list[ChangeWatch] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def listen(self) -> AsyncIterator[Changes]:
+        inbox = ChangeWatch()
+        self.inboxes.append(inbox)
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._pump())
+        try:
+            async for changes in inbox:
+                yield changes
+        finally:
+            self.inboxes.remove(inbox)
+            if not self.inboxes and self.task is not None:
+                self.task.cancel()
+                self.task = None
+
+    async def _pump(self) -> None:
+        async with self.kf.changes() as watch:
+            async for changes in watch:
+                for inbox in self.inboxes:
+                    inbox.absorb(changes)
 
 
 class DashboardSource(ABC):
@@ -113,7 +137,7 @@ class DashboardSource(ABC):
         """Registered job names (for the trigger form and the runs filter)."""
 
     @abstractmethod
-    def changes(self) -> AsyncIterator[ChangeFeed]:
+    def changes(self) -> AsyncIterator[Changes]:
         """Batches of changes, as they come (a live stream, or a poll)."""
 
     async def trigger(
@@ -144,14 +168,14 @@ class KeyflowSource(DashboardSource):
     def __init__(self, kf: Keyflow, *, read_only: bool = False) -> None:
         self.kf = kf
         self.read_only = read_only
+        self._broadcast = _Broadcast(kf)
 
     async def counts(self) -> Counts:
-        """Counters straight from the scheduler; finished runs by status from storage."""
+        """Counters straight from the scheduler (finished runs: since it started)."""
         kf = self.kf
         stats = kf.statistics()
         by_status = dict(stats.unfinished)
-        for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
-            by_status[status.value] = await kf.count_runs(status=status)
+        by_status.update(completed=stats.completed, failed=stats.failed, cancelled=stats.cancelled)
         return Counts(
             by_status=by_status,
             lanes_by_state=_lanes_by_state(kf.keys()),
@@ -196,14 +220,10 @@ class KeyflowSource(DashboardSource):
         """Registered jobs."""
         return sorted(self.kf.jobs)
 
-    async def changes(self) -> AsyncIterator[ChangeFeed]:
-        """The scheduler's events, in batches: whatever arrived while the last was used."""
-        async with self.kf.events(buffer=10_000) as events:
-            async for first in events:
-                feed = ChangeFeed([first])
-                while (more := events.get_nowait()) is not None:
-                    feed.events.append(more)
-                yield feed
+    async def changes(self) -> AsyncIterator[Changes]:
+        """What changed, batched: whatever happened while the last batch was used."""
+        async for changes in self._broadcast.listen():
+            yield changes
 
     async def trigger(
         self, job: str, input: JSONObject, key: str | None, coalesce: str | None
@@ -332,25 +352,12 @@ class StorageSource(DashboardSource):
         """Jobs are not known to a storage file; the runs filter takes free text."""
         return []
 
-    async def changes(self) -> AsyncIterator[ChangeFeed]:
+    async def changes(self) -> AsyncIterator[Changes]:
         """A poll: every ``poll_seconds``, everything may have changed."""
         while True:
             await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
             self._cache = None
-            yield ChangeFeed(everything=True)
-
-
-def touches(event: Event, key: str | None = None, run_id: str | None = None) -> bool:
-    """Does ``event`` concern ``key`` / ``run_id`` (None: anything)?"""
-    if isinstance(event, RunChanged):
-        ev_key, ev_run = event.run.concurrency_key, event.run.id
-    elif isinstance(event, TriggerCoalesced):
-        ev_key, ev_run = event.concurrency_key, event.run_id
-    else:
-        ev_key, ev_run = getattr(event, "concurrency_key", None), event.run_id
-    if key is not None and ev_key != key:
-        return False
-    return run_id is None or ev_run == run_id
+            yield Changes(everything=True)
 
 
 @asynccontextmanager

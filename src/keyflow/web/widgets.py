@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from ..events import RunChanged, TriggerCoalesced
 from ..runs import RunStatus
+from ..watch import Changes
 from .charts import RateHistory, timeline
-from .source import ChangeFeed, DashboardSource, RunFilters, touches
+from .source import DashboardSource, RunFilters
 
 LANES_PER_PAGE = 50
 RUNS_PER_PAGE = 50
@@ -80,21 +80,17 @@ class Params:
         return out
 
 
-def wants(widget: str, params: Params, feed: ChangeFeed) -> bool:
-    """Does ``feed`` change what ``widget`` shows for ``params``?"""
-    if feed.everything:
+def wants(widget: str, params: Params, changes: Changes) -> bool:
+    """Do ``changes`` change what ``widget`` shows for ``params``?"""
+    if changes.everything:
         return True
     if widget == "rates":
         return False  # refreshed on a period
     if widget == "feed":
-        return any(isinstance(e, TriggerCoalesced) for e in feed.events)
+        return changes.coalesced
     if widget in ("lane", "timeline"):
-        return any(touches(e, key=params.key) for e in feed.events)
-    if widget == "run":
-        return any(touches(e, run_id=params.run_id) for e in feed.events)
-    if widget == "runs":  # progress and log lines do not change the table
-        return any(isinstance(e, RunChanged | TriggerCoalesced) for e in feed.events)
-    return True
+        return params.key in changes.keys
+    return True  # counts, lanes, runs, run: any change may show (throttled anyway)
 
 
 async def context(

@@ -1,0 +1,242 @@
+"""Dashboard benchmarks (issue #4): page times on a big SQLite store, and the cost of
+live clients to the scheduler.
+
+Run with ``make bench-dashboard`` (or ``python -m bench.dashboard``).
+
+* Lanes and runs pages with 10,000 keys and 100,000 runs in SQLite: server time per
+  request (median of several, in process), next to the same stack rendering a trivial
+  page (the baseline: routing, middleware, Jinja2, HTTP) in the same run.
+* End-to-end throughput of the core benchmark (no-op jobs, memory storage) with 5
+  dashboard clients streaming the overview and lanes pages over SSE from another
+  process, against the same run without clients; rounds alternate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+import keyflow
+from bench.core import keyflow_jobs_per_second
+from keyflow.records import RunRecord
+from keyflow.runs import RunStatus
+from keyflow.storage_backends import WriteBatch, open_backend
+from keyflow.web import create_app
+
+KEYS = 10_000
+RUNS = 100_000
+CLIENT_SCRIPT = """
+import asyncio, sys, httpx
+async def stream(url):
+    async with httpx.AsyncClient(timeout=None) as http:
+        async with http.stream("GET", url) as response:
+            async for _ in response.aiter_bytes():
+                pass
+async def main():
+    await asyncio.gather(*(stream(url) for url in sys.argv[1:]))
+asyncio.run(main())
+"""
+
+
+async def fill(url: str) -> None:
+    """100,000 runs over 10,000 keys: one delayed (unfinished) run per key, the rest done."""
+    backend = open_backend(url, retention=10**7)
+    await backend.open()
+    now = time.time()
+    try:
+        batch: list[RunRecord] = []
+        for n in range(RUNS):
+            key = f"process:org-{n % KEYS:05d}"
+            unfinished = n >= RUNS - KEYS
+            status = RunStatus.SCHEDULED if unfinished else RunStatus.QUEUED
+            created = now - (RUNS - n) * 0.01
+            record = RunRecord(
+                f"bench-{n:07x}", "process", key, status, {"org": key, "n": n}, created,
+                now + 3600 if unfinished else created, 1,
+            )  # fmt: skip
+            if not unfinished:
+                record.status = RunStatus.FAILED if n % 50 == 0 else RunStatus.COMPLETED
+                record.attempt = 1
+                record.started_at, record.finished_at = created + 0.1, created + 0.5
+                record.trigger_count = 1 + n % 4
+            batch.append(record)
+            if len(batch) == 5_000:
+                await backend.write(WriteBatch(batch))
+                batch = []
+        if batch:
+            await backend.write(WriteBatch(batch))
+    finally:
+        await backend.close()
+
+
+def baseline_app() -> Starlette:
+    """The same stack with nothing to look up: a trivial template."""
+    template = jinja2.Environment(autoescape=True).from_string(
+        "<!doctype html><title>{{ title }}</title><p>{{ body }}</p>"
+    )
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(template.render(title="baseline", body="nothing to look up"))
+
+    return Starlette(routes=[Route("/", page)])
+
+
+async def median_ms(http: httpx.AsyncClient, path: str, rounds: int) -> float:
+    """Median time of ``rounds`` GETs of ``path``, in milliseconds."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        response = await http.get(path)
+        times.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200, (path, response.status_code)
+    return statistics.median(times)
+
+
+async def page_times(directory: Path, rounds: int) -> dict[str, float]:
+    """Server time of the pages, on a live scheduler over the big SQLite file."""
+    url = f"sqlite:///{directory / 'big.db'}"
+    print(f"  filling {url} with {RUNS:,} runs over {KEYS:,} keys…", flush=True)
+    await fill(url)
+    kf = keyflow.Keyflow(storage=url, retention=10**7)
+    kf.job("process")(_noop)
+    await kf.start()
+    try:
+        assert len(kf.keys()) == KEYS
+        app = create_app(kf)
+        transport = httpx.ASGITransport(app=app)
+        base = httpx.ASGITransport(app=baseline_app())
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://bench") as http,
+            httpx.AsyncClient(transport=base, base_url="http://bench") as plain,
+        ):
+            await http.get("/lanes")  # warm caches and templates
+            results = {"baseline (trivial page)": await median_ms(plain, "/", rounds)}
+            for label, path in [
+                ("lanes, page 1", "/lanes"),
+                ("lanes, page 100", "/lanes?page=100"),
+                ("lanes, prefix filter", "/lanes?prefix=process:org-07"),
+                ("runs, page 1", "/runs"),
+                ("runs, page 1000", "/runs?page=1000"),
+                ("runs, status=failed", "/runs?status=failed"),
+                ("runs, job + key", "/runs?job=process&key=process:org-00042"),
+                ("runs, free text", "/runs?q=org-00042"),
+                ("overview", "/"),
+            ]:
+                results[label] = await median_ms(http, path, rounds)
+        return results
+    finally:
+        await kf.stop(grace=0)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None
+
+
+async def throughput_with_clients(
+    jobs: int, clients: int, rounds: int
+) -> list[tuple[float, float]]:
+    """(without, with) end-to-end jobs/s per round, the clients in another process."""
+    import uvicorn
+
+    pairs = []
+    for _ in range(rounds):
+        alone = await keyflow_jobs_per_second(jobs, 1_000, 100)
+        kf = keyflow.Keyflow(workers=100)
+        kf.job("noop")(_noop)
+        port = free_port()
+        config = uvicorn.Config(create_app(kf), port=port, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        async with kf:
+            serving = asyncio.ensure_future(server.serve())
+            while not server.started:
+                await asyncio.sleep(0.01)
+            base = f"http://127.0.0.1:{port}/live"
+            urls = [f"{base}?w=counts,rates,feed", f"{base}?w=lanes"] * clients
+            watcher = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, *urls[:clients]])
+            try:
+                await asyncio.sleep(1.0)  # let the clients connect before measuring
+                start = time.perf_counter()
+                for i in range(jobs):
+                    await kf.trigger("noop", {"i": i}, concurrency_key=f"k{i % 1000}")
+                await kf.run_until_idle()
+                watched = jobs / (time.perf_counter() - start)
+            finally:
+                watcher.kill()
+                watcher.wait()
+                server.should_exit = True
+                await serving
+        pairs.append((alone, watched))
+    return pairs
+
+
+async def main(args: argparse.Namespace) -> int:
+    failures = 0
+    print(f"keyflow dashboard benchmarks ({os.cpu_count()} cores)")
+    print(f"\npages, {KEYS:,} keys and {RUNS:,} runs in SQLite (median of {args.rounds})")
+    times = await page_times(args.dir, args.rounds)
+    baseline = times.pop("baseline (trivial page)")
+    print(f"  {'baseline: the same stack, a trivial page':<44} {baseline:8.1f} ms")
+    for label, ms in times.items():
+        ok = ms <= 150
+        failures += not ok
+        print(
+            f"  {label:<44} {ms:8.1f} ms  ({ms / baseline:5.1f}x baseline)   "
+            f"target <= 150 ms {'ok' if ok else 'MISSED'}"
+        )
+    print(f"\nend-to-end {args.jobs:,} no-op jobs with {args.clients} SSE clients watching")
+    pairs = await throughput_with_clients(args.jobs, args.clients, args.rounds_throughput)
+    ratios = sorted(watched / alone for alone, watched in pairs)
+    ratio = ratios[len(ratios) // 2]
+    best_alone = max(a for a, _ in pairs)
+    best_watched = max(w for _, w in pairs)
+    print(
+        f"  without clients: {best_alone:,.0f} jobs/s best; with: {best_watched:,.0f} jobs/s best"
+    )
+    print(f"  per-round ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
+    ok = ratio >= 0.9
+    failures += not ok
+    print(f"  {'median ratio':<44} {ratio:8.3f}x   target >= 0.9x {'ok' if ok else 'MISSED'}")
+    return 1 if failures and args.strict else 0
+
+
+def cli() -> None:
+    """Parse arguments and run the benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=15, help="requests per page")
+    parser.add_argument("--rounds-throughput", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--dir", help="where to put the SQLite file (default: temporary)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    args.dir = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
+    args.dir.mkdir(parents=True, exist_ok=True)
+    raise SystemExit(asyncio.run(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,122 @@
+"""Change watches: "something changed, on these keys", without building events.
+
+A dashboard only needs to know *that* a widget may show something new; building a full
+:class:`~keyflow.events.RunChanged` (a snapshot of the run) for every change would
+cost the scheduler more than the dashboard is worth. A :class:`ChangeWatch` gathers,
+between two looks, the keys that changed and whether a trigger was coalesced: one set
+insertion per change, whatever the rate, and bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import TracebackType
+
+MAX_KEYS = 1_000
+"""More changed keys than this between two looks: report "everything" instead."""
+
+
+@dataclass
+class Changes:
+    """What changed since the last look."""
+
+    keys: set[str] = field(default_factory=set)
+    """Concurrency keys of the runs that changed."""
+    coalesced: bool = False
+    """A trigger joined a run."""
+    everything: bool = False
+    """Too much to list, or the source cannot tell: assume anything changed."""
+
+    def touches(self, key: str | None) -> bool:
+        """May ``key`` (None: keyless runs, or "anything") have changed?"""
+        return self.everything or key is None or key in self.keys
+
+    def merge(self, other: Changes) -> None:
+        """Add ``other``'s changes to these."""
+        self.coalesced = self.coalesced or other.coalesced
+        self.everything = self.everything or other.everything
+        if not self.everything:
+            self.keys |= other.keys
+            if len(self.keys) > MAX_KEYS:
+                self.everything, self.keys = True, set()
+
+
+class ChangeWatch:
+    """Accumulates changes until read; ``async for changes in watch`` waits for them."""
+
+    def __init__(self, on_close: object = None) -> None:
+        self._changes = Changes()
+        self._pending = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._on_close = on_close
+
+    def note(self, key: str | None, coalesced: bool = False) -> None:
+        """A run of ``key`` changed (called by the hub, on every change)."""
+        changes = self._changes
+        if key is not None and not changes.everything:
+            changes.keys.add(key)
+            if len(changes.keys) > MAX_KEYS:
+                changes.everything, changes.keys = True, set()
+        if coalesced:
+            changes.coalesced = True
+        if not self._pending:
+            self._pending = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def absorb(self, changes: Changes) -> None:
+        """Add changes gathered elsewhere (a fan-out of one watch to many readers)."""
+        self._changes.merge(changes)
+        if not self._pending:
+            self._pending = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def take(self) -> Changes | None:
+        """What changed since the last take, or None if nothing did."""
+        if not self._pending:
+            return None
+        changes, self._changes, self._pending = self._changes, Changes(), False
+        return changes
+
+    def close(self) -> None:
+        """Stop watching; iteration ends."""
+        if self._closed:
+            return
+        self._closed = True
+        if callable(self._on_close):
+            self._on_close(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> ChangeWatch:
+        return self
+
+    async def __anext__(self) -> Changes:
+        while True:
+            changes = self.take()
+            if changes is not None:
+                return changes
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def __aenter__(self) -> ChangeWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
