@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest chromium bench bench-storage soak clean
+.PHONY: demo test lint typecheck pytest chromium bench bench-storage bench-dashboard soak clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: $(BIN)/activate
 
 bench-storage: $(BIN)/activate
 	$(BIN)/python -m bench.storage
+
+bench-dashboard: $(BIN)/activate
+	$(BIN)/python -m bench.dashboard
 
 soak: $(BIN)/activate  # the SIGKILL crash test, 300 kills per durable backend
 	$(BIN)/python -m tests.crash_workload --backend sqlite --cycles 300

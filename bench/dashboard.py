@@ -172,11 +172,12 @@ async def throughput_with_clients(
         server = uvicorn.Server(config)
         async with kf:
             serving = asyncio.ensure_future(server.serve())
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110  # uvicorn has no started event
                 await asyncio.sleep(0.01)
             base = f"http://127.0.0.1:{port}/live"
             urls = [f"{base}?w=counts,rates,feed", f"{base}?w=lanes"] * clients
-            watcher = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, *urls[:clients]])
+            command = [sys.executable, "-c", CLIENT_SCRIPT, *urls[:clients]]
+            watcher = subprocess.Popen(command)  # noqa: ASYNC220  # killed, never awaited
             try:
                 await asyncio.sleep(1.0)  # let the clients connect before measuring
                 start = time.perf_counter()

@@ -268,3 +268,34 @@ async def test_a_failing_merge_rolls_back_the_whole_batch(make_keyflow: MakeKeyf
     assert await kf.list_runs() == []
     assert kf.keys() == []
     assert kf.statistics().unfinished["queued"] == 0
+
+
+async def test_keys_names_and_lane_states_agree(make_keyflow: MakeKeyflow) -> None:
+    gate = Gate()
+    kf = await started_kf(make_keyflow, gate)
+    busy = await kf.trigger("work", {}, concurrency_key="org:busy")
+    await gate.any_started.wait()
+    await kf.trigger("work", {}, concurrency_key="org:busy", coalesce="queue")
+    await kf.trigger("work", {}, concurrency_key="org:busy", coalesce="queue")  # joins
+    alone = await kf.trigger("other", {}, concurrency_key="org:alone")
+    later = await kf.trigger("other", {}, concurrency_key="zz:later", delay=60)
+    while len(gate.started) < 2:
+        await gate.any_started.wait()
+        gate.any_started.clear()
+    snapshots = {lane.key: lane for lane in kf.keys()}  # noqa: SIM118  # not a dict
+    assert list(snapshots) == kf.key_names() == ["org:alone", "org:busy", "zz:later"]
+    assert kf.key_names("org:") == ["org:alone", "org:busy"]
+    assert [lane.key for lane in kf.keys("zz")] == ["zz:later"]
+    assert snapshots["org:busy"].state == "running+queued"
+    assert snapshots["org:busy"].coalesced == 1
+    assert snapshots["org:alone"].state == "running"
+    assert snapshots["zz:later"].state == "idle"
+    assert snapshots["zz:later"].scheduled == (later.run_id,)
+    assert kf.lane_states() == {"idle": 1, "running": 1, "running+queued": 1}
+    for run_id in (busy.run_id, alone.run_id, *snapshots["org:busy"].waiting):
+        gate.release(run_id)  # released ahead: the queued one passes when it starts
+    await kf.cancel(later.run_id)
+    await kf.run_until_idle()
+    # idle keys stay listed while they are remembered (with their coalesced counts)
+    assert kf.lane_states() == {"idle": 3, "running": 0, "running+queued": 0}
+    assert kf.lane("org:busy").coalesced == 1

@@ -553,10 +553,28 @@ class Keyflow:
     def keys(self, prefix: str | None = None) -> list[LaneSnapshot]:
         """Lane snapshots, sorted by key: every key with unfinished runs, and recent idle ones."""
         core = self._core
+        return [core.lane_snapshot(k) for k in self.key_names(prefix)]
+
+    def key_names(self, prefix: str | None = None) -> list[str]:
+        """The keys :meth:`keys` would return, sorted, without building their snapshots."""
+        core = self._core
         names = set(core.lanes) | set(core.key_coalesced)
         if prefix:
             names = {k for k in names if k.startswith(prefix)}
-        return [core.lane_snapshot(k) for k in sorted(names)]
+        return sorted(names)
+
+    def lane_states(self) -> dict[str, int]:
+        """How many of the :meth:`keys` are ``idle``, ``running`` and ``running+queued``."""
+        core = self._core
+        running = queued = 0
+        for lane in core.lanes.values():
+            if lane.holders:
+                if lane.waiting:
+                    queued += 1
+                else:
+                    running += 1
+        idle = len(set(core.lanes) | set(core.key_coalesced)) - running - queued
+        return {"idle": idle, "running": running, "running+queued": queued}
 
     def lane(self, key: str) -> LaneSnapshot:
         """The snapshot of one key's lane (idle when it has no unfinished run)."""

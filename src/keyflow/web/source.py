@@ -178,7 +178,7 @@ class KeyflowSource(DashboardSource):
         by_status.update(completed=stats.completed, failed=stats.failed, cancelled=stats.cancelled)
         return Counts(
             by_status=by_status,
-            lanes_by_state=_lanes_by_state(kf.keys()),
+            lanes_by_state=kf.lane_states(),
             finished_total=stats.completed + stats.failed + stats.cancelled,
             coalesced_total=stats.triggers.coalesced,
             workers=(stats.workers_busy, stats.workers),
@@ -186,13 +186,14 @@ class KeyflowSource(DashboardSource):
 
     async def lane_rows(self, prefix: str, offset: int, limit: int) -> tuple[list[LaneRow], int]:
         """Lanes from memory; the running and oldest waiting runs looked up per row."""
-        lanes = self.kf.keys(prefix or None)
+        names = self.kf.key_names(prefix or None)
         rows = []
-        for lane in lanes[offset : offset + limit]:
+        for key in names[offset : offset + limit]:  # snapshots for this page only
+            lane = self.kf.lane(key)
             running = tuple(r for r in [await self.kf.get_run(i) for i in lane.running] if r)
             oldest = await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
             rows.append(LaneRow(lane, running, oldest.created_at if oldest else None))
-        return rows, len(lanes)
+        return rows, len(names)
 
     async def lane(self, key: str) -> LaneSnapshot:
         """The lane, from memory."""
