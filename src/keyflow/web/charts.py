@@ -48,7 +48,8 @@ class RateHistory:
         if samples and now - samples[-1][0] < 1.0:
             return
         samples.append((now, values))
-        while samples and samples[0][0] < now - WINDOW_SECONDS - 10:
+        # Keep one sample from before the window: the first difference needs it.
+        while len(samples) > 1 and samples[1][0] < now - WINDOW_SECONDS:
             samples.popleft()
 
     def rates(self, name: str, now: float) -> list[float]:
