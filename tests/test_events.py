@@ -139,8 +139,8 @@ def test_changes_merge_and_overflow_to_everything() -> None:
     from keyflow.watch import MAX_KEYS, Changes, ChangeWatch
 
     watch = ChangeWatch()
-    for n in range(MAX_KEYS + 1):
-        watch.note(f"k{n}")
+    watch.absorb(Changes({f"k{n}" for n in range(MAX_KEYS // 2)}))
+    watch.absorb(Changes({f"x{n}" for n in range(MAX_KEYS // 2 + 1)}))
     overflowed = watch.take()
     assert overflowed is not None
     assert overflowed.everything
@@ -151,3 +151,20 @@ def test_changes_merge_and_overflow_to_everything() -> None:
     assert (merged.keys, merged.coalesced, merged.everything) == ({"a", "b"}, True, False)
     assert merged.touches("a")
     assert not merged.touches("z")
+
+
+async def test_a_watch_hears_everything_when_too_many_keys_changed(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    from keyflow.watch import MAX_KEYS
+
+    kf = make_keyflow()
+    kf.job("job")(lambda ctx, input: asyncio.sleep(0))
+    await kf.start()
+    async with kf.changes() as watch:
+        await kf.batch_trigger(
+            [keyflow.TriggerRequest("job", {}, f"k{n}", delay=60) for n in range(MAX_KEYS + 1)]
+        )
+        changes = await anext(watch)
+        assert changes.everything
+        assert changes.touches("any key at all")

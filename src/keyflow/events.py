@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 from .runs import JSONObject, LogEntry, Progress, Run, RunStatus
-from .watch import ChangeWatch
+from .watch import MAX_KEYS, Changes, ChangeWatch
 
 if TYPE_CHECKING:
     from .records import RunRecord
@@ -162,6 +162,9 @@ class EventHub:
         self.published = 0
         """Events published so far."""
         self._watches: list[ChangeWatch] = []
+        self._changed_keys: set[str | None] = set()  # since the last flush to the watches
+        self._coalesced = False
+        self._flush_scheduled = False
         self._full = False  # a subscription wants whole events
         self.active = False
         """True when someone listens (events or watches); kept as a plain attribute
@@ -177,8 +180,10 @@ class EventHub:
         """A run was created (``previous`` None) or changed status."""
         if self._full:
             self.publish(RunChanged(record.snapshot(), previous, at))
-        for watch in self._watches:
-            watch.note(record.key)
+        if self._watches:
+            self._changed_keys.add(record.key)
+            if not self._flush_scheduled:
+                self._schedule_flush()
 
     def trigger_coalesced(
         self, run: RunRecord, entry: tuple[float, JSONObject, str | None]
@@ -189,22 +194,47 @@ class EventHub:
             self.publish(
                 TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
             )
-        for watch in self._watches:
-            watch.note(run.key, coalesced=True)
+        if self._watches:
+            self._changed_keys.add(run.key)
+            self._coalesced = True
+            if not self._flush_scheduled:
+                self._schedule_flush()
 
     def progressed(self, record: RunRecord, progress: Progress, at: float) -> None:
         """A handler reported progress."""
         if self._full:
             self.publish(RunProgressed(record.id, record.key, progress, at))
-        for watch in self._watches:
-            watch.note(record.key)
+        if self._watches:
+            self._changed_keys.add(record.key)
+            if not self._flush_scheduled:
+                self._schedule_flush()
 
     def logged(self, record: RunRecord, entry: LogEntry) -> None:
         """A handler logged a line."""
         if self._full:
             self.publish(RunLogged(record.id, entry))
+        if self._watches:
+            self._changed_keys.add(record.key)
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # Watches hear of changes once per turn of the loop, not once per change.
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        keys, self._changed_keys = self._changed_keys, set()
+        keys.discard(None)
+        changes = Changes(coalesced=self._coalesced)
+        self._coalesced = False
+        if len(keys) > MAX_KEYS:
+            changes.everything = True
+        else:
+            changes.keys = keys  # type: ignore[assignment]  # None was discarded
         for watch in self._watches:
-            watch.note(record.key)
+            watch.absorb(changes)
 
     def watch(self) -> ChangeWatch:
         """A :class:`~keyflow.watch.ChangeWatch` of every change from now on.

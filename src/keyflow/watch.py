@@ -2,9 +2,9 @@
 
 A dashboard only needs to know *that* a widget may show something new; building a full
 :class:`~keyflow.events.RunChanged` (a snapshot of the run) for every change would
-cost the scheduler more than the dashboard is worth. A :class:`ChangeWatch` gathers,
-between two looks, the keys that changed and whether a trigger was coalesced: one set
-insertion per change, whatever the rate, and bounded memory.
+cost the scheduler more than the dashboard is worth. The hub adds each change's key to
+one set (whatever the number of watches) and, once per turn of the event loop, hands
+what gathered to every :class:`ChangeWatch`, which keeps it until read.
 """
 
 from __future__ import annotations
@@ -51,21 +51,6 @@ class ChangeWatch:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._on_close = on_close
-
-    def note(self, key: str | None, coalesced: bool = False) -> None:
-        """A run of ``key`` changed (called by the hub, on every change)."""
-        changes = self._changes
-        if key is not None and not changes.everything:
-            changes.keys.add(key)
-            if len(changes.keys) > MAX_KEYS:
-                changes.everything, changes.keys = True, set()
-        if coalesced:
-            changes.coalesced = True
-        if not self._pending:
-            self._pending = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
 
     def absorb(self, changes: Changes) -> None:
         """Add changes gathered elsewhere (a fan-out of one watch to many readers)."""
