@@ -159,7 +159,11 @@ async def test_a_watch_hears_everything_when_too_many_keys_changed(
     from keyflow.watch import MAX_KEYS
 
     kf = make_keyflow()
-    kf.job("job")(lambda ctx, input: asyncio.sleep(0))
+
+    @kf.job()
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        return None
+
     await kf.start()
     async with kf.changes() as watch:
         await kf.batch_trigger(
