@@ -6,9 +6,10 @@ Run with ``make bench-dashboard`` (or ``python -m bench.dashboard``).
 * Lanes and runs pages with 10,000 keys and 100,000 runs in SQLite: server time per
   request (median of several, in process), next to the same stack rendering a trivial
   page (the baseline: routing, middleware, Jinja2, HTTP) in the same run.
-* End-to-end throughput of the core benchmark (no-op jobs, memory storage) with 5
-  dashboard clients streaming the overview and lanes pages over SSE from another
-  process, against the same run without clients; rounds alternate.
+* End-to-end throughput of the core benchmark (no-op jobs, memory storage) of a
+  scheduler serving its dashboard, with 5 clients streaming the overview and lanes
+  pages over SSE from another process, against the same with nobody watching; the
+  order alternates round by round.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 import keyflow
-from bench.core import keyflow_jobs_per_second
 from keyflow.records import RunRecord
 from keyflow.runs import RunStatus
 from keyflow.storage_backends import WriteBatch, open_backend
@@ -43,13 +43,17 @@ KEYS = 10_000
 RUNS = 100_000
 CLIENT_SCRIPT = """
 import asyncio, sys, httpx
-async def stream(url):
+async def stream(url, connected):
     async with httpx.AsyncClient(timeout=None) as http:
         async with http.stream("GET", url) as response:
+            connected.append(url)
+            if len(connected) == len(sys.argv) - 1:
+                print("ready", flush=True)
             async for _ in response.aiter_bytes():
                 pass
 async def main():
-    await asyncio.gather(*(stream(url) for url in sys.argv[1:]))
+    connected = []
+    await asyncio.gather(*(stream(url, connected) for url in sys.argv[1:]))
 asyncio.run(main())
 """
 
@@ -156,40 +160,62 @@ async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
     return None
 
 
+async def served_jobs_per_second(jobs: int, clients: int) -> float:
+    """End-to-end jobs/s of a scheduler serving its dashboard, ``clients`` pages open.
+
+    The clients stream from another process (as browsers would); with 0 clients the
+    dashboard is served but nobody watches, so the two cases differ only by watchers.
+    """
+    import uvicorn
+
+    kf = keyflow.Keyflow(workers=100)
+    kf.job("noop")(_noop)
+    port = free_port()
+    config = uvicorn.Config(create_app(kf), port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    async with kf:
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:  # noqa: ASYNC110  # uvicorn has no started event
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{port}/live"
+        urls = [f"{base}?w=counts,rates,feed", f"{base}?w=lanes"] * clients
+        watcher = None
+        if clients:
+            command = [sys.executable, "-c", CLIENT_SCRIPT, *urls[:clients]]
+            watcher = subprocess.Popen(  # noqa: ASYNC220  # killed, never awaited
+                command, stdout=subprocess.PIPE, text=True
+            )
+        try:
+            if watcher is not None and watcher.stdout is not None:
+                ready = await asyncio.to_thread(watcher.stdout.readline)
+                assert ready == "ready\n", ready  # every stream is open: measure now
+            start = time.perf_counter()
+            for i in range(jobs):
+                await kf.trigger("noop", {"i": i}, concurrency_key=f"k{i % 1000}")
+            await kf.run_until_idle()
+            return jobs / (time.perf_counter() - start)
+        finally:
+            if watcher is not None:
+                watcher.kill()
+                watcher.wait()
+                if watcher.stdout is not None:
+                    watcher.stdout.close()
+            server.should_exit = True
+            await serving
+
+
 async def throughput_with_clients(
     jobs: int, clients: int, rounds: int
 ) -> list[tuple[float, float]]:
-    """(without, with) end-to-end jobs/s per round, the clients in another process."""
-    import uvicorn
-
+    """(without, with) clients, per round; the order alternates to cancel its bias."""
     pairs = []
-    for _ in range(rounds):
-        alone = await keyflow_jobs_per_second(jobs, 1_000, 100)
-        kf = keyflow.Keyflow(workers=100)
-        kf.job("noop")(_noop)
-        port = free_port()
-        config = uvicorn.Config(create_app(kf), port=port, log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        async with kf:
-            serving = asyncio.ensure_future(server.serve())
-            while not server.started:  # noqa: ASYNC110  # uvicorn has no started event
-                await asyncio.sleep(0.01)
-            base = f"http://127.0.0.1:{port}/live"
-            urls = [f"{base}?w=counts,rates,feed", f"{base}?w=lanes"] * clients
-            command = [sys.executable, "-c", CLIENT_SCRIPT, *urls[:clients]]
-            watcher = subprocess.Popen(command)  # noqa: ASYNC220  # killed, never awaited
-            try:
-                await asyncio.sleep(1.0)  # let the clients connect before measuring
-                start = time.perf_counter()
-                for i in range(jobs):
-                    await kf.trigger("noop", {"i": i}, concurrency_key=f"k{i % 1000}")
-                await kf.run_until_idle()
-                watched = jobs / (time.perf_counter() - start)
-            finally:
-                watcher.kill()
-                watcher.wait()
-                server.should_exit = True
-                await serving
+    for round_number in range(rounds):
+        if round_number % 2:
+            watched = await served_jobs_per_second(jobs, clients)
+            alone = await served_jobs_per_second(jobs, 0)
+        else:
+            alone = await served_jobs_per_second(jobs, 0)
+            watched = await served_jobs_per_second(jobs, clients)
         pairs.append((alone, watched))
     return pairs
 
