@@ -1,5 +1,5 @@
 # Two entry points, both self-contained on a machine with Python >= 3.11:
-#   make demo   set up a virtualenv and run the main example
+#   make demo   set up a virtualenv and run `keyflow demo` (Ctrl-C stops it)
 #   make test   set up a virtualenv and run lint, types and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ $(BIN)/activate: pyproject.toml
 	touch $(BIN)/activate
 
 demo: $(BIN)/activate
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/keyflow demo
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check .

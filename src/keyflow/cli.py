@@ -1,5 +1,6 @@
 """The ``keyflow`` command.
 
+``keyflow demo`` tells the crawl → process story (see :mod:`keyflow.demo`);
 ``keyflow dashboard --storage URL`` serves the dashboard over a storage file that
 another process writes: read-only, live by re-reading the storage every second.
 """
@@ -11,6 +12,7 @@ import asyncio
 import ipaddress
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import KeyflowError
 from .storage_backends import open_backend
@@ -54,16 +56,101 @@ async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> 
         await uvicorn.Server(config).serve()
 
 
+def _demo_parser(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the crawl -> process simulator",
+        description="Simulated GitHub orgs whose crawls feed one serial `process` per org.",
+    )
+    demo.add_argument(
+        "--scenario",
+        choices=("A", "B"),
+        default="A",
+        help="A: per-repository crawl keys; B: one crawl key per org",
+    )
+    demo.add_argument(
+        "--strategy",
+        choices=("queue", "skip"),
+        default="queue",
+        help="coalesce= of the process trigger (and of B's crawls)",
+    )
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="run A/B x skip/queue in simulated time and print them side by side",
+    )
+    demo.add_argument("--hours", type=float, default=24.0, help="simulated hours (--compare)")
+    demo.add_argument(
+        "--svg", default="keyflow-demo-staleness.svg", help="where --compare writes its chart"
+    )
+    demo.add_argument("--duration", type=float, help="real seconds to run (default: Ctrl-C)")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=600.0,
+        help="simulated seconds per real second (600: an hour in 6 s)",
+    )
+    demo.add_argument("--storage", default="sqlite:///keyflow-demo.db")
+    demo.add_argument("--no-dashboard", action="store_true")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--orgs", type=int, default=3)
+    demo.add_argument("--repos", type=int, default=4, help="repositories per org at start")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=_demo)  # fmt: skip
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo.report import staleness_svg, table
+    from .demo.runner import DemoOptions, compare, live
+    from .demo.world import WorldConfig
+
+    world = WorldConfig(orgs=args.orgs, repos=args.repos, seed=args.seed)
+    if args.compare:
+        svg = Path(args.svg)
+        reports = asyncio.run(compare(args.hours, world))
+        svg.write_text(staleness_svg(reports))
+        print(f"{args.hours:g} simulated hours, seed {args.seed}, same world for each column\n")
+        print(table(reports))
+        print(f"\nchart: {svg}")
+        return 0
+    options = DemoOptions(
+        scenario=args.scenario,
+        strategy=args.strategy,
+        seconds=args.duration,
+        speed=args.speed,
+        storage=args.storage,
+        dashboard=not args.no_dashboard,
+        host=args.host,
+        port=args.port,
+        world=world,
+    )
+    report = asyncio.run(live(options))
+    print("\n" + table([report]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keyflow`` command."""
     parser = argparse.ArgumentParser(prog="keyflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _demo_parser(commands)
     dash = commands.add_parser("dashboard", help="serve the dashboard of a storage file")
     dash.add_argument("--storage", required=True, help="sqlite:///runs.db or json:///runs.json")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8000)
     dash.add_argument("--token", help="required to bind anything but a loopback address")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        if not _is_loopback(args.host):
+            parser.error(f"--host {args.host} is reachable by others: the demo binds loopback only")
+        try:
+            return _demo(args)
+        except KeyflowError as exc:
+            print(f"keyflow: {exc}", file=sys.stderr)
+            return 2
     if args.command == "dashboard":
         if not _is_loopback(args.host) and not args.token:
             parser.error(f"--host {args.host} is reachable by others: give a --token too")
