@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,26 @@ def test_the_compare_command_prints_the_table_and_writes_the_chart(tmp_path: Pat
     chart = (tmp_path / "chart.svg").read_text()
     assert chart.startswith("<svg")
     assert "A/queue" in chart
+
+
+def test_ctrl_c_stops_the_live_demo_gracefully(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "keyflow.cli", "demo", "--no-dashboard", "--speed", "3600"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # a status line a second, once the story runs
+            if line.startswith("sim "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "PRs processed" in out
+    again = run_cli("--duration", "1", "--speed", "3600", "--no-dashboard", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "continuing from the stored state" in again.stdout

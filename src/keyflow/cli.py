@@ -94,6 +94,26 @@ def _demo_parser(commands: Any) -> None:
     demo.add_argument("--no-dashboard", action="store_true")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--prs-per-hour",
+        type=float,
+        default=6.0,
+        help="mean PRs opened per repository per simulated hour",
+    )
+    demo.add_argument(
+        "--adds-per-hour",
+        type=float,
+        default=0.5,
+        help="mean repositories added per org per simulated hour",
+    )
+    demo.add_argument(
+        "--crawl-minutes",
+        type=float,
+        nargs=2,
+        default=(2.0, 7.0),
+        metavar=("MIN", "MAX"),
+        help="an org-wide crawl's duration range",
+    )
     demo.add_argument("--orgs", type=int, default=3)
     demo.add_argument("--repos", type=int, default=4, help="repositories per org at start")
     demo.add_argument("--seed", type=int, default=7)
@@ -101,16 +121,26 @@ def _demo_parser(commands: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from .demo.report import staleness_svg, table
     from .demo.runner import DemoOptions, compare, live
+    from .demo.sim import SimConfig
     from .demo.world import WorldConfig
 
-    world = WorldConfig(orgs=args.orgs, repos=args.repos, seed=args.seed)
+    world = WorldConfig(
+        orgs=args.orgs, repos=args.repos, prs_per_hour=args.prs_per_hour, seed=args.seed
+    )
+    low, high = args.crawl_minutes
+    sim = SimConfig(
+        repos_added_per_hour=args.adds_per_hour,
+        crawl_seconds=(low * 60, high * 60),
+        seed=args.seed,
+    )
     if args.compare:
         svg = Path(args.svg)
-        reports = asyncio.run(compare(args.hours, world))
+        reports = asyncio.run(compare(args.hours, world, sim))
         svg.write_text(staleness_svg(reports))
         print(f"{args.hours:g} simulated hours, seed {args.seed}, same world for each column\n")
         print(table(reports))
@@ -126,6 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         world=world,
+        sim=replace(sim, scenario=args.scenario, strategy=args.strategy),
     )
     report = asyncio.run(live(options))
     print("\n" + table([report]))

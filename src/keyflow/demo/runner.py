@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -44,6 +46,8 @@ class DemoOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     world: WorldConfig = field(default_factory=WorldConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    """Rates and durations (its scenario and strategy are the two fields above)."""
     workers: int = 16
 
 
@@ -59,13 +63,18 @@ async def _report(kf: Keyflow, world: World, name: str) -> Report:
 
 
 async def simulate(
-    scenario: Scenario, strategy: Strategy, hours: float, world_config: WorldConfig
+    scenario: Scenario,
+    strategy: Strategy,
+    hours: float,
+    world_config: WorldConfig,
+    sim_config: SimConfig | None = None,
 ) -> Report:
     """One combination in virtual time, in memory: fast and the same on every run."""
     world = World(world_config)
     time = VirtualTime(START)
     kf = Keyflow(workers=16, clock=time.clock, seed=world_config.seed, retention=1_000_000)
-    sim = Simulation(kf, world, time, SimConfig(scenario, strategy, seed=world_config.seed))
+    base = sim_config or SimConfig(seed=world_config.seed)
+    sim = Simulation(kf, world, time, replace(base, scenario=scenario, strategy=strategy))
     world.create(START)
     await kf.start()
     try:
@@ -77,9 +86,11 @@ async def simulate(
         world.close()
 
 
-async def compare(hours: float, world_config: WorldConfig) -> list[Report]:
+async def compare(
+    hours: float, world_config: WorldConfig, sim_config: SimConfig | None = None
+) -> list[Report]:
     """The four combinations on the same seed, side by side."""
-    return [await simulate(s, t, hours, world_config) for s, t in COMBINATIONS]
+    return [await simulate(s, t, hours, world_config, sim_config) for s, t in COMBINATIONS]
 
 
 def world_path(storage: str) -> str:
@@ -96,7 +107,7 @@ async def live(options: DemoOptions, out: Callable[[str], None] = print) -> Repo
     fresh = world.is_new
     start = world.recall("now") or START
     time: SimTime = ScaledTime(start, options.speed)
-    config = SimConfig(options.scenario, options.strategy, seed=options.world.seed)
+    config = replace(options.sim, scenario=options.scenario, strategy=options.strategy)
     kf = Keyflow(storage=options.storage, workers=options.workers, clock=time.clock)
     sim = Simulation(kf, world, time, config)
     if fresh:
@@ -152,28 +163,51 @@ async def _dashboard(
 async def _progress(
     kf: Keyflow, world: World, time: SimTime, stop: asyncio.Event, out: Callable[[str], None]
 ) -> None:
+    """A status line every second: rich's live display if installed, else a rewritten line."""
     interactive = sys.stdout.isatty()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)  # a refresh period
-        world.remember("now", time.now())
-        stats = kf.statistics()
-        _, fetched, processed = world.db.execute(
-            "SELECT count(*), count(fetched_at), count(processed_at) FROM prs"
-        ).fetchone()
-        line = (
-            f"sim {_clock(time.now())} | running {stats.unfinished['running']:>2} "
-            f"queued {stats.unfinished['queued']:>2} | PRs fetched {fetched} "
-            f"processed {processed} waiting {fetched - processed} | "
-            f"coalesced {stats.triggers.coalesced}"
-        )
-        if interactive:
-            sys.stdout.write("\r" + line.ljust(110))
-            sys.stdout.flush()
-        else:
-            out(line)
-    if interactive:
-        sys.stdout.write("\n")
+    live_display = _rich_live() if interactive else None
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)  # a refresh period
+            world.remember("now", time.now())
+            line = _status(kf, world, time)
+            if live_display is not None:
+                live_display.update(line)
+            elif interactive:
+                sys.stdout.write("\r" + line.ljust(110))
+                sys.stdout.flush()
+            else:
+                out(line)
+    finally:
+        if live_display is not None:
+            live_display.stop()
+        elif interactive:
+            sys.stdout.write("\n")
+
+
+def _status(kf: Keyflow, world: World, time: SimTime) -> str:
+    stats = kf.statistics()
+    _, fetched, processed = world.db.execute(
+        "SELECT count(*), count(fetched_at), count(processed_at) FROM prs"
+    ).fetchone()
+    return (
+        f"sim {_clock(time.now())} | running {stats.unfinished['running']:>2} "
+        f"queued {stats.unfinished['queued']:>2} | PRs fetched {fetched} "
+        f"processed {processed} waiting {fetched - processed} | "
+        f"coalesced {stats.triggers.coalesced}"
+    )
+
+
+def _rich_live() -> Any:
+    """Rich's live display, started, when rich is installed (it is optional)."""
+    try:
+        live_module = importlib.import_module("rich.live")
+    except ImportError:
+        return None
+    display = live_module.Live("", refresh_per_second=4, transient=False)
+    display.start()
+    return display
 
 
 def _clock(at: float) -> str:
