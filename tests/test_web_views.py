@@ -245,3 +245,16 @@ def test_vendored_files_match_their_manifest() -> None:
         assert "://" not in re.sub(r"http://www\.w3\.org[^\"]*", "", template.read_text()), (
             f"{template.name} loads something from outside (a CDN?)"
         )
+
+
+async def test_a_scheduler_not_running_yet_gets_a_503(tmp_path: Path) -> None:
+    kf = keyflow.Keyflow(storage=f"sqlite:///{tmp_path / 'runs.db'}")
+    kf.job("process")(Gate().handler)
+    async with client(create_app(kf)) as http:  # mounted before the scheduler starts
+        response = await http.get("/runs")
+        assert response.status_code == 503
+        assert "not running" in response.text
+        await kf.start()
+        assert (await http.get("/runs")).status_code == 200
+        await kf.stop()
+        assert (await http.get("/runs")).status_code == 503

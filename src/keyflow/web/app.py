@@ -9,10 +9,12 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ..errors import SchedulerNotRunningError
 from ..scheduler import Keyflow
 from . import filters, views
 from .charts import RateHistory
@@ -27,6 +29,11 @@ def _url_path(context: Any, name: str, /, **params: Any) -> str:
     """``url_for`` in templates: the path (with the mount prefix) of a named route."""
     request: Request = context["request"]
     return request.url_for(name, **params).path
+
+
+async def _not_running(request: Request, exc: Exception) -> Response:
+    # E.g. the app is mounted at import and the scheduler starts later (a lifespan).
+    return PlainTextResponse(f"keyflow is not running: {exc}", status_code=503)
 
 
 def create_app(
@@ -74,6 +81,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(AccessMiddleware, authorize=authorize, read_only=read_only)],
+        exception_handlers={SchedulerNotRunningError: _not_running},
     )
     app.state.dashboard = views.Dashboard(
         source=source,
