@@ -9,6 +9,7 @@ from __future__ import annotations
 from .clock import Clock as Clock
 from .clock import SystemClock as SystemClock
 from .coalesce import Coalesce as Coalesce
+from .coalesce import CoalesceOption as CoalesceOption
 from .context import RunContext as RunContext
 from .context import RunLogger as RunLogger
 from .errors import ConfigurationError as ConfigurationError
@@ -48,6 +49,8 @@ from .stats import Statistics as Statistics
 from .stats import TriggerCounts as TriggerCounts
 from .storage_backends.base import StorageBackend as StorageBackend
 from .triggers import TriggerRequest as TriggerRequest
+from .watch import Changes as Changes
+from .watch import ChangeWatch as ChangeWatch
 
 __version__ = "0.1.0"
 
@@ -57,6 +60,7 @@ __all__ = [
     "Clock",
     "CoalescedTrigger",
     "Coalesce",
+    "CoalesceOption",
     "ConfigurationError",
     "Disposition",
     "Event",
@@ -86,6 +90,8 @@ __all__ = [
     "StorageLockedError",
     "StorageBackend",
     "Subscription",
+    "Changes",
+    "ChangeWatch",
     "SystemClock",
     "TriggerCoalesced",
     "TriggerCounts",
