@@ -39,9 +39,10 @@ from typing import Any
 
 import keyflow
 from keyflow import Coalesce, RunStatus
+from keyflow.coalesce import CoalesceOption
 
 KEYS = ("k0", "k1", "k2")
-STRATEGIES: dict[str, keyflow.CoalesceOption] = {
+STRATEGIES: dict[str, CoalesceOption] = {
     "plain": None,
     "queued": None,  # set below: queue with merged inputs
     "skipped": "skip",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from .clock import Clock as Clock
 from .clock import SystemClock as SystemClock
 from .coalesce import Coalesce as Coalesce
-from .coalesce import CoalesceOption as CoalesceOption
 from .context import RunContext as RunContext
 from .context import RunLogger as RunLogger
 from .errors import ConfigurationError as ConfigurationError
@@ -60,7 +59,6 @@ __all__ = [
     "Clock",
     "CoalescedTrigger",
     "Coalesce",
-    "CoalesceOption",
     "ConfigurationError",
     "Disposition",
     "Event",
