@@ -70,7 +70,8 @@ async def child(url: str, log_path: str, seed: int, drain: bool) -> None:
     def log(*parts: object) -> None:
         os.write(fd, (" ".join(str(p) for p in parts) + "\n").encode())
 
-    kf = keyflow.Keyflow(storage=url, workers=4, grace=0)
+    # Retention far above what any soak makes: the checks read every run back.
+    kf = keyflow.Keyflow(storage=url, workers=4, grace=0, retention=10_000_000)
 
     async def handler(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
         key = ctx.concurrency_key
