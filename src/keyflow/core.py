@@ -25,7 +25,6 @@ from .runs import (
     QUEUED,
     RUNNING,
     SCHEDULED,
-    AttemptError,
     Disposition,
     JSONObject,
     LogEntry,
@@ -68,8 +67,6 @@ D_COALESCED = Disposition.COALESCED
 D_CREATED = Disposition.CREATED
 D_IDEMPOTENT = Disposition.IDEMPOTENT
 D_QUEUED = Disposition.QUEUED
-MAX_CRASHES = 3
-"""A run cut short by this many crashes fails instead of running again (a poison pill)."""
 MAX_TRACKED_KEYS = 10_000
 """Idle keys remembered for ``keys()`` (with their coalesced counts), newest kept."""
 
@@ -104,7 +101,7 @@ class Core:
     ) -> None:
         self.clock = clock
         self.hub = hub
-        self._lane_limit = lane_limit
+        self.lane_limit = lane_limit
         self.idle_workers: list[asyncio.Future[None]] = []
         """Futures of workers waiting for a pending run; the pool adds them, one is woken
         per run that becomes pending."""
@@ -179,7 +176,7 @@ class Core:
             self.status_counts[record.status.ordinal] += 1
             if key is not None:
                 if lane is None:
-                    lane = self.lanes[key] = Lane(key, self._lane_limit(key))
+                    lane = self.lanes[key] = Lane(key, self.lane_limit(key))
                 lane.add(record)  # not durable yet: it waits for settle() to take a slot
             txn.created.append(record)
             if victims:
@@ -233,13 +230,13 @@ class Core:
             if publish:
                 self.hub.run_changed(record, None, record.created_at)
             if record.status is SCHEDULED:
-                self._arm(record)
+                self.arm(record)
             elif record.key is None:
-                self._promote_keyless(record)
+                self.promote_keyless(record)
             else:
                 lane = self.lanes.get(record.key)
                 if lane is not None:
-                    self._dispatch(lane.promote())
+                    self.dispatch(lane.promote())
         for run, _old_input, old_due_at, _evicted, entry in txn.joined:
             run.unsettled -= 1
             self._joined(run, old_due_at, entry)
@@ -261,7 +258,7 @@ class Core:
             else:
                 self._count_key_coalesced(key)
         if run.due_at < old_due_at and run.status is SCHEDULED:
-            self._arm(run)
+            self.arm(run)
         if self.hub.active:
             self.hub.trigger_coalesced(run, entry)
 
@@ -350,17 +347,17 @@ class Core:
         if not due:
             if key is not None:
                 if lane is None:
-                    lane = self.lanes[key] = Lane(key, self._lane_limit(key))
+                    lane = self.lanes[key] = Lane(key, self.lane_limit(key))
                 lane.add(record)
-            self._arm(record)
+            self.arm(record)
         elif key is None:
-            self._promote_keyless(record)
+            self.promote_keyless(record)
         else:
             if lane is None:
-                lane = self.lanes[key] = Lane(key, self._lane_limit(key))
+                lane = self.lanes[key] = Lane(key, self.lane_limit(key))
             promoted = lane.add(record)
             if promoted:
-                self._dispatch(promoted)
+                self.dispatch(promoted)
         if self._change_waiters:
             self._wake_change_waiters()
         return _result((record.id, disposition, job, key))
@@ -383,75 +380,9 @@ class Core:
             if record.key is not None:
                 lane = self.lanes.get(record.key)
                 if lane is not None:
-                    self._dispatch(lane.remove_new(record))
+                    self.dispatch(lane.remove_new(record))
                     if lane.is_empty:
                         del self.lanes[record.key]
-
-    # -- recovery ----------------------------------------------------------------
-
-    def restore(self, unfinished: list[RunRecord]) -> None:
-        """Rebuild lanes, timers and the ready queue from storage, before workers start.
-
-        ``unfinished`` is in creation order. A run found ``running`` was cut short by a
-        crash: it goes back to the head of its lane as a new attempt (a crash uses up no
-        retry), fails once crashes cut it short :data:`MAX_CRASHES` times (a poison
-        pill), and is cancelled if a cancel had been asked for. Delays and backoffs keep
-        their due times; queued runs keep their order.
-        """
-        counts = self.status_counts
-        queued: list[tuple[float, int, RunRecord]] = []
-        crashed: list[RunRecord] = []
-        for index, record in enumerate(unfinished):
-            self.records[record.id] = record
-            counts[record.status.ordinal] += 1
-            if record.idempotency_key is not None:
-                self.idempotency[record.job, record.idempotency_key] = record
-            if record.key is not None:
-                lane = self.lanes.get(record.key)
-                if lane is None:
-                    lane = self.lanes[record.key] = Lane(record.key, self._lane_limit(record.key))
-                lane.restore(record)
-            status = record.status
-            if status is QUEUED:
-                queued.append((record.due_at, index, record))
-            elif status is RUNNING:
-                crashed.append(record)
-            elif status is PENDING:
-                self.ready.append(record)
-            elif status is SCHEDULED:
-                self._arm(record)
-        for _due, _index, record in sorted(queued, key=lambda item: item[:2]):
-            if record.key is None:
-                self._promote_keyless(record)  # keyless runs never wait
-            else:
-                self.lanes[record.key].restore_waiting(record)
-        for record in reversed(crashed):  # each goes to the head: reversed keeps their order
-            self._recover_crashed(record)
-        for lane in list(self.lanes.values()):
-            self._dispatch(lane.promote())
-
-    def _recover_crashed(self, record: RunRecord) -> None:
-        if record.cancel_requested:
-            self.cancelled(record)
-            return
-        record.crashes += 1
-        if record.crashes >= MAX_CRASHES:
-            record.add_error(
-                AttemptError(
-                    attempt=record.attempt,
-                    type="Crashed",
-                    message=(
-                        f"the process died while the run was running, {record.crashes} "
-                        "times: it is failed as a poison pill"
-                    ),
-                    traceback="",
-                    at=self.clock.now(),
-                )
-            )
-            self.counters.failed += 1
-            self._finish(record, FAIL, RUNNING)
-            return
-        self.interrupt(record)
 
     # -- execution ---------------------------------------------------------------
 
@@ -476,7 +407,7 @@ class Core:
         """The handler returned ``output``."""
         record.output = output
         self.counters.completed += 1
-        self._finish(record, COMPLETE, RUNNING)
+        self.finish(record, COMPLETE, RUNNING)
 
     def fail(self, record: RunRecord, retry_delay: float | None) -> None:
         """The attempt failed (its error is recorded); retry after ``retry_delay`` if allowed.
@@ -485,7 +416,7 @@ class Core:
         """
         if retry_delay is None or record.retries_used + 1 >= record.max_attempts:
             self.counters.failed += 1
-            self._finish(record, FAIL, RUNNING)
+            self.finish(record, FAIL, RUNNING)
             return
         record.retries_used += 1
         self.counters.retried += 1
@@ -495,7 +426,7 @@ class Core:
         if retry_delay <= 0:
             self._due(record.id)
         else:
-            self._arm(record)
+            self.arm(record)
 
     def interrupt(self, record: RunRecord) -> None:
         """A stop cut the attempt short: back to the head of its lane, slot kept."""
@@ -519,15 +450,16 @@ class Core:
         if timer is not None:
             timer.cancel()
         self.counters.cancelled += 1
-        self._finish(record, CANCEL, status)
+        self.finish(record, CANCEL, status)
         return False
 
     def cancelled(self, record: RunRecord) -> None:
         """A running run's task stopped after a cancel."""
         self.counters.cancelled += 1
-        self._finish(record, CANCEL, RUNNING)
+        self.finish(record, CANCEL, RUNNING)
 
-    def _finish(self, record: RunRecord, action: Action, previous: RunStatus) -> None:
+    def finish(self, record: RunRecord, action: Action, previous: RunStatus) -> None:
+        """``record`` becomes terminal by ``action`` (from ``previous``); its slot is freed."""
         key = record.key
         if key is not None:
             lane = self.lanes[key]
@@ -552,7 +484,7 @@ class Core:
         if self._run_waiters:
             self._wake_run_waiters(record)
         if promoted:
-            self._dispatch(promoted)
+            self.dispatch(promoted)
 
     def _wake_run_waiters(self, record: RunRecord) -> None:
         waiters = self._run_waiters.pop(record.id, None)
@@ -578,7 +510,8 @@ class Core:
 
     # -- timers ------------------------------------------------------------------
 
-    def _arm(self, record: RunRecord) -> None:
+    def arm(self, record: RunRecord) -> None:
+        """Set (or reset) the timer of a scheduled run at its due time."""
         old = self.timers.pop(record.id, None)
         if old is not None:
             old.cancel()
@@ -599,11 +532,11 @@ class Core:
                 record.apply(RESUME)
             promoted = [record]
         self._moved(record, SCHEDULED)
-        self._dispatch(promoted, reported=record)
+        self.dispatch(promoted, reported=record)
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _dispatch(self, promoted: list[Any], reported: RunRecord | None = None) -> None:
+    def dispatch(self, promoted: list[Any], reported: RunRecord | None = None) -> None:
         """Hand runs that just became pending to the workers.
 
         They all came from ``queued`` except ``reported``, whose move the caller reported.
@@ -625,8 +558,8 @@ class Core:
         if self._change_waiters:
             self._wake_change_waiters()
 
-    def _promote_keyless(self, record: RunRecord) -> None:
-        # A new due run without a key has no lane to wait in: it is pending at once.
+    def promote_keyless(self, record: RunRecord) -> None:
+        """A new due run without a key has no lane to wait in: it is pending at once."""
         record.apply(PROMOTE)
         self._moved(record, QUEUED)
         self._dispatch_one(record)
@@ -715,7 +648,7 @@ class Core:
         coalesced = self.key_coalesced.get(key, 0)
         lane = self.lanes.get(key)
         if lane is None:
-            return LaneSnapshot(key, "idle", self._lane_limit(key), (), (), (), coalesced)
+            return LaneSnapshot(key, "idle", self.lane_limit(key), (), (), (), coalesced)
         members = lane.members.values()
         return LaneSnapshot(
             key=key,

@@ -23,6 +23,7 @@ from .errors import (
 from .events import EventHub, Subscription
 from .jobs import DEFAULT, Backoff, BackoffOption, Default, Handler, Job, KeyOption
 from .records import RunRecord
+from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Statistics, TriggerCounts
 from .storage_backends import RunQuery, StorageBackend, open_backend
@@ -177,7 +178,7 @@ class Keyflow:
         stored = await self._backend.open()
         self._phase = "starting"
         try:
-            self._core.restore(stored.unfinished)
+            restore(self._core, stored.unfinished)
             await self._core.pipeline.flush()  # crash counts are durable before a rerun
         except BaseException:
             await self._backend.close()
