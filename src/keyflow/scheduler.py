@@ -302,24 +302,12 @@ class Keyflow:
             SchedulerNotRunningError: not started, or stopped.
             StorageError: the write failed; nothing of the trigger remains.
         """
-        # The body of _accept, inlined: this is the hot path of every trigger.
-        if self._phase != "running":
-            self._require_running()
-        prepared = prepare_trigger(
-            self._jobs,
-            job,
-            input,
-            concurrency_key,
-            coalesce,
-            idempotency_key,
-            labels,
-            delay,
-            parent_run_id,
+        accepted = self._accept(
+            job, input, concurrency_key, coalesce, idempotency_key, labels, delay, parent_run_id
         )
-        fast = self._core.trigger_now(prepared)  # in-memory storage: nothing to await
-        if fast is not None:
-            return fast
-        return (await self._commit([prepared]))[0]
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await self._commit([accepted]))[0]
 
     def _accept(
         self,

@@ -10,6 +10,7 @@ what gathered to every :class:`ChangeWatch`, which keeps it until read.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -45,7 +46,7 @@ class Changes:
 class ChangeWatch:
     """Accumulates changes until read; ``async for changes in watch`` waits for them."""
 
-    def __init__(self, on_close: object = None) -> None:
+    def __init__(self, on_close: Callable[[ChangeWatch], None] | None = None) -> None:
         self._changes = Changes()
         self._pending = False
         self._waiter: asyncio.Future[None] | None = None
@@ -73,7 +74,7 @@ class ChangeWatch:
         if self._closed:
             return
         self._closed = True
-        if callable(self._on_close):
+        if self._on_close is not None:
             self._on_close(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
