@@ -21,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 import keyflow
+from bench.command import run
 from keyflow.records import RunRecord
 from keyflow.runs import RunStatus
 from keyflow.storage_backends import WriteBatch, open_backend
@@ -257,12 +257,7 @@ def cli() -> None:
     parser.add_argument("--rounds-throughput", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--dir", help="where to put the SQLite file (default: temporary)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args()
-    args.dir = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
-    args.dir.mkdir(parents=True, exist_ok=True)
-    raise SystemExit(asyncio.run(main(args)))
+    run(parser, main)
 
 
 if __name__ == "__main__":

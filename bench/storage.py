@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 import keyflow
+from bench.command import run
 from keyflow.records import RunRecord
 from keyflow.runs import RunStatus
 from keyflow.storage_backends import WriteBatch, open_backend
@@ -221,12 +221,7 @@ def cli() -> None:
     parser.add_argument("--triggers", type=int, default=20_000)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--retained", type=int, default=100_000)
-    parser.add_argument("--dir", help="where to put the files (default: a temporary dir)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args()
-    args.dir = Path(args.dir or tempfile.mkdtemp(prefix="keyflow-bench-"))
-    args.dir.mkdir(parents=True, exist_ok=True)
-    raise SystemExit(asyncio.run(main(args)))
+    run(parser, main)
 
 
 if __name__ == "__main__":
