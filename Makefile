@@ -4,14 +4,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The same package with its hot path compiled by mypyc (hatch_build.py), in a venv of its own.
+CVENV ?= .venv-compiled
+CBIN := $(CVENV)/bin
+SOURCES := $(shell find src -name '*.py') hatch_build.py pyproject.toml
 
-.PHONY: demo test lint typecheck pytest chromium bench bench-storage bench-dashboard soak clean
+.PHONY: demo test lint typecheck pytest pytest-compiled compiled chromium bench bench-pure \
+	bench-storage bench-dashboard soak clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/activate
+
+$(CVENV)/installed: $(SOURCES)
+	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
+	$(CBIN)/pip install --quiet --upgrade pip
+	HATCH_BUILD_HOOK_ENABLE_CUSTOM=1 $(CBIN)/pip install --quiet '.[dev]'
+	touch $@
+
+compiled: $(CVENV)/installed
 
 demo: $(BIN)/activate
 	$(BIN)/keyflow demo
@@ -24,7 +37,12 @@ typecheck: $(BIN)/activate
 	$(BIN)/mypy
 
 pytest: $(BIN)/activate chromium
-	$(BIN)/pytest
+	KEYFLOW_EXPECT_COMPILED=0 $(BIN)/pytest
+
+# The whole suite again, against the compiled build (run from the repository root, the
+# tests import the installed package, not src/).
+pytest-compiled: compiled chromium
+	KEYFLOW_EXPECT_COMPILED=1 $(CBIN)/pytest -p no:cacheprovider
 
 # The browser tests drive Debian's Chromium through Playwright (no browser download).
 chromium:
@@ -33,9 +51,12 @@ chromium:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: lint typecheck pytest
+test: lint typecheck pytest pytest-compiled
 
-bench: $(BIN)/activate
+bench: compiled  # the build a user installs from a wheel
+	$(CBIN)/python -m bench.core
+
+bench-pure: $(BIN)/activate  # the sources as they are
 	$(BIN)/python -m bench.core
 
 bench-storage: $(BIN)/activate
@@ -49,4 +70,4 @@ soak: $(BIN)/activate  # the SIGKILL crash test, 300 kills per durable backend
 	$(BIN)/python -m tests.crash_workload --backend json --cycles 300
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CVENV) .mypy_cache .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import keyflow
+import keyflow.build
 from bench.baseline import baseline_jobs_per_second
 
 
@@ -140,6 +141,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"  {name:<44} {value:>22}   target {target:<12} {'ok' if ok else 'MISSED'}")
 
     print(f"keyflow core benchmarks ({os.cpu_count()} cores, {args.rounds} rounds)")
+    print(f"keyflow build: {keyflow.build.describe()}")
     jobs, keys, workers = args.jobs, 1_000, 100
     # Baseline and keyflow alternate, round by round, so both see the same machine; the
     # ratio reported is the median of the per-round ratios.

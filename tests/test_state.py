@@ -257,3 +257,16 @@ def test_disposition_of_new_runs() -> None:
     assert new_run_disposition(lane, replace.victims, due=True) is Disposition.CREATED
     pending.apply(Action.START)
     assert new_run_disposition(lane, replace.victims, due=True) is Disposition.QUEUED
+
+
+def test_run_ids_are_unique_fixed_width_and_sorted_by_creation() -> None:
+    from keyflow.records import RunIds
+
+    ids = RunIds()
+    first = [ids.next() for _ in range(20)]
+    assert first[0] == f"{ids.prefix}-00000001"
+    assert first[15] == f"{ids.prefix}-00000010"
+    assert sorted(first) == first
+    ids._count = 2**32 - 2  # past eight hex digits the ids grow, and stay unique
+    wide = [ids.next() for _ in range(3)]
+    assert wide == [f"{ids.prefix}-ffffffff", f"{ids.prefix}-100000000", f"{ids.prefix}-100000001"]

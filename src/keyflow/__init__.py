@@ -47,7 +47,7 @@ from .stats import LaneSnapshot as LaneSnapshot
 from .stats import Statistics as Statistics
 from .stats import TriggerCounts as TriggerCounts
 from .storage_backends.base import StorageBackend as StorageBackend
-from .triggers import TriggerRequest as TriggerRequest
+from .trigger_request import TriggerRequest as TriggerRequest
 from .watch import Changes as Changes
 from .watch import ChangeWatch as ChangeWatch
 

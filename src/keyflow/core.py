@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
@@ -21,10 +21,6 @@ from .events import EventHub
 from .jsonvalue import NotJSONError, json_object_copy
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
-    PENDING,
-    QUEUED,
-    RUNNING,
-    SCHEDULED,
     Disposition,
     JSONObject,
     LogEntry,
@@ -39,9 +35,13 @@ from .state import (
     COMPLETE,
     FAIL,
     INTERRUPT,
+    PENDING,
     PROMOTE,
+    QUEUED,
     RESUME,
     RETRY,
+    RUNNING,
+    SCHEDULED,
     START,
     Action,
     Lane,
@@ -51,23 +51,24 @@ from .state import (
     replace_victims,
 )
 from .stats import LaneSnapshot
+from .triggers import PreparedTrigger, prepare_trigger
 
 if TYPE_CHECKING:
     from .clock import Clock, TimerHandle
+    from .jobs import Job
     from .storage_backends.base import StorageBackend
-    from .triggers import PreparedTrigger
 
 S = RunStatus
-_result = partial(tuple.__new__, TriggerResult)
+_result: Final = partial(tuple.__new__, TriggerResult)
 """Builds a TriggerResult from a tuple without NamedTuple's slower Python __new__."""
-_PENDING = PENDING.ordinal
-_RUNNING = RUNNING.ordinal
-_QUEUED = QUEUED.ordinal
-D_COALESCED = Disposition.COALESCED
-D_CREATED = Disposition.CREATED
-D_IDEMPOTENT = Disposition.IDEMPOTENT
-D_QUEUED = Disposition.QUEUED
-MAX_TRACKED_KEYS = 10_000
+_PENDING: Final = PENDING.ordinal
+_RUNNING: Final = RUNNING.ordinal
+_QUEUED: Final = QUEUED.ordinal
+D_COALESCED: Final = Disposition.COALESCED
+D_CREATED: Final = Disposition.CREATED
+D_IDEMPOTENT: Final = Disposition.IDEMPOTENT
+D_QUEUED: Final = Disposition.QUEUED
+MAX_TRACKED_KEYS: Final = 10_000
 """Idle keys remembered for ``keys()`` (with their coalesced counts), newest kept."""
 
 
@@ -98,6 +99,7 @@ class Core:
         hub: EventHub,
         lane_limit: Callable[[str], int],
         on_cancel_running: Callable[[RunRecord], None],
+        refuse: Callable[[], None],
     ) -> None:
         self.clock = clock
         self.hub = hub
@@ -106,6 +108,10 @@ class Core:
         """Futures of workers waiting for a pending run; the pool adds them, one is woken
         per run that becomes pending."""
         self._on_cancel_running = on_cancel_running
+        self._refuse = refuse
+        self.accepting = False
+        """True while the scheduler takes triggers; else :meth:`accept` calls ``refuse``,
+        which raises."""
         self.ids = RunIds()
         self.records: dict[str, RunRecord] = {}
         """Unfinished runs by id."""
@@ -129,6 +135,43 @@ class Core:
         self._touch_all = not backend.shares_records
 
     # -- triggers ----------------------------------------------------------------
+
+    def accept(
+        self,
+        jobs: Mapping[str, Job],
+        job: object,
+        input: object,
+        concurrency_key: object,
+        coalesce: object,
+        idempotency_key: object,
+        labels: object,
+        delay: object,
+        parent_run_id: str | None,
+    ) -> TriggerResult | PreparedTrigger:
+        """Check one trigger (see ``Keyflow.trigger``); decide it at once if storage allows.
+
+        Returns the result, or the prepared trigger for the scheduler to commit.
+
+        Raises:
+            SchedulerNotRunningError: not accepting triggers (from ``refuse``).
+            TriggerError: bad arguments; nothing changed.
+            StorageError: the write of a new run failed; nothing changed.
+        """
+        if not self.accepting:
+            self._refuse()
+        prepared = prepare_trigger(
+            jobs,
+            job,
+            input,
+            concurrency_key,
+            coalesce,
+            idempotency_key,
+            labels,
+            delay,
+            parent_run_id,
+        )
+        fast = self.trigger_now(prepared)
+        return prepared if fast is None else fast
 
     def apply_trigger(self, trig: PreparedTrigger, txn: Txn) -> TriggerResult:
         """Decide and apply one trigger in memory, recording how to undo it in ``txn``.
@@ -672,5 +715,5 @@ def _merge(
         return json_object_copy(merged)
     except NotJSONError as exc:
         raise InvalidInputError(f"merge function of job {job!r} returned non-JSON: {exc}") from None
-    except Exception as exc:
-        raise InvalidInputError(f"merge function of job {job!r} failed: {exc!r}") from exc
+    except Exception as error:  # another name: a compiled build types `exc` as NotJSONError
+        raise InvalidInputError(f"merge function of job {job!r} failed: {error!r}") from error

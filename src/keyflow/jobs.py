@@ -118,7 +118,8 @@ class Job:
     ) -> TriggerResult:
         """Trigger this job; the options are those of :meth:`keyflow.Keyflow.trigger`."""
         kf = self._keyflow
-        accepted = kf._accept(
+        accepted = kf._core.accept(
+            kf._jobs,
             self.name,
             input,
             concurrency_key,

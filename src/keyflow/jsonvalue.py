@@ -7,12 +7,12 @@ copied on the way in, so later changes to the caller's objects never reach a sto
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 from .runs import JSONObject
 
-_SCALARS = (str, int, bool, type(None))
-_EXACT_SCALARS = frozenset({str, int, bool, type(None)})
+_SCALARS: Final = (str, int, bool, type(None))
+_EXACT_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 class NotJSONError(ValueError):

@@ -27,7 +27,8 @@ from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Statistics, TriggerCounts
 from .storage_backends import RunQuery, StorageBackend, open_backend
-from .triggers import PreparedTrigger, TriggerRequest, prepare_request, prepare_trigger
+from .trigger_request import TriggerRequest
+from .triggers import PreparedTrigger, prepare_request
 from .watch import ChangeWatch
 from .worker import WorkerPool
 
@@ -89,6 +90,7 @@ class Keyflow:
             hub=self._hub,
             lane_limit=self._limit_of,
             on_cancel_running=self._cancel_task,
+            refuse=self._require_running,
         )
         self._pool = WorkerPool(self._core, self._jobs, workers, keyflow=self, rng=self._rng)
         self._phase: _Phase = "new"
@@ -186,6 +188,7 @@ class Keyflow:
             raise
         self._pool.start()
         self._phase = "running"
+        self._core.accepting = True
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop: refuse triggers, start nothing new, let running handlers finish.
@@ -199,6 +202,7 @@ class Keyflow:
             return
         was_running = self._phase == "running"
         self._phase = "stopping"
+        self._core.accepting = False
         if was_running:
             await self._pool.stop(self._grace if grace is None else grace)
             for handle in self._core.timers.values():
@@ -302,33 +306,9 @@ class Keyflow:
             SchedulerNotRunningError: not started, or stopped.
             StorageError: the write failed; nothing of the trigger remains.
         """
-        accepted = self._accept(
-            job, input, concurrency_key, coalesce, idempotency_key, labels, delay, parent_run_id
-        )
-        if isinstance(accepted, TriggerResult):
-            return accepted
-        return (await self._commit([accepted]))[0]
-
-    def _accept(
-        self,
-        job: str,
-        input: JSONObject | None,
-        concurrency_key: str | Default | None,
-        coalesce: CoalesceOption | Default,
-        idempotency_key: str | None,
-        labels: Mapping[str, str] | None,
-        delay: float,
-        parent_run_id: str | None,
-    ) -> TriggerResult | PreparedTrigger:
-        """Check a trigger; decide it at once when storage needs nothing awaited.
-
-        Returns the result, or the prepared trigger for :meth:`_commit` to write. Not a
-        coroutine, so :meth:`trigger` and :meth:`Job.trigger` await nothing more than the
-        write itself.
-        """
-        if self._phase != "running":
-            self._require_running()
-        prepared = prepare_trigger(
+        # Checked and, on in-memory storage, decided by the core at once (not a coroutine:
+        # nothing more is awaited than the write itself).
+        accepted = self._core.accept(
             self._jobs,
             job,
             input,
@@ -339,8 +319,9 @@ class Keyflow:
             delay,
             parent_run_id,
         )
-        fast = self._core.trigger_now(prepared)  # in-memory storage: nothing to await
-        return prepared if fast is None else fast
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await self._commit([accepted]))[0]
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.

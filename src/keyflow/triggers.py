@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .coalesce import NAMED_STRATEGIES as _NAMED
-from .coalesce import Coalesce, CoalesceOption, parse_coalesce
+from .coalesce import Coalesce, parse_coalesce
 from .errors import (
     InvalidCoalesceError,
     InvalidInputError,
@@ -16,39 +14,49 @@ from .errors import (
     KeyflowError,
     UnknownJobError,
 )
-from .jobs import DEFAULT, Default
+from .jobs import DEFAULT, Job  # Job at run time: a compiled dataclass needs it
 from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
 from .runs import JSONObject
-
-if TYPE_CHECKING:
-    from .jobs import Job
+from .trigger_request import TriggerRequest
 
 
-@dataclass(frozen=True, slots=True)
-class TriggerRequest:
-    """One trigger of a :meth:`keyflow.Keyflow.batch_trigger`; fields as in ``trigger()``."""
-
-    job: str
-    input: JSONObject | None = None
-    concurrency_key: str | Default | None = DEFAULT
-    coalesce: CoalesceOption | Default = DEFAULT
-    idempotency_key: str | None = None
-    labels: Mapping[str, str] | None = None
-    delay: float = 0.0
-
-
-@dataclass(slots=True)
 class PreparedTrigger:
-    """A trigger whose arguments were checked and copied (internal; not frozen for speed)."""
+    """A trigger whose arguments were checked and copied (internal).
 
-    job: Job
-    input: JSONObject
-    key: str | None
-    coalesce: Coalesce | None
-    idempotency_key: str | None
-    labels: dict[str, str] | None
-    delay: float
-    parent_run_id: str | None
+    A plain class, not a dataclass: a compiled build runs a dataclass's generated
+    ``__init__`` as interpreted code, on every trigger.
+    """
+
+    __slots__ = (
+        "coalesce",
+        "delay",
+        "idempotency_key",
+        "input",
+        "job",
+        "key",
+        "labels",
+        "parent_run_id",
+    )
+
+    def __init__(
+        self,
+        job: Job,
+        input: JSONObject,
+        key: str | None,
+        coalesce: Coalesce | None,
+        idempotency_key: str | None,
+        labels: dict[str, str] | None,
+        delay: float,
+        parent_run_id: str | None,
+    ) -> None:
+        self.job = job
+        self.input = input
+        self.key = key
+        self.coalesce = coalesce
+        self.idempotency_key = idempotency_key
+        self.labels = labels
+        self.delay = delay
+        self.parent_run_id = parent_run_id
 
 
 def prepare_request(
@@ -70,16 +78,20 @@ def prepare_request(
 
 def prepare_trigger(
     jobs: Mapping[str, Job],
-    job_name: str,
-    input: JSONObject | None,
-    concurrency_key: str | Default | None,
-    coalesce_option: CoalesceOption | Default,
-    idempotency_key: str | None,
-    labels: Mapping[str, str] | None,
-    delay: float,
+    job_name: object,
+    input: object,
+    concurrency_key: object,
+    coalesce_option: object,
+    idempotency_key: object,
+    labels: object,
+    delay: object,
     parent_run_id: str | None,
 ) -> PreparedTrigger:
     """Check a trigger's arguments; return them with defaults applied and input copied.
+
+    The arguments are typed ``object``: they come from callers as they are, and this is
+    where their types are checked (a compiled build would otherwise refuse a wrong type
+    with a bare TypeError before the message that names the problem).
 
     Raises:
         TriggerError: a subclass naming the problem; nothing was changed.
@@ -96,28 +108,24 @@ def prepare_trigger(
     key = concurrency_key if type(concurrency_key) is str and concurrency_key else None
     if key is None:
         key = _key(job, concurrency_key, data)
+    coalesce: Coalesce | None = None
     if coalesce_option is DEFAULT:
         coalesce = job.coalesce
     else:
-        coalesce = _NAMED.get(coalesce_option) if type(coalesce_option) is str else None
+        if isinstance(coalesce_option, str):  # not `type() is str`: that narrows a Literal away
+            coalesce = _NAMED.get(coalesce_option)
         if coalesce is None:
             coalesce = parse_coalesce(coalesce_option)
     if coalesce is not None and key is None:
         raise InvalidCoalesceError(
             f"coalesce={coalesce.strategy!r} needs a concurrency_key (job {job.name!r} has none)"
         )
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not idempotency_key
-    ):
-        raise InvalidTriggerError(
-            f"idempotency_key must be a non-empty string, got {idempotency_key!r}"
-        )
     return PreparedTrigger(
         job,
         data,
         key,
         coalesce,
-        idempotency_key,
+        None if idempotency_key is None else _idempotency_key(idempotency_key),
         _labels(labels) if labels else None,
         _delay(delay) if delay else 0.0,
         parent_run_id,
@@ -128,8 +136,8 @@ def _other_input(input: object) -> JSONObject:
     return {} if input is None else json_object_copy(input)
 
 
-def _key(job: Job, option: str | Default | None, data: JSONObject) -> str | None:
-    key = job.concurrency_key if option is DEFAULT else option
+def _key(job: Job, option: object, data: JSONObject) -> str | None:
+    key: object = job.concurrency_key if option is DEFAULT else option
     if callable(key):
         try:
             key = key(data)
@@ -139,12 +147,18 @@ def _key(job: Job, option: str | Default | None, data: JSONObject) -> str | None
             raise InvalidTriggerError(
                 f"concurrency_key function of job {job.name!r} failed: {exc!r}"
             ) from exc
-    if key is not None and (not isinstance(key, str) or not key):
-        raise InvalidTriggerError(f"concurrency_key must be a non-empty string, got {key!r}")
-    return key
+    if key is None or (isinstance(key, str) and key):
+        return key
+    raise InvalidTriggerError(f"concurrency_key must be a non-empty string, got {key!r}")
 
 
-def _labels(labels: Mapping[str, str] | None) -> dict[str, str] | None:
+def _idempotency_key(key: object) -> str:
+    if isinstance(key, str) and key:
+        return key
+    raise InvalidTriggerError(f"idempotency_key must be a non-empty string, got {key!r}")
+
+
+def _labels(labels: object) -> dict[str, str] | None:
     if not labels:
         return None
     if not isinstance(labels, Mapping):
@@ -159,7 +173,7 @@ def _labels(labels: Mapping[str, str] | None) -> dict[str, str] | None:
     return out
 
 
-def _delay(delay: float) -> float:
+def _delay(delay: object) -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
         raise InvalidTriggerError(f"delay must be a finite number of seconds, got {delay!r}")
     if delay < 0:

@@ -14,14 +14,15 @@ import logging
 import random
 import traceback
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .context import RunContext
 from .errors import Retry
 from .jobs import backoff_delay
 from .jsonvalue import NotJSONError, copy_json_dict, json_copy
 from .records import RunRecord
-from .runs import PENDING, AttemptError
+from .runs import AttemptError
+from .state import PENDING
 
 if TYPE_CHECKING:
     from .core import Core
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("keyflow.worker")
 
-MAX_TRACEBACK_CHARS = 20_000
-_PLAIN_OUTPUTS = frozenset({str, int, bool})  # JSON as they are: no copy, no check
+MAX_TRACEBACK_CHARS: Final = 20_000
+_PLAIN_OUTPUTS: Final = frozenset({str, int, bool})  # JSON as they are: no copy, no check
 
 
 class _Worker:

@@ -59,10 +59,11 @@ class MemoryBackend(StorageBackend):
         runs = self._runs
         finished = self._finished
         for record in batch.runs:
-            run_id = record.id
-            runs[run_id] = record
             if record.status.is_terminal:
-                finished[run_id] = None  # already there: keeps its place
+                finished[record.id] = None  # already there: keeps its place
+                if record.id in runs:
+                    continue  # our own record (shared): nothing to store
+            runs[record.id] = record
         for job, key, run_id in batch.idempotency:
             self._idempotency[job, key] = run_id
             self._keys_of_run.setdefault(run_id, []).append((job, key))
@@ -76,11 +77,14 @@ class MemoryBackend(StorageBackend):
 
     def _prune(self, count: int) -> None:
         finished = self._finished
+        runs = self._runs
+        keys_of_run = self._keys_of_run
         for _ in range(min(count, len(finished))):
-            run_id, _ = finished.popitem(last=False)
-            del self._runs[run_id]
-            for job_and_key in self._keys_of_run.pop(run_id, ()):
-                self._idempotency.pop(job_and_key, None)
+            run_id = finished.popitem(last=False)[0]
+            del runs[run_id]
+            if keys_of_run:  # only runs triggered with an idempotency key are listed
+                for job_and_key in keys_of_run.pop(run_id, ()):
+                    self._idempotency.pop(job_and_key, None)
 
     async def get_run(self, run_id: str) -> Run | None:
         """The run, if known."""
