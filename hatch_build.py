@@ -47,13 +47,14 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             package,
             ignore=shutil.ignore_patterns("__pycache__", "*.so"),
         )
+        sources = [f"keyflow/{name.replace('.', '/')}.py" for name in modules]
         cwd = os.getcwd()
         os.chdir(self._workdir)  # mypyc writes its C files relative to the working dir
         try:
             extensions = mypycify(
                 # Imported libraries are not installed in an isolated build environment
                 # (and need not be): mypyc sees them as Any.
-                ["--ignore-missing-imports", *(f"keyflow/{m}.py" for m in modules)],
+                ["--ignore-missing-imports", *sources],
                 opt_level="3",
                 group_name="keyflow",
                 target_dir="c",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from keyflow import RunStatus
-from keyflow.storage_backends import MemoryBackend, WriteBatch
+from keyflow import Run, RunStatus, StorageBackend
+from keyflow.storage_backends import MemoryBackend, RunQuery, StoredState, WriteBatch
 
 
-class DiskLikeBackend(MemoryBackend):
+class DiskLikeBackend(StorageBackend):
     """The memory backend behaving like a durable one: every write suspends.
+
+    It wraps a :class:`MemoryBackend` (a compiled build's classes cannot be subclassed
+    from interpreted code).
 
     It takes the scheduler's general path (group commit, durability before
     acknowledgement, rollback) instead of the in-memory fast path. Writes can be held
@@ -21,7 +24,7 @@ class DiskLikeBackend(MemoryBackend):
     shares_records = False
 
     def __init__(self) -> None:
-        super().__init__()
+        self.inner = MemoryBackend()
         self.fail = False
         self.hold: asyncio.Event | None = None
         self.writes: list[int] = []
@@ -39,5 +42,28 @@ class DiskLikeBackend(MemoryBackend):
             await asyncio.sleep(0)
         if self.fail:
             raise OSError(28, "No space left on device")
-        self.write_sync(batch)
+        self.inner.write_sync(batch)
         self.statuses.update(captured)
+
+    async def open(self) -> StoredState:
+        """What the wrapped memory backend holds."""
+        return await self.inner.open()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, if known."""
+        return await self.inner.get_run(run_id)
+
+    async def list_runs(self, query: RunQuery) -> list[Run]:
+        """Matching runs, newest first."""
+        return await self.inner.list_runs(query)
+
+    async def count_runs(self, query: RunQuery) -> int:
+        """How many runs match."""
+        return await self.inner.count_runs(query)
+
+    async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
+        """The run an earlier trigger with that key made."""
+        return await self.inner.find_idempotent(job, idempotency_key)

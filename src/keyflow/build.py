@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 
-HOT_PATH_MODULES = ("state", "records", "core", "triggers", "jsonvalue", "commit", "worker")
+HOT_PATH_MODULES = (
+    "state",
+    "records",
+    "core",
+    "triggers",
+    "jsonvalue",
+    "commit",
+    "worker",
+    "storage_backends.memory",
+)
 """The modules a compiled wheel carries as C extensions (hatch_build.py reads this list)."""
 
 

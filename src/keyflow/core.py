@@ -64,6 +64,7 @@ _result: Final = partial(tuple.__new__, TriggerResult)
 _PENDING: Final = PENDING.ordinal
 _RUNNING: Final = RUNNING.ordinal
 _QUEUED: Final = QUEUED.ordinal
+_SCHEDULED: Final = SCHEDULED.ordinal
 D_COALESCED: Final = Disposition.COALESCED
 D_CREATED: Final = Disposition.CREATED
 D_IDEMPOTENT: Final = Disposition.IDEMPOTENT
@@ -102,6 +103,8 @@ class Core:
         refuse: Callable[[], None],
     ) -> None:
         self.clock = clock
+        self.now: Callable[[], float] = clock.now
+        """The clock's ``now``, bound once: read on every run change."""
         self.hub = hub
         self.lane_limit = lane_limit
         self.idle_workers: list[asyncio.Future[None]] = []
@@ -196,7 +199,7 @@ class Core:
                 victims = replace_victims(lane, job.name)
             else:
                 target = join_target(lane, job.name, coalesce)
-        now = self.clock.now()
+        now = self.now()
         if target is not None:
             assert coalesce is not None
             record = self.records[target.id]
@@ -349,12 +352,12 @@ class Core:
             target = join_target(lane, job, coalesce)
             if target is not None:
                 record = self.records[target.id]
-                old_due_at, entry = self._join(record, trig, coalesce, self.clock.now())
+                old_due_at, entry = self._join(record, trig, coalesce, self.now())
                 self._joined(record, old_due_at, entry)
                 if self._change_waiters:
                     self._wake_change_waiters()
                 return _result((record.id, D_COALESCED, job, key))
-        now = self.clock.now()
+        now = self.now()
         delay = trig.delay
         due = delay <= 0
         record = RunRecord(
@@ -378,7 +381,7 @@ class Core:
             raise self.pipeline.write_new_failed(exc) from exc
         self.pipeline.batches_written += 1
         self.records[record.id] = record
-        self.status_counts[record.status.ordinal] += 1
+        self.status_counts[_QUEUED if due else _SCHEDULED] += 1
         if lane is not None and due and (lane.holders >= lane.limit or lane.waiting):
             disposition = D_QUEUED  # it waits behind another run (Lane.new_run_waits)
             self.counters.queued += 1
@@ -433,7 +436,7 @@ class Core:
         """A worker starts an attempt of ``record``."""
         record.apply(START)
         record.attempt += 1
-        record.started_at = self.clock.now()
+        record.started_at = self.now()
         self.counters.started += 1
         # _moved(record, PENDING), inlined: this runs once per attempt.
         counts = self.status_counts
@@ -464,7 +467,7 @@ class Core:
         record.retries_used += 1
         self.counters.retried += 1
         record.apply(RETRY)
-        record.due_at = self.clock.now() + retry_delay
+        record.due_at = self.now() + retry_delay
         self._moved(record, RUNNING)
         if retry_delay <= 0:
             self._due(record.id)
@@ -513,7 +516,7 @@ class Core:
         else:
             record.apply(action)
             promoted = None
-        record.finished_at = self.clock.now()
+        record.finished_at = self.now()
         del self.records[record.id]
         if record.idempotency_key is not None:
             self.idempotency.pop((record.job, record.idempotency_key), None)
@@ -542,7 +545,7 @@ class Core:
         record.progress = progress
         self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.progressed(record, progress, self.clock.now())
+            self.hub.progressed(record, progress, self.now())
 
     def report_log(self, record: RunRecord, entry: LogEntry) -> None:
         """A handler logged a line."""
@@ -594,7 +597,7 @@ class Core:
                 if self._touch_all:
                     self.pipeline.touch(record)
                 if self.hub.active:
-                    self.hub.run_changed(record, QUEUED, self.clock.now())
+                    self.hub.run_changed(record, QUEUED, self.now())
             ready.append(record)
             if self.idle_workers:
                 self._wake_worker()
@@ -631,7 +634,7 @@ class Core:
         else:
             self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.run_changed(record, previous, self.clock.now())
+            self.hub.run_changed(record, previous, self.now())
         if self._change_waiters:
             self._wake_change_waiters()
 
