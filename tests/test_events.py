@@ -7,7 +7,8 @@ from typing import Any
 
 import keyflow
 from keyflow import RunStatus
-from keyflow.events import EventHub, RunChanged
+from keyflow.events import RunChanged
+from keyflow.hub import EventHub
 
 from .conftest import MakeKeyflow
 

@@ -14,6 +14,7 @@ HOT_PATH_MODULES = (
     "commit",
     "worker",
     "storage_backends.memory",
+    "hub",
 )
 """The modules a compiled wheel carries as C extensions (hatch_build.py reads this list)."""
 

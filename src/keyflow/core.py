@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
-from .events import EventHub
+from .hub import EventHub
 from .jsonvalue import NotJSONError, json_object_copy
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (

@@ -20,7 +20,8 @@ from .errors import (
     SchedulerNotRunningError,
     WaitTimeoutError,
 )
-from .events import EventHub, Subscription
+from .events import Subscription
+from .hub import EventHub
 from .jobs import DEFAULT, Backoff, BackoffOption, Default, Handler, Job, KeyOption
 from .records import RunRecord
 from .recovery import restore
