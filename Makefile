@@ -21,7 +21,7 @@ $(BIN)/activate: pyproject.toml
 $(CVENV)/installed: $(SOURCES)
 	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
 	$(CBIN)/pip install --quiet --upgrade pip
-	HATCH_BUILD_HOOK_ENABLE_CUSTOM=1 $(CBIN)/pip install --quiet '.[dev]'
+	$(CBIN)/pip install --quiet '.[dev]'  # not editable: compiled (hatch_build.py)
 	touch $@
 
 compiled: $(CVENV)/installed

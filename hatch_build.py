@@ -1,15 +1,16 @@
-"""Hatch build hook: compile keyflow's hot-path modules with mypyc (opt-in).
+"""Hatch build hook: compile keyflow's hot-path modules with mypyc.
 
-keyflow is pure Python, and every module works as it is. A wheel built with
-``HATCH_BUILD_HOOK_ENABLE_CUSTOM=1`` also carries C extensions of the modules every
-trigger and every run goes through, compiled by mypyc (part of mypy, which checks this
-code anyway) from the very same sources; Python imports an extension in preference to
-the ``.py`` beside it. ``make compiled`` builds such an install, ``make bench`` measures
-it, and ``make test`` runs the whole suite against it as well as against the sources.
+keyflow is pure Python, and every module works as it is. A wheel also carries C
+extensions of the modules every trigger and every run goes through, compiled by mypyc
+(part of mypy, which checks this code anyway) from the very same sources; Python imports
+an extension in preference to the ``.py`` beside it. ``make compiled`` builds such an
+install, ``make bench`` measures it, and ``make test`` runs the whole suite against it as
+well as against the sources.
 
-Editable installs are never compiled: an extension would shadow every later edit.
-The sources are compiled from a copy in a temporary directory, so nothing is written
-into ``src/``.
+Not compiled: editable installs (an extension would shadow every later edit), builds
+with ``HATCH_BUILD_NO_HOOKS=true``, and builds where compiling fails (no C compiler or
+Python headers): those get the pure-Python wheel, with a warning. The sources are
+compiled from a copy in a temporary directory, so nothing is written into ``src/``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,25 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         # (and the tests check) that a compiled install really runs compiled.
         build_info = runpy.run_path(str(Path(self.root, "src", "keyflow", "build.py")))
         modules: tuple[str, ...] = build_info["HOT_PATH_MODULES"]
+        self._workdir = Path(tempfile.mkdtemp(prefix="keyflow-mypyc-"))
+        try:
+            built = self._compile(modules)
+        except Exception as exc:  # no compiler, no headers: the pure wheel still works
+            self.app.display_warning(
+                f"keyflow: compiling the hot path with mypyc failed ({exc!r}); "
+                "building the pure-Python wheel instead"
+            )
+            return
+        for path, name in built:
+            build_data["force_include"][str(path)] = name
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+
+    def _compile(self, modules: tuple[str, ...]) -> list[tuple[Path, str]]:
+        """Compile ``modules``; return each extension built and its path in the wheel."""
         from mypyc.build import mypycify
         from setuptools import Distribution
 
-        self._workdir = Path(tempfile.mkdtemp(prefix="keyflow-mypyc-"))
         package = self._workdir / "keyflow"
         shutil.copytree(
             Path(self.root, "src", "keyflow"),
@@ -67,10 +83,10 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         finally:
             os.chdir(cwd)
         lib = self._workdir / "lib"
-        for built in sorted(lib.rglob("*.so")) + sorted(lib.rglob("*.pyd")):
-            build_data["force_include"][str(built)] = built.relative_to(lib).as_posix()
-        build_data["pure_python"] = False
-        build_data["infer_tag"] = True
+        return [
+            (built, built.relative_to(lib).as_posix())
+            for built in sorted(lib.rglob("*.so")) + sorted(lib.rglob("*.pyd"))
+        ]
 
     def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
         """Remove the temporary build directory."""
