@@ -14,7 +14,7 @@ from .errors import (
     KeyflowError,
     UnknownJobError,
 )
-from .jobs import DEFAULT, Job  # Job at run time: a compiled dataclass needs it
+from .jobs import DEFAULT, Job  # at run time: compiled code checks PreparedTrigger.job
 from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
 from .runs import JSONObject
 from .trigger_request import TriggerRequest
