@@ -111,6 +111,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     async def _settle(self) -> None:
         # Yield to the loop (no timers involved) until every run that can start has
         # started and every cancelled task has unwound.
+        # A worker that took a run waits for its start to be written before the handler
+        # runs: wait for storage too, not only for the loop.
         quiet = 0
         for _ in range(1000):
             await asyncio.sleep(0)
@@ -120,6 +122,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             quiet = quiet + 1 if settled else 0
             if quiet >= 3:
                 return
+            if not settled:
+                await self.kf._core.pipeline.barrier()
         raise AssertionError("the scheduler did not settle")
 
     @initialize()

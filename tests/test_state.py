@@ -33,6 +33,11 @@ EXPECTED = {
     (S.RUNNING, Action.RETRY): S.SCHEDULED,
     (S.RUNNING, Action.INTERRUPT): S.PENDING,
     (S.RUNNING, Action.CANCEL): S.CANCELLED,
+    (S.PENDING, Action.REQUEUE): S.QUEUED,
+    (S.SCHEDULED, Action.REJECT): S.FAILED,
+    (S.QUEUED, Action.REJECT): S.FAILED,
+    (S.PENDING, Action.REJECT): S.FAILED,
+    (S.RUNNING, Action.REJECT): S.FAILED,
 }
 
 
@@ -270,3 +275,73 @@ def test_run_ids_are_unique_fixed_width_and_sorted_by_creation() -> None:
     ids._count = 2**32 - 2  # past eight hex digits the ids grow, and stay unique
     wide = [ids.next() for _ in range(3)]
     assert wide == [f"{ids.prefix}-ffffffff", f"{ids.prefix}-100000000", f"{ids.prefix}-100000001"]
+
+
+# -- a restart with a lower lane_limit ------------------------------------------------
+
+
+def restored_lane(limit: int, *runs: RunState) -> Lane:
+    lane = Lane("k", limit)
+    for r in runs:
+        lane.restore(r)
+    for r in runs:
+        if r.status is S.QUEUED:
+            lane.restore_waiting(r)
+    return lane
+
+
+def test_enforce_limit_requeues_the_newest_unstarted_holders_first() -> None:
+    started = RunState("a", "j", "k", S.PENDING, 0.0, attempt=1)  # interrupted mid-run
+    fresh_old = RunState("b", "j", "k", S.PENDING, 0.0)
+    fresh_new = RunState("c", "j", "k", S.PENDING, 0.0)
+    behind = RunState("d", "j", "k", S.QUEUED, 0.0)
+    lane = restored_lane(1, started, fresh_old, fresh_new, behind)
+    assert lane.holders == 3
+    assert lane.enforce_limit() == [fresh_old, fresh_new]
+    assert (lane.holders, lane.state) == (1, "running+queued")
+    assert [r.id for r in lane.waiting] == ["b", "c", "d"]  # back at the head, in order
+    assert (fresh_old.status, fresh_new.status, started.status) == (S.QUEUED, S.QUEUED, S.PENDING)
+    assert lane.promote() == []  # the limit is full
+    started.apply(Action.START)
+    assert lane.finish(started, Action.COMPLETE) == [fresh_old]
+
+
+def test_enforce_limit_within_the_limit_changes_nothing() -> None:
+    a = RunState("a", "j", "k", S.PENDING, 0.0)
+    b = RunState("b", "j", "k", S.PENDING, 0.0)
+    lane = restored_lane(2, a, b)
+    assert lane.enforce_limit() == []
+    assert (lane.holders, a.status, b.status) == (2, S.PENDING, S.PENDING)
+
+
+def test_a_backoff_over_a_lowered_limit_waits_for_a_slot_when_due() -> None:
+    running = RunState("a", "j", "k", S.PENDING, 0.0, attempt=1)
+    backing_off = RunState("b", "j", "k", S.SCHEDULED, 5.0, attempt=1)  # holds its slot
+    lane = restored_lane(1, running, backing_off)
+    assert lane.enforce_limit() == []  # nothing pending to requeue beyond the one kept
+    assert lane.holders == 2
+    assert lane.become_due(backing_off) == []  # over the limit: it queues at the head
+    assert (backing_off.status, lane.holders, list(lane.waiting)) == (S.QUEUED, 1, [backing_off])
+    running.apply(Action.START)
+    assert lane.finish(running, Action.COMPLETE) == [backing_off]
+    assert backing_off.status is S.PENDING
+
+
+def test_a_backoff_within_the_limit_resumes_with_its_slot() -> None:
+    backing_off = RunState("b", "j", "k", S.SCHEDULED, 5.0, attempt=1)
+    lane = restored_lane(1, backing_off)
+    assert lane.become_due(backing_off) == [backing_off]
+    assert (backing_off.status, lane.holders) == (S.PENDING, 1)
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.QUEUED, S.PENDING, S.RUNNING])
+def test_reject_fails_a_run_from_any_unfinished_status_and_frees_its_slot(
+    status: RunStatus,
+) -> None:
+    victim = RunState("a", "j", "k", status, 0.0, attempt=1 if status is S.RUNNING else 0)
+    behind = RunState("b", "j", "k", S.QUEUED, 0.0)
+    lane = restored_lane(1, victim, behind)
+    promoted = lane.finish(victim, Action.REJECT)
+    assert victim.status is S.FAILED
+    assert promoted == [behind]
+    assert lane.holders == 1

@@ -26,7 +26,7 @@ from .storage_backends.base import StorageBackend, WriteBatch
 
 if TYPE_CHECKING:
     from .records import Coalescence, RunRecord
-    from .runs import JSONObject, TriggerResult
+    from .runs import JSONObject, Run, TriggerResult
 
 logger = logging.getLogger("keyflow.commit")
 
@@ -40,17 +40,27 @@ restore if it is rolled back (a plain tuple: one is made per coalesced trigger).
 
 
 class Txn:
-    """The in-memory effects of one trigger (or one batch_trigger), pending durability."""
+    """The in-memory effects of one trigger (or one batch_trigger), pending durability.
 
-    __slots__ = ("created", "idempotency", "joined", "results", "victims")
+    Args:
+        wait: the caller will wait for the covering runs to end (``trigger_and_wait``):
+            waiters are registered when the transaction settles, before any of its runs
+            can start, so none can finish (and be pruned) unheard.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("covered", "created", "idempotency", "joined", "results", "victims", "waiters")
+
+    def __init__(self, *, wait: bool = False) -> None:
         self.created: list[RunRecord] = []
         self.joined: list[Join] = []
         self.idempotency: list[tuple[str, str, RunRecord]] = []
         self.victims: list[RunRecord] = []
         """Runs to cancel once the transaction is durable (``coalesce="cancel"``)."""
         self.results: list[TriggerResult] = []
+        self.covered: list[RunRecord | None] | None = [] if wait else None
+        """With ``wait``: the run covering each result (None: known only to storage)."""
+        self.waiters: list[asyncio.Future[Run] | None] = []
+        """With ``wait``: a waiter per result, made when the transaction settled."""
 
     @property
     def touched(self) -> list[RunRecord]:
@@ -105,8 +115,9 @@ class CommitPipeline:
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._failures = 0
+        self._retry_wake: asyncio.Future[None] | None = None
         self.last_error: Exception | None = None
-        """The latest write failure, for statistics."""
+        """The write failure storage is in, if any (None once a write succeeds again)."""
         self.batches_written = 0
         """How many batches were written."""
 
@@ -174,8 +185,29 @@ class CommitPipeline:
             batch.records[record.id] = record
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        else:
+            self._wake_retry()  # a trigger does not wait out the retry pause: it fails fast
         # shield: a cancelled caller must not cancel the batch its neighbours wait on.
         await asyncio.shield(batch.waiter())
+
+    async def until_written(self, record: RunRecord) -> None:
+        """Return once the latest change of ``record`` is durable.
+
+        A failed write is retried (see :data:`RETRY_DELAYS`), so this keeps waiting
+        while storage fails; the caller may be cancelled meanwhile.
+        """
+        while True:
+            inflight = self._inflight
+            if record.id in self._open.records:
+                target = self._open
+                if self._flush_task is None and inflight is None:
+                    self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+            elif inflight is not None and record.id in inflight.records:
+                target = inflight
+            else:
+                return
+            with contextlib.suppress(StorageError):
+                await asyncio.shield(target.waiter())
 
     async def flush(self) -> None:
         """Return once every change queued so far is durable.
@@ -214,12 +246,26 @@ class CommitPipeline:
         try:
             while self._open.records or self._open.txns:
                 if self._failures:
-                    # Execution changes were put back; wait before trying again.
-                    await asyncio.sleep(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+                    # Execution changes were put back; wait before trying again (a new
+                    # trigger cuts the pause short: it should fail, or pass, at once).
+                    await self._pause(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
                 with contextlib.suppress(StorageError):
                     await self._write_open_batch()
         finally:
             self._flush_task = None
+
+    async def _pause(self, seconds: float) -> None:
+        wake = self._retry_wake = asyncio.get_running_loop().create_future()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake, seconds)
+        finally:
+            self._retry_wake = None
+
+    def _wake_retry(self) -> None:
+        wake = self._retry_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _seal(self) -> tuple[_Batch, WriteBatch]:
         batch = self._open
@@ -251,7 +297,7 @@ class CommitPipeline:
             for record in records:
                 batch.records[record.id] = record
             raise self._fail(batch, exc) from exc
-        self._failures = 0
+        self._recovered()
         self.batches_written += 1
         self._settle(txn)
 
@@ -273,9 +319,15 @@ class CommitPipeline:
             raise self._fail(batch, exc) from exc
         self._written(batch)
 
+    def _recovered(self) -> None:
+        if self._failures:
+            logger.warning("storage writes succeed again after %d failures", self._failures)
+            self._failures = 0
+            self.last_error = None
+
     def _written(self, batch: _Batch) -> None:
         self._inflight = None
-        self._failures = 0
+        self._recovered()
         self.batches_written += 1
         for txn in batch.txns:
             self._settle(txn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .jsonvalue import NotJSONError, json_copy
+from .jsonvalue import NotJSONError, copy_json_dict, safe_repr, safe_str, storable_text
 from .runs import JSONObject, LogEntry, Progress, TriggerResult
 
 if TYPE_CHECKING:
@@ -22,12 +22,13 @@ class RunLogger:
         self._record = record
         self._attempt = attempt
 
-    def _emit(self, level: str, message: str, data: dict[str, Any]) -> None:
+    def _emit(self, level: str, message: object, data: dict[str, Any]) -> None:
+        # Whatever the handler logs is stored as safe text: a log line never fails a run.
         try:
-            fields: JSONObject = json_copy(data)
+            fields: JSONObject = copy_json_dict(data)
         except NotJSONError:
-            fields = {name: repr(value) for name, value in data.items()}
-        entry = LogEntry(self._core.clock.now(), level, str(message), fields, self._attempt)
+            fields = {storable_text(name): safe_repr(value) for name, value in data.items()}
+        entry = LogEntry(self._core.clock.now(), level, safe_str(message), fields, self._attempt)
         self._core.report_log(self._record, entry)
 
     def info(self, message: str, **data: Any) -> None:
@@ -110,7 +111,7 @@ class RunContext:
                 or not math.isfinite(value)
             ):
                 raise ValueError(f"progress {name} must be a finite number, got {value!r}")
-        note = None if message is None else str(message)
+        note = None if message is None else safe_str(message)
         self._core.report_progress(
             self._record, Progress(float(current), None if total is None else float(total), note)
         )

@@ -18,9 +18,10 @@ from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
 from .hub import EventHub
-from .jsonvalue import NotJSONError, json_object_copy
+from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
+    AttemptError,
     Disposition,
     JSONObject,
     LogEntry,
@@ -38,6 +39,7 @@ from .state import (
     PENDING,
     PROMOTE,
     QUEUED,
+    REJECT,
     RESUME,
     RETRY,
     RUNNING,
@@ -149,7 +151,7 @@ class Core:
         idempotency_key: object,
         labels: object,
         delay: object,
-        parent_run_id: str | None,
+        parent_run_id: object,
     ) -> TriggerResult | PreparedTrigger:
         """Check one trigger (see ``Keyflow.trigger``); decide it at once if storage allows.
 
@@ -189,6 +191,8 @@ class Core:
             if existing is not None:
                 result = TriggerResult(existing.id, D_IDEMPOTENT, job.name, existing.key)
                 txn.results.append(result)
+                if txn.covered is not None:
+                    txn.covered.append(existing)
                 return result
         lane = self.lanes.get(key) if key is not None else None
         coalesce = trig.coalesce
@@ -217,12 +221,12 @@ class Core:
                 disposition = D_CREATED
             else:
                 disposition = new_run_disposition(lane, victims, due=due)
+            if key is not None and lane is None:
+                lane = self.lanes[key] = self.new_lane(key)  # may raise: nothing changed yet
             record = self._new_record(trig, now, due, durable=False)
             self.records[record.id] = record
             self.status_counts[record.status.ordinal] += 1
-            if key is not None:
-                if lane is None:
-                    lane = self.lanes[key] = Lane(key, self.lane_limit(key))
+            if lane is not None:
                 lane.add(record)  # not durable yet: it waits for settle() to take a slot
             txn.created.append(record)
             if victims:
@@ -232,6 +236,8 @@ class Core:
             txn.idempotency.append((job.name, trig.idempotency_key, record))
         result = _result((record.id, disposition, job.name, key))
         txn.results.append(result)
+        if txn.covered is not None:
+            txn.covered.append(record)
         return result
 
     def _join(
@@ -286,6 +292,9 @@ class Core:
         for run, _old_input, old_due_at, _evicted, entry in txn.joined:
             run.unsettled -= 1
             self._joined(run, old_due_at, entry)
+        if txn.covered is not None:
+            # Before any worker can take these runs: a waiter made now hears of the end.
+            txn.waiters = [self.covering_waiter(record) for record in txn.covered]
         if txn.victims:
             for victim in txn.victims:
                 if not victim.status.is_terminal:
@@ -328,6 +337,14 @@ class Core:
             durable,
         )
 
+    def new_lane(self, key: str) -> Lane:
+        """A lane for ``key`` with its limit (not registered yet).
+
+        Raises:
+            ConfigurationError: the ``lane_limit`` function failed or returned a bad value.
+        """
+        return Lane(key, self.lane_limit(key))
+
     def trigger_now(self, trig: PreparedTrigger) -> TriggerResult | None:
         """The fast path of a single trigger, when storage needs nothing awaited.
 
@@ -357,6 +374,11 @@ class Core:
                 if self._change_waiters:
                     self._wake_change_waiters()
                 return _result((record.id, D_COALESCED, job, key))
+        if key is not None and lane is None:
+            lane = self.new_lane(key)  # may raise: nothing has changed yet
+            created_lane = True
+        else:
+            created_lane = False
         now = self.now()
         delay = trig.delay
         due = delay <= 0
@@ -382,6 +404,10 @@ class Core:
         self.pipeline.batches_written += 1
         self.records[record.id] = record
         self.status_counts[_QUEUED if due else _SCHEDULED] += 1
+        if created_lane:
+            assert key is not None
+            assert lane is not None
+            self.lanes[key] = lane
         if lane is not None and due and (lane.holders >= lane.limit or lane.waiting):
             disposition = D_QUEUED  # it waits behind another run (Lane.new_run_waits)
             self.counters.queued += 1
@@ -391,16 +417,12 @@ class Core:
         if self.hub.active:
             self.hub.run_changed(record, None, now)
         if not due:
-            if key is not None:
-                if lane is None:
-                    lane = self.lanes[key] = Lane(key, self.lane_limit(key))
+            if lane is not None:
                 lane.add(record)
             self.arm(record)
-        elif key is None:
+        elif lane is None:
             self.promote_keyless(record)
         else:
-            if lane is None:
-                lane = self.lanes[key] = Lane(key, self.lane_limit(key))
             promoted = lane.add(record)
             if promoted:
                 self.dispatch(promoted)
@@ -498,6 +520,28 @@ class Core:
         self.counters.cancelled += 1
         self.finish(record, CANCEL, status)
         return False
+
+    def reject(self, record: RunRecord, reason: str) -> None:
+        """``record`` cannot execute here (e.g. its job is unknown): it fails unrun."""
+        record.add_error(
+            AttemptError(
+                attempt=record.attempt,
+                type="UnknownJob",
+                message=f"{reason}; the run failed without running (register the job, "
+                "then retrigger the run)",
+                traceback="",
+                at=self.now(),
+            )
+        )
+        timer = self.timers.pop(record.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.counters.failed += 1
+        self.finish(record, REJECT, record.status)
+
+    def requeued(self, record: RunRecord) -> None:
+        """``record`` gave its slot back and waits again (see ``Lane.enforce_limit``)."""
+        self._moved(record, PENDING)
 
     def cancelled(self, record: RunRecord) -> None:
         """A running run's task stopped after a cancel."""
@@ -656,6 +700,19 @@ class Core:
         self._run_waiters.setdefault(run_id, []).append(future)
         return future
 
+    def covering_waiter(self, record: RunRecord | None) -> asyncio.Future[Run] | None:
+        """A waiter for the end of ``record`` (None: a run known only to storage).
+
+        Resolved at once if the run is already terminal.
+        """
+        if record is None:
+            return None
+        if record.status.is_terminal:
+            future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+            future.set_result(record.snapshot())
+            return future
+        return self.run_waiter(record.id)
+
     def forget_waiter(self, run_id: str, future: asyncio.Future[Run]) -> None:
         """Drop a waiter that gave up."""
         waiters = self._run_waiters.get(run_id)
@@ -714,7 +771,9 @@ def _merge(
     job: str,
 ) -> JSONObject:
     try:
-        merged = merge(dict(old), dict(new))
+        # Deep copies: a merge that changes its arguments in place must not reach the
+        # stored input (which a rolled-back trigger would then leave changed).
+        merged = merge(copy_json_dict(old), copy_json_dict(new))
         return json_object_copy(merged)
     except NotJSONError as exc:
         raise InvalidInputError(f"merge function of job {job!r} returned non-JSON: {exc}") from None

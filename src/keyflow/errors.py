@@ -9,8 +9,9 @@ Every error keyflow raises on purpose derives from :class:`KeyflowError`, so one
     │   ├── InvalidInputError
     │   ├── InvalidCoalesceError
     │   └── InvalidTriggerError
-    ├── ConfigurationError            a job or scheduler was set up wrongly
+    ├── ConfigurationError            an option or argument is not valid (also a ValueError)
     ├── SchedulerNotRunningError      used before start() or after stop()
+    ├── ReadOnlyError                 the storage is open read-only: nothing can change
     ├── RunNotFoundError
     ├── WaitTimeoutError              also a builtin TimeoutError
     ├── IllegalTransitionError        a bug: the state machine refused a change
@@ -20,6 +21,8 @@ Every error keyflow raises on purpose derives from :class:`KeyflowError`, so one
 """
 
 from __future__ import annotations
+
+import math
 
 
 class KeyflowError(Exception):
@@ -38,7 +41,11 @@ class UnknownJobError(TriggerError):
 
 
 class InvalidInputError(TriggerError):
-    """The input is not a JSON object."""
+    """A value of the trigger cannot be stored.
+
+    Its input is not a JSON object, or its input, key or labels hold text or numbers
+    that storage cannot write.
+    """
 
 
 class InvalidCoalesceError(TriggerError):
@@ -49,12 +56,23 @@ class InvalidTriggerError(TriggerError):
     """An option of the trigger is not valid."""
 
 
-class ConfigurationError(KeyflowError):
-    """keyflow was configured with an invalid option."""
+class ConfigurationError(KeyflowError, ValueError):
+    """An option or argument is not valid; nothing was changed.
+
+    Raised for the options of the scheduler and of jobs, and for the arguments of calls
+    such as ``wait()`` or ``list_runs()``.
+    """
 
 
 class SchedulerNotRunningError(KeyflowError):
     """The scheduler is not running: call start() (or use ``async with``) first."""
+
+
+class ReadOnlyError(KeyflowError):
+    """The storage is open read-only: this scheduler reads runs, nothing more.
+
+    It cannot trigger, execute, cancel or change anything.
+    """
 
 
 class RunNotFoundError(KeyflowError):
@@ -91,7 +109,12 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None) -> None:
-        if delay is not None and delay < 0:
-            raise ValueError("Retry delay must be >= 0")
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or delay < 0
+        ):
+            raise ValueError(f"Retry delay must be a finite number of seconds >= 0, got {delay!r}")
         self.delay = delay
         super().__init__(f"retry requested (delay={delay})")

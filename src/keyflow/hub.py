@@ -18,6 +18,7 @@ from .events import (
     Subscription,
     TriggerCoalesced,
 )
+from .jsonvalue import copy_json_dict
 from .runs import JSONObject, LogEntry, Progress, RunStatus
 from .watch import MAX_KEYS, Changes, ChangeWatch
 
@@ -42,6 +43,8 @@ class EventHub:
         self.active = False
         """True when someone listens (events or watches); kept as a plain attribute
         because the scheduler reads it on every change."""
+        self.closed = False
+        """True once the scheduler stopped: new subscriptions and watches end at once."""
 
     def _refresh(self) -> None:
         self._full = bool(self._subscribers)
@@ -64,8 +67,11 @@ class EventHub:
         """A trigger joined ``run``; ``entry`` is ``(at, input, parent_run_id)``."""
         if self._full:
             at, data, parent = entry
+            # A copy: the entry's input is the run's own (and, with "latest", its input).
             self.publish(
-                TriggerCoalesced(run.id, run.job, run.key, data, run.trigger_count, parent, at)
+                TriggerCoalesced(
+                    run.id, run.job, run.key, copy_json_dict(data), run.trigger_count, parent, at
+                )
             )
         if self._watches:
             self._changed_keys.add(run.key)
@@ -85,7 +91,7 @@ class EventHub:
     def logged(self, record: RunRecord, entry: LogEntry) -> None:
         """A handler logged a line."""
         if self._full:
-            self.publish(RunLogged(record.id, entry))
+            self.publish(RunLogged(record.id, entry.copy() if entry.data else entry))
         if self._watches:
             self._changed_keys.add(record.key)
             if not self._flush_scheduled:
@@ -115,6 +121,9 @@ class EventHub:
         Cheap: no events are built for it. ``close()`` it when done.
         """
         watch = ChangeWatch(on_close=self._unwatch)
+        if self.closed:
+            watch.close()
+            return watch
         self._watches.append(watch)
         self._refresh()
         return watch
@@ -132,6 +141,9 @@ class EventHub:
     def subscribe(self, buffer: int | None = None) -> Subscription:
         """A new subscription receiving every event from now on."""
         sub = Subscription(self, buffer or self.buffer)
+        if self.closed:
+            sub.close()
+            return sub
         self._subscribers.add(sub)
         self._refresh()
         return sub
@@ -151,7 +163,8 @@ class EventHub:
         return sum(sub.dropped for sub in list(self._subscribers))
 
     def close(self) -> None:
-        """End every subscription and watch."""
+        """End every subscription and watch, and those made from now on."""
+        self.closed = True
         for sub in list(self._subscribers):
             sub.close()
         for watch in list(self._watches):

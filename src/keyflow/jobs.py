@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .coalesce import Coalesce, CoalesceOption
 from .errors import ConfigurationError
+from .jsonvalue import safe_repr
+from .options import seconds
 from .runs import JSONObject, Run, TriggerResult
 
 if TYPE_CHECKING:
@@ -32,6 +35,10 @@ class Default(Enum):
 DEFAULT = Default.DEFAULT
 
 
+def _not_number(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with jitter between retries.
@@ -46,14 +53,24 @@ class Backoff:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.initial < 0 or self.factor < 1 or self.maximum < 0:
-            raise ConfigurationError("backoff needs initial >= 0, factor >= 1, maximum >= 0")
-        if not 0 <= self.jitter <= 1:
-            raise ConfigurationError("backoff jitter must be between 0 and 1")
+        seconds(self.initial, "Backoff initial")
+        seconds(self.maximum, "Backoff maximum")
+        if _not_number(self.factor) or self.factor < 1:
+            raise ConfigurationError(
+                f"Backoff factor must be a finite number >= 1, got {safe_repr(self.factor)}"
+            )
+        if _not_number(self.jitter) or not 0 <= self.jitter <= 1:
+            raise ConfigurationError(
+                f"Backoff jitter must be a number between 0 and 1, got {safe_repr(self.jitter)}"
+            )
 
     def delay(self, retry: int, rng: random.Random) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
-        base = min(self.maximum, self.initial * self.factor ** max(0, retry - 1))
+        try:
+            growth = self.factor ** max(0, retry - 1)
+        except OverflowError:
+            growth = math.inf
+        base = min(self.maximum, self.initial * growth) if self.initial else 0.0
         if self.jitter:
             base *= 1 + rng.uniform(-self.jitter, self.jitter)
         return max(0.0, base)
@@ -63,13 +80,40 @@ BackoffOption: TypeAlias = Backoff | float | Callable[[int], float]
 """A :class:`Backoff`, a constant delay in seconds, or ``delay(retry_number)``."""
 
 
+def check_backoff(option: object) -> BackoffOption:
+    """``option`` if it is a valid ``backoff=`` value.
+
+    Raises:
+        ConfigurationError: it is neither a Backoff, finite seconds >= 0, nor a callable.
+    """
+    if isinstance(option, Backoff) or callable(option):
+        return option
+    if isinstance(option, int | float) and not isinstance(option, bool):
+        return seconds(option, "backoff")
+    raise ConfigurationError(
+        f"backoff must be a Backoff, seconds or a function of the retry number, "
+        f"got {safe_repr(option)}"
+    )
+
+
 def backoff_delay(option: BackoffOption, retry: int, rng: random.Random) -> float:
-    """The delay before retry ``retry`` under ``option``."""
+    """The delay before retry ``retry`` under ``option``.
+
+    Raises:
+        ConfigurationError: a backoff function failed or returned something other than
+            finite seconds >= 0.
+    """
     if isinstance(option, Backoff):
         return option.delay(retry, rng)
     if isinstance(option, int | float):
         return float(option)
-    return max(0.0, float(option(retry)))
+    try:
+        value = option(retry)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"the backoff function failed for retry {retry}: {safe_repr(exc)}"
+        ) from exc
+    return seconds(value, f"the backoff function's result for retry {retry}")
 
 
 class Job:
@@ -131,7 +175,7 @@ class Job:
         )
         if isinstance(accepted, TriggerResult):
             return accepted
-        return (await kf._commit([accepted]))[0]
+        return (await kf._commit([accepted])).results[0]
 
     async def trigger_and_wait(
         self, input: JSONObject | None = None, *, timeout: float | None = None, **options: Any

@@ -177,8 +177,11 @@ class RunRecord(RunState):
             error=self.error,
             errors=tuple(self.errors or ()),
             progress=self.progress,
-            logs=tuple(self.logs or ()),
-            coalesced=tuple(CoalescedTrigger(*e) for e in self.coalesced or ()),
+            logs=tuple(e.copy() if e.data else e for e in self.logs) if self.logs else (),
+            coalesced=tuple(
+                CoalescedTrigger(at, _deep_copy(data), parent)
+                for at, data, parent in self.coalesced or ()
+            ),
             interruptions=self.interruptions,
         )
 

@@ -6,6 +6,13 @@ crashes have cut it short :data:`MAX_CRASHES` times (a poison pill), and is canc
 a cancel had been asked for. Delays and retry backoffs keep their due times; queued runs
 keep their order (by due time, then creation).
 
+Two things may have changed since the runs were stored:
+
+* a job may no longer be registered (a release renamed it): its runs fail at once with
+  an ``UnknownJob`` error instead of blocking their lanes forever;
+* ``lane_limit`` may be lower: runs holding slots beyond the new limit give them back and
+  wait at the head of their lane (:meth:`~keyflow.state.Lane.enforce_limit`).
+
 This module works on the :class:`~keyflow.core.Core`'s own structures, through the same
 steps the core uses at run time (promotion, dispatch, finishing), so recovery changes
 nothing a live run could not.
@@ -13,6 +20,9 @@ nothing a live run could not.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from .records import RunRecord
@@ -22,15 +32,21 @@ from .state import FAIL, Lane
 if TYPE_CHECKING:
     from .core import Core
 
+logger = logging.getLogger("keyflow.recovery")
+
 MAX_CRASHES = 3
 """A run cut short by this many crashes fails instead of running again (a poison pill)."""
 
 
-def restore(core: Core, unfinished: list[RunRecord]) -> None:
-    """Rebuild lanes, timers and the ready queue of ``core``, before workers start."""
+def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> None:
+    """Rebuild lanes, timers and the ready queue of ``core``, before workers start.
+
+    Runs of a job not in ``jobs`` fail (see the module docstring).
+    """
     counts = core.status_counts
     queued: list[tuple[float, int, RunRecord]] = []
     crashed: list[RunRecord] = []
+    unknown: list[RunRecord] = []
     for index, record in enumerate(unfinished):
         core.records[record.id] = record
         counts[record.status.ordinal] += 1
@@ -39,10 +55,12 @@ def restore(core: Core, unfinished: list[RunRecord]) -> None:
         if record.key is not None:
             lane = core.lanes.get(record.key)
             if lane is None:
-                lane = core.lanes[record.key] = Lane(record.key, core.lane_limit(record.key))
+                lane = core.lanes[record.key] = core.new_lane(record.key)
             lane.restore(record)
         status = record.status
-        if status is QUEUED:
+        if record.job not in jobs:
+            unknown.append(record)
+        elif status is QUEUED:
             queued.append((record.due_at, index, record))
         elif status is RUNNING:
             crashed.append(record)
@@ -55,10 +73,50 @@ def restore(core: Core, unfinished: list[RunRecord]) -> None:
             core.promote_keyless(record)  # keyless runs never wait
         else:
             core.lanes[record.key].restore_waiting(record)
+    for record in unknown:
+        if record.status is QUEUED and record.key is not None:
+            core.lanes[record.key].restore_waiting(record)  # so that finishing finds it
     for record in reversed(crashed):  # each goes to the head: reversed keeps their order
         _recover_crashed(core, record)
+    _reject_unknown(core, unknown)
+    for lane in list(core.lanes.values()):
+        _enforce_limit(core, lane)
     for lane in list(core.lanes.values()):
         core.dispatch(lane.promote())
+
+
+def _reject_unknown(core: Core, unknown: list[RunRecord]) -> None:
+    if not unknown:
+        return
+    for job, count in sorted(Counter(record.job for record in unknown).items()):
+        logger.warning(
+            "%d stored unfinished run(s) of job %r, which this process does not register, "
+            "are failed (error type UnknownJob); register the job and retrigger them",
+            count,
+            job,
+        )
+    for record in unknown:
+        core.reject(record, f"job {record.job!r} is not registered in this process")
+
+
+def _enforce_limit(core: Core, lane: Lane) -> None:
+    requeued = lane.enforce_limit()
+    if not requeued:
+        return
+    logger.warning(
+        "lane %r holds %d more runs than its limit of %d allows (a lower lane_limit since "
+        "they were stored): they wait again at the head of the lane",
+        lane.key,
+        len(requeued),
+        lane.limit,
+    )
+    for record in requeued:
+        assert isinstance(record, RunRecord)
+        core.requeued(record)
+    # They were ready to start: take them out again (the workers have not started).
+    ready = [record for record in core.ready if record.status is PENDING]
+    core.ready.clear()
+    core.ready.extend(ready)
 
 
 def _recover_crashed(core: Core, record: RunRecord) -> None:

@@ -117,6 +117,10 @@ class LogEntry:
     attempt: int
     """The attempt that logged it."""
 
+    def copy(self) -> LogEntry:
+        """The same line with its own copy of ``data`` (the record keeps the original)."""
+        return LogEntry(self.at, self.level, self.message, _json_copy(self.data), self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -202,3 +206,12 @@ class Run:
     def is_terminal(self) -> bool:
         """True once the run is completed, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
+
+
+def _json_copy(value: Any) -> Any:
+    # Stored values are plain JSON (checked on the way in), so this is a deep copy.
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value

@@ -16,13 +16,25 @@ from .commit import Txn
 from .core import Core
 from .errors import (
     ConfigurationError,
+    ReadOnlyError,
     RunNotFoundError,
     SchedulerNotRunningError,
     WaitTimeoutError,
 )
 from .events import Subscription
 from .hub import EventHub
-from .jobs import DEFAULT, Backoff, BackoffOption, Default, Handler, Job, KeyOption
+from .jobs import (
+    DEFAULT,
+    Backoff,
+    BackoffOption,
+    Default,
+    Handler,
+    Job,
+    KeyOption,
+    check_backoff,
+)
+from .jsonvalue import NotJSONError, check_text, safe_repr
+from .options import count, optional_seconds, seconds
 from .records import RunRecord
 from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
@@ -37,8 +49,13 @@ logger = logging.getLogger("keyflow")
 
 STOP_FLUSH_SECONDS = 10.0
 """How long ``stop()`` waits for storage to take the last changes before giving up."""
+READ_ONLY_POLL_SECONDS = 0.5
+"""How often ``wait()`` on a read-only scheduler looks at storage again."""
 
 _Phase = Literal["new", "starting", "running", "stopping", "stopped"]
+_TRIGGER_OPTIONS = frozenset(
+    {"concurrency_key", "coalesce", "idempotency_key", "labels", "delay", "parent_run_id"}
+)
 
 
 class Keyflow:
@@ -54,8 +71,19 @@ class Keyflow:
         event_buffer: default buffer size of each ``events()`` subscription.
         seed: seeds the jitter of retry backoffs, for reproducible runs.
         grace: default seconds ``stop()`` gives running handlers before interrupting them.
+        cancel_grace: seconds a handler has to stop once cancelled (by ``cancel()``, its
+            timeout or the end of a stop's grace) before keyflow stops waiting for it:
+            its worker is replaced (the run keeps its lane slot until the handler
+            returns) or, at a stop, the run goes back to its lane.
 
     Use ``async with Keyflow(...) as kf:`` (or ``start()``/``stop()``).
+
+    A storage opened read-only (``"sqlite:///runs.db?mode=ro"``) gives a scheduler that
+    only reads: it executes, recovers and writes nothing, and ``trigger()``,
+    ``cancel()`` and friends raise :class:`~keyflow.ReadOnlyError`.
+
+    Raises:
+        ConfigurationError: an option is not valid (the message names it).
     """
 
     def __init__(
@@ -69,20 +97,22 @@ class Keyflow:
         event_buffer: int = 1000,
         seed: int | None = None,
         grace: float = 10.0,
+        cancel_grace: float = 5.0,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigurationError(f"workers must be an integer >= 1, got {workers!r}")
-        if isinstance(retention, bool) or not isinstance(retention, int) or retention < 0:
-            raise ConfigurationError(f"retention must be an integer >= 0, got {retention!r}")
-        if event_buffer < 1:
-            raise ConfigurationError(f"event_buffer must be >= 1, got {event_buffer!r}")
-        if grace < 0:
-            raise ConfigurationError(f"grace must be >= 0, got {grace!r}")
-        self._backend = open_backend(storage, retention=retention)
-        self._clock = clock or SystemClock()
+        count(workers, "workers", minimum=1)
+        count(retention, "retention", minimum=0)
+        count(event_buffer, "event_buffer", minimum=1)
+        self._grace = seconds(grace, "grace")
+        cancel_grace = seconds(cancel_grace, "cancel_grace")
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(f"clock must be a keyflow.Clock, got {safe_repr(clock)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | str)):
+            raise ConfigurationError(f"seed must be an integer or None, got {safe_repr(seed)}")
         self._limit_of = _lane_limit(lane_limit)
+        self._backend = open_backend(storage, retention=retention)
+        self._read_only = self._backend.read_only
+        self._clock = clock or SystemClock()
         self._rng = random.Random(seed)
-        self._grace = grace
         self._jobs: dict[str, Job] = {}
         self._hub = EventHub(event_buffer)
         self._core = Core(
@@ -91,10 +121,19 @@ class Keyflow:
             hub=self._hub,
             lane_limit=self._limit_of,
             on_cancel_running=self._cancel_task,
-            refuse=self._require_running,
+            refuse=self._refuse_trigger,
         )
-        self._pool = WorkerPool(self._core, self._jobs, workers, keyflow=self, rng=self._rng)
+        self._pool = WorkerPool(
+            self._core,
+            self._jobs,
+            workers,
+            keyflow=self,
+            rng=self._rng,
+            cancel_grace=cancel_grace,
+            durable_start=self._backend.durable,
+        )
         self._phase: _Phase = "new"
+        self._stopping: asyncio.Task[None] | None = None
 
     # -- jobs --------------------------------------------------------------------
 
@@ -121,16 +160,17 @@ class Keyflow:
         Raises:
             ConfigurationError: a duplicate name or an invalid option.
         """
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
-        if not (isinstance(backoff, Backoff | int | float) or callable(backoff)):
-            raise ConfigurationError(f"backoff must be a Backoff, seconds or callable: {backoff!r}")
+        if name is not None:
+            _check_name(name, "job name")
+        count(retries, "retries", minimum=0)
+        timeout = optional_seconds(timeout, "timeout", positive=True)
+        backoff = check_backoff(backoff)
         if concurrency_key is not None and not (
             (isinstance(concurrency_key, str) and concurrency_key) or callable(concurrency_key)
         ):
             raise ConfigurationError("concurrency_key must be a non-empty string or a function")
+        if isinstance(concurrency_key, str):
+            _check_name(concurrency_key, "concurrency_key")
         coalesce_spec = parse_coalesce(coalesce)
         if coalesce_spec is not None and concurrency_key is None:
             raise ConfigurationError("a job-level coalesce needs a job-level concurrency_key")
@@ -141,6 +181,7 @@ class Keyflow:
                     f"job handler {handler!r} must be an async function (async def)"
                 )
             job_name = name or handler.__name__
+            _check_name(job_name, "job name")
             if job_name in self._jobs:
                 raise ConfigurationError(f"a job named {job_name!r} is already registered")
             job = Job(
@@ -178,10 +219,17 @@ class Keyflow:
         """
         if self._phase != "new":
             raise SchedulerNotRunningError("a Keyflow instance can be started only once")
-        stored = await self._backend.open()
         self._phase = "starting"
         try:
-            restore(self._core, stored.unfinished)
+            stored = await self._backend.open()
+        except BaseException:
+            self._phase = "stopped"
+            raise
+        if self._read_only:  # it only reads: no lanes, no recovery, no workers
+            self._phase = "running"
+            return
+        try:
+            restore(self._core, stored.unfinished, self._jobs)
             await self._core.pipeline.flush()  # crash counts are durable before a rerun
         except BaseException:
             await self._backend.close()
@@ -198,14 +246,29 @@ class Keyflow:
             grace: seconds to wait for running handlers (default: the ``grace`` given to
                 the constructor); after it, they are cancelled and their runs go back to
                 the head of their lanes.
+
+        The stop is bounded: a handler that ignores its cancellation is abandoned after
+        ``cancel_grace`` seconds, and storage gets at most :data:`STOP_FLUSH_SECONDS` to
+        take the last changes. Cancelling ``stop()`` (e.g. ``asyncio.wait_for``) returns
+        control at once; the stop goes on in the background, and a later ``stop()``
+        waits for it.
+
+        Raises:
+            ConfigurationError: ``grace`` is not a finite number of seconds >= 0.
         """
-        if self._phase in ("stopping", "stopped"):
-            return
-        was_running = self._phase == "running"
+        grace = self._grace if grace is None else seconds(grace, "grace")
+        if self._stopping is None:
+            if self._phase == "stopped":
+                return
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        was_running = self._phase == "running" and not self._read_only
         self._phase = "stopping"
         self._core.accepting = False
         if was_running:
-            await self._pool.stop(self._grace if grace is None else grace)
+            await self._pool.stop(grace)
             for handle in self._core.timers.values():
                 handle.cancel()
             self._core.timers.clear()
@@ -252,13 +315,22 @@ class Keyflow:
         Raises:
             WaitTimeoutError: still busy after ``timeout`` seconds.
         """
+        timeout = optional_seconds(timeout, "timeout")
         self._require_running()
+        if self._read_only:
+            return  # nothing executes here
         try:
             async with asyncio.timeout(timeout):
                 await self._until_idle()
         except TimeoutError:
+            error = self._core.pipeline.last_error
+            waiting = (
+                f"; storage writes are failing ({error!r}), so changes wait to be written"
+                if error is not None
+                else ""
+            )
             raise WaitTimeoutError(
-                f"still {len(self._core.records)} unfinished runs after {timeout}s"
+                f"still {len(self._core.records)} unfinished runs after {timeout}s{waiting}"
             ) from None
 
     async def _until_idle(self) -> None:
@@ -322,15 +394,17 @@ class Keyflow:
         )
         if isinstance(accepted, TriggerResult):
             return accepted
-        return (await self._commit([accepted]))[0]
+        return (await self._commit([accepted])).results[0]
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.
 
         Raises:
             TriggerError: one request is invalid (nothing was stored); the message names it.
+            SchedulerNotRunningError: not started, or stopped.
+            ReadOnlyError: the storage is open read-only.
         """
-        self._require_running()
+        self._check_accepting()
         prepared: list[PreparedTrigger] = []
         for index, request in enumerate(requests):
             if not isinstance(request, TriggerRequest):
@@ -344,17 +418,17 @@ class Keyflow:
                 raise
         if not prepared:
             return []
-        return await self._commit(prepared)
+        return (await self._commit(prepared)).results
 
-    async def _commit(self, prepared: list[PreparedTrigger]) -> list[TriggerResult]:
+    async def _commit(self, prepared: list[PreparedTrigger], *, wait: bool = False) -> Txn:
         core = self._core
         stored: dict[int, str] = {}
         for trig in prepared:
             if trig.idempotency_key is not None:
                 stored = await self._stored_idempotency(prepared)
-                self._require_running()  # a stop may have begun meanwhile
+                self._check_accepting()  # a stop may have begun meanwhile
                 break
-        txn = Txn()
+        txn = Txn(wait=wait)
         results = txn.results
         try:
             for trig in prepared:
@@ -365,6 +439,8 @@ class Keyflow:
                     results.append(
                         TriggerResult(found, Disposition.IDEMPOTENT, trig.job.name, trig.key)
                     )
+                    if txn.covered is not None:
+                        txn.covered.append(None)
         except BaseException:
             core.roll_back(txn)
             raise
@@ -377,7 +453,7 @@ class Keyflow:
             await core.pipeline.commit(txn, [])
         else:
             core.settle(txn)
-        return results
+        return txn
 
     async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
         """Run ids of idempotency keys known to storage but no longer in memory."""
@@ -402,9 +478,44 @@ class Keyflow:
         """Trigger, then wait for the run that covers the trigger to finish.
 
         For a coalesced trigger that is the run it joined. Options as in :meth:`trigger`.
+        The wait begins before the run can start, so a run that finishes at once (and
+        is pruned by retention right after) is still returned.
+
+        Raises:
+            WaitTimeoutError: the run did not finish within ``timeout`` seconds.
+            TriggerError, SchedulerNotRunningError, ReadOnlyError, StorageError: as
+                :meth:`trigger`.
         """
-        result = await self.trigger(job, input, **options)
-        return await self.wait(result.run_id, timeout=timeout)
+        timeout = optional_seconds(timeout, "timeout")
+        unknown = set(options) - _TRIGGER_OPTIONS
+        if unknown:
+            raise TypeError(f"trigger_and_wait() got unexpected options: {', '.join(unknown)}")
+        accepted = self._core.accept(
+            self._jobs,
+            job,
+            input,
+            options.get("concurrency_key", DEFAULT),
+            options.get("coalesce", DEFAULT),
+            options.get("idempotency_key"),
+            options.get("labels"),
+            options.get("delay", 0.0),
+            options.get("parent_run_id"),
+        )
+        if isinstance(accepted, TriggerResult):  # decided now: nothing ran meanwhile
+            run_id = accepted.run_id
+            waiter = self._core.covering_waiter(self._core.records.get(run_id))
+        else:
+            txn = await self._commit([accepted], wait=True)
+            run_id = txn.results[0].run_id
+            waiter = txn.waiters[0]
+        if waiter is None:  # known only to storage (idempotency): finished already
+            return await self.wait(run_id, timeout=timeout)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
+        finally:
+            self._core.forget_waiter(run_id, waiter)
 
     # -- runs ----------------------------------------------------------------------
 
@@ -435,8 +546,8 @@ class Keyflow:
         Raises:
             ValueError: an unknown status, or a negative limit/offset.
         """
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must be >= 0")
+        count(limit, "limit", minimum=0)
+        count(offset, "offset", minimum=0)
         query = _query(job, status, concurrency_key, labels, text, limit, offset)
         await self._fresh()
         runs = await self._backend.list_runs(query)
@@ -464,11 +575,19 @@ class Keyflow:
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is terminal and return it.
 
+        On a read-only scheduler the run executes elsewhere: storage is read again every
+        :data:`READ_ONLY_POLL_SECONDS` until it is terminal.
+
         Raises:
             RunNotFoundError: no such run.
             WaitTimeoutError: it did not finish within ``timeout`` seconds.
+            ConfigurationError: ``timeout`` is not a finite number of seconds >= 0.
         """
+        timeout = optional_seconds(timeout, "timeout")
+        _check_run_id(run_id)
         if run_id not in self._core.records:
+            if self._read_only:
+                return await self._poll_until_terminal(run_id, timeout)
             await self._fresh()
             run = await self._backend.get_run(run_id)
             if run is None:
@@ -483,15 +602,35 @@ class Keyflow:
         finally:
             self._core.forget_waiter(run_id, waiter)
 
+    async def _poll_until_terminal(self, run_id: str, timeout: float | None) -> Run:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    run = await self._backend.get_run(run_id)
+                    if run is None:
+                        raise RunNotFoundError(f"no run with id {run_id!r}")
+                    if run.is_terminal:
+                        return run
+                    await asyncio.sleep(READ_ONLY_POLL_SECONDS)
+        except TimeoutError:
+            raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
+
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run and return it once it has stopped.
 
         A waiting run is cancelled at once; a running one has its task cancelled (the
         handler sees ``asyncio.CancelledError``). A finished run is returned unchanged.
+        A handler that ignores the cancellation for ``cancel_grace`` seconds is left to
+        finish on its own: the run, still ``running``, is returned, and becomes
+        ``cancelled`` when the handler returns.
 
         Raises:
             RunNotFoundError: no such run.
+            ReadOnlyError: the storage is open read-only.
         """
+        _check_run_id(run_id)
+        if self._read_only:
+            self._refuse_trigger()
         record = self._core.records.get(run_id)
         if record is None:
             await self._fresh()
@@ -500,7 +639,10 @@ class Keyflow:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
             return run
         if self._core.cancel(record):
-            return await self.wait(run_id)
+            try:
+                return await self.wait(run_id, timeout=self._pool.cancel_grace)
+            except WaitTimeoutError:
+                return record.snapshot()
         await self._core.pipeline.barrier()
         return record.snapshot()
 
@@ -528,6 +670,8 @@ class Keyflow:
 
     def key_names(self, prefix: str | None = None) -> list[str]:
         """The keys :meth:`keys` would return, sorted, without building their snapshots."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a string or None, got {safe_repr(prefix)}")
         core = self._core
         names = set(core.lanes) | set(core.key_coalesced)
         if prefix:
@@ -584,7 +728,14 @@ class Keyflow:
 
         Args:
             buffer: events kept for a slow reader before the oldest are dropped.
+
+        After ``stop()`` the subscription is closed at once (iteration ends).
+
+        Raises:
+            ConfigurationError: ``buffer`` is not an integer >= 1.
         """
+        if buffer is not None:
+            count(buffer, "buffer", minimum=1)
         return self._hub.subscribe(buffer)
 
     def changes(self) -> ChangeWatch:
@@ -617,6 +768,20 @@ class Keyflow:
                 )
             await self._core.pipeline.barrier()
 
+    def _check_accepting(self) -> None:
+        if not self._core.accepting:
+            self._refuse_trigger()
+
+    def _refuse_trigger(self) -> None:
+        # The core calls this for a trigger while it does not accept them.
+        if self._read_only and self._phase == "running":
+            raise ReadOnlyError(
+                f"{self._backend!r} is open read-only: this scheduler reads runs but cannot "
+                "trigger, cancel or execute them"
+            )
+        self._require_running()
+        raise SchedulerNotRunningError("keyflow is stopping; it accepts no more triggers")
+
     def _require_running(self) -> None:
         if self._phase != "running":
             if self._phase in ("new", "starting"):
@@ -638,15 +803,40 @@ def _query(
     limit: int,
     offset: int,
 ) -> RunQuery:
+    for name, value in (("job", job), ("concurrency_key", key), ("text", text)):
+        if value is not None:
+            _check_filter(value, name)
+    try:
+        wanted = None if status is None else RunStatus(status)
+    except ValueError:
+        known = ", ".join(repr(s.value) for s in RunStatus)
+        raise ConfigurationError(
+            f"unknown status {safe_repr(status)}; expected one of {known}"
+        ) from None
+    if labels is not None and not isinstance(labels, Mapping):
+        raise ConfigurationError(f"labels must be a mapping of strings, got {safe_repr(labels)}")
+    pairs = tuple(sorted((labels or {}).items()))
+    for name, value in pairs:
+        _check_filter(name, "a label name")
+        _check_filter(value, f"label {name!r}")
     return RunQuery(
         job=job,
-        status=None if status is None else RunStatus(status),
+        status=wanted,
         key=key,
-        labels=tuple(sorted((labels or {}).items())),
+        labels=pairs,
         text=text or None,
         limit=limit,
         offset=offset,
     )
+
+
+def _check_filter(value: object, name: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, got {safe_repr(value)}")
+    try:
+        check_text(value, name)
+    except NotJSONError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:
@@ -654,9 +844,16 @@ def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:
         function = option
 
         def checked(key: str) -> int:
-            value = function(key)
+            try:
+                value = function(key)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"the lane_limit function failed for key {key!r}: {safe_repr(exc)}"
+                ) from exc
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"lane_limit({key!r}) returned {value!r}; need >= 1")
+                raise ConfigurationError(
+                    f"lane_limit({key!r}) returned {safe_repr(value)}; need an integer >= 1"
+                )
             return value
 
         return checked
@@ -672,3 +869,17 @@ def _waits_for_delay(record: RunRecord) -> bool:
 
 def _settled(record: RunRecord | None) -> bool:
     return record is None or (record.durable and record.unsettled == 0)
+
+
+def _check_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {safe_repr(name)}")
+    try:
+        check_text(name, what)
+    except NotJSONError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _check_run_id(run_id: object) -> None:
+    if not isinstance(run_id, str):
+        raise RunNotFoundError(f"no run with id {safe_repr(run_id)} (run ids are strings)")

@@ -59,6 +59,11 @@ class Action(StrEnum):
     """A stop or crash interrupted the attempt; the run goes back to the head of its lane."""
     CANCEL = "cancel"
     """The run was cancelled (a running one once its task has stopped)."""
+    REQUEUE = "requeue"
+    """A restart found more runs holding slots than the lane's (lowered) limit: a run
+    over it gives its slot back and waits at the head of the queue."""
+    REJECT = "reject"
+    """The run cannot execute here (its job is not registered): it fails unrun."""
 
 
 # Aliases of the members for hot paths (see runs.py: class attribute reads are slow).
@@ -71,6 +76,8 @@ FAIL: Final = Action.FAIL
 RETRY: Final = Action.RETRY
 INTERRUPT: Final = Action.INTERRUPT
 CANCEL: Final = Action.CANCEL
+REQUEUE: Final = Action.REQUEUE
+REJECT: Final = Action.REJECT
 
 TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
     (S.SCHEDULED, Action.BECOME_DUE): S.QUEUED,
@@ -85,6 +92,11 @@ TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
     (S.RUNNING, Action.RETRY): S.SCHEDULED,
     (S.RUNNING, Action.INTERRUPT): S.PENDING,
     (S.RUNNING, Action.CANCEL): S.CANCELLED,
+    (S.PENDING, Action.REQUEUE): S.QUEUED,
+    (S.SCHEDULED, Action.REJECT): S.FAILED,
+    (S.QUEUED, Action.REJECT): S.FAILED,
+    (S.PENDING, Action.REJECT): S.FAILED,
+    (S.RUNNING, Action.REJECT): S.FAILED,
 }
 """Every legal ``(status, action) → status``; any pair not listed is illegal."""
 
@@ -271,12 +283,38 @@ class Lane:
 
         It takes its slot if it held one; a queued run is added to the members only, and
         :meth:`restore_waiting` then puts the queued runs back in their waiting order.
+        Once all are back, :meth:`enforce_limit` gives back slots beyond the limit.
         """
         if run.status.is_terminal:
             raise IllegalTransitionError(f"a finished run ({run.id}) has no place in a lane")
         self.members[run.id] = run
         if run.holds_slot:
             self.holders += 1
+
+    def enforce_limit(self) -> list[RunState]:
+        """After a restore: give back the slots beyond the limit; return the runs requeued.
+
+        A restart may come with a lower ``lane_limit`` than the runs stored held slots
+        under. Pending runs over the limit go back to the head of the queue, in creation
+        order; runs that had started keep their slots first (then the oldest). A run in a
+        retry backoff keeps its slot until it is due, and then queues if the lane is
+        still over its limit (see :meth:`become_due`).
+        """
+        if self.holders <= self.limit:
+            return _NONE
+        pending = [run for run in self.members.values() if run.status is PENDING]
+        if len(pending) <= self.limit:
+            return _NONE
+        # Who keeps a slot: started runs before unstarted ones, older before newer.
+        keep_order = sorted(pending, key=lambda run: run.attempt == 0)
+        requeued = keep_order[self.limit :]
+        order = {run.id: index for index, run in enumerate(self.members.values())}
+        requeued.sort(key=lambda run: order[run.id])
+        for run in requeued:
+            run.apply(REQUEUE)
+            self.holders -= 1
+        self.waiting.extendleft(reversed(requeued))
+        return requeued
 
     def restore_waiting(self, run: RunState) -> None:
         """Put back a queued run read from storage, after those ahead of it."""
@@ -313,15 +351,22 @@ class Lane:
 
     def become_due(self, run: RunState) -> list[RunState]:
         """A scheduled run's time came; return the runs that became pending."""
-        if run.attempt > 0:  # a retry backoff ended: it kept its slot
-            run.apply(RESUME)
-            return [run]
+        if run.attempt > 0:  # a retry backoff ended: it kept its slot ...
+            if self.holders <= self.limit:
+                run.apply(RESUME)
+                return [run]
+            # ... unless a restart lowered the limit below the slots held: it gives its
+            # slot back and waits at the head of the queue.
+            run.apply(BECOME_DUE)
+            self.holders -= 1
+            self.waiting.appendleft(run)
+            return self.promote()
         run.apply(BECOME_DUE)
         self.waiting.append(run)
         return self.promote()
 
     def finish(self, run: RunState, action: Action) -> list[RunState]:
-        """A run became terminal (or was cancelled before starting); return runs promoted."""
+        """A run became terminal (or was cancelled or rejected unrun); return runs promoted."""
         status = run.status
         held = status is RUNNING or status is PENDING or (status is SCHEDULED and run.attempt > 0)
         was_waiting = status is QUEUED

@@ -15,7 +15,7 @@ from .errors import (
     UnknownJobError,
 )
 from .jobs import DEFAULT, Job  # at run time: compiled code checks PreparedTrigger.job
-from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
+from .jsonvalue import NotJSONError, check_text, copy_json_dict, json_object_copy, safe_repr
 from .runs import JSONObject
 from .trigger_request import TriggerRequest
 
@@ -85,7 +85,7 @@ def prepare_trigger(
     idempotency_key: object,
     labels: object,
     delay: object,
-    parent_run_id: str | None,
+    parent_run_id: object,
 ) -> PreparedTrigger:
     """Check a trigger's arguments; return them with defaults applied and input copied.
 
@@ -99,13 +99,17 @@ def prepare_trigger(
     job = jobs.get(job_name) if isinstance(job_name, str) else None
     if job is None:
         known = ", ".join(repr(name) for name in sorted(jobs)) or "none"
-        raise UnknownJobError(f"unknown job {job_name!r} (registered jobs: {known})")
+        raise UnknownJobError(f"unknown job {safe_repr(job_name)} (registered jobs: {known})")
     try:
         data = copy_json_dict(input) if type(input) is dict else _other_input(input)
     except NotJSONError as exc:
         raise InvalidInputError(f"input of job {job.name!r} is not a JSON object: {exc}") from None
     # Fast paths for the common argument types; the helpers check everything else.
-    key = concurrency_key if type(concurrency_key) is str and concurrency_key else None
+    key = (
+        concurrency_key
+        if type(concurrency_key) is str and concurrency_key and concurrency_key.isascii()
+        else None
+    )
     if key is None:
         key = _key(job, concurrency_key, data)
     coalesce: Coalesce | None = None
@@ -128,7 +132,7 @@ def prepare_trigger(
         None if idempotency_key is None else _idempotency_key(idempotency_key),
         _labels(labels) if labels else None,
         _delay(delay) if delay else 0.0,
-        parent_run_id,
+        None if parent_run_id is None else _parent_run_id(parent_run_id),
     )
 
 
@@ -140,42 +144,63 @@ def _key(job: Job, option: object, data: JSONObject) -> str | None:
     key: object = job.concurrency_key if option is DEFAULT else option
     if callable(key):
         try:
-            key = key(data)
+            key = key(copy_json_dict(data))  # a copy: the function cannot change the input
         except KeyflowError:
             raise
         except Exception as exc:
             raise InvalidTriggerError(
                 f"concurrency_key function of job {job.name!r} failed: {exc!r}"
             ) from exc
-    if key is None or (isinstance(key, str) and key):
-        return key
-    raise InvalidTriggerError(f"concurrency_key must be a non-empty string, got {key!r}")
+    if key is None:
+        return None
+    if isinstance(key, str) and key:
+        return _text(key, "concurrency_key")
+    raise InvalidTriggerError(f"concurrency_key must be a non-empty string, got {safe_repr(key)}")
 
 
 def _idempotency_key(key: object) -> str:
     if isinstance(key, str) and key:
-        return key
-    raise InvalidTriggerError(f"idempotency_key must be a non-empty string, got {key!r}")
+        return _text(key, "idempotency_key")
+    raise InvalidTriggerError(f"idempotency_key must be a non-empty string, got {safe_repr(key)}")
+
+
+def _parent_run_id(run_id: object) -> str:
+    if isinstance(run_id, str) and run_id:
+        return _text(run_id, "parent_run_id")
+    raise InvalidTriggerError(
+        f"parent_run_id must be a run id (a non-empty string) or None, got {safe_repr(run_id)}"
+    )
+
+
+def _text(text: str, name: str) -> str:
+    # A value that cannot be stored is bad input, whatever the backend.
+    try:
+        check_text(text, name)
+    except NotJSONError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return str.__str__(text)  # a str subclass becomes a plain str, as storage reads it
 
 
 def _labels(labels: object) -> dict[str, str] | None:
     if not labels:
         return None
     if not isinstance(labels, Mapping):
-        raise InvalidTriggerError(f"labels must be a mapping of strings, got {labels!r}")
+        raise InvalidTriggerError(f"labels must be a mapping of strings, got {safe_repr(labels)}")
     out: dict[str, str] = {}
     for name, value in labels.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise InvalidTriggerError(
-                f"labels must map strings to strings; {name!r}: {value!r} is not"
+                f"labels must map strings to strings; {safe_repr(name)}: {safe_repr(value)} is not"
             )
-        out[name] = value
+        out[_text(name, "a label name")] = _text(value, f"label {name!r}")
     return out
 
 
 def _delay(delay: object) -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
-        raise InvalidTriggerError(f"delay must be a finite number of seconds, got {delay!r}")
+        raise InvalidTriggerError(
+            f"delay must be a finite number of seconds, got {safe_repr(delay)}"
+        )
     if delay < 0:
         raise InvalidTriggerError(f"delay must be >= 0, got {delay!r}")
     return float(delay)

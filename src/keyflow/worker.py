@@ -4,12 +4,22 @@ A handler runs inside its worker's task. Cancelling a running run cancels that t
 and the worker, seeing the run's ``cancel_requested`` flag, swallows the cancellation
 and goes on with the next run; a stop that outlives its grace period cancels the
 tasks for good and the interrupted runs go back to the head of their lanes.
+
+Whatever a handler does, its run ends and the pool keeps its size:
+
+* on durable storage a run's start is written before its handler's first instruction,
+  so a process that dies inside the handler is counted as a crash (poison pill);
+* every exception (any ``BaseException`` but a process exit) fails the attempt, with its
+  message stored as safe text; a handler that returns after its timeout still fails;
+* a handler that ignores its cancellation (a cancel, a timeout) for ``cancel_grace``
+  seconds is left to finish on its own: its worker is replaced, and its run keeps its
+  lane slot until the handler really ends (so it never runs twice at once). At a stop,
+  such a handler is abandoned and its run goes back to its lane.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import traceback
@@ -17,12 +27,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import RunContext
-from .errors import Retry
+from .errors import KeyflowError, Retry
 from .jobs import backoff_delay
-from .jsonvalue import NotJSONError, copy_json_dict, json_copy
+from .jsonvalue import NotJSONError, copy_json_dict, json_copy, safe_str, storable_text
 from .records import RunRecord
-from .runs import AttemptError
-from .state import PENDING
+from .runs import AttemptError, RunStatus
+from .state import PENDING, RUNNING
 
 if TYPE_CHECKING:
     from .core import Core
@@ -32,15 +42,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger("keyflow.worker")
 
 MAX_TRACEBACK_CHARS: Final = 20_000
-_PLAIN_OUTPUTS: Final = frozenset({str, int, bool})  # JSON as they are: no copy, no check
+_EXITS: Final = (KeyboardInterrupt, SystemExit)
 
 
 class _Worker:
-    __slots__ = ("current", "task")
+    __slots__ = ("abandoned", "current", "detached", "task")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.current: RunRecord | None = None
+        self.abandoned = False
+        """Its handler ignored a cancellation: a new worker took its place, and this one
+        ends once the handler does."""
+        self.detached = False
+        """A stop gave up on its handler: the run was interrupted; nothing it does after
+        reaches the run."""
 
 
 class WorkerPool:
@@ -54,12 +70,18 @@ class WorkerPool:
         *,
         keyflow: Keyflow,
         rng: random.Random,
+        cancel_grace: float,
+        durable_start: bool,
     ) -> None:
         self._core = core
         self._jobs = jobs
         self._keyflow = keyflow
         self._rng = rng
+        self._cancel_grace = cancel_grace
+        self._durable_start = durable_start
         self._workers = [_Worker() for _ in range(size)]
+        self._abandoned: list[_Worker] = []
+        self._spawned = 0
         self._closing = False
 
     @property
@@ -68,37 +90,86 @@ class WorkerPool:
         return len(self._workers)
 
     @property
+    def cancel_grace(self) -> float:
+        """Seconds a cancelled handler has to stop before it is left to itself."""
+        return self._cancel_grace
+
+    @property
     def busy(self) -> int:
         """Workers executing a run now."""
         return sum(1 for worker in self._workers if worker.current is not None)
 
     def start(self) -> None:
         """Start the worker tasks."""
-        loop = asyncio.get_running_loop()
-        for i, worker in enumerate(self._workers):
-            worker.task = loop.create_task(self._loop(worker), name=f"keyflow-worker-{i}")
+        for worker in self._workers:
+            self._spawn(worker)
+
+    def _spawn(self, worker: _Worker) -> None:
+        worker.task = asyncio.get_running_loop().create_task(
+            self._loop(worker), name=f"keyflow-worker-{self._spawned}"
+        )
+        self._spawned += 1
 
     def cancel_running(self, record: RunRecord) -> None:
         """Cancel the task executing ``record`` (its handler sees CancelledError)."""
         for worker in self._workers:  # a scan: cancels are rare, starts are not
             if worker.current is record and worker.task is not None:
                 worker.task.cancel(f"keyflow: run {record.id} cancelled")
+                asyncio.get_running_loop().call_later(
+                    self._cancel_grace, self._check_stuck, worker, record
+                )
 
-    async def stop(self, grace: float | None) -> None:
-        """Start nothing new; give running handlers ``grace`` seconds, then interrupt them."""
+    def _check_stuck(self, worker: _Worker, record: RunRecord) -> None:
+        # A cancellation (cancel or timeout) was not obeyed within cancel_grace.
+        if worker.current is not record or worker.abandoned or self._closing:
+            return
+        logger.warning(
+            "the handler of run %s (job %r) ignores its cancellation; its worker is "
+            "replaced, and the run stays running until the handler returns",
+            record.id,
+            record.job,
+        )
+        worker.abandoned = True
+        self._abandoned.append(worker)
+        fresh = _Worker()
+        self._workers[self._workers.index(worker)] = fresh
+        self._spawn(fresh)
+
+    async def stop(self, grace: float) -> None:
+        """Start nothing new; give running handlers ``grace`` seconds, then interrupt them.
+
+        A handler that ignores its cancellation for ``cancel_grace`` more seconds is
+        abandoned: its run goes back to its lane, and the stop completes.
+        """
         self._closing = True
         for waiter in self._core.idle_workers:
             if not waiter.done():
                 waiter.set_result(None)
-        tasks = [w.task for w in self._workers if w.task is not None]
+        workers = [w for w in (*self._workers, *self._abandoned) if w.task is not None]
+        tasks = {w.task for w in workers if w.task is not None and not w.task.done()}
         if not tasks:
             return
-        _, still_running = await asyncio.wait(tasks, timeout=grace)
-        for task in still_running:
+        # asyncio.wait, not awaiting the tasks: a cancellation of stop() itself must
+        # reach the caller, not be taken for a worker's.
+        _, running = await asyncio.wait(tasks, timeout=grace)
+        if not running:
+            return
+        for task in running:
             task.cancel("keyflow: stopped before the run finished")
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        _, stuck = await asyncio.wait(running, timeout=self._cancel_grace)
+        for worker in workers:
+            if worker.task in stuck:
+                worker.detached = True
+                record = worker.current
+                worker.current = None
+                if record is not None and record.status is RUNNING:
+                    logger.error(
+                        "the handler of run %s (job %r) ignored its cancellation at stop; "
+                        "it is abandoned and the run goes back to its lane",
+                        record.id,
+                        record.job,
+                    )
+                    self._core.interrupt(record)
 
     async def _loop(self, worker: _Worker) -> None:
         # One attempt per turn, inlined (no coroutine per run): this is the hot path.
@@ -108,7 +179,9 @@ class WorkerPool:
         task = worker.task
         assert task is not None
         ready = core.ready
-        while not self._closing:
+        pipeline = core.pipeline
+        durable_start = self._durable_start
+        while not self._closing and not worker.abandoned:
             record = ready.popleft() if ready else None
             if record is None or record.status is not PENDING:  # None, or cancelled since
                 if ready:
@@ -117,88 +190,141 @@ class WorkerPool:
                 core.idle_workers.append(waiter)
                 await waiter
                 continue
+            job = jobs.get(record.job)
+            if job is None:  # recovery rejects these; a run must never stick regardless
+                core.reject(record, f"job {record.job!r} is not registered in this process")
+                continue
+            core.start(record)
+            worker.current = record
+            deadline: asyncio.Timeout | None = None
+            watchdog: asyncio.TimerHandle | None = None
+            failure: BaseException | None = None
+            output: Any = None
             try:
-                job = jobs[record.job]
-                core.start(record)
-                worker.current = record
-                deadline: asyncio.Timeout | None = None
-                try:
-                    while record.unsettled:  # a coalesced input is not durable yet
-                        await core.pipeline.barrier()
-                    data = copy_json_dict(record.input)
-                    ctx = RunContext(self._keyflow, core, record, data)
-                    if job.timeout is None:
+                if durable_start:  # the start is on disk before the handler's first line
+                    await pipeline.until_written(record)
+                while record.unsettled:  # a coalesced input is not durable yet
+                    await pipeline.barrier()
+                data = copy_json_dict(record.input)
+                ctx = RunContext(self._keyflow, core, record, data)
+                if job.timeout is None:
+                    output = await job.handler(ctx, data)
+                else:
+                    watchdog = loop.call_later(
+                        job.timeout + self._cancel_grace, self._check_stuck, worker, record
+                    )
+                    deadline = asyncio.timeout(job.timeout)
+                    async with deadline:
                         output = await job.handler(ctx, data)
-                    else:
-                        deadline = asyncio.timeout(job.timeout)
-                        async with deadline:
-                            output = await job.handler(ctx, data)
-                except asyncio.CancelledError:
-                    worker.current = None
-                    if not record.cancel_requested:
-                        core.interrupt(record)  # a stop: the run goes back to its lane
-                        raise
+            except asyncio.CancelledError as exc:
+                if worker.detached:
+                    return
+                worker.current = None
+                if record.cancel_requested:
                     task.uncancel()
                     core.cancelled(record)
                     if task.cancelling():  # a stop came too
                         return
-                except Retry as request:
-                    worker.current = None
-                    self._record_error(record, request)
-                    delay = request.delay
-                    if delay is None:
-                        delay = backoff_delay(job.backoff, record.retries_used + 1, self._rng)
-                    core.fail(record, delay)
-                except TimeoutError as exc:
-                    worker.current = None
-                    expired = deadline is not None and deadline.expired()
-                    message = f"run exceeded its timeout of {job.timeout}s" if expired else None
-                    self._record_error(record, exc, message)
-                    core.fail(record, self._retry_delay(job, record))
-                except Exception as exc:
-                    worker.current = None
-                    self._record_error(record, exc)
-                    core.fail(record, self._retry_delay(job, record))
-                else:
-                    worker.current = None
-                    if record.cancel_requested:  # the handler swallowed the cancellation
-                        task.uncancel()
-                        core.cancelled(record)
-                    elif output is None or type(output) in _PLAIN_OUTPUTS:
-                        core.complete(record, output)
-                    else:
-                        self._finish_ok(record, output)
-            except Exception:  # a bug in keyflow itself: keep the worker alive
-                worker.current = None
-                logger.exception("keyflow worker failed while executing run %s", record.id)
+                    continue
+                if task.cancelling():
+                    core.interrupt(record)  # a stop: the run goes back to its lane
+                    raise
+                failure = exc  # the handler raised CancelledError of its own
+            except _EXITS:
+                raise  # the process is exiting: on restart the run counts as a crash
+            except BaseException as exc:  # Retry, TimeoutError, anything a handler raises
+                failure = exc
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+            if worker.detached:
+                return  # a stop gave up on this handler; its run was interrupted
+            worker.current = None
+            try:
+                self._settle(job, record, task, failure, output, deadline)
+            except Exception:  # a bug in keyflow: the run must still end
+                logger.exception("keyflow failed to record the end of run %s", record.id)
+                status: RunStatus = record.status  # (mypy narrowed it to PENDING above)
+                if status is RUNNING:
+                    core.fail(record, None)
+
+    def _settle(
+        self,
+        job: Job,
+        record: RunRecord,
+        task: asyncio.Task[None],
+        failure: BaseException | None,
+        output: Any,
+        deadline: asyncio.Timeout | None,
+    ) -> None:
+        """Record how the attempt ended."""
+        core = self._core
+        if record.cancel_requested:  # cancelled, whatever the handler did with it
+            if task.cancelling():
+                task.uncancel()
+            core.cancelled(record)
+        elif isinstance(failure, Retry):
+            self._record_error(record, failure)
+            delay = failure.delay
+            if delay is None:
+                self._fail_or_retry(job, record)
+            else:
+                core.fail(record, delay)
+        elif isinstance(failure, TimeoutError) or (
+            failure is None and deadline is not None and deadline.expired()
+        ):
+            # A handler that caught its timeout's cancellation and returned anyway still
+            # ran past its timeout: the attempt failed.
+            expired = deadline is not None and deadline.expired()
+            exc = failure if failure is not None else TimeoutError()
+            message = f"run exceeded its timeout of {job.timeout}s" if expired else None
+            self._record_error(record, exc, message)
+            self._fail_or_retry(job, record)
+        elif failure is not None:
+            self._record_error(record, failure)
+            self._fail_or_retry(job, record)
+        elif output is None or type(output) is bool or (type(output) is str and output.isascii()):
+            core.complete(record, output)  # storable as it is: no copy, no check
+        else:
+            self._finish_ok(record, output)
+
+    def _fail_or_retry(self, job: Job, record: RunRecord) -> None:
+        if record.retries_used >= job.retries:
+            self._core.fail(record, None)
+            return
+        try:
+            delay = backoff_delay(job.backoff, record.retries_used + 1, self._rng)
+        except KeyflowError as exc:  # the job's backoff function misbehaved
+            self._record_error(record, exc, f"no retry: {exc}")
+            self._core.fail(record, None)
+            return
+        self._core.fail(record, delay)
 
     def _finish_ok(self, record: RunRecord, output: Any) -> None:
         try:
             checked = json_copy(output, "output")
         except NotJSONError as exc:
-            error = TypeError(f"handler returned a value that is not JSON: {exc}")
+            error = TypeError(f"handler returned a value that is not JSON storage can hold: {exc}")
             self._record_error(record, error)
             self._core.fail(record, None)
             return
         self._core.complete(record, checked)
 
-    def _retry_delay(self, job: Job, record: RunRecord) -> float | None:
-        if record.retries_used >= job.retries:
-            return None
-        return backoff_delay(job.backoff, record.retries_used + 1, self._rng)
-
     def _record_error(
         self, record: RunRecord, exc: BaseException, message: str | None = None
     ) -> None:
-        text = "".join(traceback.format_exception(exc))
+        try:
+            text = "".join(traceback.format_exception(exc))
+        except Exception:  # formatting calls the exception's own code
+            text = f"{type(exc).__name__} (its traceback could not be formatted)"
         if len(text) > MAX_TRACEBACK_CHARS:
             text = "…" + text[-MAX_TRACEBACK_CHARS:]
         record.add_error(
             AttemptError(
                 attempt=record.attempt,
-                type=type(exc).__name__,
-                message=message or str(exc),
-                traceback=text,
+                type=storable_text(type(exc).__name__),
+                message=storable_text(message) if message is not None else safe_str(exc),
+                traceback=storable_text(text),
                 at=self._core.clock.now(),
             )
         )

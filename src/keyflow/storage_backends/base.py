@@ -80,6 +80,10 @@ class StorageBackend(ABC):
     """True when the backend keeps the scheduler's live records themselves (the in-memory
     backend): then it is told only of new and finished runs, not of every change."""
 
+    read_only: bool = False
+    """True when the backend was opened only to read (``?mode=ro``): the scheduler then
+    executes, recovers and writes nothing."""
+
     synchronous: bool = False
     """True when :meth:`write_sync` works: the write needs no I/O wait, so the scheduler
     can commit a trigger without suspending (the in-memory backend)."""
