@@ -3,9 +3,71 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from keyflow import Run, RunStatus, StorageBackend
 from keyflow.storage_backends import MemoryBackend, RunQuery, StoredState, WriteBatch
+from keyflow.storage_backends.journal import JournalFile
+from keyflow.storage_backends.jsonfile import JSONFileBackend
+
+
+def disk_full() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+@dataclass
+class DiskFaults:
+    """What a :class:`FaultyJSON` store's disk does wrong right now."""
+
+    append: bool = False
+    """Appends write half their bytes, then fail (ENOSPC)."""
+    cut: bool = False
+    """Cutting the journal back fails too."""
+    snapshot: bool = False
+    """Writing a snapshot (compaction) fails."""
+    new_journal: bool = False
+    """Starting a new journal (the second half of a compaction) fails."""
+
+
+class FaultyJournal(JournalFile):
+    """A journal file on a disk that fails as :class:`DiskFaults` says."""
+
+    def __init__(self, path: Path, faults: DiskFaults) -> None:
+        super().__init__(path)
+        self.faults = faults
+
+    def append(self, data: bytes) -> None:
+        if self.faults.append:
+            super().append(data[: len(data) // 2])  # half of it lands, like a full disk
+            raise disk_full()
+        super().append(data)
+
+    def truncate(self, size: int) -> None:
+        if self.faults.cut:
+            raise OSError(errno.EIO, "Input/output error")
+        super().truncate(size)
+
+
+class FaultyJSON(JSONFileBackend):
+    """The JSON backend on a disk that fails on demand (``faults``)."""
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.faults = DiskFaults()
+        self.journal_file = lambda p: FaultyJournal(p, self.faults)
+
+    def _write_snapshot(self, document: dict[str, Any]) -> None:
+        if self.faults.snapshot:
+            raise disk_full()
+        super()._write_snapshot(document)
+
+    def _new_journal(self) -> None:
+        if self.faults.new_journal and self.journal_path.exists():  # not at the first open
+            raise disk_full()
+        super()._new_journal()
 
 
 class DiskLikeBackend(StorageBackend):

@@ -18,11 +18,11 @@ import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
 from keyflow.storage_backends import WriteBatch, open_backend
-from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 from keyflow.testing import VirtualClock
 
 from .conftest import MakeKeyflow, storage_url_for
+from .fakes import FaultyJSON
 
 
 @pytest.fixture(params=("sqlite", "json"))
@@ -203,26 +203,16 @@ class FailingSQLite(SQLiteBackend):
         return await super()._prune(conn, finished)
 
 
-class FailingJSON(JSONFileBackend):
+class FailingJSON(FaultyJSON):
     """A JSON backend whose appends stop half-way, like a disk that filled up."""
 
-    failing = False
+    @property
+    def failing(self) -> bool:
+        return self.faults.append
 
-    async def open(self) -> Any:
-        state = await super().open()
-        journal = self._journal
-        assert journal is not None
-        real_write = journal.write
-
-        async def write(data: Any) -> int:
-            if self.failing:
-                await real_write(data[: len(data) // 2])
-                await journal.flush()
-                raise OSError(28, "No space left on device")
-            return await real_write(data)
-
-        journal.write = write  # type: ignore[method-assign]
-        return state
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        self.faults.append = value
 
 
 def failing_backend(url: str) -> FailingSQLite | FailingJSON:

@@ -11,9 +11,8 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
-from keyflow.storage_backends import RunQuery, WriteBatch, open_backend
+from keyflow.storage_backends import RunQuery, WriteBatch, open_backend, sqlite_schema
 from keyflow.storage_backends import jsonfile as jsonfile_module
-from keyflow.storage_backends import sqlite as sqlite_module
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
@@ -217,11 +216,11 @@ async def test_an_older_schema_is_migrated_in_place(
     await backend.write(WriteBatch([record("a")]))
     await backend.close()
     migration = ["ALTER TABLE keyflow_runs ADD COLUMN note TEXT"]
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", {1: migration})
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 2: migration})
     assert await unfinished_ids(SQLiteBackend(path)) == ["a"]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM keyflow_schema").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM keyflow_schema").fetchall() == [(3,)]
         columns = [row[1] for row in db.execute("PRAGMA table_info(keyflow_runs)")]
     db.close()
     assert "note" in columns

@@ -11,26 +11,33 @@ between the two replacements) is already folded in and is ignored. A torn last
 journal line (a crash mid-append) was never acknowledged and is dropped; anything
 else unreadable stops the open with an error naming the file and line, touching
 nothing.
+
+A full disk never breaks the store for good: a failed append is cut back to the last
+good line (or, if even that fails, before the next append), and a failed compaction
+only postpones compaction: the appended batch is durable and acknowledged. Every batch
+first checks that the files are still the ones opened (deleted or replaced files would
+swallow later commits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import aiofiles
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+from .journal import JournalFile, identity, replace_atomically
 from .lockfile import WriterLock
-from .rows import Row, dumps, record_row, row_record, row_run
+from .rows import Row, dumps, encode_row, record_row, row_record, row_run
+
+logger = logging.getLogger("keyflow.storage")
 
 SNAPSHOT_FORMAT = "keyflow-snapshot"
 JOURNAL_FORMAT = "keyflow-journal"
@@ -44,6 +51,10 @@ _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 class JSONFileBackend(StorageBackend):
     """Runs in a JSON snapshot file and its append-only journal."""
+
+    journal_file: Callable[[Path], JournalFile] = JournalFile
+    """Opens the journal for appending (a test swaps in a file that fails like a full
+    disk)."""
 
     def __init__(self, path: str | Path, *, retention: int = 10_000, read_only: bool = False):
         if retention < 0:
@@ -60,11 +71,17 @@ class JSONFileBackend(StorageBackend):
         self._idempotency: dict[tuple[str, str], str] = {}
         self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
         self._generation = 0
-        self._journal: AsyncBufferedIOBase | None = None
+        self._journal: JournalFile | None = None
         self._journal_size = 0
+        """Bytes of the journal that hold acknowledged lines (the rest is to cut)."""
+        self._needs_cut = False
+        """A failed append could not be cut back yet: do it before the next append."""
+        self._needs_journal = False
+        """A compaction wrote its snapshot but not the new journal: make it first."""
         self._snapshot_size = 0
+        self._snapshot_id: tuple[int, int] | None = None
+        self._compact_at = MIN_COMPACT_BYTES
         self._to_prune: list[str] = []
-        self._broken: str | None = None
         self._seen: tuple[float, int, float, int] | None = None  # read-only: file stats
         self._loaded_at = 0.0
         self.refresh_seconds = REFRESH_SECONDS
@@ -83,33 +100,44 @@ class JSONFileBackend(StorageBackend):
             StorageCorruptError: a file is not readable as keyflow's (names file and
                 line); nothing was changed.
         """
-        if self.read_only:
-            await self._refresh()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
-            try:
+        for path in (self.path, self.journal_path):
+            if path.is_dir():
+                raise StorageError(f"{path} is a directory, not a keyflow JSON file")
+        try:
+            if self.read_only:
+                await self._refresh()
+            else:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot create the folder of {self.path}: {exc}") from exc
+                self._lock.acquire()
                 await self._open_for_writing()
-            except BaseException:
-                await self.close()
-                raise
-        unfinished = [
-            row_record(row) for row in self._runs.values() if row["status"] not in _TERMINAL
-        ]
+            unfinished = [
+                row_record(row) for row in self._runs.values() if row["status"] not in _TERMINAL
+            ]
+        except BaseException:
+            await self.close()
+            raise
         return StoredState(unfinished=unfinished)
 
     async def _open_for_writing(self) -> None:
-        good_journal_bytes = await asyncio.to_thread(self._load)
-        if not self.path.exists():
-            await asyncio.to_thread(self._write_snapshot, self._snapshot(1))
-            self._generation = 1
-            good_journal_bytes = None
-        if good_journal_bytes is None:  # missing or stale: start a fresh one
-            await asyncio.to_thread(self._new_journal)
-        elif good_journal_bytes < self.journal_path.stat().st_size:
-            os.truncate(self.journal_path, good_journal_bytes)  # drop the torn last line
-        self._journal_size = self.journal_path.stat().st_size
-        self._journal = await aiofiles.open(self.journal_path, "ab")
+        try:
+            good_journal_bytes = await asyncio.to_thread(self._load)
+            if not self.path.exists():
+                await asyncio.to_thread(self._write_snapshot, self._snapshot(1))
+                self._generation = 1
+                good_journal_bytes = None
+            if good_journal_bytes is None:  # missing or stale: start a fresh one
+                await asyncio.to_thread(self._new_journal)
+            elif good_journal_bytes < self.journal_path.stat().st_size:
+                os.truncate(self.journal_path, good_journal_bytes)  # drop the torn last line
+            self._journal_size = self.journal_path.stat().st_size
+            self._journal = self.journal_file(self.journal_path)
+        except OSError as exc:
+            raise StorageError(f"{self.path} cannot be opened for writing: {exc}") from exc
+        self._snapshot_id = identity(self.path)
+        self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
         self._apply_retention()
 
     def _load(self) -> int | None:
@@ -137,10 +165,12 @@ class JSONFileBackend(StorageBackend):
         try:
             self._generation = int(snapshot["generation"])
             for row in snapshot["runs"]:
+                if not isinstance(row, dict):
+                    raise TypeError(f"a run is a JSON {type(row).__name__}")
                 self._put(row)
             for job, key, run_id in snapshot["idempotency"]:
                 self._remember_key(job, key, run_id)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageCorruptError(f"{self.path}: malformed snapshot ({exc!r})") from None
         if not self.journal_path.exists():
             return None
@@ -172,7 +202,7 @@ class JSONFileBackend(StorageBackend):
             try:
                 entry = json.loads(line)
                 self._apply_entry(entry)
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):  # JSON errors included
                 if number == len(complete) and not torn:
                     break  # the last line, cut short by a crash before its newline landed
                 raise StorageCorruptError(
@@ -190,6 +220,8 @@ class JSONFileBackend(StorageBackend):
 
     def _apply_entry(self, entry: dict[str, Any]) -> None:
         for row in entry["runs"]:
+            if not isinstance(row, dict):
+                raise TypeError(f"a run is a JSON {type(row).__name__}")
             self._put(row)
         for job, key, run_id in entry["idempotency"]:
             self._remember_key(job, key, run_id)
@@ -197,11 +229,16 @@ class JSONFileBackend(StorageBackend):
             self._forget(run_id)
 
     async def close(self) -> None:
-        """Close the journal and release the lock. Idempotent."""
+        """Close the journal and release the lock. Idempotent.
+
+        A failed append not cut off yet gets a last try first.
+        """
         journal, self._journal = self._journal, None
         try:
             if journal is not None:
-                await journal.close()
+                if self._needs_cut:
+                    await self._cut(journal)
+                journal.close()
         finally:
             self._lock.release()
 
@@ -213,19 +250,36 @@ class JSONFileBackend(StorageBackend):
         Raises:
             StorageError: nothing of the batch was stored.
         """
-        rows = [record_row(record) for record in batch.runs]  # before the first await
+        texts: list[str] = []
+        rows: list[Row] = []
+        for record in batch.runs:  # before the first await (see the base module)
+            row, text = encode_row(record_row(record))
+            rows.append(row)
+            texts.append(text)
         journal = self._writable()
+        self._check_identity(journal)
         pruned, self._to_prune = self._to_prune, []
         line = (
-            dumps({"runs": rows, "idempotency": batch.idempotency, "pruned": pruned}) + "\n"
+            '{"runs":['
+            + ",".join(texts)
+            + '],"idempotency":'
+            + dumps(batch.idempotency)
+            + ',"pruned":'
+            + dumps(pruned)
+            + "}\n"
         ).encode()
         try:
-            await journal.write(line)
-            await journal.flush()
-            await asyncio.to_thread(os.fsync, journal.fileno())
+            if self._needs_journal:
+                await self._start_journal()
+                journal = self._writable()
+            if self._needs_cut and not await self._cut(journal):
+                raise OSError("the journal still holds the tail of a failed append")
+            await asyncio.to_thread(journal.append, line)
         except OSError as exc:
             self._to_prune = pruned + self._to_prune
-            await self._undo_append(exc)
+            if self._journal is not None and not self._needs_journal:
+                self._needs_cut = True
+                await self._cut(self._journal)
             raise StorageError(f"writing {self.journal_path} failed: {exc}") from exc
         self._journal_size += len(line)
         for row in rows:
@@ -233,40 +287,73 @@ class JSONFileBackend(StorageBackend):
         for job, key, run_id in batch.idempotency:
             self._remember_key(job, key, run_id)
         self._apply_retention()
-        if self._journal_size > max(MIN_COMPACT_BYTES, self._snapshot_size):
-            await self.compact()
+        if self._journal_size > self._compact_at:
+            # The batch is durable: a compaction that fails only comes later.
+            try:
+                await self.compact()
+            except StorageError as exc:
+                self._compact_at = self._journal_size + max(
+                    MIN_COMPACT_BYTES, self._journal_size // 4
+                )
+                logger.warning("%s; compaction will be tried again later", exc)
 
-    async def _undo_append(self, exc: OSError) -> None:
-        # Cut the journal back to its last good line, so later appends follow it.
+    async def _cut(self, journal: JournalFile) -> bool:
+        # Cut the journal back to its last good line, so a failed append leaves nothing
+        # behind; True when done (else it is tried again before the next append).
         try:
-            assert self._journal is not None
-            await self._journal.truncate(self._journal_size)
-            await self._journal.seek(self._journal_size)
-        except (OSError, ValueError) as again:
-            self._broken = f"the journal could not be repaired after {exc!r}: {again!r}"
+            await asyncio.to_thread(journal.truncate, self._journal_size)
+        except OSError as exc:
+            logger.error("cannot cut %s back after a failed append: %r", self.journal_path, exc)
+            return False
+        self._needs_cut = False
+        return True
+
+    def _check_identity(self, journal: JournalFile) -> None:
+        # Files deleted or replaced under us would swallow every later commit.
+        self._lock.check()
+        replaced = identity(self.path) != self._snapshot_id or (
+            not self._needs_journal and identity(self.journal_path) != journal.identity()
+        )
+        if replaced:
+            raise StorageError(
+                f"{self.path} or its journal was deleted or replaced while keyflow was "
+                "writing it; refusing to write: restart keyflow to open the files anew"
+            )
 
     async def compact(self) -> None:
         """Fold the journal into a new snapshot and start an empty journal.
 
         Raises:
-            StorageError: the snapshot could not be written (the old files still hold
-                everything).
+            StorageError: the snapshot or the new journal could not be written; nothing
+                is lost (the old files, or the new snapshot, hold everything) and later
+                writes go on.
         """
-        journal = self._writable()
+        self._writable()
         document = self._snapshot(self._generation + 1)
         try:
             # Serialised in the thread too: the rows are never changed in place, only
             # replaced, so the lists taken here stay the state of this moment.
             await asyncio.to_thread(self._write_snapshot, document)
-            self._generation += 1
-            await journal.close()
-            self._journal = None
-            await asyncio.to_thread(self._new_journal)
-            self._journal_size = self.journal_path.stat().st_size
-            self._journal = await aiofiles.open(self.journal_path, "ab")
         except OSError as exc:
-            self._broken = f"compaction failed: {exc!r}"
             raise StorageError(f"compacting {self.path} failed: {exc}") from exc
+        self._generation += 1
+        self._snapshot_id = identity(self.path)
+        # The old journal is folded in now: nothing may be appended to it any more.
+        self._needs_journal = True
+        try:
+            await self._start_journal()
+        except OSError as exc:
+            raise StorageError(f"starting a new {self.journal_path} failed: {exc}") from exc
+
+    async def _start_journal(self) -> None:
+        await asyncio.to_thread(self._new_journal)
+        old, self._journal = self._journal, None
+        if old is not None:
+            old.close()
+        self._journal = self.journal_file(self.journal_path)
+        self._journal_size = self.journal_path.stat().st_size
+        self._needs_journal = self._needs_cut = False
+        self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
 
     def _snapshot(self, generation: int) -> dict[str, Any]:
         idempotency = [[job, key, run_id] for (job, key), run_id in self._idempotency.items()]
@@ -280,18 +367,16 @@ class JSONFileBackend(StorageBackend):
 
     def _write_snapshot(self, document: dict[str, Any]) -> None:
         data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
-        _replace_atomically(self.path, data)
+        replace_atomically(self.path, data)
         self._snapshot_size = len(data)
 
     def _new_journal(self) -> None:
         header = {"format": JOURNAL_FORMAT, "version": VERSION, "generation": self._generation}
-        _replace_atomically(self.journal_path, (dumps(header) + "\n").encode())
+        replace_atomically(self.journal_path, (dumps(header) + "\n").encode())
 
-    def _writable(self) -> AsyncBufferedIOBase:
+    def _writable(self) -> JournalFile:
         if self.read_only:
             raise StorageError(f"{self.path} is open read-only")
-        if self._broken is not None:
-            raise StorageError(f"{self.path} cannot be written: {self._broken}")
         if self._journal is None:
             raise StorageError(f"{self.path} is not open")
         return self._journal
@@ -393,22 +478,3 @@ class JSONFileBackend(StorageBackend):
         """The run an earlier trigger with that key made, while it is retained."""
         await self._refresh()
         return self._idempotency.get((job, idempotency_key))
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

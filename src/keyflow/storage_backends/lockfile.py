@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import StorageLockedError
+from ..errors import StorageError, StorageLockedError
 
 
 class WriterLock:
@@ -30,19 +30,53 @@ class WriterLock:
         """
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the lock file {self.path} (keyflow needs to write beside "
+                f"{self.path.with_suffix('')}; open it read-only to only read): {exc}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            own = ": another Keyflow instance of this one" if holder == str(os.getpid()) else ""
             raise StorageLockedError(
                 f"{self.path.with_suffix('')} is in use by another keyflow process "
-                f"(pid {holder}); only one process may write it (open it read-only to watch)"
+                f"(pid {holder}{own}); only one may write it (open it read-only to watch)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot lock {self.path}: {exc}") from exc
+        with contextlib.suppress(OSError):  # the pid only makes a refusal's message nicer
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+
+    def check(self) -> None:
+        """Make sure the lock still guards the storage: its file is the one we locked.
+
+        Deleting ``<file>.lock`` (or replacing it) under a running writer would let a
+        second writer in; this is checked before every write batch.
+
+        Raises:
+            StorageError: the lock file was deleted or replaced.
+        """
+        if self._fd is None:
+            raise StorageError(f"{self.path} is not locked")
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(self._fd)
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise StorageError(
+                f"the lock file {self.path} was deleted or replaced while keyflow held it: "
+                "another process could now write the same storage, so keyflow refuses to "
+                "write; stop the other writer and restart keyflow"
+            )
 
     def release(self) -> None:
         """Let go of the lock (the file stays; it is reused)."""

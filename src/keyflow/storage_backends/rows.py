@@ -10,15 +10,20 @@ never mutated), so a row stays the state it was made from.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections import deque
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import StorageCorruptError
+from ..jsonvalue import NotJSONError, json_copy, safe_repr, storable_text
 from ..records import MAX_COALESCED_KEPT, MAX_LOG_LINES, RunRecord
 from ..runs import AttemptError, LogEntry, Progress, Run, RunStatus
 
 Row = dict[str, Any]
 """One run, as JSON values."""
+
+logger = logging.getLogger("keyflow.storage")
 
 FORMAT_VERSION = 1
 """The layout of a row; stored with the data so a later version can migrate it."""
@@ -63,8 +68,12 @@ def row_record(row: Row) -> RunRecord:
     """A live record rebuilt from ``row`` (durable: it came from storage).
 
     Raises:
-        StorageError: the row is not a run this version can read.
+        StorageCorruptError: the row is not a run this version can read.
     """
+    if not isinstance(row, dict):
+        raise StorageCorruptError(
+            f"a stored run is a JSON {type(row).__name__}, not an object: unreadable"
+        )
     try:
         record = RunRecord(
             row["id"],
@@ -102,8 +111,10 @@ def row_record(row: Row) -> RunRecord:
         record.crashes = row["crashes"]
         record.retries_used = row["retries_used"]
         record.cancel_requested = row["cancel_requested"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StorageError(f"stored run {row.get('id')!r} is unreadable: {exc!r}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StorageCorruptError(
+            f"stored run {safe_repr(row.get('id'))} is unreadable: {safe_repr(exc)}"
+        ) from exc
     return record
 
 
@@ -115,6 +126,62 @@ def row_run(row: Row) -> Run:
 def dumps(value: Any) -> str:
     """Compact JSON text (rows hold JSON values only: checked when they came in)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_row(row: Row) -> tuple[Row, str]:
+    """The JSON text of ``row``, ready to write as UTF-8; and the row it stands for.
+
+    Every value was checked storable on its way in. Should one slip through anyway (a
+    keyflow bug), the run is stored with that value made safe (text escaped, a huge
+    number replaced by a note) rather than blocking storage for everyone: the returned
+    row is then that safe copy.
+    """
+    try:
+        text = dumps(row)
+        if not text.isascii():
+            text.encode("utf-8")
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        logger.error(
+            "run %s holds a value storage cannot write (%r); stored made safe", row.get("id"), exc
+        )
+        row = _made_safe(row)
+        text = dumps(row)
+    return row, text
+
+
+def loads_row(text: str | bytes, where: str) -> Row:
+    """A row read back from storage.
+
+    Raises:
+        StorageCorruptError: the text is not a JSON object (``where`` names the place).
+    """
+    try:
+        row = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise StorageCorruptError(f"{where} holds a run that is not JSON: {exc}") from None
+    if not isinstance(row, dict):
+        raise StorageCorruptError(f"{where} holds a run that is a JSON {type(row).__name__}")
+    return row
+
+
+def _made_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        try:
+            json_copy(value)
+        except NotJSONError:
+            return f"<an integer of about {value.bit_length() * 3 // 10} digits>"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _made_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_made_safe(v) for v in value]
+    return safe_repr(value)
 
 
 def _error_row(error: AttemptError) -> Row:

@@ -9,85 +9,36 @@ writes (``<file>.lock``); any number may read (``mode="ro"``).
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import (
-    Column,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    bindparam,
-    delete,
-    func,
-    literal_column,
-    select,
-)
-from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy import String, bindparam, delete, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import BindParameter, ColumnClause
 
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run
+from . import sqlite_schema as schema
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch
 from .lockfile import WriterLock
-from .rows import dumps, record_row, row_record, row_run
-
-_TERMINAL = ("cancelled", "completed", "failed")
-SCHEMA_VERSION = 1
-"""The schema this version writes; older ones are migrated at open."""
+from .rows import encode_row, loads_row, record_row, row_record, row_run
+from .sqlite_schema import (
+    ROWID,
+    TERMINAL,
+    idempotency_table,
+    insert_idempotency,
+    insert_labels,
+    labels_table,
+    metadata,
+    runs_table,
+    schema_table,
+    upsert_run,
+)
 
 Synchronous = Literal["NORMAL", "FULL"]
-
-metadata = MetaData()
-schema_table = Table("keyflow_schema", metadata, Column("version", Integer, nullable=False))
-runs_table = Table(
-    "keyflow_runs",
-    metadata,
-    Column("id", String, primary_key=True),
-    Column("job", String, nullable=False),
-    Column("concurrency_key", String),
-    Column("status", String, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("finished_at", Float),
-    Column("data", Text, nullable=False),
-    Index("keyflow_runs_status", "status"),
-    Index("keyflow_runs_job", "job", "created_at"),
-    Index("keyflow_runs_key", "concurrency_key", "created_at"),
-    Index("keyflow_runs_created", "created_at"),
-    Index("keyflow_runs_finished", "finished_at"),
-)
-idempotency_table = Table(
-    "keyflow_idempotency",
-    metadata,
-    Column("job", String, primary_key=True),
-    Column("idempotency_key", String, primary_key=True),
-    Column("run_id", String, nullable=False),
-    Index("keyflow_idempotency_run", "run_id"),
-)
-MIGRATIONS: dict[int, list[str]] = {}
-"""SQL that takes a database from version ``v`` to ``v + 1``, by ``v``."""
-
-_ROWID: ColumnClause[int] = literal_column(
-    "rowid", Integer
-)  # creation order: an upsert keeps a row's rowid
-_upsert_run = insert(runs_table)
-_upsert_run = _upsert_run.on_conflict_do_update(
-    index_elements=[runs_table.c.id],
-    set_={
-        "status": _upsert_run.excluded.status,
-        "finished_at": _upsert_run.excluded.finished_at,
-        "data": _upsert_run.excluded.data,
-    },
-)
-_insert_idempotency = insert(idempotency_table).on_conflict_do_nothing()
 
 
 class SQLiteBackend(StorageBackend):
@@ -113,6 +64,7 @@ class SQLiteBackend(StorageBackend):
         self._lock = WriterLock(self.path)
         self._engine: AsyncEngine | None = None
         self._writer: AsyncConnection | None = None
+        self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
 
@@ -128,11 +80,19 @@ class SQLiteBackend(StorageBackend):
             StorageLockedError: another process writes this file.
             StorageCorruptError: the file is not a keyflow database (it is left untouched).
         """
-        if not self.read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
+        if self.path.is_dir():
+            raise StorageError(f"{self.path} is a directory, not a SQLite database file")
         try:
-            return await self._open()
+            if not self.read_only:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot create the folder of {self.path}: {exc}") from exc
+                self._lock.acquire()
+            state = await self._open()
+            if not self.read_only:
+                self._identity = _identity(self.path)
+            return state
         except BaseException:
             await self.close()
             raise
@@ -147,22 +107,23 @@ class SQLiteBackend(StorageBackend):
         engine = self._engine = create_async_engine(
             url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 30}
         )
+        event.listen(engine.sync_engine, "connect", _on_connect)
         try:
             self._writer = conn = await engine.connect()
             await self._check_schema(conn)
             unfinished = await conn.execute(
                 select(runs_table.c.data)
-                .where(runs_table.c.status.not_in(_TERMINAL))
-                .order_by(_ROWID)
+                .where(runs_table.c.status.not_in(TERMINAL))
+                .order_by(ROWID)
             )
-            records = [row_record(json.loads(data)) for (data,) in unfinished]
+            records = [row_record(loads_row(data, str(self.path))) for (data,) in unfinished]
             self._finished = await self._count_finished(conn)
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageCorruptError(
                 f"{self.path} cannot be opened as a keyflow database: {exc}"
             ) from exc
-        except json.JSONDecodeError as exc:
-            raise StorageCorruptError(f"{self.path} holds a run that is not JSON: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"{self.path} cannot be opened: {exc}") from exc
         return StoredState(unfinished=records)
 
     async def _check_schema(self, conn: AsyncConnection) -> None:
@@ -188,27 +149,31 @@ class SQLiteBackend(StorageBackend):
         try:
             if not tables:
                 await conn.run_sync(metadata.create_all)
-                await conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+                await conn.execute(schema_table.insert().values(version=schema.SCHEMA_VERSION))
             else:
                 version = await self._schema_version(conn)
-                for step in range(version, SCHEMA_VERSION):
-                    for statement in MIGRATIONS[step]:
-                        await conn.exec_driver_sql(statement)
-                if version != SCHEMA_VERSION:
-                    await conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
+                target = schema.SCHEMA_VERSION
+                for step in range(version, target):
+                    for action in schema.MIGRATIONS[step]:
+                        if isinstance(action, str):
+                            await conn.exec_driver_sql(action)
+                        else:
+                            await conn.run_sync(action)
+                if version != target:
+                    await conn.execute(schema_table.update().values(version=target))
             await conn.exec_driver_sql("COMMIT")
         except BaseException:
-            await conn.exec_driver_sql("ROLLBACK")
+            await _roll_back(conn)
             raise
 
     async def _schema_version(self, conn: AsyncConnection) -> int:
         version = (await conn.execute(select(schema_table.c.version))).scalar()
         if not isinstance(version, int) or version < 1:
             raise StorageCorruptError(f"{self.path} has no valid keyflow schema version")
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise StorageCorruptError(
                 f"{self.path} has schema version {version}, written by a newer keyflow "
-                f"(this one knows up to {SCHEMA_VERSION})"
+                f"(this one knows up to {schema.SCHEMA_VERSION})"
             )
         return version
 
@@ -235,23 +200,47 @@ class SQLiteBackend(StorageBackend):
         # Read every record now, before the first await (see the base module).
         rows = [_columns(record_row(record)) for record in batch.runs]
         keys = [{"job": j, "idempotency_key": k, "run_id": r} for j, k, r in batch.idempotency]
-        newly_finished = sum(1 for row in rows if row["status"] in _TERMINAL)
+        labels = [  # a run's labels never change: inserted once, ignored after
+            {"run_id": record.id, "name": name, "value": value}
+            for record in batch.runs
+            if record.labels
+            for name, value in record.labels.items()
+        ]
+        newly_finished = sum(1 for row in rows if row["status"] in TERMINAL)
         conn = self._writable()
+        self._check_identity()
         try:
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 if rows:
-                    await conn.execute(_upsert_run, rows)
+                    await conn.execute(upsert_run, rows)
                 if keys:
-                    await conn.execute(_insert_idempotency, keys)
+                    await conn.execute(insert_idempotency, keys)
+                if labels:
+                    await conn.execute(insert_labels, labels)
                 pruned = await self._prune(conn, self._finished + newly_finished)
                 await conn.exec_driver_sql("COMMIT")
             except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+                await _roll_back(conn)  # the error that matters is this one, not ROLLBACK's
                 raise
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
-            raise StorageError(f"writing to {self.path} failed: {exc}") from exc
+            raise StorageError(f"writing to {self.path} failed: {_reason(exc)}") from exc
         self._finished = pruned
+
+    def _check_identity(self) -> None:
+        # A database deleted (or replaced) under us would take every later commit with
+        # it: SQLite keeps writing to the unlinked file. One stat() per batch tells.
+        self._lock.check()
+        try:
+            now = _identity(self.path)
+        except OSError:
+            now = None
+        if now != self._identity:
+            raise StorageError(
+                f"{self.path} was deleted or replaced while keyflow was writing it; "
+                "refusing to write (what was written since is in the old file): restart "
+                "keyflow to open the file anew"
+            )
 
     async def _prune(self, conn: AsyncConnection, finished: int) -> int:
         # Counted exactly only when the estimate is past the slack: O(1) per commit.
@@ -263,17 +252,18 @@ class SQLiteBackend(StorageBackend):
             return finished
         oldest = (
             select(runs_table.c.id)
-            .where(runs_table.c.status.in_(_TERMINAL))
+            .where(runs_table.c.status.in_(TERMINAL))
             .order_by(runs_table.c.finished_at)
             .limit(excess)
             .scalar_subquery()
         )
         await conn.execute(delete(idempotency_table).where(idempotency_table.c.run_id.in_(oldest)))
+        await conn.execute(delete(labels_table).where(labels_table.c.run_id.in_(oldest)))
         await conn.execute(delete(runs_table).where(runs_table.c.id.in_(oldest)))
         return finished - excess
 
     async def _count_finished(self, conn: AsyncConnection) -> int:
-        query = select(func.count()).where(runs_table.c.status.in_(_TERMINAL))
+        query = select(func.count()).where(runs_table.c.status.in_(TERMINAL))
         return int((await conn.execute(query)).scalar_one())
 
     def _writable(self) -> AsyncConnection:
@@ -294,19 +284,23 @@ class SQLiteBackend(StorageBackend):
         """The stored run, or None."""
         query = select(runs_table.c.data).where(runs_table.c.id == run_id)
         data = await self._read_scalar(query)
-        return None if data is None else row_run(json.loads(data))
+        return None if data is None else row_run(loads_row(data, str(self.path)))
 
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
         statement = (
             _filtered(select(runs_table.c.data), query)
-            .order_by(_ROWID.desc())
+            .order_by(ROWID.desc())
             .limit(query.limit)
             .offset(query.offset)
         )
-        async with self._reader().connect() as conn:
-            result = await conn.execute(statement)
-            return [row_run(json.loads(data)) for (data,) in result]
+        try:
+            async with self._reader().connect() as conn:
+                result = await conn.execute(statement)
+                rows = [data for (data,) in result]
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return [row_run(loads_row(data, str(self.path))) for data in rows]
 
     async def count_runs(self, query: RunQuery) -> int:
         """How many runs match."""
@@ -329,10 +323,39 @@ class SQLiteBackend(StorageBackend):
             async with self._reader().connect() as conn:
                 return (await conn.execute(statement)).scalar()
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise StorageError(f"reading {self.path} failed: {exc}") from exc
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Python's lower() for free-text search beyond ASCII (see _filtered).
+    dbapi_connection.create_function("keyflow_lower", 1, _lower, deterministic=True)
+
+
+def _lower(text: object) -> object:
+    return text.lower() if isinstance(text, str) else text
+
+
+async def _roll_back(conn: AsyncConnection) -> None:
+    # SQLite rolls a transaction back by itself on some failures (a full disk): then
+    # ROLLBACK fails with "no transaction is active", which must not hide the cause.
+    with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
+        await conn.exec_driver_sql("ROLLBACK")
+
+
+def _reason(exc: BaseException) -> str:
+    # SQLAlchemy's message carries the statement and its parameters (whole runs): keep
+    # the driver's own words.
+    original = getattr(exc, "orig", None)
+    return str(original) if original is not None else str(exc)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino)
 
 
 def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    row, text = encode_row(row)
     return {
         "id": row["id"],
         "job": row["job"],
@@ -340,7 +363,7 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "created_at": row["created_at"],
         "finished_at": row["finished_at"],
-        "data": dumps(row),
+        "data": text,
     }
 
 
@@ -358,11 +381,20 @@ def _filtered(statement: Any, query: RunQuery) -> Any:
             + query.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             + "%"
         )
-        # LIKE ignores ASCII case by itself; lower() would cost a copy of every row.
-        statement = statement.where(table.c.data.like(pattern, escape="\\"))
+        if query.text.isascii():
+            # LIKE ignores ASCII case by itself; lower() would cost a copy of every row.
+            statement = statement.where(table.c.data.like(pattern, escape="\\"))
+        else:  # SQLite folds ASCII only: fold the rest as the other backends do
+            statement = statement.where(func.keyflow_lower(table.c.data).like(pattern, escape="\\"))
     for index, (name, value) in enumerate(query.labels):
-        path: BindParameter[str] = bindparam(
-            f"label_path_{index}", "$.labels." + json.dumps(name), String
+        labels = labels_table
+        statement = statement.where(
+            select(labels.c.run_id)
+            .where(
+                labels.c.run_id == table.c.id,
+                labels.c.name == bindparam(f"label_name_{index}", name, String),
+                labels.c.value == bindparam(f"label_value_{index}", value, String),
+            )
+            .exists()
         )
-        statement = statement.where(func.json_extract(table.c.data, path) == value)
     return statement

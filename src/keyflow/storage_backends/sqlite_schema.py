@@ -1,0 +1,118 @@
+"""The SQLite schema of keyflow's runs, and the migrations between its versions.
+
+Tables:
+
+* ``keyflow_runs``: the columns queries filter and sort on, plus the whole run as JSON
+  text (``data``); rowid order is creation order (an upsert keeps a row's rowid);
+* ``keyflow_idempotency``: ``(job, idempotency_key) → run_id``;
+* ``keyflow_labels`` (version 2): ``(run_id, name, value)``, so a label filter is an
+  exact, indexed match for any name and value (a JSON path cannot spell every name, and
+  SQLite's JSON functions stop at a NUL character);
+* ``keyflow_schema``: the version, checked at every open.
+
+A migration is a list of steps, SQL text or a function run on the connection, applied
+in one transaction at open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnClause
+
+SCHEMA_VERSION = 2
+"""The schema this version writes; older ones are migrated at open."""
+
+TERMINAL = ("cancelled", "completed", "failed")
+
+metadata = MetaData()
+schema_table = Table("keyflow_schema", metadata, Column("version", Integer, nullable=False))
+runs_table = Table(
+    "keyflow_runs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("job", String, nullable=False),
+    Column("concurrency_key", String),
+    Column("status", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("data", Text, nullable=False),
+    Index("keyflow_runs_status", "status"),
+    Index("keyflow_runs_job", "job", "created_at"),
+    Index("keyflow_runs_key", "concurrency_key", "created_at"),
+    Index("keyflow_runs_created", "created_at"),
+    Index("keyflow_runs_finished", "finished_at"),
+)
+idempotency_table = Table(
+    "keyflow_idempotency",
+    metadata,
+    Column("job", String, primary_key=True),
+    Column("idempotency_key", String, primary_key=True),
+    Column("run_id", String, nullable=False),
+    Index("keyflow_idempotency_run", "run_id"),
+)
+labels_table = Table(
+    "keyflow_labels",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("value", String, nullable=False),
+    Index("keyflow_labels_name_value", "name", "value"),
+)
+
+ROWID: ColumnClause[int] = literal_column("rowid", Integer)
+
+upsert_run = sqlite_insert(runs_table)
+upsert_run = upsert_run.on_conflict_do_update(
+    index_elements=[runs_table.c.id],
+    set_={
+        "status": upsert_run.excluded.status,
+        "finished_at": upsert_run.excluded.finished_at,
+        "data": upsert_run.excluded.data,
+    },
+)
+insert_idempotency = sqlite_insert(idempotency_table).on_conflict_do_nothing()
+insert_labels = sqlite_insert(labels_table).on_conflict_do_nothing()
+
+Step = str | Callable[[Connection], None]
+"""One step of a migration: SQL text, or a function of the (synchronous) connection."""
+
+
+def _backfill_labels(conn: Connection) -> None:
+    rows: list[dict[str, Any]] = []
+    for run_id, data in conn.execute(select(runs_table.c.id, runs_table.c.data)):
+        try:
+            labels = json.loads(data).get("labels") or {}
+        except (ValueError, AttributeError):
+            continue  # an unreadable row is reported when it is read, not here
+        rows.extend({"run_id": run_id, "name": n, "value": v} for n, v in labels.items())
+    if rows:
+        conn.execute(insert(labels_table), rows)
+
+
+MIGRATIONS: dict[int, list[Step]] = {
+    1: [
+        "CREATE TABLE keyflow_labels (run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+        "value VARCHAR NOT NULL, PRIMARY KEY (run_id, name))",
+        "CREATE INDEX keyflow_labels_name_value ON keyflow_labels (name, value)",
+        _backfill_labels,
+    ],
+}
+"""The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""
