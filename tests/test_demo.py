@@ -127,6 +127,7 @@ async def test_compare_is_reproducible_and_tells_the_story() -> None:
     assert first == again  # same seed, same story
     by_label = {r.label: r for r in first}
     assert list(by_label) == ["A/skip", "A/queue", "B/skip", "B/queue"]
+    assert len({r.new_repos for r in first}) == 1  # one world: the same repositories added
     assert by_label["A/queue"].waiting == by_label["B/queue"].waiting == 0
     assert by_label["A/queue"].waited_a_cycle == 0
     assert by_label["A/skip"].waited_a_cycle > 0
