@@ -71,12 +71,14 @@ class Story:
             self.kf, self.world, settings.scenario, settings.strategies, self.time.now()
         )
 
-    def reports(self, scenario_label: bool = True) -> list[Report]:
-        """One report per pipeline at the current simulated time."""
-        now = self.time.now()
+    def reports(self, at: float | None = None) -> list[Report]:
+        """One report per pipeline, as of ``at`` (default: now), labelled ``A/skip``..."""
+        now = self.time.now() if at is None else at
         self.world.open_until(now)
-        prefix = f"{self.settings.scenario}/" if scenario_label else ""
-        return [make_report(self.world, s, prefix + s, now) for s in self.settings.strategies]
+        scenario = self.settings.scenario
+        return [
+            make_report(self.world, s, f"{scenario}/{s}", now) for s in self.settings.strategies
+        ]
 
     async def play(self, until: float, stop: asyncio.Event) -> None:
         """Tell the story (console lines included) until ``until``, simulated."""
@@ -101,8 +103,11 @@ async def simulate(settings: StorySettings, hours: float) -> list[Report]:
     story, _ = virtual_story(settings, out=lambda _: None)
     await story.kf.start()
     try:
-        await story.sim.run(START + hours * HOUR, asyncio.Event())
-        return story.reports()
+        until = START + hours * HOUR
+        await story.sim.run(until, asyncio.Event())
+        # Every story is told as of the same moment, half an hour after its last cycle
+        # began (every run has ended by then), so the columns count the same PRs opened.
+        return story.reports(at=max(until + HOUR / 2, story.time.now()))
     finally:
         await story.kf.stop(grace=0)
         story.world.close()
