@@ -1,6 +1,6 @@
 """What the demo says on the terminal: one scoreboard line per simulated ten minutes.
 
-Where `rich <https://rich.readthedocs.io>`_ is installed (it is optional) and the output
+Where rich is installed (it is optional: keyflow does not depend on it) and the output
 is a terminal, a live table of the side-by-side stays at the bottom, refreshed every
 second, and the lines scroll above it.
 """
@@ -98,6 +98,7 @@ def _table(board: Scoreboard) -> Any:
         ("PRs that waited a cycle", lambda r: f"{r.waited_a_cycle:,}"),
         ("staleness p50", lambda r: f"{r.staleness_p50:.1f} min"),
         ("staleness max", lambda r: f"{r.staleness_max:.1f} min"),
+        ("triggers queued (follow-ups)", lambda r: f"{r.queued:,}"),
         ("triggers coalesced", lambda r: f"{r.coalesced:,}"),
         ("process runs", lambda r: f"{r.process_runs:,}"),
     )
