@@ -3,42 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
-from pathlib import Path
+from dataclasses import replace
+from functools import partial
 
 import pytest
 
 import keyflow
 from keyflow.demo.report import make_report
-from keyflow.demo.runner import START, compare
-from keyflow.demo.sim import HOUR, Scenario, SimConfig, Simulation, Strategy
-from keyflow.demo.simtime import VirtualTime
-from keyflow.demo.world import World, WorldConfig
+from keyflow.demo.runner import START, Story, compare, virtual_story
+from keyflow.demo.scoreboard import Scoreboard
+from keyflow.demo.settings import StorySettings
+from keyflow.demo.sim import Scenario, Strategy
+from keyflow.demo.world import HOUR, World
 
 HOURS = 24.0
-WORLD = WorldConfig(seed=7)
 
 
-async def play(scenario: Scenario, strategy: Strategy) -> tuple[World, keyflow.Keyflow]:
-    """One combination in virtual time; the world and the scheduler stay open to inspect."""
-    world = World(WORLD)
-    time = VirtualTime(START)
-    kf = keyflow.Keyflow(workers=16, clock=time.clock, seed=7, retention=1_000_000)
-    sim = Simulation(kf, world, time, SimConfig(scenario, strategy, seed=7))
-    world.create(START)
-    await kf.start()
-    await sim.run(START + HOURS * HOUR, asyncio.Event())
-    return world, kf
+async def play(scenario: Scenario, hours: float = HOURS) -> Story:
+    """Both pipelines of a scenario in virtual time; the story stays open to inspect."""
+    story, _ = virtual_story(StorySettings(scenario=scenario), out=lambda _: None)
+    await story.kf.start()
+    await story.sim.run(START + hours * HOUR, asyncio.Event())
+    return story
 
 
-async def processing_started_after_fetch(world: World, kf: keyflow.Keyflow) -> list[str]:
+async def close(story: Story) -> None:
+    await story.kf.stop(grace=0)
+    story.world.close()
+
+
+async def processing_started_after_fetch(
+    world: World, kf: keyflow.Keyflow, pipeline: Strategy
+) -> list[str]:
     """PRs whose processing run started before they were fetched (must be none)."""
     started: dict[str, float] = {}
     wrong = []
     for pr, fetched_at, run_id in world.db.execute(
-        "SELECT id, fetched_at, processed_by FROM prs WHERE processed_by IS NOT NULL"
+        "SELECT id, fetched_at, processed_by FROM pipeline_prs"
+        " WHERE pipeline = ? AND processed_by IS NOT NULL",
+        (pipeline,),
     ):
         if run_id not in started:
             run = await kf.get_run(run_id)
@@ -51,113 +54,135 @@ async def processing_started_after_fetch(world: World, kf: keyflow.Keyflow) -> l
     return wrong
 
 
+def lateness(world: World, pipeline: Strategy) -> tuple[int, int, int]:
+    """Fetched, fetched but never processed, processed more than half an hour late."""
+    fetched, unprocessed, late = world.db.execute(
+        "SELECT count(*), count(*) - count(processed_at),"
+        " coalesce(sum(processed_at - fetched_at > 1800), 0)"
+        " FROM pipeline_prs WHERE pipeline = ?",
+        (pipeline,),
+    ).fetchone()
+    return fetched, unprocessed, late
+
+
 @pytest.mark.parametrize("scenario", ["A", "B"])
 async def test_queue_processes_every_fetched_pr_after_its_crawl(scenario: Scenario) -> None:
-    world, kf = await play(scenario, "queue")
+    story = await play(scenario)
     try:
-        fetched, unprocessed, late = world.db.execute(
-            "SELECT count(fetched_at), count(fetched_at) - count(processed_at),"
-            " sum(processed_at - fetched_at > 1800) FROM prs"
-        ).fetchone()
+        world, kf = story.world, story.kf
+        fetched, unprocessed, late = lateness(world, "queue")
         assert fetched > 1000
         assert unprocessed == 0  # every PR a crawl fetched was processed
         assert late == 0  # and none waited for a later cycle
-        assert await processing_started_after_fetch(world, kf) == []
-        report = make_report(world, "q", 0, 0, kf.statistics().triggers.coalesced)
+        assert await processing_started_after_fetch(world, kf, "queue") == []
+        report = make_report(world, "queue", "q", story.time.now())
         assert report.new_repos > 0
         assert report.new_repos_delayed == 0  # every added repo's own crawl delivered
     finally:
-        await kf.stop(grace=0)
-        world.close()
+        await close(story)
 
 
 async def test_skip_in_a_leaves_prs_until_the_next_cycle() -> None:
-    world, kf = await play("A", "skip")
+    story = await play("A")
     try:
-        rows = world.db.execute(
-            "SELECT processed_at - fetched_at FROM prs WHERE processed_at IS NOT NULL"
+        rows = story.world.db.execute(
+            "SELECT processed_at - fetched_at FROM pipeline_prs"
+            " WHERE pipeline = 'skip' AND processed_at IS NOT NULL"
         ).fetchall()
         late = [wait for (wait,) in rows if wait > 1800]
         assert late, "a crawl that ended while process ran had its PRs wait a cycle"
         assert max(late) > 0.75 * HOUR
-        assert kf.statistics().triggers.coalesced > 0  # the skipped triggers
+        report = make_report(story.world, "skip", "A/skip", story.time.now())
+        assert report.coalesced > 0  # the skipped triggers
     finally:
-        await kf.stop(grace=0)
-        world.close()
+        await close(story)
 
 
 async def test_skip_in_b_delays_a_new_repositorys_first_crawl() -> None:
-    world, kf = await play("B", "skip")
+    story = await play("B")
     try:
-        report = make_report(world, "B/skip", 0, 0, 0)
+        report = make_report(story.world, "skip", "B/skip", story.time.now())
         assert report.new_repos_delayed > 0  # their initial crawl was dropped
         assert report.first_data_max > 45  # minutes: until the next hourly crawl
     finally:
-        await kf.stop(grace=0)
-        world.close()
+        await close(story)
+
+
+async def test_both_pipelines_see_the_same_world_and_the_same_crawls() -> None:
+    story = await play("A", hours=6)
+    try:
+        skip = make_report(story.world, "skip", "skip", story.time.now())
+        queue = make_report(story.world, "queue", "queue", story.time.now())
+        assert skip.opened == queue.opened
+        assert skip.fetched == queue.fetched  # same crawls, at the same times
+        assert skip.crawl_runs == queue.crawl_runs
+        assert skip.process_runs < queue.process_runs  # queue ran the follow-ups
+    finally:
+        await close(story)
 
 
 async def test_compare_is_reproducible_and_tells_the_story() -> None:
-    first = await compare(12, WORLD)
-    again = await compare(12, WORLD)
+    first = await compare(12)
+    again = await compare(12)
     assert first == again  # same seed, same story
     by_label = {r.label: r for r in first}
-    assert by_label["A/queue"].left_behind == by_label["B/queue"].left_behind == 0
+    assert list(by_label) == ["A/skip", "A/queue", "B/skip", "B/queue"]
+    assert len({r.new_repos for r in first}) == 1  # one world: the same repositories added
+    assert by_label["A/queue"].waiting == by_label["B/queue"].waiting == 0
     assert by_label["A/queue"].waited_a_cycle == 0
+    assert by_label["A/skip"].waited_a_cycle > 0
     assert by_label["A/skip"].staleness_max > by_label["A/queue"].staleness_max
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keyflow.cli", "demo", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+async def test_the_first_simulated_hour_of_the_default_demo_tells_the_story() -> None:
+    """``make demo``'s settings, in virtual time: the story shows within an hour (a minute)."""
+    lines: list[str] = []
+    story, time = virtual_story(StorySettings(), out=lines.append)
+    samples: list[tuple[dict[str, int], Scoreboard]] = []
 
+    async def sample(at: float) -> None:
+        samples.append((story.kf.lane_states(), story.board()))
+        if at + 30 < START + HOUR:
+            time.at(at + 30, partial(sample, at + 30))
 
-def test_the_demo_command_runs_reports_and_continues_after_a_restart(tmp_path: Path) -> None:
-    options = ("--duration", "2", "--speed", "3600", "--no-dashboard")
-    first = run_cli(*options, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert "PRs processed" in first.stdout
-    assert (tmp_path / "keyflow-demo.db").exists()
-    assert (tmp_path / "keyflow-demo.world.db").exists()
-    again = run_cli(*options, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "continuing from the stored state" in again.stdout
-
-
-def test_the_compare_command_prints_the_table_and_writes_the_chart(tmp_path: Path) -> None:
-    done = run_cli("--compare", "--hours", "6", "--svg", "chart.svg", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    header = next(line for line in done.stdout.splitlines() if "A/skip" in line)
-    assert header.split() == ["A/skip", "A/queue", "B/skip", "B/queue"]
-    chart = (tmp_path / "chart.svg").read_text()
-    assert chart.startswith("<svg")
-    assert "A/queue" in chart
-
-
-def test_ctrl_c_stops_the_live_demo_gracefully(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "keyflow.cli", "demo", "--no-dashboard", "--speed", "3600"]
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    time.at(START, partial(sample, START))
+    await story.kf.start()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # a status line a second, once the story runs
-            if line.startswith("sim "):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        await story.play(START + HOUR - 1, asyncio.Event())
+        assert any(lanes["running+queued"] for lanes, _ in samples)
+        queued_lanes = {key for _, board in samples for key in board.queued_lanes}
+        assert any(key.startswith("process_queue:") for key in queued_lanes)
+        assert story.kf.statistics().triggers.coalesced > 0
+        _, last = samples[-1]
+        skip, queue = last.report("skip"), last.report("queue")
+        assert skip is not None
+        assert queue is not None
+        assert skip.coalesced > 0
+        assert queue.coalesced > 0
+        assert queue.queued > 0  # follow-up runs
+        assert skip.waited_a_cycle > 0  # PRs whose process trigger was dropped
+        assert queue.waited_a_cycle == 0
+        assert skip.staleness_max > 30 > queue.staleness_max
+        # The console said it, one line per simulated ten minutes.
+        assert len(lines) == 5  # 00:10 ... 00:50
+        assert lines[-1].startswith("Thu 00:50 | ")
+        assert f"PRs that waited a cycle: skip {skip.waited_a_cycle}, queue 0" in lines[-1]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert "PRs processed" in out
-    again = run_cli("--duration", "1", "--speed", "3600", "--no-dashboard", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "continuing from the stored state" in again.stdout
+        await close(story)
+
+
+async def test_one_pipeline_alone_is_the_same_as_beside_the_other() -> None:
+    alone, _ = virtual_story(replace(StorySettings(), strategy="skip"), out=lambda _: None)
+    await alone.kf.start()
+    try:
+        await alone.sim.run(START + 3 * HOUR, asyncio.Event())
+        both = await play("A", hours=3)
+        try:
+            left = make_report(alone.world, "skip", "skip", alone.time.now())
+            right = make_report(both.world, "skip", "skip", both.time.now())
+            assert left.fetched == right.fetched
+            assert left.waited_a_cycle == right.waited_a_cycle
+        finally:
+            await close(both)
+    finally:
+        await close(alone)

@@ -1,9 +1,4 @@
-"""The ``keyflow`` command.
-
-``keyflow demo`` tells the crawl → process story (see :mod:`keyflow.demo`);
-``keyflow dashboard --storage URL`` serves the dashboard over a storage file that
-another process writes: read-only, live by re-reading the storage every second.
-"""
+"""The keyflow command: ``keyflow demo`` and ``keyflow dashboard``."""
 
 from __future__ import annotations
 
@@ -18,6 +13,41 @@ from .errors import KeyflowError
 from .storage_backends import open_backend
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+
+DESCRIPTION = """\
+keyflow: an asyncio job scheduler with per-key trigger coalescing that never loses a
+trailing trigger.
+
+  keyflow demo        the crawl -> process story, live, with its dashboard
+  keyflow dashboard   a read-only dashboard over a storage file another process writes
+
+Run "keyflow demo --help" or "keyflow dashboard --help" for their options.
+"""
+
+DEMO_DESCRIPTION = """\
+Simulated GitHub organisations whose repositories get pull requests at random times.
+Every hour each organisation is crawled; every crawl ends by triggering "process" for
+its organisation, which must never run twice at once. The same world runs through two
+pipelines at once: one triggers process with coalesce="skip" (a crawl that ends while
+process runs has its trigger dropped: its PRs wait for the next hourly cycle), the
+other with coalesce="queue" (that trigger queues one follow-up run; later ones join
+it). The console prints one line per simulated 10 minutes; the dashboard shows the
+lanes, runs and coalesced triggers, and /story the two pipelines side by side.
+"""
+
+DEMO_EPILOG = """\
+state: the demo keeps its runs in the --storage file (keyflow-demo.db) and the
+simulated world beside it, in keyflow-demo.world.db (organisations, repositories,
+PRs, what each pipeline fetched and processed, the simulated clock, and the story's
+settings). Run the demo again and it continues the story with its stored settings
+(options that differ are reported as ignored); --reset removes both files first.
+
+examples:
+  keyflow demo                          the story, live; Ctrl-C stops it
+  keyflow demo --port 0                 the same, on any free port
+  keyflow demo --reset --orgs 5         start over with five organisations
+  keyflow demo --compare --hours 24     A/B x skip/queue side by side, in a second
+"""
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,140 +69,237 @@ def read_only_url(url: str) -> str:
 
 
 async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> None:
-    """Serve the read-only dashboard of ``url`` until interrupted."""
-    import uvicorn
+    """Serve the read-only dashboard of ``url`` until interrupted.
 
+    Raises:
+        KeyflowError: the port is taken, or the storage cannot be opened.
+    """
+    from .demo.serve import bind, url_of
     from .web import create_app, token_authorizer
     from .web.source import opened
 
     backend = open_backend(read_only_url(url), retention=10**9)
-    async with opened(backend) as source:
-        app = create_app(
-            source, read_only=True, authorize=token_authorizer(token) if token else None
-        )
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-        where = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-        print(f"keyflow dashboard for {url} on {where}", flush=True)
-        await uvicorn.Server(config).serve()
+    sock = bind(host, port)  # a taken port: one clear error, nothing opened yet
+    with sock:
+        async with opened(backend) as source:
+            authorize = token_authorizer(token) if token else None
+            app = create_app(source, read_only=True, authorize=authorize)
+            import uvicorn
+
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+            where = url_of(sock) + (f"?token={token}" if token else "")
+            print(f"keyflow dashboard for {url} on {where}", flush=True)
+            await server.serve(sockets=[sock])
+
+
+def _with_default(text: str, value: object) -> str:
+    if isinstance(value, tuple):
+        value = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{text} (default: {value})"
 
 
 def _demo_parser(commands: Any) -> None:
+    from .demo.settings import StorySettings
+
+    story = StorySettings()
     demo = commands.add_parser(
         "demo",
-        help="the crawl -> process simulator",
-        description="Simulated GitHub orgs whose crawls feed one serial `process` per org.",
+        help="the crawl -> process story, live, with its dashboard",
+        description=DEMO_DESCRIPTION,
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument(
-        "--scenario",
-        choices=("A", "B"),
-        default="A",
-        help="A: per-repository crawl keys; B: one crawl key per org",
-    )
-    demo.add_argument(
-        "--strategy",
-        choices=("queue", "skip"),
-        default="queue",
-        help="coalesce= of the process trigger (and of B's crawls)",
-    )
-    demo.add_argument(
-        "--compare",
-        action="store_true",
-        help="run A/B x skip/queue in simulated time and print them side by side",
-    )
-    demo.add_argument("--hours", type=float, default=24.0, help="simulated hours (--compare)")
-    demo.add_argument(
-        "--svg", default="keyflow-demo-staleness.svg", help="where --compare writes its chart"
-    )
-    demo.add_argument("--duration", type=float, help="real seconds to run (default: Ctrl-C)")
-    demo.add_argument(
+    live = demo.add_argument_group("running the live demo")
+    live.add_argument(
         "--speed",
         type=float,
-        default=600.0,
-        help="simulated seconds per real second (600: an hour in 6 s)",
+        default=60.0,
+        help=_with_default("simulated seconds per real second; 60 plays an hour a minute", 60),
     )
-    demo.add_argument("--storage", default="sqlite:///keyflow-demo.db")
-    demo.add_argument("--no-dashboard", action="store_true")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument(
+    live.add_argument(
+        "--duration",
+        type=float,
+        help="real seconds to run (default: until Ctrl-C)",
+    )
+    live.add_argument(
+        "--storage",
+        default="sqlite:///keyflow-demo.db",
+        help=_with_default(
+            "where the runs are kept (sqlite:///file.db, json:///file.json or memory://); "
+            "the world goes beside it in <file>.world.db",
+            "sqlite:///keyflow-demo.db",
+        ),
+    )
+    live.add_argument(
+        "--reset",
+        action="store_true",
+        help="remove the stored story (runs and world) and start a new one (default: continue)",
+    )
+    live.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not serve the dashboard (default: serve it)",
+    )
+    live.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help=_with_default("the dashboard's address, a loopback one", "127.0.0.1"),
+    )
+    live.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help=_with_default("the dashboard's port; 0 takes any free port", 8000),
+    )
+    settings = demo.add_argument_group(
+        "the story (a continued story keeps the settings it was started with)"
+    )
+    settings.add_argument(
+        "--scenario",
+        choices=("A", "B"),
+        help=_with_default(
+            "A: each crawl on its repository's key (the hourly crawl fans out); "
+            "B: one crawl key per organisation",
+            story.scenario,
+        ),
+    )
+    settings.add_argument(
+        "--strategy",
+        choices=("both", "skip", "queue"),
+        help=_with_default(
+            "the pipelines: skip and queue side by side, or one of them", story.strategy
+        ),
+    )
+    settings.add_argument("--orgs", type=int, help=_with_default("organisations", story.orgs))
+    settings.add_argument(
+        "--repos",
+        type=int,
+        help=_with_default("repositories per organisation at the start", story.repos),
+    )
+    settings.add_argument(
         "--prs-per-hour",
         type=float,
-        default=6.0,
-        help="mean PRs opened per repository per simulated hour",
+        help=_with_default("mean PRs opened per repository per simulated hour", story.prs_per_hour),
     )
-    demo.add_argument(
+    settings.add_argument(
         "--adds-per-hour",
         type=float,
-        default=0.5,
-        help="mean repositories added per org per simulated hour",
+        help=_with_default(
+            "mean repositories users add per organisation per simulated hour",
+            story.adds_per_hour,
+        ),
     )
-    demo.add_argument(
+    settings.add_argument(
         "--crawl-minutes",
         type=float,
         nargs=2,
-        default=(2.0, 7.0),
         metavar=("MIN", "MAX"),
-        help="an org-wide crawl's duration range",
+        help=_with_default(
+            "duration range of an organisation-wide crawl (one repository's takes a third)",
+            story.crawl_minutes,
+        ),
     )
-    demo.add_argument("--orgs", type=int, default=3)
-    demo.add_argument("--repos", type=int, default=4, help="repositories per org at start")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.set_defaults(handler=_demo)  # fmt: skip
+    settings.add_argument(
+        "--seed", type=int, help=_with_default("random seed of the world", story.seed)
+    )
+    compare = demo.add_argument_group("comparing, in virtual time")
+    compare.add_argument(
+        "--compare",
+        action="store_true",
+        help="play A/skip, A/queue, B/skip, B/queue on the same world and print a table "
+        "(default: run live)",
+    )
+    compare.add_argument(
+        "--hours", type=float, default=24.0, help=_with_default("simulated hours", 24)
+    )
+    compare.add_argument(
+        "--svg",
+        default="keyflow-demo-staleness.svg",
+        help=_with_default("where the chart goes", "keyflow-demo-staleness.svg"),
+    )
+    demo.set_defaults(handler=_demo)
+
+
+STORY_OPTIONS = (
+    "scenario",
+    "strategy",
+    "orgs",
+    "repos",
+    "prs_per_hour",
+    "adds_per_hour",
+    "crawl_minutes",
+    "seed",
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     from .demo.report import staleness_svg, table
     from .demo.runner import DemoOptions, compare, live
-    from .demo.sim import SimConfig
-    from .demo.world import WorldConfig
+    from .demo.settings import StorySettings
+    from .demo.store import reset
 
-    world = WorldConfig(
-        orgs=args.orgs, repos=args.repos, prs_per_hour=args.prs_per_hour, seed=args.seed
-    )
-    low, high = args.crawl_minutes
-    sim = SimConfig(
-        repos_added_per_hour=args.adds_per_hour,
-        crawl_seconds=(low * 60, high * 60),
-        seed=args.seed,
-    )
+    given = {name: getattr(args, name) for name in STORY_OPTIONS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "crawl_minutes" in given:
+        given["crawl_minutes"] = tuple(given["crawl_minutes"])
     if args.compare:
         svg = Path(args.svg)
-        reports = asyncio.run(compare(args.hours, world, sim))
+        reports = asyncio.run(compare(args.hours, StorySettings(**given)))
         svg.write_text(staleness_svg(reports))
-        print(f"{args.hours:g} simulated hours, seed {args.seed}, same world for each column\n")
+        seed = given.get("seed", StorySettings().seed)
+        print(f"{args.hours:g} simulated hours, seed {seed}, same world for each column\n")
         print(table(reports))
         print(f"\nchart: {svg}")
         return 0
+    if args.reset:
+        removed = reset(args.storage)
+        gone = ", ".join(str(p) for p in removed) or "nothing was stored"
+        print(f"keyflow demo: reset ({gone})")
     options = DemoOptions(
-        scenario=args.scenario,
-        strategy=args.strategy,
+        settings=given,
         seconds=args.duration,
         speed=args.speed,
         storage=args.storage,
         dashboard=not args.no_dashboard,
         host=args.host,
         port=args.port,
-        world=world,
-        sim=replace(sim, scenario=args.scenario, strategy=args.strategy),
     )
-    report = asyncio.run(live(options))
-    print("\n" + table([report]))
+    reports = asyncio.run(live(options, out=lambda line: print(line, flush=True)))
+    print("\n" + table(reports))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keyflow`` command."""
-    parser = argparse.ArgumentParser(prog="keyflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="keyflow",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(commands)
-    dash = commands.add_parser("dashboard", help="serve the dashboard of a storage file")
-    dash.add_argument("--storage", required=True, help="sqlite:///runs.db or json:///runs.json")
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8000)
-    dash.add_argument("--token", help="required to bind anything but a loopback address")
+    dash = commands.add_parser(
+        "dashboard",
+        help="a read-only dashboard over a storage file another process writes",
+        description="Serve the dashboard of a storage file that another keyflow process "
+        "writes: read-only, live by re-reading the file.",
+    )
+    dash.add_argument(
+        "--storage", required=True, help="sqlite:///runs.db or json:///runs.json (required)"
+    )
+    dash.add_argument("--host", default="127.0.0.1", help=_with_default("address", "127.0.0.1"))
+    dash.add_argument(
+        "--port", type=int, default=8000, help=_with_default("port; 0 takes any free port", 8000)
+    )
+    dash.add_argument(
+        "--token",
+        help="a secret the browser must show (?token=...); required to bind anything but a "
+        "loopback address (default: none)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if not _is_loopback(args.host):

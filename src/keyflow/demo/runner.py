@@ -1,139 +1,209 @@
-"""Running the story: one combination, the four side by side, or live with a dashboard."""
+"""Running the story: in virtual time (``--compare``, tests) or live, with a dashboard."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import signal
-import sys
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-import uvicorn
-
 from ..scheduler import Keyflow
-from ..web import create_app
+from .app import create_demo_app
+from .console import Console
 from .report import Report, make_report
-from .sim import HOUR, Scenario, SimConfig, Simulation, Strategy
+from .scoreboard import Scoreboard, scoreboard, sim_clock
+from .serve import bind, serve, url_of
+from .settings import StorySettings, settle
+from .sim import Scenario, Simulation
 from .simtime import ScaledTime, SimTime, VirtualTime
-from .world import World, WorldConfig
+from .store import world_path
+from .world import HOUR, World
 
 START = 1_767_225_600.0
 """Simulated time starts at 2026-01-01 00:00 UTC (a fresh world)."""
-COMBINATIONS: tuple[tuple[Scenario, Strategy], ...] = (
-    ("A", "skip"),
-    ("A", "queue"),
-    ("B", "skip"),
-    ("B", "queue"),
-)
+SCENARIOS: tuple[Scenario, ...] = ("A", "B")
+WORKERS = 500
+"""Enough for every crawl and process of both pipelines at once: no run waits for a worker."""
 
 
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     """Everything ``keyflow demo`` takes."""
 
-    scenario: Scenario = "A"
-    strategy: Strategy = "queue"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The story's settings given on the command line (see :class:`.StorySettings`)."""
     seconds: float | None = None
     """Real seconds to run the live demo for (None: until Ctrl-C)."""
-    speed: float = 600.0
-    """Simulated seconds per real second in the live demo (600: an hour in 6 s)."""
+    speed: float = 60.0
+    """Simulated seconds per real second in the live demo (60: an hour a minute)."""
     storage: str = "sqlite:///keyflow-demo.db"
     dashboard: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
-    world: WorldConfig = field(default_factory=WorldConfig)
-    sim: SimConfig = field(default_factory=SimConfig)
-    """Rates and durations (its scenario and strategy are the two fields above)."""
-    workers: int = 16
 
 
-def label(scenario: Scenario, strategy: Strategy) -> str:
-    """``"A/queue"``."""
-    return f"{scenario}/{strategy}"
+class Story:
+    """A story being told: the world, the scheduler, the pipelines and the console."""
+
+    def __init__(
+        self,
+        settings: StorySettings,
+        world: World,
+        time: SimTime,
+        kf: Keyflow,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.world = world
+        self.time = time
+        self.kf = kf
+        self.sim = Simulation(kf, world, time, settings.sim_config())
+        self.console = Console(self.board, time, out)
+
+    def board(self) -> Scoreboard:
+        """The side-by-side now."""
+        settings = self.settings
+        return scoreboard(
+            self.kf, self.world, settings.scenario, settings.strategies, self.time.now()
+        )
+
+    def reports(self, at: float | None = None) -> list[Report]:
+        """One report per pipeline, as of ``at`` (default: now), labelled ``A/skip``..."""
+        now = self.time.now() if at is None else at
+        self.world.open_until(now)
+        scenario = self.settings.scenario
+        return [
+            make_report(self.world, s, f"{scenario}/{s}", now) for s in self.settings.strategies
+        ]
+
+    async def play(self, until: float, stop: asyncio.Event) -> None:
+        """Tell the story (console lines included) until ``until``, simulated."""
+        self.console.start()
+        await self.sim.run(until, stop)
 
 
-async def _report(kf: Keyflow, world: World, name: str) -> Report:
-    crawls = await kf.count_runs(job="crawl")
-    processes = await kf.count_runs(job="process")
-    return make_report(world, name, crawls, processes, kf.statistics().triggers.coalesced)
-
-
-async def simulate(
-    scenario: Scenario,
-    strategy: Strategy,
-    hours: float,
-    world_config: WorldConfig,
-    sim_config: SimConfig | None = None,
-) -> Report:
-    """One combination in virtual time, in memory: fast and the same on every run."""
-    world = World(world_config)
+def virtual_story(
+    settings: StorySettings, out: Callable[[str], None] = print
+) -> tuple[Story, VirtualTime]:
+    """A story in virtual time, in memory (not started): deterministic and fast."""
+    world = World(settings.world_config())
     time = VirtualTime(START)
-    kf = Keyflow(workers=16, clock=time.clock, seed=world_config.seed, retention=1_000_000)
-    base = sim_config or SimConfig(seed=world_config.seed)
-    sim = Simulation(kf, world, time, replace(base, scenario=scenario, strategy=strategy))
+    kf = Keyflow(workers=WORKERS, clock=time.clock, seed=settings.seed, retention=1_000_000)
+    story = Story(settings, world, time, kf, out)
     world.create(START)
-    await kf.start()
+    return story, time
+
+
+async def simulate(settings: StorySettings, hours: float) -> list[Report]:
+    """Every pipeline of ``settings`` over ``hours`` of virtual time; one report each."""
+    story, _ = virtual_story(settings, out=lambda _: None)
+    await story.kf.start()
     try:
-        await sim.run(START + hours * HOUR, asyncio.Event())
-        world.open_until(START + hours * HOUR)
-        return await _report(kf, world, label(scenario, strategy))
+        until = START + hours * HOUR
+        await story.sim.run(until, asyncio.Event())
+        # Every story is told as of the same moment, half an hour after its last cycle
+        # began (every run has ended by then), so the columns count the same PRs opened.
+        return story.reports(at=max(until + HOUR / 2, story.time.now()))
     finally:
-        await kf.stop(grace=0)
-        world.close()
+        await story.kf.stop(grace=0)
+        story.world.close()
 
 
-async def compare(
-    hours: float, world_config: WorldConfig, sim_config: SimConfig | None = None
-) -> list[Report]:
-    """The four combinations on the same seed, side by side."""
-    return [await simulate(s, t, hours, world_config, sim_config) for s, t in COMBINATIONS]
+async def compare(hours: float, settings: StorySettings | None = None) -> list[Report]:
+    """A/skip, A/queue, B/skip, B/queue on the same world, side by side."""
+    base = settings or StorySettings()
+    reports: list[Report] = []
+    for scenario in SCENARIOS:
+        both = replace(base, scenario=scenario, strategy="both")
+        reports += await simulate(both, hours)
+    return reports
 
 
-def world_path(storage: str) -> str:
-    """Where the live demo keeps its world: beside the scheduler's storage file."""
-    if storage.startswith("memory:"):
-        return ":memory:"
-    path = storage.split(":///", 1)[-1].split("?", 1)[0]
-    return str(Path(path).with_suffix("")) + ".world.db"
+async def live(options: DemoOptions, out: Callable[[str], None] = print) -> list[Report]:
+    """The demo as a newcomer sees it: real storage, live dashboard, until stopped.
 
-
-async def live(options: DemoOptions, out: Callable[[str], None] = print) -> Report:
-    """The demo as a newcomer sees it: real storage, live dashboard, until stopped."""
-    world = World(options.world, world_path(options.storage))
-    fresh = world.is_new
+    Raises:
+        KeyflowError: the port is taken, the storage is in use, or the world file is
+            from another version (nothing was started or written then).
+    """
+    path = world_path(options.storage)
+    world = World(StorySettings().world_config(), path)
+    stored = None if world.is_new else world.stored_settings()
+    settings, ignored = settle(options.settings, stored)
+    world.config = settings.world_config()
     start = world.recall("now") or START
-    time: SimTime = ScaledTime(start, options.speed)
-    config = replace(options.sim, scenario=options.scenario, strategy=options.strategy)
-    kf = Keyflow(storage=options.storage, workers=options.workers, clock=time.clock)
-    sim = Simulation(kf, world, time, config)
-    if fresh:
+    time = ScaledTime(start, options.speed)
+    kf = Keyflow(storage=options.storage, workers=WORKERS, clock=time.clock)
+    story = Story(settings, world, time, kf, out)
+    sock: socket.socket | None = None
+    try:
+        if options.dashboard:
+            sock = bind(options.host, options.port)  # a taken port stops us before anything
+        await kf.start()  # takes the storage's lock: refuses while another demo runs
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        world.close()
+        raise
+    if stored is None:
         world.create(start)
+        world.store_settings(settings.stored())
+    intro = partial(_introduce, story, options, path, stored is not None, ignored, out)
+    return await _tell(story, options, sock, intro, out)
+
+
+def _introduce(
+    story: Story,
+    options: DemoOptions,
+    path: str,
+    continued: bool,
+    ignored: list[str],
+    out: Callable[[str], None],
+) -> None:
+    settings = story.settings
+    out(f"keyflow demo: {settings.describe()}")
+    out(f"1 simulated hour = {HOUR / options.speed:g} s; a line every simulated 10 minutes")
+    if continued:
+        out(
+            f"continuing the story in {path} at {sim_clock(story.time.now())} (simulated), "
+            "with its stored settings"
+        )
+    if ignored:
+        out(f"ignored: {'; '.join(ignored)}; `keyflow demo --reset` starts a new story")
+    out(f"state: {options.storage} (runs) and {path} (the simulated world)")
+
+
+async def _tell(
+    story: Story,
+    options: DemoOptions,
+    sock: socket.socket | None,
+    introduce: Callable[[], None],
+    out: Callable[[str], None],
+) -> list[Report]:
+    kf, world, time = story.kf, story.world, story.time
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await kf.start()
-    server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
+    server = None
     try:
-        out(
-            f"keyflow demo: scenario {options.scenario}, process coalesce={options.strategy!r}, "
-            f"{len(world.orgs())} orgs; 1 simulated hour = {HOUR / options.speed:.1f} s"
-            + ("" if fresh else " (continuing from the stored state)")
-        )
-        if options.dashboard:
-            server, serving = await _dashboard(kf, options)
+        introduce()
+        if sock is not None:
+            server, serving = serve(create_demo_app(kf, story.board), sock)
             tasks.append(serving)
-            out(f"dashboard: http://{options.host}:{options.port}/")
-        until = start + options.seconds * options.speed if options.seconds else float("inf")
-        tasks.append(asyncio.ensure_future(_progress(kf, world, time, stop, out)))
-        await sim.run(until, stop)
-        report = await _report(kf, world, label(options.scenario, options.strategy))
+            out(f"dashboard: {url_of(sock)}  ·  the story side by side: {url_of(sock)}story")
+        tasks.append(asyncio.ensure_future(story.console.show_live(stop)))
+        tasks.append(asyncio.ensure_future(_keep_time(world, time, stop)))
+        seconds = options.seconds
+        until = float("inf") if seconds is None else time.now() + seconds * options.speed
+        await story.play(until, stop)
+        return story.reports()
     finally:
         stop.set()
         world.remember("now", time.now())
@@ -147,70 +217,11 @@ async def live(options: DemoOptions, out: Callable[[str], None] = print) -> Repo
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
         world.close()
-    return report
 
 
-async def _dashboard(
-    kf: Keyflow, options: DemoOptions
-) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(
-        create_app(kf), host=options.host, port=options.port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    return server, asyncio.ensure_future(server.serve())
-
-
-async def _progress(
-    kf: Keyflow, world: World, time: SimTime, stop: asyncio.Event, out: Callable[[str], None]
-) -> None:
-    """A status line every second: rich's live display if installed, else a rewritten line."""
-    interactive = sys.stdout.isatty()
-    live_display = _rich_live() if interactive else None
-    try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)  # a refresh period
-            world.remember("now", time.now())
-            line = _status(kf, world, time)
-            if live_display is not None:
-                live_display.update(line)
-            elif interactive:
-                sys.stdout.write("\r" + line.ljust(110))
-                sys.stdout.flush()
-            else:
-                out(line)
-    finally:
-        if live_display is not None:
-            live_display.stop()
-        elif interactive:
-            sys.stdout.write("\n")
-
-
-def _status(kf: Keyflow, world: World, time: SimTime) -> str:
-    stats = kf.statistics()
-    _, fetched, processed = world.db.execute(
-        "SELECT count(*), count(fetched_at), count(processed_at) FROM prs"
-    ).fetchone()
-    return (
-        f"sim {_clock(time.now())} | running {stats.unfinished['running']:>2} "
-        f"queued {stats.unfinished['queued']:>2} | PRs fetched {fetched} "
-        f"processed {processed} waiting {fetched - processed} | "
-        f"coalesced {stats.triggers.coalesced}"
-    )
-
-
-def _rich_live() -> Any:
-    """Rich's live display, started, when rich is installed (it is optional)."""
-    try:
-        live_module = importlib.import_module("rich.live")
-    except ImportError:
-        return None
-    display = live_module.Live("", refresh_per_second=4, transient=False)
-    display.start()
-    return display
-
-
-def _clock(at: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(at, UTC).strftime("%a %H:%M")
+async def _keep_time(world: World, time: SimTime, stop: asyncio.Event) -> None:
+    """Store the simulated time every second, so a restart continues from there."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        world.remember("now", time.now())

@@ -2,28 +2,50 @@
 
 Organisations own repositories; pull requests open on each repository at random times
 (each repository has its own random stream, so the world is the same whatever order
-the jobs look at it in). A crawl copies the PRs opened so far into the *raw* store;
-``process`` moves raw PRs into the *aggregate*. Everything lives in SQLite (a file for
-the live demo, so a restart continues; memory for ``--compare`` and the tests).
+the jobs look at it in). Each *pipeline* (the crawl → process app with one coalesce
+strategy) keeps its own state of every PR: a crawl copies the PRs opened so far into
+the pipeline's *raw* store (``fetched_at``); its ``process`` moves raw PRs into the
+*aggregate* (``processed_at``). Two pipelines on one world see the very same PRs, which
+is what makes the side-by-side fair. Everything lives in SQLite: a file for the live
+demo (``keyflow-demo.world.db``, so a restart continues), memory for ``--compare`` and
+the tests.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import KeyflowError
+from .natural import natural_key
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of a world file this demo reads (1: before pipelines)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repos (
     org TEXT NOT NULL, repo TEXT NOT NULL, added_at REAL NOT NULL, added_live INTEGER NOT NULL,
     next_pr_at REAL NOT NULL, prs INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (org, repo));
 CREATE TABLE IF NOT EXISTS prs (
-    id TEXT PRIMARY KEY, org TEXT NOT NULL, repo TEXT NOT NULL, opened_at REAL NOT NULL,
-    fetched_at REAL, fetched_by TEXT, processed_at REAL, processed_by TEXT);
-CREATE INDEX IF NOT EXISTS prs_raw ON prs (org, processed_at, fetched_at);
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, repo TEXT NOT NULL, opened_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS prs_repo ON prs (org, repo, opened_at);
+CREATE TABLE IF NOT EXISTS pipeline_prs (
+    pipeline TEXT NOT NULL, id TEXT NOT NULL, org TEXT NOT NULL, repo TEXT NOT NULL,
+    fetched_at REAL NOT NULL, fetched_by TEXT NOT NULL, processed_at REAL, processed_by TEXT,
+    PRIMARY KEY (pipeline, id));
+CREATE INDEX IF NOT EXISTS pipeline_raw ON pipeline_prs (pipeline, org, processed_at);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+HOUR = 3600.0
+
+
+class WorldVersionError(KeyflowError):
+    """The world file was written by another version of the demo: start over with --reset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +58,28 @@ class WorldConfig:
     prs_per_hour: float = 6.0
     """Mean PRs opened per repository per simulated hour."""
     backlog: int = 5
-    """PRs an added repository already has."""
+    """PRs a repository that a user adds already has."""
+    history: float = HOUR
+    """Simulated seconds of PRs the first repositories have when the story starts."""
     seed: int = 7
 
 
 class World:
-    """The simulated GitHub plus the raw and aggregate tables, in one SQLite database."""
+    """The simulated GitHub plus each pipeline's raw and aggregate state, in one SQLite file."""
 
     def __init__(self, config: WorldConfig, path: str | Path = ":memory:") -> None:
         self.config = config
         self.db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit txns
+        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self.db.close()
+            raise WorldVersionError(
+                f"{path} was written by another version of the demo: "
+                "start over with `keyflow demo --reset`"
+            )
         self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._streams: dict[tuple[str, str], random.Random] = {}
 
     @property
@@ -56,21 +89,21 @@ class World:
         return count == 0
 
     def create(self, now: float) -> None:
-        """The organisations and their first repositories, as of ``now``."""
+        """The organisations and their first repositories, with PRs of the recent past."""
+        since = now - self.config.history
         for o in range(self.config.orgs):
             for r in range(self.config.repos):
-                self._insert_repo(f"org{o}", f"repo{r}", now, live=False)
+                self._insert_repo(f"org{o}", f"repo{r}", since, live=False)
 
     def orgs(self) -> list[str]:
-        """The organisations."""
-        return [o for (o,) in self.db.execute("SELECT DISTINCT org FROM repos ORDER BY org")]
+        """The organisations, in natural order (org2 before org10)."""
+        orgs = [o for (o,) in self.db.execute("SELECT DISTINCT org FROM repos")]
+        return sorted(orgs, key=natural_key)
 
     def repos(self, org: str, now: float) -> list[str]:
-        """The repositories of ``org`` that exist at ``now``."""
-        rows = self.db.execute(
-            "SELECT repo FROM repos WHERE org = ? AND added_at <= ? ORDER BY repo", (org, now)
-        )
-        return [repo for (repo,) in rows]
+        """The repositories of ``org`` that exist at ``now``, in natural order."""
+        rows = self.db.execute("SELECT repo FROM repos WHERE org = ? AND added_at <= ?", (org, now))
+        return sorted((repo for (repo,) in rows), key=natural_key)
 
     def add_repo(self, org: str, now: float) -> str:
         """A user adds a repository (with a backlog of PRs) to ``org``."""
@@ -91,7 +124,7 @@ class World:
         for n in range(backlog):
             self.db.execute(
                 "INSERT INTO prs (id, org, repo, opened_at) VALUES (?, ?, ?, ?)",
-                (f"{org}/{repo}#{n + 1}", org, repo, now - 3600 + n),
+                (f"{org}/{repo}#{n + 1}", org, repo, now - HOUR + n),
             )
         self.db.execute("COMMIT")
 
@@ -102,7 +135,7 @@ class World:
         return stream
 
     def _gap(self, stream: random.Random) -> float:
-        return stream.expovariate(self.config.prs_per_hour / 3600.0)
+        return stream.expovariate(self.config.prs_per_hour / HOUR)
 
     def _open_prs(self, org: str, repo: str, now: float) -> None:
         # PRs appear lazily: each repo's own stream fills in what opened up to ``now``.
@@ -123,16 +156,18 @@ class World:
             (next_at, count, org, repo),
         )
 
-    def fetch(self, org: str, repos: list[str], now: float, run_id: str) -> int:
-        """A crawl copies the PRs of ``repos`` opened by ``now`` into the raw store."""
+    def fetch(self, pipeline: str, org: str, repos: list[str], now: float, run_id: str) -> int:
+        """A crawl of ``pipeline`` copies the PRs of ``repos`` opened by now to its raw store."""
         self.db.execute("BEGIN")
         fetched = 0
         for repo in repos:
             self._open_prs(org, repo, now)
             fetched += self.db.execute(
-                "UPDATE prs SET fetched_at = ?, fetched_by = ? WHERE org = ? AND repo = ?"
-                " AND fetched_at IS NULL AND opened_at <= ?",
-                (now, run_id, org, repo, now),
+                "INSERT INTO pipeline_prs (pipeline, id, org, repo, fetched_at, fetched_by)"
+                " SELECT ?, id, org, repo, ?, ? FROM prs"
+                " WHERE org = ? AND repo = ? AND opened_at <= ?"
+                " AND id NOT IN (SELECT id FROM pipeline_prs WHERE pipeline = ?)",
+                (pipeline, now, run_id, org, repo, now, pipeline),
             ).rowcount
         self.db.execute("COMMIT")
         return fetched
@@ -144,20 +179,21 @@ class World:
             self._open_prs(org, repo, now)
         self.db.execute("COMMIT")
 
-    def raw(self, org: str) -> list[str]:
-        """PRs fetched and not yet processed: what a ``process`` run takes on."""
+    def raw(self, pipeline: str, org: str) -> list[str]:
+        """PRs ``pipeline`` fetched and has not processed yet: what its ``process`` takes on."""
         rows = self.db.execute(
-            "SELECT id FROM prs WHERE org = ? AND processed_at IS NULL"
-            " AND fetched_at IS NOT NULL ORDER BY id",
-            (org,),
+            "SELECT id FROM pipeline_prs WHERE pipeline = ? AND org = ? AND processed_at IS NULL"
+            " ORDER BY id",
+            (pipeline, org),
         )
         return [pr for (pr,) in rows]
 
-    def aggregate(self, prs: list[str], now: float, run_id: str) -> None:
-        """``process`` moves ``prs`` into the aggregate."""
+    def aggregate(self, pipeline: str, prs: list[str], now: float, run_id: str) -> None:
+        """``pipeline``'s ``process`` moves ``prs`` into its aggregate."""
         self.db.executemany(
-            "UPDATE prs SET processed_at = ?, processed_by = ? WHERE id = ?",
-            [(now, run_id, pr) for pr in prs],
+            "UPDATE pipeline_prs SET processed_at = ?, processed_by = ?"
+            " WHERE pipeline = ? AND id = ?",
+            [(now, run_id, pipeline, pr) for pr in prs],
         )
 
     def remember(self, name: str, value: float) -> None:
@@ -168,6 +204,26 @@ class World:
         """A number kept by :meth:`remember`."""
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else float(row[0])
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to the number kept under ``name`` (starting from 0)."""
+        self.db.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def store_settings(self, settings: dict[str, object]) -> None:
+        """Keep the settings the story was started with (JSON values)."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)",
+            [(name, json.dumps(value)) for name, value in settings.items()],
+        )
+
+    def stored_settings(self) -> dict[str, object]:
+        """The settings kept by :meth:`store_settings`."""
+        rows = self.db.execute("SELECT name, value FROM settings")
+        return {name: json.loads(value) for name, value in rows}
 
     def close(self) -> None:
         """Close the database."""

@@ -1,0 +1,40 @@
+"""The live demo's web app: the story page beside the dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+
+from keyflow.demo.app import create_demo_app
+from keyflow.demo.runner import START, virtual_story
+from keyflow.demo.scoreboard import Scoreboard
+from keyflow.demo.settings import StorySettings
+from keyflow.demo.world import HOUR
+
+from .webkit import CaptureTemplates, client
+
+
+async def test_the_story_page_shows_both_pipelines_beside_the_dashboard() -> None:
+    story, _ = virtual_story(StorySettings(), out=lambda _: None)
+    await story.kf.start()
+    try:
+        await story.sim.run(START + HOUR - 1, asyncio.Event())
+        app = CaptureTemplates(create_demo_app(story.kf, story.board))
+        async with client(app) as http:
+            page = await http.get("/story")
+            assert page.status_code == 200
+            name, context = app.rendered[-1]
+            assert name == "story.html"
+            board = context["board"]
+            assert isinstance(board, Scoreboard)
+            assert [r.label for r in board.reports] == ["skip", "queue"]
+            skip, queue = board.reports
+            assert skip.waited_a_cycle > 0
+            assert queue.waited_a_cycle == 0
+            assert f'data-waited="skip">{skip.waited_a_cycle:,}<' in page.text
+            assert 'data-waited="queue">0<' in page.text
+            assert 'http-equiv="refresh"' in page.text  # it follows the story
+            assert (await http.get("/")).status_code == 200  # the dashboard, beside it
+            assert (await http.get("/lanes")).status_code == 200
+    finally:
+        await story.kf.stop(grace=0)
+        story.world.close()
