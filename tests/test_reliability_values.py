@@ -65,7 +65,10 @@ async def test_unstorable_handler_values_fail_their_run_and_never_block_storage(
     logged = runs["surrogate-log"]
     assert logged.status is RunStatus.COMPLETED
     assert logged.logs[0].message == "listing caf\\udce9.txt"
-    assert logged.logs[0].data == {"name": "'caf\\udce9.txt'", "size": "<int that cannot be shown: ValueError>"}
+    assert logged.logs[0].data == {
+        "name": "'caf\\udce9.txt'",
+        "size": "<int that cannot be shown: ValueError>",
+    }
     assert logged.progress is not None
     assert logged.progress.message == "caf\\udce9.txt"
 
@@ -289,18 +292,19 @@ CONFIGURATION: list[tuple[str, dict[str, Any], str]] = [
 def test_bad_configuration_is_refused_where_it_is_given(
     target: str, options: dict[str, Any], name: str
 ) -> None:
-    with pytest.raises(keyflow.ConfigurationError, match=name) as caught:
+    async def handler(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        return None
+
+    def configure() -> None:
         if target == "keyflow":
             keyflow.Keyflow(**options)
         elif target == "job":
-            kf = keyflow.Keyflow()
-
-            async def handler(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
-                return None
-
-            kf.job(**options)(handler)
+            keyflow.Keyflow().job(**options)(handler)
         else:
             Backoff(**options)
+
+    with pytest.raises(keyflow.ConfigurationError, match=name) as caught:
+        configure()
     assert isinstance(caught.value, ValueError)  # a ConfigurationError is a ValueError too
 
 
