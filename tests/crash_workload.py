@@ -16,7 +16,11 @@ everything; then it checks the log and the storage:
   (the bound, guarantee 3, with ``max_queued=1``);
 * per key, runs first start in the order they were created (order, guarantee 5);
 * a run starts again only after a crash interrupted it (only an interrupted attempt is
-  ever repeated: there are no failures to retry).
+  ever repeated: there are no failures to retry);
+* a poison run, triggered once by the first child, whose handler kills its own process
+  at once (as an OOM kill or a segfault would): its start is durable before the handler
+  runs, so each such death counts as a crash, and after three it fails as a poison pill
+  instead of killing every later child.
 
 ``python -m tests.crash_workload --backend sqlite --cycles 200`` is the soak.
 """
@@ -62,7 +66,11 @@ STRATEGIES["queued"] = Coalesce("queue", max_queued=1, input=_merge)
 # -- the child -------------------------------------------------------------------------
 
 
-async def child(url: str, log_path: str, seed: int, drain: bool) -> None:
+POISON_CRASHES = 3
+"""The poison run's handler kills its process this many times before it is failed."""
+
+
+async def child(url: str, log_path: str, seed: int, drain: bool, poison: bool) -> None:
     """Run the workload until killed (or, with ``drain``, until everything finished)."""
     rng = random.Random(seed)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -84,6 +92,11 @@ async def child(url: str, log_path: str, seed: int, drain: bool) -> None:
     for name in STRATEGIES:
         kf.job(name)(handler)
 
+    @kf.job(concurrency_key="poison")
+    async def poison_pill(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        log("P", ctx.run_id, ctx.attempt)
+        os.kill(os.getpid(), signal.SIGKILL)  # first thing: no chance to write anything
+
     async def produce(producer: int) -> None:
         for n in range(1_000_000):
             tid = f"{os.getpid()}.{producer}.{n}"
@@ -98,6 +111,9 @@ async def child(url: str, log_path: str, seed: int, drain: bool) -> None:
     await kf.start()
     log("BOOT", os.getpid())
     print("ready", flush=True)
+    if poison:  # due a little later, so this child does some work before it dies
+        result = await poison_pill.trigger({}, delay=0.2)
+        log("PT", result.run_id)
     if drain:
         await kf.run_until_idle(timeout=120)
         log("IDLE")
@@ -115,6 +131,7 @@ def run_cycles(url: str, log_path: Path, cycles: int, rng: random.Random) -> Non
         drain = cycle == cycles
         command = [sys.executable, "-m", "tests.crash_workload", "child", url, str(log_path)]
         command += ["--seed", str(rng.randrange(1 << 30))] + (["--drain"] if drain else [])
+        command += ["--poison"] if cycle == 0 else []
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
@@ -125,7 +142,7 @@ def run_cycles(url: str, log_path: Path, cycles: int, rng: random.Random) -> Non
                 continue
             assert ready == "ready\n", f"child {cycle} did not start: {ready!r}"
             time.sleep(rng.uniform(0.05, 0.6))  # the moment of the crash, not a sync
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGKILL)  # unless the poison run killed it already
             proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
@@ -155,9 +172,10 @@ class Report:
     boots: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     first_start_order: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    prefixes: dict[str, int] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
     """Runs with an attempt that ran to its end (no crash in between)."""
+    poison_run: str | None = None
+    poison_starts: int = 0
 
 
 def read_log(log_path: Path) -> Report:
@@ -174,7 +192,6 @@ def read_log(log_path: Path) -> Report:
         elif kind == "T":
             tid, job, key, run_id, disposition = rest
             report.triggers.append(Trigger(tid, job, key, run_id, disposition, number))
-            report.prefixes.setdefault(run_id.split("-")[0], len(report.prefixes))
         elif kind == "S":
             run_id, _attempt, key, tids = rest
             if key in running:
@@ -187,6 +204,10 @@ def read_log(log_path: Path) -> Report:
                 report.first_start_order[key].append(run_id)
             previous.append(number)
             attempts[run_id] = {t for t in tids.split(",") if t}
+        elif kind == "PT":
+            report.poison_run = rest[0]
+        elif kind == "P":
+            report.poison_starts += 1
         elif kind == "E":
             run_id, _attempt, key = rest
             if running.get(key) == run_id:
@@ -211,6 +232,17 @@ async def final_runs(url: str) -> dict[str, keyflow.Run]:
 def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
     """Every problem found; empty when the guarantees held."""
     problems = list(report.problems)
+    if report.poison_run is not None:
+        poison = runs.get(report.poison_run)
+        if poison is None or poison.status is not RunStatus.FAILED:
+            problems.append(f"the poison run ended {poison and poison.status.value}, not failed")
+        elif poison.errors[-1].type != "Crashed":
+            problems.append(f"the poison run failed with {poison.errors[-1].type}, not Crashed")
+        if report.poison_starts != POISON_CRASHES:
+            problems.append(
+                f"the poison run's handler started {report.poison_starts} times, "
+                f"not {POISON_CRASHES}: its crashes were not all counted"
+            )
     unfinished = [r.id for r in runs.values() if not r.is_terminal]
     if unfinished:
         problems.append(f"unfinished after draining: {unfinished[:5]}")
@@ -246,11 +278,13 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
                 earlier.append(trig.run_id)
     for key, started in report.first_start_order.items():
 
-        def created(run_id: str) -> tuple[int, int]:
-            prefix, counter = run_id.split("-")
-            return report.prefixes.get(prefix, -1), int(counter, 16)
+        def created(run_id: str) -> tuple[float, int]:
+            # Across processes by the stored creation time (a process may die before
+            # any of its triggers is acknowledged, so the log alone cannot order its
+            # runs), within one by the id's counter.
+            return runs[run_id].created_at, int(run_id.split("-")[1], 16)
 
-        known = [r for r in started if r.split("-")[0] in report.prefixes]
+        known = [r for r in started if r in runs]
         if known != sorted(known, key=created):
             problems.append(f"key {key}: runs did not first start in creation order")
     return problems
@@ -275,12 +309,13 @@ def main() -> None:
     child_args.add_argument("log")
     child_args.add_argument("--seed", type=int, default=0)
     child_args.add_argument("--drain", action="store_true")
+    child_args.add_argument("--poison", action="store_true")
     parser.add_argument("--backend", choices=("sqlite", "json"), default="sqlite")
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     if args.command == "child":
-        asyncio.run(child(args.url, args.log, args.seed, args.drain))
+        asyncio.run(child(args.url, args.log, args.seed, args.drain, args.poison))
         return
     with tempfile.TemporaryDirectory(prefix="keyflow-soak-") as directory:
         report, problems = crash_test(args.backend, args.cycles, args.seed, Path(directory))

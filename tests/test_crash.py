@@ -20,5 +20,6 @@ CYCLES = int(os.environ.get("KEYFLOW_CRASH_CYCLES", "20"))
 def test_sigkill_loses_no_acknowledged_trigger(backend: str, tmp_path: Path) -> None:
     report, problems = crash_test(backend, CYCLES, seed=20261128, directory=tmp_path)
     assert len(report.boots) == CYCLES + 1
-    assert len(report.triggers) > 20 * CYCLES  # the children did real work before dying
+    assert len(report.triggers) > 15 * CYCLES  # the children did real work before dying
+    assert report.poison_run is not None  # the self-killing handler was in the mix
     assert problems == []

@@ -265,3 +265,42 @@ async def test_a_subscription_made_before_start_hears_the_runs(make_keyflow: Mak
     await kf.stop()
     kinds = [type(event).__name__ async for event in events]
     assert "RunChanged" in kinds
+
+
+@pytest.mark.parametrize("retention", [0, 3])
+async def test_trigger_and_wait_gets_its_run_even_when_retention_prunes_it_at_once(
+    make_keyflow: MakeKeyflow, retention: int
+) -> None:
+    kf = make_keyflow(retention=retention, workers=8)
+
+    @kf.job()
+    async def quick(ctx: keyflow.RunContext, input: dict[str, Any]) -> int:
+        return int(input["n"])
+
+    await kf.start()
+    runs = await asyncio.gather(*(quick.trigger_and_wait({"n": n}, timeout=20) for n in range(200)))
+    assert [run.output for run in runs] == list(range(200))
+    assert {run.status for run in runs} == {RunStatus.COMPLETED}
+
+
+async def test_trigger_and_wait_on_a_coalesced_trigger_returns_the_joined_run(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    kf = make_keyflow(retention=0)
+    release = asyncio.Event()
+
+    @kf.job(concurrency_key="k", coalesce="skip")
+    async def job(ctx: keyflow.RunContext, input: dict[str, Any]) -> str:
+        await release.wait()
+        return "done"
+
+    await kf.start()
+    first = await job.trigger({})
+    async with kf.events() as events:
+        waiting = asyncio.ensure_future(job.trigger_and_wait({}, timeout=10))
+        async for event in events:
+            if isinstance(event, keyflow.TriggerCoalesced):
+                break
+    release.set()
+    joined = await waiting
+    assert (joined.id, joined.status, joined.output) == (first.run_id, RunStatus.COMPLETED, "done")

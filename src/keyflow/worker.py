@@ -8,7 +8,9 @@ tasks for good and the interrupted runs go back to the head of their lanes.
 Whatever a handler does, its run ends and the pool keeps its size:
 
 * on durable storage a run's start is written before its handler's first instruction,
-  so a process that dies inside the handler is counted as a crash (poison pill);
+  so a process that dies inside the handler is counted as a crash (poison pill); runs
+  a crash cut short (suspects) then execute one at a time, so a run that kills its
+  process takes no innocent run down with it a second time;
 * every exception (any ``BaseException`` but a process exit) fails the attempt, with its
   message stored as safe text; a handler that returns after its timeout still fails;
 * a handler that ignores its cancellation (a cancel, a timeout) for ``cancel_grace``
@@ -81,6 +83,8 @@ class WorkerPool:
         self._durable_start = durable_start
         self._workers = [_Worker() for _ in range(size)]
         self._abandoned: list[_Worker] = []
+        self._suspects = asyncio.Lock()
+        """Held by the one run executing after a crash cut it short (see the module)."""
         self._spawned = 0
         self._closing = False
 
@@ -194,6 +198,13 @@ class WorkerPool:
             if job is None:  # recovery rejects these; a run must never stick regardless
                 core.reject(record, f"job {record.job!r} is not registered in this process")
                 continue
+            suspect = record.crashes > 0
+            if suspect:  # waits, still pending (a crash now would not count against it)
+                await self._suspects.acquire()
+                status: RunStatus = record.status  # (narrowed before the await)
+                if status is not PENDING:  # cancelled meanwhile
+                    self._suspects.release()
+                    continue
             core.start(record)
             worker.current = record
             deadline: asyncio.Timeout | None = None
@@ -237,6 +248,8 @@ class WorkerPool:
             finally:
                 if watchdog is not None:
                     watchdog.cancel()
+                if suspect:
+                    self._suspects.release()
             if worker.detached:
                 return  # a stop gave up on this handler; its run was interrupted
             worker.current = None
@@ -244,8 +257,8 @@ class WorkerPool:
                 self._settle(job, record, task, failure, output, deadline)
             except Exception:  # a bug in keyflow: the run must still end
                 logger.exception("keyflow failed to record the end of run %s", record.id)
-                status: RunStatus = record.status  # (mypy narrowed it to PENDING above)
-                if status is RUNNING:
+                now: RunStatus = record.status  # (mypy narrowed it to PENDING above)
+                if now is RUNNING:
                     core.fail(record, None)
 
     def _settle(
