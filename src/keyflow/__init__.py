@@ -17,6 +17,7 @@ from .errors import InvalidCoalesceError as InvalidCoalesceError
 from .errors import InvalidInputError as InvalidInputError
 from .errors import InvalidTriggerError as InvalidTriggerError
 from .errors import KeyflowError as KeyflowError
+from .errors import ReadOnlyError as ReadOnlyError
 from .errors import Retry as Retry
 from .errors import RunNotFoundError as RunNotFoundError
 from .errors import SchedulerNotRunningError as SchedulerNotRunningError
@@ -72,6 +73,7 @@ __all__ = [
     "LaneSnapshot",
     "LogEntry",
     "Progress",
+    "ReadOnlyError",
     "Retry",
     "Run",
     "RunChanged",

@@ -245,9 +245,10 @@ class CommitPipeline:
     async def _flush_loop(self) -> None:
         try:
             while self._open.records or self._open.txns:
-                if self._failures:
-                    # Execution changes were put back; wait before trying again (a new
-                    # trigger cuts the pause short: it should fail, or pass, at once).
+                if self._failures and not self._open.txns:
+                    # Execution changes were put back; wait before trying again. A
+                    # trigger never waits out the pause (it cuts one short, too): it
+                    # should fail, or pass, at once.
                     await self._pause(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
                 with contextlib.suppress(StorageError):
                     await self._write_open_batch()

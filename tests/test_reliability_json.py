@@ -1,0 +1,114 @@
+"""The JSON file on a failing disk (issue: reliability): a fault-injecting journal.
+
+Appends that stop half-way, repairs that fail too, compactions cut short: a trigger
+that raised never comes back, one that returned is never lost, and the store works
+again by itself once the disk does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import keyflow
+from keyflow.storage_backends import jsonfile as jsonfile_module
+
+from .conftest import MakeKeyflow
+from .fakes import FaultyJSON
+from .test_durability import Recorder
+from .test_reliability_storage import stored_runs
+
+
+@pytest.fixture
+def storage_url(tmp_path: Path) -> str:
+    return f"json:///{tmp_path / 'runs.json'}"
+
+
+async def test_json_recovers_when_neither_the_append_nor_its_repair_could_be_written(
+    make_keyflow: MakeKeyflow, tmp_path: Path
+) -> None:
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    kept = await kf.trigger("work", {"n": 0}, delay=60)
+    backend.faults.append = backend.faults.cut = True
+    for n in (1, 2):
+        with pytest.raises(keyflow.StorageError, match=r"No space left|tail of a failed append"):
+            await kf.trigger("work", {"n": n}, delay=60)
+    backend.faults.append = False  # space is back; the half line is still in the file
+    with pytest.raises(keyflow.StorageError, match="tail of a failed append"):
+        await kf.trigger("work", {"n": 3}, delay=60)  # cannot be cut yet: refused, cleanly
+    backend.faults.cut = False
+    after = await kf.trigger("work", {"n": 4}, delay=60)  # repaired by itself
+    await kf.stop()
+    assert set(await stored_runs(f"json:///{path}")) == {kept.run_id, after.run_id}
+    lines = (tmp_path / "runs.json.journal").read_bytes().split(b"\n")
+    assert lines[-1] == b""  # no torn tail: every line is whole
+    for line in lines[:-1]:
+        json.loads(line)
+
+
+async def test_a_refused_json_append_is_not_written_at_stop(
+    make_keyflow: MakeKeyflow, tmp_path: Path
+) -> None:
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    backend.faults.append = True
+    with pytest.raises(keyflow.StorageError):
+        await kf.trigger("work", {"n": 1}, delay=60)
+    backend.faults.append = False
+    await kf.stop()
+    assert await stored_runs(f"json:///{path}") == {}
+
+
+async def test_a_failed_compaction_never_fails_a_durable_append(
+    make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)  # compact early
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    backend.faults.snapshot = True
+    made = [await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60) for n in range(20)]
+    assert kf.statistics().storage_error is None  # every append landed: no failure
+    backend.faults.snapshot = False
+    made += [await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60) for n in range(20, 40)]
+    generation = json.loads(path.read_text())["generation"]
+    assert generation > 1  # compaction caught up once the disk allowed it
+    await kf.stop()
+    assert set(await stored_runs(f"json:///{path}")) == {r.run_id for r in made}
+
+
+async def test_a_compaction_cut_between_snapshot_and_journal_loses_nothing(
+    make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    backend.faults.new_journal = True  # the snapshot is written, the new journal is not
+    acknowledged: list[str] = []
+    refused = 0
+    for n in range(30):
+        try:
+            result = await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60)
+        except keyflow.StorageError:
+            refused += 1
+        else:
+            acknowledged.append(result.run_id)
+    assert refused > 0  # nothing may go to the journal the snapshot already folded in
+    backend.faults.new_journal = False
+    acknowledged.append((await kf.trigger("work", {"n": 99}, delay=60)).run_id)
+    await kf.stop()
+    assert set(await stored_runs(f"json:///{path}")) == set(acknowledged)
