@@ -228,19 +228,12 @@ class WorkerPool:
                     async with deadline:
                         output = await job.handler(ctx, data)
             except asyncio.CancelledError as exc:
-                if worker.detached:
-                    return
-                worker.current = None
-                if record.cancel_requested:
-                    task.uncancel()
-                    core.cancelled(record)
-                    if task.cancelling():  # a stop came too
-                        return
-                    continue
-                if task.cancelling():
-                    core.interrupt(record)  # a stop: the run goes back to its lane
+                if not record.cancel_requested and task.cancelling():
+                    if not worker.detached:  # (a stop that gave up interrupted it already)
+                        worker.current = None
+                        core.interrupt(record)  # a stop: the run goes back to its lane
                     raise
-                failure = exc  # the handler raised CancelledError of its own
+                failure = exc  # a cancel of the run, or the handler's own CancelledError
             except _EXITS:
                 raise  # the process is exiting: on restart the run counts as a crash
             except BaseException as exc:  # Retry, TimeoutError, anything a handler raises
@@ -260,6 +253,8 @@ class WorkerPool:
                 now: RunStatus = record.status  # (mypy narrowed it to PENDING above)
                 if now is RUNNING:
                     core.fail(record, None)
+            if task.cancelling():  # a stop came while a cancel was being handled
+                return
 
     def _settle(
         self,
@@ -274,7 +269,7 @@ class WorkerPool:
         core = self._core
         if record.cancel_requested:  # cancelled, whatever the handler did with it
             if task.cancelling():
-                task.uncancel()
+                task.uncancel()  # the run's cancel is handled: the worker goes on
             core.cancelled(record)
         elif isinstance(failure, Retry):
             self._record_error(record, failure)
