@@ -15,7 +15,7 @@ from keyflow.cli import main, read_only_url
 from keyflow.storage_backends import open_backend
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.web import create_app
-from keyflow.web.source import opened
+from keyflow.web.storage_source import opened
 
 from .conftest import MakeKeyflow, storage_url_for
 from .webkit import Gate, client, free_port

@@ -43,7 +43,7 @@ async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> 
     import uvicorn
 
     from .web import create_app, token_authorizer
-    from .web.source import opened
+    from .web.storage_source import opened
 
     backend = open_backend(read_only_url(url), retention=10**9)
     async with opened(backend) as source:

@@ -1,0 +1,160 @@
+"""``keyflow dashboard --storage URL``: the dashboard of a file another process writes.
+
+Read-only; live by polling. Lanes are rebuilt from the unfinished runs in storage once
+per poll, shared by every widget and page that asks meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..runs import Run, RunStatus
+from ..stats import LaneSnapshot
+from ..storage_backends import RunQuery, StorageBackend
+from ..watch import Changes
+from .natural import NaturalOrder
+from .source import (
+    ALL_STATUSES,
+    UNFINISHED,
+    Counts,
+    DashboardSource,
+    LaneFilters,
+    LaneRow,
+    RunFilters,
+    lanes_by_state,
+)
+
+
+class StorageSource(DashboardSource):
+    """A storage file another process writes: read-only, refreshed by polling."""
+
+    read_only = True
+
+    def __init__(self, backend: StorageBackend, *, poll_seconds: float = 1.0) -> None:
+        self.backend = backend
+        self.poll_seconds = poll_seconds
+        self._cache: tuple[float, dict[str, list[Run]]] | None = None
+        self._order = NaturalOrder()
+
+    async def _unfinished_by_key(self) -> dict[str, list[Run]]:
+        # One scan per poll interval, shared by every widget that asks meanwhile.
+        now = time.monotonic()
+        if self._cache is not None and now - self._cache[0] < self.poll_seconds / 2:
+            return self._cache[1]
+        by_key: dict[str, list[Run]] = {}
+        for status in UNFINISHED:
+            query = RunQuery(status=status, limit=1_000_000)
+            for run in await self.backend.list_runs(query):
+                if run.concurrency_key is not None:
+                    by_key.setdefault(run.concurrency_key, []).append(run)
+        for runs in by_key.values():
+            runs.sort(key=lambda r: (r.created_at, r.id))
+        self._cache = (now, by_key)
+        return by_key
+
+    def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
+        holding = [
+            r
+            for r in runs
+            if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
+            or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
+        ]
+        queued = [r for r in runs if r.status is RunStatus.QUEUED]
+        waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
+        scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
+        state = "idle" if not holding else ("running+queued" if waiting else "running")
+        return LaneSnapshot(
+            key=key,
+            state=state,  # type: ignore[arg-type]
+            limit=max(1, len(holding)),
+            running=tuple(r.id for r in holding),
+            waiting=tuple(r.id for r in waiting),
+            scheduled=tuple(r.id for r in scheduled),
+            coalesced=sum(r.trigger_count - 1 for r in runs),
+        )
+
+    async def counts(self) -> Counts:
+        """Counts from storage."""
+        by_status = {
+            s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
+        }
+        lanes = [self._lane(k, v) for k, v in (await self._unfinished_by_key()).items()]
+        finished = sum(by_status[s.value] for s in ALL_STATUSES if s not in UNFINISHED)
+        return Counts(by_status, lanes_by_state(lanes), finished, 0)
+
+    async def lane_rows(
+        self, filters: LaneFilters, offset: int, limit: int
+    ) -> tuple[list[LaneRow], int]:
+        """Lanes rebuilt from the unfinished runs in storage."""
+        by_key = await self._unfinished_by_key()
+        keys = self._order.sorted(k for k in by_key if k.startswith(filters.prefix))
+        rows = []
+        for key in keys:
+            runs = by_key[key]
+            lane = self._lane(key, runs)
+            if filters.state is not None and lane.state != filters.state:
+                continue
+            by_id = {r.id: r for r in runs}
+            oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
+            rows.append(LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest))
+        if filters.sort == "coalesced":
+            rows.sort(key=lambda row: -row.lane.coalesced)
+        elif filters.sort == "wait":
+            rows.sort(key=lambda row: row.oldest_waiting_since or float("inf"))
+        return rows[offset : offset + limit], len(rows)
+
+    async def lane(self, key: str) -> LaneSnapshot:
+        """One lane rebuilt from storage."""
+        return self._lane(key, (await self._unfinished_by_key()).get(key, []))
+
+    async def has_key(self, key: str) -> bool:
+        """Any run of ``key`` in storage."""
+        return bool(await self.backend.list_runs(RunQuery(key=key, limit=1)))
+
+    @staticmethod
+    def _query(filters: RunFilters, offset: int = 0, limit: int = 0) -> RunQuery:
+        return RunQuery(
+            job=filters.job or None,
+            status=RunStatus(filters.status) if filters.status else None,
+            key=filters.key or None,
+            labels=filters.labels,
+            text=filters.text or None,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
+        """Runs from storage."""
+        return await self.backend.list_runs(self._query(filters, offset, limit))
+
+    async def count_runs(self, filters: RunFilters) -> int:
+        """How many runs match, in storage."""
+        return await self.backend.count_runs(self._query(filters))
+
+    async def run(self, run_id: str) -> Run | None:
+        """One run from storage."""
+        return await self.backend.get_run(run_id)
+
+    def jobs(self) -> list[str]:
+        """Jobs are not known to a storage file; the runs filter takes free text."""
+        return []
+
+    async def changes(self) -> AsyncIterator[Changes]:
+        """A poll: every ``poll_seconds``, everything may have changed."""
+        while True:
+            await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
+            self._cache = None
+            yield Changes(everything=True)
+
+
+@asynccontextmanager
+async def opened(backend: StorageBackend) -> AsyncIterator[StorageSource]:
+    """A :class:`StorageSource` over ``backend``, opened and closed around the block."""
+    await backend.open()
+    try:
+        yield StorageSource(backend)
+    finally:
+        await backend.close()
