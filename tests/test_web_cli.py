@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 import keyflow
-from keyflow.cli import main, read_only_url
+from keyflow.cli import allowed_hosts, dashboard_token, main, read_only_url
 from keyflow.storage_backends import open_backend
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.web import create_app
@@ -74,6 +75,69 @@ def test_the_command_refuses_open_binds_without_a_token_and_memory_storage(
         read_only_url("sqlite:///a.db?synchronous=full")
         == "sqlite:///a.db?synchronous=full&mode=ro"
     )
+
+
+def test_the_token_comes_from_a_file_or_the_environment_before_argv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    env = {"KEYFLOW_DASHBOARD_TOKEN": "from-env"}
+    assert dashboard_token("from-argv", str(secret), env) == "from-file"
+    assert dashboard_token("from-argv", None, env) == "from-env"
+    assert dashboard_token("from-argv", None, {}) == "from-argv"
+    assert dashboard_token(None, None, {}) is None
+    (tmp_path / "empty").write_text("\n")
+    for bad in ("empty", "missing"):
+        with pytest.raises(SystemExit) as exited:
+            main(["dashboard", "--storage", "sqlite:///x.db", "--token-file", str(tmp_path / bad)])
+        assert exited.value.code == 2
+        assert "token file" in capsys.readouterr().err
+
+
+def test_a_bind_beyond_loopback_answers_its_own_name() -> None:
+    assert allowed_hosts("127.0.0.1") is None  # the app's default: loopback names only
+    assert allowed_hosts("localhost") is None
+    assert allowed_hosts("0.0.0.0") == ["*"]  # any name: the token guards it
+    assert allowed_hosts("192.0.2.7") == ["192.0.2.7", "localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts("2001:db8::1")[0] == "[2001:db8::1]"  # type: ignore[index]
+
+
+async def test_the_command_takes_its_token_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    kf = keyflow.Keyflow(storage=url)
+    kf.job("process")(Gate().handler)
+    await kf.start()
+    await kf.trigger("process", {}, concurrency_key="process:acme", delay=600)
+    port = free_port()
+    command = [sys.executable, "-m", "keyflow.cli", "dashboard", "--storage", url]
+    env = {**os.environ, "KEYFLOW_DASHBOARD_TOKEN": "env-s3cret"}
+    proc = subprocess.Popen(  # noqa: ASYNC220  # a child to kill, not a call to await
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        banner = await asyncio.to_thread(proc.stdout.readline)
+        assert "?token=env-s3cret" in banner
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for _ in range(100):  # the banner comes just before uvicorn listens
+                try:
+                    refused = await http.get("/lanes")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            assert refused.status_code == 403
+            bearer = {"Authorization": "Bearer env-s3cret"}
+            assert (await http.get("/lanes", headers=bearer)).status_code == 200
+            moved = await http.get("/lanes?token=env-s3cret")
+            assert moved.status_code == 303
+            assert moved.headers["location"] == "/lanes"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        await kf.stop()
 
 
 async def test_the_command_serves_a_storage_file(tmp_path: Path) -> None:

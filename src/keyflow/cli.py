@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import KeyflowError
 from .storage_backends import open_backend
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+TOKEN_VARIABLE = "KEYFLOW_DASHBOARD_TOKEN"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 def _is_loopback(host: str) -> bool:
@@ -38,6 +42,43 @@ def read_only_url(url: str) -> str:
     return url + ("&" if "?" in url else "?") + "mode=ro"
 
 
+def dashboard_token(
+    token: str | None, token_file: str | None, environ: Mapping[str, str]
+) -> str | None:
+    """The dashboard's token, from the first of its three sources that has one.
+
+    ``--token-file``, then ``$KEYFLOW_DASHBOARD_TOKEN``, then ``--token`` (a command
+    line is visible to other users in ``ps``: the other two are better).
+
+    Raises:
+        KeyflowError: the token file cannot be read or is empty.
+    """
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyflowError(f"cannot read the token file {token_file}: {exc}") from None
+        if not text:
+            raise KeyflowError(f"the token file {token_file} is empty")
+        return text
+    return environ.get(TOKEN_VARIABLE) or token or None
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host names the dashboard answers when bound to ``host``.
+
+    Loopback binds keep the dashboard's default (loopback names only, against DNS
+    rebinding). A named address adds itself; a wildcard bind (0.0.0.0, ::) answers any
+    name, since a token is required there and a rebinding page never holds its cookie.
+    """
+    if _is_loopback(host):
+        return None
+    if host in WILDCARD_HOSTS:
+        return ["*"]
+    name = f"[{host}]" if ":" in host else host
+    return [name, "localhost", "127.0.0.1", "[::1]"]
+
+
 async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> None:
     """Serve the read-only dashboard of ``url`` until interrupted."""
     import uvicorn
@@ -48,7 +89,10 @@ async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> 
     backend = open_backend(read_only_url(url), retention=10**9)
     async with opened(backend) as source:
         app = create_app(
-            source, read_only=True, authorize=token_authorizer(token) if token else None
+            source,
+            read_only=True,
+            authorize=token_authorizer(token) if token else None,
+            allowed_hosts=allowed_hosts(host),
         )
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         where = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
@@ -172,7 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dash.add_argument("--storage", required=True, help="sqlite:///runs.db or json:///runs.json")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8000)
-    dash.add_argument("--token", help="required to bind anything but a loopback address")
+    dash.add_argument(
+        "--token",
+        help=f"required to bind anything but a loopback address; prefer ${TOKEN_VARIABLE}"
+        " or --token-file (a command line is visible to other users)",
+    )
+    dash.add_argument("--token-file", help="a file holding the token (first line)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if not _is_loopback(args.host):
@@ -183,10 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"keyflow: {exc}", file=sys.stderr)
             return 2
     if args.command == "dashboard":
-        if not _is_loopback(args.host) and not args.token:
-            parser.error(f"--host {args.host} is reachable by others: give a --token too")
         try:
-            asyncio.run(serve_dashboard(args.storage, args.host, args.port, args.token))
+            token = dashboard_token(args.token, args.token_file, os.environ)
+        except KeyflowError as exc:
+            parser.error(str(exc))
+        if not _is_loopback(args.host) and not token:
+            parser.error(
+                f"--host {args.host} is reachable by others: set ${TOKEN_VARIABLE}"
+                " (or --token-file) too"
+            )
+        try:
+            asyncio.run(serve_dashboard(args.storage, args.host, args.port, token))
         except KeyflowError as exc:
             print(f"keyflow: {exc}", file=sys.stderr)
             return 2
