@@ -137,6 +137,17 @@
     });
   }
   document.addEventListener("htmx:historyRestore", syncFilters);
+  // Shareable URLs: a filter left empty (or at its default) is left out.
+  document.addEventListener("htmx:configRequest", function (evt) {
+    var elt = evt.detail.elt;
+    var data = evt.detail.formData;
+    if (!elt || elt.id !== "filters" || evt.detail.verb !== "get" || !data) { return; }
+    var unset = [];
+    data.forEach(function (value, name) {
+      if (value === "" || (name === "sort" && value === "key")) { unset.push(name); }
+    });
+    unset.forEach(function (name) { data.delete(name); });
+  });
   window.addEventListener("pageshow", syncFilters);
 
   // -- keyboard: "/" focuses the page's search box ------------------------------------
