@@ -16,6 +16,7 @@ from playwright.async_api import (
     ConsoleMessage,
     Dialog,
     Page,
+    ViewportSize,
     async_playwright,
     expect,
 )
@@ -27,7 +28,7 @@ from .conftest import MakeKeyflow
 from .webkit import Gate, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 LONG_KEY = "process:" + "an-organisation-with-a-very-long-name-" * 3 + "x"
 
 pytestmark = pytest.mark.skipif(
