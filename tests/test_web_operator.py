@@ -12,6 +12,7 @@ import pytest
 
 import keyflow
 from keyflow.web import create_app
+from keyflow.web.source import KeyflowSource, RunFilters
 
 from .conftest import MakeKeyflow
 from .webkit import CaptureTemplates, Gate, client, csrf_of
@@ -252,3 +253,33 @@ async def test_a_finished_run_shows_no_stale_progress_and_integers_stay_integers
         assert 'data-status="completed"' in done
         assert "<progress" not in done
     gate.open()
+
+
+async def test_free_text_counts_stop_at_a_cap_and_a_short_first_page_needs_no_count(
+    gated: tuple[keyflow.Keyflow, Gate],
+) -> None:
+    kf, _ = gated
+    for n in range(1_030):
+        await kf.trigger("crawl", {"word": "common", "n": n}, concurrency_key=f"c{n}", delay=600)
+    await kf.trigger("crawl", {"word": "rare"}, concurrency_key="r", delay=600)
+    counted: list[RunFilters] = []
+
+    class Counting(KeyflowSource):
+        async def count_runs(self, filters: RunFilters) -> int:
+            counted.append(filters)
+            return await super().count_runs(filters)
+
+    async with client(create_app(Counting(kf))) as http:
+        rare = await http.get("/runs", params={"q": "rare"})
+        assert 'data-total="1"' in rare.text
+        assert counted == []  # one short page: the whole answer
+        common = await http.get("/runs", params={"q": "common"})
+        assert 'data-label="1,000+"' in common.text
+        assert counted == []  # the 1,001st match exists: no full count
+        assert "next" in common.text
+        far = await http.get("/runs", params={"q": "common", "page": "21"})
+        assert "data-run=" in far.text  # runs 1,001 to 1,030
+        assert "next" not in far.text
+        exact = await http.get("/runs", params={"job": "crawl"})
+        assert 'data-total="1031"' in exact.text  # an index-backed filter: counted exactly
+        assert len(counted) == 1

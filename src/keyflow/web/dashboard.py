@@ -14,6 +14,7 @@ from starlette.templating import Jinja2Templates
 from .charts import RateHistory
 from .cookies import set_cookie
 from .csrf import SESSION_COOKIE, CsrfSigner
+from .jobstats import StatsCache
 from .sampler import RateSampler
 from .source import LANE_SORTS, LANE_STATES, DashboardSource
 from .widgets import Params, context
@@ -35,6 +36,8 @@ class Dashboard:
     """Seconds between two renders of one widget on one live stream."""
     renders: dict[tuple[str, Params, bool, str], tuple[float, str]] = field(default_factory=dict)
     """Recent widget renders, shared by the pages that show the same thing."""
+    stats: StatsCache = field(default_factory=StatsCache)
+    """Job statistics, computed at most every 10 s per job and window."""
     sampler: RateSampler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +79,7 @@ async def render_widget(
     cached = dash.renders.get(key)
     if shared and cached is not None and now - cached[0] < dash.min_interval / 2:
         return cached[1]
-    data = await context(name, dash.source, params, dash.history)
+    data = await context(name, dash.source, params, dash.history, dash.stats)
     template = dash.templates.get_template(f"partials/{name}.html")
     html = template.render({**data, "request": request, "params": params, "can_act": acting})
     if len(dash.renders) > RENDER_CACHE_SIZE:

@@ -8,6 +8,7 @@ the template draws it.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 """The windows a stats page offers, by name."""
-MAX_RUNS = 5_000
-"""Runs read per window at most (the newest); the page says when it hit the cap."""
+MAX_RUNS = 2_000
+"""Runs read at most (the newest); the page says when a window hit the cap."""
+CACHE_SECONDS = 10.0
+"""How long one computation serves every page that shows the same job and window."""
 CHART_BUCKETS = 30
 
 
@@ -183,3 +186,31 @@ async def job_stats(source: DashboardSource, job: str, now: float, selected: str
         windows.append(window_stats(name, seconds, inside, capped and oldest_read > now - seconds))
     chart, peak = throughput_chart(runs, now, WINDOWS[selected])
     return JobStats(job, tuple(windows), selected, chart, 600, 120, peak)
+
+
+class StatsCache:
+    """Recent :func:`job_stats` results, shared by every page and live stream of an app.
+
+    The numbers come from reading up to :data:`MAX_RUNS` runs from storage: once per
+    :data:`CACHE_SECONDS` per job and window, however many pages watch.
+    """
+
+    def __init__(self, seconds: float = CACHE_SECONDS, size: int = 64) -> None:
+        self._seconds = seconds
+        self._size = size
+        self._entries: dict[tuple[str, str], tuple[float, JobStats]] = {}
+
+    async def get(
+        self, source: DashboardSource, job: str, now: float, selected: str
+    ) -> JobStats:
+        """The stats of ``job``, computed at most every ``seconds``."""
+        key = (job, selected)
+        found = self._entries.get(key)
+        tick = time.monotonic()
+        if found is not None and tick - found[0] < self._seconds:
+            return found[1]
+        stats = await job_stats(source, job, now, selected)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[key] = (tick, stats)
+        return stats

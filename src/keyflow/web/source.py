@@ -132,17 +132,23 @@ class DashboardSource(ABC):
         """A page of matching runs, newest first, and how many match."""
         return await self.find_runs(filters, offset, limit), await self.count_runs(filters)
 
+    async def count_runs_capped(self, filters: RunFilters, cap: int) -> tuple[int, bool]:
+        """How many runs match, counting no further than ``cap``: ``(cap, True)`` when more.
+
+        Free text and labels make storage scan every run: counting them all costs as
+        much as a full scan, while finding the ``cap + 1``-th match of a common word
+        stops early. Filters storage answers from an index are counted exactly.
+        """
+        if not filters.text and not filters.labels:
+            return await self.count_runs(filters), False
+        if await self.find_runs(filters, cap, 1):
+            return cap, True
+        return await self.count_runs(filters), False
+
     async def recent_runs(self, job: str, since: float, cap: int) -> list[Run]:
         """Runs of ``job`` created at ``since`` or later, newest first, at most ``cap``."""
-        out: list[Run] = []
-        page = 500
-        while len(out) < cap:
-            found = await self.find_runs(RunFilters(job=job), len(out), min(page, cap - len(out)))
-            recent = [r for r in found if r.created_at >= since]
-            out.extend(recent)
-            if len(recent) < len(found) or not found:
-                break
-        return out
+        found = await self.find_runs(RunFilters(job=job), 0, cap)
+        return [r for r in found if r.created_at >= since]
 
     @abstractmethod
     async def run(self, run_id: str) -> Run | None:

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from ..runs import RunStatus
 from ..watch import Changes
 from .charts import RateHistory, timeline
-from .jobstats import WINDOWS, job_stats
+from .jobstats import WINDOWS, StatsCache
 from .source import LANE_SORTS, LANE_STATES, DashboardSource, LaneFilters, RunFilters
 
 LANES_PER_PAGE = 50
@@ -24,6 +24,8 @@ FEED_SIZE = 30
 MAX_PAGE = 1_000_000
 """Pages beyond this are not asked for (an offset storage could not even represent)."""
 MAX_FIELD = 1_000
+COUNT_CAP = 1_000
+"""Matches of a free-text or label filter counted at most ("1,000+")."""
 """Longer filter values are cut: nobody types them, and storage need not scan for them."""
 
 WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run", "stats")
@@ -135,9 +137,13 @@ def wants(widget: str, params: Params, changes: Changes) -> bool:
 
 
 async def context(
-    widget: str, source: DashboardSource, params: Params, history: RateHistory
+    widget: str,
+    source: DashboardSource,
+    params: Params,
+    history: RateHistory,
+    stats: StatsCache | None = None,
 ) -> dict[str, Any]:
-    """The template context of ``widget``.
+    """The template context of ``widget`` (``stats``: the app's cache of job statistics).
 
     Raises:
         KeyError: an unknown widget.
@@ -162,25 +168,52 @@ async def context(
     if widget == "lanes":
         offset = (params.page - 1) * LANES_PER_PAGE
         rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
-        return {"rows": rows, "total": total, "now": now, **_pages(params, total, LANES_PER_PAGE)}
+        pages = _pages(params, total, LANES_PER_PAGE)
+        if pages["page"] != params.page:  # past the end: show the last page
+            offset = (pages["page"] - 1) * LANES_PER_PAGE
+            rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
+        return {"rows": rows, "total": total, "now": now, **pages}
     if widget in ("lane", "timeline"):
         key = params.key or ""
         lane = await source.lane(key)
         runs, total = await source.runs(RunFilters(key=key), 0, 40)
         return {"lane": lane, "chart": timeline(runs, now), "runs": runs, "total": total}
     if widget == "runs":
-        total = await source.count_runs(params.filters)
-        pages = _pages(params, total, RUNS_PER_PAGE)
-        offset = (pages["page"] - 1) * RUNS_PER_PAGE
-        runs = await source.find_runs(params.filters, offset, RUNS_PER_PAGE)
-        return {"runs": runs, "total": total, "now": now, **pages}
+        return {**await _runs_page(source, params), "now": now}
     if widget == "run":
         run = await source.run(params.run_id or "")
         return {"run": run, "now": now}
     if widget == "stats":
         job = params.filters.job or ""
-        return {"stats": await job_stats(source, job, now, params.window), "now": now}
+        cache = stats or StatsCache(seconds=0)
+        return {"stats": await cache.get(source, job, now, params.window), "now": now}
     raise KeyError(widget)
+
+
+async def _runs_page(source: DashboardSource, params: Params) -> dict[str, Any]:
+    """A page of runs and how many match, with as few storage scans as it takes.
+
+    A first page shorter than a page is the whole answer: no count needed. Otherwise the
+    count stops at :data:`COUNT_CAP` for filters storage must scan for.
+    """
+    filters, per_page = params.filters, RUNS_PER_PAGE
+    offset = (params.page - 1) * per_page
+    runs = await source.find_runs(filters, offset, per_page) if params.page == 1 else []
+    if params.page == 1 and len(runs) < per_page:
+        total, capped = len(runs), False
+    else:
+        total, capped = await source.count_runs_capped(filters, COUNT_CAP)
+    if capped:
+        # "1,000+": pages go on while they are full.
+        if params.page > 1:
+            runs = await source.find_runs(filters, offset, per_page)
+        last = params.page + 1 if len(runs) == per_page else params.page
+        return {"runs": runs, "total": total, "capped": True, "page": params.page,
+                "last_page": last, "per_page": per_page}  # fmt: skip
+    pages = _pages(params, total, per_page)
+    if params.page > 1 or pages["page"] != params.page:
+        runs = await source.find_runs(filters, (pages["page"] - 1) * per_page, per_page)
+    return {"runs": runs, "total": total, "capped": False, **pages}
 
 
 def _pages(params: Params, total: int, per_page: int) -> dict[str, Any]:

@@ -84,12 +84,16 @@
     return !!(box && box.checked);
   }
   function selectionCount() { return allMatching() ? matchingTotal() : picked().length; }
+  function selectionLabel() {
+    var el = document.querySelector("#w-runs [data-total]");
+    return allMatching() && el ? el.dataset.label : selectionCount().toLocaleString();
+  }
   function refreshSelection() {
     var form = bulkForm();
     if (!form) { return; }
     var n = selectionCount();
     form.querySelector("[data-scope]").value = allMatching() ? "matching" : "selected";
-    form.querySelector("[data-selected-count]").textContent = n ? n.toLocaleString() + " selected" : "none selected";
+    form.querySelector("[data-selected-count]").textContent = n ? selectionLabel() + " selected" : "none selected";
     form.classList.toggle("active", n > 0);
   }
   document.addEventListener("change", function (evt) {
@@ -112,7 +116,7 @@
     var action = submitter ? submitter.value : "cancel";
     if (!n) { showError("select runs first (tick them, or every run matching the filters)"); return; }
     var verb = action === "retrigger" ? "Retrigger" : "Cancel";
-    if (window.confirm(verb + " " + n.toLocaleString() + " run" + (n === 1 ? "" : "s") + "?")) {
+    if (window.confirm(verb + " " + selectionLabel() + " run" + (n === 1 ? "" : "s") + "?")) {
       evt.detail.issueRequest(true);
     }
   });
