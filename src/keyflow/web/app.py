@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
+from ..clock import Clock
 from ..errors import SchedulerNotRunningError
 from ..scheduler import Keyflow
 from . import actions, filters, views
@@ -55,6 +56,7 @@ def create_app(
     min_interval: float = 0.25,
     allowed_hosts: Sequence[str] | None = None,
     secret: bytes | None = None,
+    clock: Clock | None = None,
 ) -> Starlette:
     """The dashboard for ``kf`` (a scheduler in this process, or another source).
 
@@ -72,8 +74,15 @@ def create_app(
             ``"*"`` for any); default: loopback names only (localhost, 127.0.0.1, [::1]).
         secret: the key that signs CSRF tokens (random per app by default; give every
             process behind one address the same).
+        clock: the time pages show ages, timelines and rates against; default: the
+            scheduler's clock (``Keyflow(clock=...)``), so a virtual or simulated clock
+            reads right.
     """
-    source = kf if isinstance(kf, DashboardSource) else KeyflowSource(kf, read_only=read_only)
+    source = (
+        kf
+        if isinstance(kf, DashboardSource)
+        else KeyflowSource(kf, read_only=read_only, clock=clock)
+    )
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,  # every value is escaped unless a template says otherwise

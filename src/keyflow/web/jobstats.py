@@ -200,9 +200,7 @@ class StatsCache:
         self._size = size
         self._entries: dict[tuple[str, str], tuple[float, JobStats]] = {}
 
-    async def get(
-        self, source: DashboardSource, job: str, now: float, selected: str
-    ) -> JobStats:
+    async def get(self, source: DashboardSource, job: str, now: float, selected: str) -> JobStats:
         """The stats of ``job``, computed at most every ``seconds``."""
         key = (job, selected)
         found = self._entries.get(key)

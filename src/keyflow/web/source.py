@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ..clock import Clock
 from ..coalesce import CoalesceOption, parse_coalesce
 from ..errors import KeyflowError
 from ..jobs import DEFAULT, Default
@@ -190,14 +191,33 @@ def lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
     return out
 
 
-class KeyflowSource(DashboardSource):
-    """A scheduler running in this process: live events, and actions unless read-only."""
+def scheduler_clock(kf: Keyflow) -> Clock | None:
+    """The clock ``kf`` reads time from, when it tells (``Keyflow.clock``)."""
+    clock = getattr(kf, "clock", None)  # a public property the scheduler may offer
+    return clock if isinstance(clock, Clock) else None
 
-    def __init__(self, kf: Keyflow, *, read_only: bool = False) -> None:
+
+class KeyflowSource(DashboardSource):
+    """A scheduler running in this process: live events, and actions unless read-only.
+
+    Args:
+        kf: the scheduler.
+        read_only: refuse the actions.
+        clock: the time ages, timelines and rates are shown against: the scheduler's
+            clock (a virtual or simulated one included), never the wall clock behind
+            its back. Default: the scheduler's own, else the system clock.
+    """
+
+    def __init__(self, kf: Keyflow, *, read_only: bool = False, clock: Clock | None = None):
         self.kf = kf
         self.read_only = read_only
+        self._clock = clock or scheduler_clock(kf)
         self._broadcast = Broadcast(kf)
         self._order = NaturalOrder()
+
+    def now(self) -> float:
+        """The scheduler's time."""
+        return self._clock.now() if self._clock is not None else time.time()
 
     @property
     def alive(self) -> bool:
