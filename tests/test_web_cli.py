@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 
 import keyflow
 from keyflow.cli import allowed_hosts, dashboard_token, main, read_only_url
-from keyflow.storage_backends import open_backend
+from keyflow.runs import Run
+from keyflow.storage_backends import RunQuery, open_backend
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.web import create_app
 from keyflow.web.storage_source import opened
@@ -170,3 +172,73 @@ async def test_the_command_serves_a_storage_file(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         await kf.stop()
+
+
+async def test_a_storage_dashboard_tells_the_truth_and_idles_cheaply(
+    make_keyflow: MakeKeyflow, storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate()
+    writer = make_keyflow(workers=2)
+    writer.job("process")(gate.handler)
+    writer.job("crawl")(gate.handler)
+    await writer.start()
+    gate.open()
+    await writer.trigger("crawl", {}, concurrency_key="repo10")
+    await writer.trigger("crawl", {}, concurrency_key="repo4")
+    await writer.run_until_idle()
+    gate.opened = False  # from now on, runs wait for the test
+    running = await writer.trigger("process", {}, concurrency_key="process:acme")
+    await gate.any_started.wait()
+    queued = await writer.trigger("process", {}, concurrency_key="process:acme", coalesce="queue")
+    for _ in range(2):
+        await writer.trigger("process", {}, concurrency_key="process:acme", coalesce="queue")
+    backend = open_backend(read_only_url(storage_url), retention=1000)
+    if isinstance(backend, JSONFileBackend):
+        backend.refresh_seconds = 0.0
+    async with opened(backend) as source, client(create_app(source)) as http:
+        lanes = await http.get("/lanes")
+        keys = re.findall(r'<tr class="lane-([^"]*)" data-key="([^"]+)"', lanes.text)
+        assert keys == [  # every key with runs in storage, idle ones too, in natural order
+            ("running-queued", "process:acme"),
+            ("idle", "repo4"),
+            ("idle", "repo10"),
+        ]
+        assert 'data-coalesced="2"' in lanes.text
+        counts = await source.counts()
+        assert counts.coalesced_total == 2
+        assert counts.lanes_by_state == {"idle": 2, "running": 0, "running+queued": 1}
+        assert source.jobs() == ["crawl", "process"]
+        assert '<option value="crawl"' in (await http.get("/runs")).text
+
+        reads: list[RunQuery] = []  # the scans: unfinished runs, and the catch-up
+        real = backend.list_runs
+
+        async def counting(query: RunQuery) -> list[Run]:
+            if query.limit >= 5_000:
+                reads.append(query)
+            return await real(query)
+
+        monkeypatch.setattr(backend, "list_runs", counting)
+        for _ in range(3):
+            await http.get("/lanes")
+            await http.get("/")
+        assert reads == []  # nothing written since: no scan (the pages' own queries only)
+        changes = source.changes()
+        source.poll_seconds = 0.001
+        waiting = asyncio.ensure_future(anext(changes))
+        await writer.trigger("process", {}, concurrency_key="process:acme", coalesce="queue")
+        await writer.trigger("crawl", {}, concurrency_key="repo11", delay=60)
+        assert (await asyncio.wait_for(waiting, 10)).everything  # the write is noticed
+        await changes.aclose()  # type: ignore[attr-defined]
+        gate.open()
+        await writer.run_until_idle()
+        await writer.stop()
+        lanes = await http.get("/lanes")
+        assert "repo11" in lanes.text
+        assert reads  # the write was read
+        counts = await source.counts()
+        assert counts.coalesced_total == 3  # the run joined after the last look counts too
+        final = await source.run(queued.run_id)
+        assert final is not None
+        assert final.trigger_count == 4
+    assert running.run_id != queued.run_id

@@ -98,6 +98,7 @@ async def page(
     """A full page: its widgets rendered in, the live stream's URL, the CSRF token."""
     dash = dashboard(request)
     params = params or Params.parse(request.query_params)
+    await dash.source.refresh()
     html = {name: await render_widget(request, name, params) for name in widgets}
     query = {**params.as_query(), "w": ",".join(widgets)}
     csrf = dash.csrf

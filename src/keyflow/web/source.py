@@ -168,6 +168,9 @@ class DashboardSource(ABC):
         """False once the source can show nothing new (a stopped scheduler)."""
         return True
 
+    async def refresh(self) -> None:  # noqa: B027  # optional: most sources are live
+        """Catch up before a page is rendered (a polled source re-reads what changed)."""
+
     async def trigger(
         self, job: str, input: JSONObject, key: str | None, coalesce: str | None
     ) -> TriggerResult:

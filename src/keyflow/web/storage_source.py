@@ -1,20 +1,23 @@
 """``keyflow dashboard --storage URL``: the dashboard of a file another process writes.
 
-Read-only; live by polling. Lanes are rebuilt from the unfinished runs in storage once
-per poll, shared by every widget and page that asks meanwhile.
+Read-only; live by polling, incrementally: each poll first asks whether the files
+changed at all (:func:`~.catalog.file_token`), and only then re-reads the unfinished runs
+and the runs created since (:class:`~.catalog.StorageCatalog`), once for every widget and
+page. An idle file costs a few ``stat`` calls a second, and no render.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
 from ..runs import Run, RunStatus
 from ..stats import LaneSnapshot
 from ..storage_backends import RunQuery, StorageBackend
 from ..watch import Changes
+from .catalog import StorageCatalog, file_token, storage_files
 from .natural import NaturalOrder
 from .source import (
     ALL_STATUSES,
@@ -32,28 +35,51 @@ class StorageSource(DashboardSource):
     """A storage file another process writes: read-only, refreshed by polling."""
 
     read_only = True
+    RECHECK_SECONDS = 60.0
+    """Re-read even when the files look unchanged, at least this often (a safety net)."""
 
     def __init__(self, backend: StorageBackend, *, poll_seconds: float = 1.0) -> None:
         self.backend = backend
         self.poll_seconds = poll_seconds
-        self._cache: tuple[float, dict[str, list[Run]]] | None = None
+        self.catalog = StorageCatalog(backend)
+        self._files = storage_files(backend)
+        self._cache: tuple[Hashable, float, dict[str, list[Run]]] | None = None
         self._order = NaturalOrder()
 
+    def _token(self) -> Hashable:
+        """Changes whenever the storage files do (a new object each time when unknown)."""
+        return file_token(self._files) if self._files else object()
+
+    def _fresh(self, token: Hashable) -> bool:
+        if self._cache is None:
+            return False
+        cached_token, at, _ = self._cache
+        age = time.monotonic() - at
+        if not self._files:
+            return age < self.poll_seconds / 2  # cannot tell: one scan per half poll
+        return cached_token == token and age < self.RECHECK_SECONDS
+
     async def _unfinished_by_key(self) -> dict[str, list[Run]]:
-        # One scan per poll interval, shared by every widget that asks meanwhile.
-        now = time.monotonic()
-        if self._cache is not None and now - self._cache[0] < self.poll_seconds / 2:
-            return self._cache[1]
-        by_key: dict[str, list[Run]] = {}
+        # One scan per change of the files, shared by every widget that asks meanwhile.
+        token = self._token()
+        if self._cache is not None and self._fresh(token):
+            return self._cache[2]
+        unfinished: list[Run] = []
         for status in UNFINISHED:
-            query = RunQuery(status=status, limit=1_000_000)
-            for run in await self.backend.list_runs(query):
-                if run.concurrency_key is not None:
-                    by_key.setdefault(run.concurrency_key, []).append(run)
+            unfinished.extend(await self.backend.list_runs(RunQuery(status=status, limit=10**9)))
+        await self.catalog.refresh(unfinished)
+        by_key: dict[str, list[Run]] = {}
+        for run in unfinished:
+            if run.concurrency_key is not None:
+                by_key.setdefault(run.concurrency_key, []).append(run)
         for runs in by_key.values():
             runs.sort(key=lambda r: (r.created_at, r.id))
-        self._cache = (now, by_key)
+        self._cache = (token, time.monotonic(), by_key)
         return by_key
+
+    async def refresh(self) -> None:
+        """Catch up with the file (once per change, shared by every page and widget)."""
+        await self._unfinished_by_key()
 
     def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
         holding = [
@@ -73,7 +99,7 @@ class StorageSource(DashboardSource):
             running=tuple(r.id for r in holding),
             waiting=tuple(r.id for r in waiting),
             scheduled=tuple(r.id for r in scheduled),
-            coalesced=sum(r.trigger_count - 1 for r in runs),
+            coalesced=self.catalog.key_coalesced.get(key, 0),
         )
 
     async def counts(self) -> Counts:
@@ -81,19 +107,22 @@ class StorageSource(DashboardSource):
         by_status = {
             s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
         }
-        lanes = [self._lane(k, v) for k, v in (await self._unfinished_by_key()).items()]
+        by_key = await self._unfinished_by_key()
+        states = lanes_by_state([self._lane(k, v) for k, v in by_key.items()])
+        states["idle"] += len(self.catalog.keys - by_key.keys())  # keys with only finished runs
         finished = sum(by_status[s.value] for s in ALL_STATUSES if s not in UNFINISHED)
-        return Counts(by_status, lanes_by_state(lanes), finished, 0)
+        return Counts(by_status, states, finished, self.catalog.coalesced_total)
 
     async def lane_rows(
         self, filters: LaneFilters, offset: int, limit: int
     ) -> tuple[list[LaneRow], int]:
         """Lanes rebuilt from the unfinished runs in storage."""
         by_key = await self._unfinished_by_key()
-        keys = self._order.sorted(k for k in by_key if k.startswith(filters.prefix))
+        every = self.catalog.keys | by_key.keys()
+        keys = self._order.sorted(k for k in every if k.startswith(filters.prefix))
         rows = []
         for key in keys:
-            runs = by_key[key]
+            runs = by_key.get(key, [])
             lane = self._lane(key, runs)
             if filters.state is not None and lane.state != filters.state:
                 continue
@@ -139,15 +168,19 @@ class StorageSource(DashboardSource):
         return await self.backend.get_run(run_id)
 
     def jobs(self) -> list[str]:
-        """Jobs are not known to a storage file; the runs filter takes free text."""
-        return []
+        """The jobs of the stored runs (as of the latest poll)."""
+        return self._order.sorted(self.catalog.jobs)
 
     async def changes(self) -> AsyncIterator[Changes]:
-        """A poll: every ``poll_seconds``, everything may have changed."""
+        """A poll: every ``poll_seconds``, "everything" when the files changed."""
+        seen = self._token()
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
-            self._cache = None
-            yield Changes(everything=True)
+            token = self._token()
+            if token != seen or time.monotonic() - last >= self.RECHECK_SECONDS:
+                seen, last = token, time.monotonic()
+                yield Changes(everything=True)
 
 
 @asynccontextmanager
