@@ -21,13 +21,13 @@ from .catalog import StorageCatalog, file_token, storage_files
 from .natural import NaturalOrder
 from .source import (
     ALL_STATUSES,
+    LANE_STATES,
     UNFINISHED,
     Counts,
     DashboardSource,
     LaneFilters,
     LaneRow,
     RunFilters,
-    lanes_by_state,
 )
 
 
@@ -45,6 +45,8 @@ class StorageSource(DashboardSource):
         self._files = storage_files(backend)
         self._cache: tuple[Hashable, float, dict[str, list[Run]]] | None = None
         self._order = NaturalOrder()
+        self._derived: dict[str, object] = {}
+        """Computed from one read of storage (sorted keys, counts); emptied at the next."""
 
     def _token(self) -> Hashable:
         """Changes whenever the storage files do (a new object each time when unknown)."""
@@ -75,19 +77,22 @@ class StorageSource(DashboardSource):
         for runs in by_key.values():
             runs.sort(key=lambda r: (r.created_at, r.id))
         self._cache = (token, time.monotonic(), by_key)
+        self._derived = {}
         return by_key
+
+    async def _sorted_keys(self) -> list[str]:
+        by_key = await self._unfinished_by_key()
+        found = self._derived.get("keys")
+        if not isinstance(found, list):
+            found = self._derived["keys"] = self._order.sorted(self.catalog.keys | by_key.keys())
+        return found
 
     async def refresh(self) -> None:
         """Catch up with the file (once per change, shared by every page and widget)."""
         await self._unfinished_by_key()
 
     def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
-        holding = [
-            r
-            for r in runs
-            if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
-            or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
-        ]
+        holding = [r for r in runs if _holds_slot(r)]
         queued = [r for r in runs if r.status is RunStatus.QUEUED]
         waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
         scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
@@ -103,37 +108,46 @@ class StorageSource(DashboardSource):
         )
 
     async def counts(self) -> Counts:
-        """Counts from storage."""
+        """Counts from storage (read again only when the files changed)."""
+        by_key = await self._unfinished_by_key()
+        found = self._derived.get("counts")
+        if isinstance(found, Counts):
+            return found
         by_status = {
             s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
         }
-        by_key = await self._unfinished_by_key()
-        states = lanes_by_state([self._lane(k, v) for k, v in by_key.items()])
+        states = dict.fromkeys(LANE_STATES, 0)
+        for runs in by_key.values():
+            states[_state(runs)] += 1
         states["idle"] += len(self.catalog.keys - by_key.keys())  # keys with only finished runs
         finished = sum(by_status[s.value] for s in ALL_STATUSES if s not in UNFINISHED)
-        return Counts(by_status, states, finished, self.catalog.coalesced_total)
+        counts = Counts(by_status, states, finished, self.catalog.coalesced_total)
+        self._derived["counts"] = counts
+        return counts
 
     async def lane_rows(
         self, filters: LaneFilters, offset: int, limit: int
     ) -> tuple[list[LaneRow], int]:
         """Lanes rebuilt from the unfinished runs in storage."""
         by_key = await self._unfinished_by_key()
-        every = self.catalog.keys | by_key.keys()
-        keys = self._order.sorted(k for k in every if k.startswith(filters.prefix))
-        rows = []
-        for key in keys:
-            runs = by_key.get(key, [])
-            lane = self._lane(key, runs)
-            if filters.state is not None and lane.state != filters.state:
-                continue
-            by_id = {r.id: r for r in runs}
-            oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
-            rows.append(LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest))
+        keys = [k for k in await self._sorted_keys() if k.startswith(filters.prefix)]
+        if filters.state is None and filters.sort == "key":
+            page = [self._row(key, by_key.get(key, [])) for key in keys[offset : offset + limit]]
+            return page, len(keys)
+        rows = [self._row(key, by_key.get(key, [])) for key in keys]
+        if filters.state is not None:
+            rows = [row for row in rows if row.lane.state == filters.state]
         if filters.sort == "coalesced":
             rows.sort(key=lambda row: -row.lane.coalesced)
         elif filters.sort == "wait":
             rows.sort(key=lambda row: row.oldest_waiting_since or float("inf"))
         return rows[offset : offset + limit], len(rows)
+
+    def _row(self, key: str, runs: list[Run]) -> LaneRow:
+        lane = self._lane(key, runs)
+        by_id = {r.id: r for r in runs}
+        oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
+        return LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest)
 
     async def lane(self, key: str) -> LaneSnapshot:
         """One lane rebuilt from storage."""
@@ -181,6 +195,23 @@ class StorageSource(DashboardSource):
             if token != seen or time.monotonic() - last >= self.RECHECK_SECONDS:
                 seen, last = token, time.monotonic()
                 yield Changes(everything=True)
+
+
+def _holds_slot(run: Run) -> bool:
+    """Running, about to run, or in a retry backoff (which keeps the lane's slot)."""
+    status = run.status
+    return (
+        status is RunStatus.PENDING
+        or status is RunStatus.RUNNING
+        or (status is RunStatus.SCHEDULED and run.attempt > 0)
+    )
+
+
+def _state(runs: list[Run]) -> str:
+    """The lane state of a key's unfinished runs (what :meth:`StorageSource._lane` says)."""
+    if not any(_holds_slot(r) for r in runs):
+        return "idle"
+    return "running+queued" if any(r.status is RunStatus.QUEUED for r in runs) else "running"
 
 
 @asynccontextmanager
