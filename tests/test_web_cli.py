@@ -242,3 +242,25 @@ async def test_a_storage_dashboard_tells_the_truth_and_idles_cheaply(
         assert final is not None
         assert final.trigger_count == 4
     assert running.run_id != queued.run_id
+
+
+async def test_background_sampling_stops_quietly_when_storage_closes(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    writer = make_keyflow()
+    writer.job("process")(Gate().handler)
+    await writer.start()
+    await writer.trigger("process", {}, concurrency_key="k", delay=60)
+    backend = open_backend(read_only_url(storage_url), retention=1000)
+    async with opened(backend) as source:
+        app = create_app(source)
+        async with client(app) as http:
+            assert (await http.get("/")).status_code == 200
+        sampler = app.state.dashboard.sampler
+        assert sampler.task is not None  # sampling in the background since the first page
+        assert source.alive
+    assert not source.alive
+    await sampler.stop()  # ends without an error, whatever it was doing
+    sampler.ensure_running()
+    await asyncio.wait_for(sampler.task, 5)  # a closed source: nothing to sample
+    assert sampler.task.exception() is None

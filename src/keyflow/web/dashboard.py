@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
+from ..errors import KeyflowError
 from .charts import RateHistory
 from .cookies import set_cookie
 from .csrf import SESSION_COOKIE, CsrfSigner
@@ -46,7 +47,11 @@ class Dashboard:
     async def _sample(self) -> bool:
         if not self.source.alive:
             return False
-        counts = await self.source.counts()
+        try:
+            counts = await self.source.counts()
+        except KeyflowError:
+            # Storage closed or failing: stop; the next request starts sampling again.
+            return False
         self.history.sample(self.source.now(), counts.finished_total, counts.coalesced_total)
         return True
 

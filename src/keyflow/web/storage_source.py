@@ -47,6 +47,13 @@ class StorageSource(DashboardSource):
         self._order = NaturalOrder()
         self._derived: dict[str, object] = {}
         """Computed from one read of storage (sorted keys, counts); emptied at the next."""
+        self.closed = False
+        """Set when the storage was closed: nothing more to show."""
+
+    @property
+    def alive(self) -> bool:
+        """True until the storage is closed."""
+        return not self.closed
 
     def _token(self) -> Hashable:
         """Changes whenever the storage files do (a new object each time when unknown)."""
@@ -134,7 +141,13 @@ class StorageSource(DashboardSource):
         if filters.state is None and filters.sort == "key":
             page = [self._row(key, by_key.get(key, [])) for key in keys[offset : offset + limit]]
             return page, len(keys)
-        rows = [self._row(key, by_key.get(key, [])) for key in keys]
+        every = self._derived.get("rows")
+        if not isinstance(every, dict):
+            every = self._derived["rows"] = {}
+        for key in keys:  # each row built once per change of the file
+            if key not in every:
+                every[key] = self._row(key, by_key.get(key, []))
+        rows: list[LaneRow] = [every[key] for key in keys]
         if filters.state is not None:
             rows = [row for row in rows if row.lane.state == filters.state]
         if filters.sort == "coalesced":
@@ -218,7 +231,9 @@ def _state(runs: list[Run]) -> str:
 async def opened(backend: StorageBackend) -> AsyncIterator[StorageSource]:
     """A :class:`StorageSource` over ``backend``, opened and closed around the block."""
     await backend.open()
+    source = StorageSource(backend)
     try:
-        yield StorageSource(backend)
+        yield source
     finally:
+        source.closed = True
         await backend.close()
