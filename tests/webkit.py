@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,9 +69,17 @@ class CaptureTemplates:
         await self.app(scope, receive, capture)
 
 
-def client(app: ASGIApp, base_url: str = "http://dash") -> httpx.AsyncClient:
-    """An httpx client calling ``app`` in process."""
+def client(app: ASGIApp, base_url: str = "http://127.0.0.1") -> httpx.AsyncClient:
+    """An httpx client calling ``app`` in process (on a loopback Host by default)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+async def csrf_of(http: httpx.AsyncClient, path: str = "/") -> str:
+    """The CSRF token a page hands this client (fetching ``path`` for it)."""
+    page = await http.get(path)
+    found = re.search(r'"X-CSRF-Token": "([^"]+)"', page.text)
+    assert found, "a page carries its CSRF token for htmx"
+    return found[1]
 
 
 def free_port() -> int:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import KeyflowError
 from .storage_backends import open_backend
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+TOKEN_VARIABLE = "KEYFLOW_DASHBOARD_TOKEN"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 DESCRIPTION = """\
 keyflow: an asyncio job scheduler with per-key trigger coalescing that never loses a
@@ -68,6 +72,43 @@ def read_only_url(url: str) -> str:
     return url + ("&" if "?" in url else "?") + "mode=ro"
 
 
+def dashboard_token(
+    token: str | None, token_file: str | None, environ: Mapping[str, str]
+) -> str | None:
+    """The dashboard's token, from the first of its three sources that has one.
+
+    ``--token-file``, then ``$KEYFLOW_DASHBOARD_TOKEN``, then ``--token`` (a command
+    line is visible to other users in ``ps``: the other two are better).
+
+    Raises:
+        KeyflowError: the token file cannot be read or is empty.
+    """
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyflowError(f"cannot read the token file {token_file}: {exc}") from None
+        if not text:
+            raise KeyflowError(f"the token file {token_file} is empty")
+        return text
+    return environ.get(TOKEN_VARIABLE) or token or None
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host names the dashboard answers when bound to ``host``.
+
+    Loopback binds keep the dashboard's default (loopback names only, against DNS
+    rebinding). A named address adds itself; a wildcard bind (0.0.0.0, ::) answers any
+    name, since a token is required there and a rebinding page never holds its cookie.
+    """
+    if _is_loopback(host):
+        return None
+    if host in WILDCARD_HOSTS:
+        return ["*"]
+    name = f"[{host}]" if ":" in host else host
+    return [name, "localhost", "127.0.0.1", "[::1]"]
+
+
 async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> None:
     """Serve the read-only dashboard of ``url`` until interrupted.
 
@@ -76,14 +117,18 @@ async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> 
     """
     from .demo.serve import bind, url_of
     from .web import create_app, token_authorizer
-    from .web.source import opened
+    from .web.storage_source import opened
 
     backend = open_backend(read_only_url(url), retention=10**9)
     sock = bind(host, port)  # a taken port: one clear error, nothing opened yet
     with sock:
         async with opened(backend) as source:
-            authorize = token_authorizer(token) if token else None
-            app = create_app(source, read_only=True, authorize=authorize)
+            app = create_app(
+                source,
+                read_only=True,
+                authorize=token_authorizer(token) if token else None,
+                allowed_hosts=allowed_hosts(host),
+            )
             import uvicorn
 
             server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -297,9 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dash.add_argument(
         "--token",
-        help="a secret the browser must show (?token=...); required to bind anything but a "
-        "loopback address (default: none)",
+        help="a secret the browser must show; required to bind anything but a loopback "
+        f"address; prefer ${TOKEN_VARIABLE} or --token-file, since a command line is "
+        "visible to other users (default: none)",
     )
+    dash.add_argument("--token-file", help="a file whose first line is the token (default: none)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if not _is_loopback(args.host):
@@ -310,10 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"keyflow: {exc}", file=sys.stderr)
             return 2
     if args.command == "dashboard":
-        if not _is_loopback(args.host) and not args.token:
-            parser.error(f"--host {args.host} is reachable by others: give a --token too")
         try:
-            asyncio.run(serve_dashboard(args.storage, args.host, args.port, args.token))
+            token = dashboard_token(args.token, args.token_file, os.environ)
+        except KeyflowError as exc:
+            parser.error(str(exc))
+        if not _is_loopback(args.host) and not token:
+            parser.error(
+                f"--host {args.host} is reachable by others: set ${TOKEN_VARIABLE}"
+                " (or --token-file) too"
+            )
+        try:
+            asyncio.run(serve_dashboard(args.storage, args.host, args.port, token))
         except KeyflowError as exc:
             print(f"keyflow: {exc}", file=sys.stderr)
             return 2

@@ -1,8 +1,9 @@
 """The live dashboard: ``create_app(kf)`` returns a Starlette app (see :mod:`.app`)."""
 
 from .app import create_app
-from .security import Access, Authorize, token_authorizer
-from .source import DashboardSource, KeyflowSource, StorageSource
+from .security import Access, Authorize, TokenAuthorizer, token_authorizer
+from .source import DashboardSource, KeyflowSource
+from .storage_source import StorageSource
 
 __all__ = [
     "Access",
@@ -10,6 +11,7 @@ __all__ = [
     "DashboardSource",
     "KeyflowSource",
     "StorageSource",
+    "TokenAuthorizer",
     "create_app",
     "token_authorizer",
 ]

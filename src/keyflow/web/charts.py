@@ -34,8 +34,10 @@ class Sparkline:
 class RateHistory:
     """Samples of ever-growing counters; rates per bucket over the last 10 minutes.
 
-    Sampled whenever the dashboard looks (page views and live ticks, at most once a
-    second); a stretch nobody watched is spread over the bucket where it ends.
+    Sampled in the background every bucket (see :mod:`.sampler`) and whenever the
+    dashboard looks, at most once a second. Should a stretch go unsampled anyway, its
+    increase is spread evenly over the buckets it spans (its average rate), never piled
+    into the bucket where it ends.
     """
 
     def __init__(self, *names: str) -> None:
@@ -58,12 +60,19 @@ class RateHistory:
         start = now - WINDOW_SECONDS
         size = WINDOW_SECONDS / BUCKETS
         totals = [0.0] * BUCKETS
-        samples = list(self._samples)
-        for (_, v0), (t1, v1) in itertools.pairwise(samples):
-            if t1 < start:
+        for (t0, v0), (t1, v1) in itertools.pairwise(list(self._samples)):
+            increase = max(0, v1[index] - v0[index])
+            if t1 <= start or t1 <= t0 or not increase:
                 continue
-            bucket = min(BUCKETS - 1, max(0, int((t1 - start) // size)))
-            totals[bucket] += max(0, v1[index] - v0[index])
+            per_second = increase / (t1 - t0)
+            lo, hi = max(t0, start), min(t1, now)
+            first = max(0, int((lo - start) // size))
+            last = min(BUCKETS - 1, int((hi - start) // size))
+            for bucket in range(first, last + 1):
+                b0 = start + bucket * size
+                overlap = min(hi, b0 + size) - max(lo, b0)
+                if overlap > 0:
+                    totals[bucket] += per_second * overlap
         return [total / size for total in totals]
 
     def sparkline(self, name: str, now: float, width: int = 240, height: int = 40) -> Sparkline:
@@ -92,6 +101,19 @@ class Bar:
     """Where it finished, or now."""
     ticks: tuple[float, ...]
     """Where coalesced triggers joined it."""
+    label_x: float
+    """Where its label is anchored: after its start, or before its end near the right."""
+    label_anchor: str
+    """``start`` or ``end`` (SVG ``text-anchor``), so the label stays inside the chart."""
+
+
+@dataclass(frozen=True, slots=True)
+class AxisMark:
+    """A time mark on the axis; its label is anchored so it stays inside the chart."""
+
+    x: float
+    label: str
+    anchor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +126,13 @@ class Timeline:
     row: int
     start: float
     end: float
-    axis: tuple[tuple[float, str], ...]
-    """(x, label) marks along the time axis."""
+    axis: tuple[AxisMark, ...]
+    """Marks along the time axis, oldest first, ``now`` last."""
+
+
+LABEL_ROOM = 180
+"""Pixels a bar label may need; a bar starting closer to the right edge is labelled to
+its left."""
 
 
 def timeline(runs: list[Run], now: float, width: int = 900, row: int = 26) -> Timeline:
@@ -120,22 +147,31 @@ def timeline(runs: list[Run], now: float, width: int = 900, row: int = 26) -> Ti
     def x(t: float) -> float:
         return round(10 + (t - start) * scale, 1)
 
-    bars = tuple(
-        Bar(
-            run=run,
-            y=10 + i * row,
-            wait_x=x(run.created_at),
-            start_x=None if run.started_at is None else x(run.started_at),
-            end_x=x(run.finished_at if run.finished_at is not None else now),
-            ticks=tuple(x(t.at) for t in run.coalesced),
+    bars = []
+    for i, run in enumerate(ordered):
+        wait_x = x(run.created_at)
+        end_x = x(run.finished_at if run.finished_at is not None else now)
+        near_right = wait_x > width - LABEL_ROOM
+        bars.append(
+            Bar(
+                run=run,
+                y=10 + i * row,
+                wait_x=wait_x,
+                start_x=None if run.started_at is None else x(run.started_at),
+                end_x=end_x,
+                ticks=tuple(x(t.at) for t in run.coalesced),
+                label_x=round(max(end_x, wait_x) - 4, 1) if near_right else wait_x + 4,
+                label_anchor="end" if near_right else "start",
+            )
         )
-        for i, run in enumerate(ordered)
-    )
     span = end - start
-    axis = tuple(
-        (x(start + span * f), _ago(now - (start + span * f))) for f in (0, 0.25, 0.5, 0.75)
-    )
-    return Timeline(bars, width, 30 + len(bars) * row, row, start, end, (*axis, (x(end), "now")))
+    marks = [
+        AxisMark(x(start + span * f), _ago(now - (start + span * f)), "middle")
+        for f in (0, 0.25, 0.5, 0.75)
+    ]
+    marks[0] = AxisMark(marks[0].x, marks[0].label, "start")
+    axis = (*marks, AxisMark(x(end), "now", "end"))
+    return Timeline(tuple(bars), width, 30 + len(bars) * row, row, start, end, axis)
 
 
 def _ago(seconds: float) -> str:

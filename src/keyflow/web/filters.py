@@ -48,6 +48,22 @@ def clock(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
 
 
+def num(value: float | int | None) -> str:
+    """A number as a person writes it: ``8`` not ``8.0``, ``2.5``, thousands separated."""
+    if value is None:
+        return NONE
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{int(value):,}"
+
+
+def percent(fraction: float | None) -> str:
+    """``0.123`` as ``12.3%``."""
+    if fraction is None:
+        return NONE
+    return f"{fraction * 100:.1f}%"
+
+
 def short(run_id: str) -> str:
     """The distinctive end of a run id."""
     return run_id.rsplit("-", 1)[-1].lstrip("0") or "0"
@@ -55,4 +71,12 @@ def short(run_id: str) -> str:
 
 def install(environment: jinja2.Environment) -> None:
     """Register the filters on ``environment``."""
-    environment.filters.update(pretty=pretty, ago=ago, duration=duration, clock=clock, short=short)
+    environment.filters.update(
+        pretty=pretty,
+        ago=ago,
+        duration=duration,
+        clock=clock,
+        short=short,
+        num=num,
+        percent=percent,
+    )

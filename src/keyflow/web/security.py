@@ -1,56 +1,88 @@
-"""Who may do what: the ``authorize`` callable, a token for ``keyflow dashboard``, CSRF.
+"""Who may do what: the ``authorize`` callable, and a token for ``keyflow dashboard``.
 
 Access is ``"all"`` (see and act), ``"read_only"`` (see) or None (forbidden: 403).
-Actions are POSTs that must carry the CSRF token: a random value kept in an HttpOnly
-cookie and rendered into the page, sent back as the ``X-CSRF-Token`` header (htmx) or
-a ``csrf_token`` form field; a cross-site page can neither read nor forge it.
+:class:`AccessMiddleware` decides it once per request. With a :func:`token_authorizer`,
+a ``?token=…`` link is answered by a redirect to the same URL without the token, which
+moves into an HttpOnly cookie scoped to the dashboard's mount path: the token does not
+stay in the address bar, the history or a ``Referer``.
 """
 
 from __future__ import annotations
 
 import hmac
-import secrets
 from collections.abc import Callable
 from typing import Literal, TypeAlias
+from urllib.parse import urlencode
 
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import HTTPConnection
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .cookies import set_cookie
 
 Access: TypeAlias = Literal["all", "read_only"]
 Authorize: TypeAlias = Callable[[HTTPConnection], Access | None]
+Forbidden: TypeAlias = Callable[[HTTPConnection], Response]
+"""Builds the 403 response (a page that says how to authenticate)."""
 
-CSRF_COOKIE = "keyflow_csrf"
-CSRF_HEADER = "x-csrf-token"
-CSRF_FIELD = "csrf_token"
 TOKEN_COOKIE = "keyflow_token"
+TOKEN_PARAM = "token"
 
 
-def token_authorizer(token: str) -> Authorize:
-    """Full access for requests that show ``token``; nothing for the others.
+def same_secret(shown: str, expected: str) -> bool:
+    """Constant-time comparison of two strings of any characters (never raises)."""
+    return hmac.compare_digest(
+        shown.encode("utf-8", "replace"), expected.encode("utf-8", "replace")
+    )
 
-    The token may come as ``?token=…`` (then it is kept in a cookie), as that cookie, or
-    as ``Authorization: Bearer …``.
+
+class TokenAuthorizer:
+    """Full access for requests that show the token; nothing for the others.
+
+    The token counts as the cookie a ``?token=…`` link sets, as the header
+    ``Authorization: Bearer <token>``, or (once, before its redirect) as ``?token=…``.
+    Any one valid form is enough: a wrong ``?token=`` does not undo a valid cookie.
     """
 
-    def authorize(conn: HTTPConnection) -> Access | None:
-        shown = (
-            conn.query_params.get("token")
-            or conn.cookies.get(TOKEN_COOKIE)
-            or conn.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        )
-        return "all" if shown and hmac.compare_digest(shown, token) else None
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the dashboard token must not be empty")
+        self._token = token
 
-    return authorize
+    def accepts(self, shown: str | None) -> bool:
+        """Is ``shown`` the token?"""
+        return shown is not None and same_secret(shown, self._token)
+
+    def __call__(self, conn: HTTPConnection) -> Access | None:
+        """``"all"`` for a request carrying the token, else None."""
+        scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
+        shown = (
+            conn.cookies.get(TOKEN_COOKIE),
+            credentials.strip() if scheme.lower() == "bearer" else None,
+            conn.query_params.get(TOKEN_PARAM),
+        )
+        return "all" if any(self.accepts(s) for s in shown) else None
+
+
+def token_authorizer(token: str) -> TokenAuthorizer:
+    """Full access for requests that show ``token`` (see :class:`TokenAuthorizer`)."""
+    return TokenAuthorizer(token)
 
 
 class AccessMiddleware:
     """Decides each request's access (``request.state.access``); 403 when forbidden."""
 
-    def __init__(self, app: ASGIApp, authorize: Authorize | None, read_only: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authorize: Authorize | None,
+        read_only: bool,
+        forbidden: Forbidden,
+    ) -> None:
         self.app = app
         self.authorize = authorize
         self.read_only = read_only
+        self.forbidden = forbidden
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request (or pass other scopes through)."""
@@ -62,44 +94,25 @@ class AccessMiddleware:
         if self.authorize is not None:
             access = self.authorize(conn)
         if access is None:
-            await PlainTextResponse("forbidden", status_code=403)(scope, receive, send)
+            await self.forbidden(conn)(scope, receive, send)
+            return
+        if isinstance(self.authorize, TokenAuthorizer) and TOKEN_PARAM in conn.query_params:
+            await self._move_token_to_cookie(conn, self.authorize)(scope, receive, send)
             return
         if self.read_only:
             access = "read_only"
         scope.setdefault("state", {})["access"] = access
-        token = conn.query_params.get("token")
-        if token is None or self.authorize is None:
-            await self.app(scope, receive, send)
-            return
+        await self.app(scope, receive, send)
 
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
-                message.setdefault("headers", []).append((b"set-cookie", cookie.encode()))
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
-
-
-def csrf_token(request: Request) -> str:
-    """This client's CSRF token (a new one if it has none; the page sets the cookie)."""
-    existing = request.cookies.get(CSRF_COOKIE)
-    if existing and len(existing) == 64:
-        return existing
-    token: str | None = getattr(request.state, "csrf", None)
-    if token is None:
-        token = request.state.csrf = secrets.token_hex(32)
-    return token
-
-
-async def csrf_ok(request: Request) -> bool:
-    """Does this POST carry the token of its cookie?"""
-    cookie = request.cookies.get(CSRF_COOKIE)
-    if not cookie:
-        return False
-    sent = request.headers.get(CSRF_HEADER)
-    if sent is None:
-        form = await request.form()
-        value = form.get(CSRF_FIELD)
-        sent = value if isinstance(value, str) else None
-    return sent is not None and hmac.compare_digest(sent, cookie)
+    @staticmethod
+    def _move_token_to_cookie(conn: HTTPConnection, authorize: TokenAuthorizer) -> Response:
+        """Redirect to the same URL without ``?token=``; a valid one becomes a cookie."""
+        rest = [(k, v) for k, v in conn.query_params.multi_items() if k != TOKEN_PARAM]
+        location = conn.scope["path"]  # the full path, mount prefix included (ASGI)
+        if rest:
+            location += "?" + urlencode(rest)
+        response = RedirectResponse(location, status_code=303)
+        shown = conn.query_params.get(TOKEN_PARAM)
+        if authorize.accepts(shown) and shown is not None:
+            set_cookie(response, conn, TOKEN_COOKIE, shown)
+        return response

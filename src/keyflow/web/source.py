@@ -3,30 +3,35 @@
 The views ask a :class:`DashboardSource` for plain data (runs, lane rows, counts) and
 never touch the scheduler's internals, so the same pages serve an embedded dashboard
 (:class:`KeyflowSource`, live through the event stream, with actions) and ``keyflow
-dashboard --storage URL`` watching another process's file (:class:`StorageSource`,
-read-only, live by re-reading the storage).
+dashboard --storage URL`` watching another process's file
+(:class:`~keyflow.web.storage_source.StorageSource`, read-only, live by re-reading it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
+from ..clock import Clock
 from ..coalesce import CoalesceOption, parse_coalesce
 from ..errors import KeyflowError
 from ..jobs import DEFAULT, Default
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
 from ..stats import LaneSnapshot
-from ..storage_backends import RunQuery, StorageBackend
-from ..watch import Changes, ChangeWatch
+from ..watch import Changes
+from .broadcast import Broadcast
+from .natural import NaturalOrder
 
 UNFINISHED = (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
 ALL_STATUSES = tuple(RunStatus)
+LANE_STATES = ("idle", "running", "running+queued")
+LaneSort = Literal["key", "wait", "coalesced"]
+LANE_SORTS: tuple[LaneSort, ...] = ("key", "wait", "coalesced")
+"""Natural key order; longest waiting first; most coalesced triggers first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,16 @@ class LaneRow:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneFilters:
+    """The lanes page's filters and order."""
+
+    prefix: str = ""
+    state: str | None = None
+    """One of :data:`LANE_STATES`, or None for all."""
+    sort: LaneSort = "key"
+
+
+@dataclass(frozen=True, slots=True)
 class RunFilters:
     """The runs page's filters (all optional, combined)."""
 
@@ -64,46 +79,18 @@ class RunFilters:
     status: str | None = None
     key: str | None = None
     text: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    """Every ``(name, value)`` must match."""
 
     def as_query(self) -> dict[str, str]:
         """The filters that are set, for URLs."""
-        return {k: v for k, v in self._pairs() if v}
+        out = {k: v for k, v in self._pairs() if v}
+        if self.labels:
+            out["labels"] = ", ".join(f"{k}={v}" for k, v in self.labels)
+        return out
 
     def _pairs(self) -> tuple[tuple[str, str | None], ...]:
         return (("job", self.job), ("status", self.status), ("key", self.key), ("q", self.text))
-
-
-class _Broadcast:
-    """One change watch on the scheduler, fanned out to every live stream of the app.
-
-    The scheduler pays for one watch however many pages are open; the watch exists
-    only while at least one stream listens.
-    """
-
-    def __init__(self, kf: Keyflow) -> None:
-        self.kf = kf
-        self.inboxes: list[ChangeWatch] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def listen(self) -> AsyncIterator[Changes]:
-        inbox = ChangeWatch()
-        self.inboxes.append(inbox)
-        if self.task is None:
-            self.task = asyncio.ensure_future(self._pump())
-        try:
-            async for changes in inbox:
-                yield changes
-        finally:
-            self.inboxes.remove(inbox)
-            if not self.inboxes and self.task is not None:
-                self.task.cancel()
-                self.task = None
-
-    async def _pump(self) -> None:
-        async with self.kf.changes() as watch:
-            async for changes in watch:
-                for inbox in self.inboxes:
-                    inbox.absorb(changes)
 
 
 class DashboardSource(ABC):
@@ -112,21 +99,57 @@ class DashboardSource(ABC):
     read_only: bool = True
     """True when actions (trigger, cancel, retrigger) are impossible."""
 
+    def now(self) -> float:
+        """The time the pages show ages and timelines against (epoch seconds)."""
+        return time.time()
+
     @abstractmethod
     async def counts(self) -> Counts:
         """The overview's numbers."""
 
     @abstractmethod
-    async def lane_rows(self, prefix: str, offset: int, limit: int) -> tuple[list[LaneRow], int]:
-        """A page of lanes sorted by key, and how many keys match ``prefix``."""
+    async def lane_rows(
+        self, filters: LaneFilters, offset: int, limit: int
+    ) -> tuple[list[LaneRow], int]:
+        """A page of lanes in the filters' order, and how many keys match."""
 
     @abstractmethod
     async def lane(self, key: str) -> LaneSnapshot:
         """One key's lane."""
 
     @abstractmethod
+    async def has_key(self, key: str) -> bool:
+        """Does ``key`` have a lane or any stored run?"""
+
+    @abstractmethod
+    async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
+        """A page of matching runs, newest first."""
+
+    @abstractmethod
+    async def count_runs(self, filters: RunFilters) -> int:
+        """How many runs match."""
+
     async def runs(self, filters: RunFilters, offset: int, limit: int) -> tuple[list[Run], int]:
         """A page of matching runs, newest first, and how many match."""
+        return await self.find_runs(filters, offset, limit), await self.count_runs(filters)
+
+    async def count_runs_capped(self, filters: RunFilters, cap: int) -> tuple[int, bool]:
+        """How many runs match, counting no further than ``cap``: ``(cap, True)`` when more.
+
+        Free text and labels make storage scan every run: counting them all costs as
+        much as a full scan, while finding the ``cap + 1``-th match of a common word
+        stops early. Filters storage answers from an index are counted exactly.
+        """
+        if not filters.text and not filters.labels:
+            return await self.count_runs(filters), False
+        if await self.find_runs(filters, cap, 1):
+            return cap, True
+        return await self.count_runs(filters), False
+
+    async def recent_runs(self, job: str, since: float, cap: int) -> list[Run]:
+        """Runs of ``job`` created at ``since`` or later, newest first, at most ``cap``."""
+        found = await self.find_runs(RunFilters(job=job), 0, cap)
+        return [r for r in found if r.created_at >= since]
 
     @abstractmethod
     async def run(self, run_id: str) -> Run | None:
@@ -139,6 +162,14 @@ class DashboardSource(ABC):
     @abstractmethod
     def changes(self) -> AsyncIterator[Changes]:
         """Batches of changes, as they come (a live stream, or a poll)."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the source can show nothing new (a stopped scheduler)."""
+        return True
+
+    async def refresh(self) -> None:  # noqa: B027  # optional: most sources are live
+        """Catch up before a page is rendered (a polled source re-reads what changed)."""
 
     async def trigger(
         self, job: str, input: JSONObject, key: str | None, coalesce: str | None
@@ -155,20 +186,46 @@ class DashboardSource(ABC):
         raise KeyflowError("this dashboard is read-only")
 
 
-def _lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
-    out = {"idle": 0, "running": 0, "running+queued": 0}
+def lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
+    """How many of ``lanes`` are in each state."""
+    out = dict.fromkeys(LANE_STATES, 0)
     for lane in lanes:
         out[lane.state] += 1
     return out
 
 
-class KeyflowSource(DashboardSource):
-    """A scheduler running in this process: live events, and actions unless read-only."""
+def scheduler_clock(kf: Keyflow) -> Clock | None:
+    """The clock ``kf`` reads time from, when it tells (``Keyflow.clock``)."""
+    clock = getattr(kf, "clock", None)  # a public property the scheduler may offer
+    return clock if isinstance(clock, Clock) else None
 
-    def __init__(self, kf: Keyflow, *, read_only: bool = False) -> None:
+
+class KeyflowSource(DashboardSource):
+    """A scheduler running in this process: live events, and actions unless read-only.
+
+    Args:
+        kf: the scheduler.
+        read_only: refuse the actions.
+        clock: the time ages, timelines and rates are shown against: the scheduler's
+            clock (a virtual or simulated one included), never the wall clock behind
+            its back. Default: the scheduler's own, else the system clock.
+    """
+
+    def __init__(self, kf: Keyflow, *, read_only: bool = False, clock: Clock | None = None):
         self.kf = kf
         self.read_only = read_only
-        self._broadcast = _Broadcast(kf)
+        self._clock = clock or scheduler_clock(kf)
+        self._broadcast = Broadcast(kf)
+        self._order = NaturalOrder()
+
+    def now(self) -> float:
+        """The scheduler's time."""
+        return self._clock.now() if self._clock is not None else time.time()
+
+    @property
+    def alive(self) -> bool:
+        """True while the scheduler runs."""
+        return self.kf.running
 
     async def counts(self) -> Counts:
         """Counters straight from the scheduler (finished runs: since it started)."""
@@ -184,34 +241,71 @@ class KeyflowSource(DashboardSource):
             workers=(stats.workers_busy, stats.workers),
         )
 
-    async def lane_rows(self, prefix: str, offset: int, limit: int) -> tuple[list[LaneRow], int]:
+    async def lane_rows(
+        self, filters: LaneFilters, offset: int, limit: int
+    ) -> tuple[list[LaneRow], int]:
         """Lanes from memory; the running and oldest waiting runs looked up per row."""
-        names = self.kf.key_names(prefix or None)
-        rows = []
-        for key in names[offset : offset + limit]:  # snapshots for this page only
-            lane = self.kf.lane(key)
-            running = tuple(r for r in [await self.kf.get_run(i) for i in lane.running] if r)
-            oldest = await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
-            rows.append(LaneRow(lane, running, oldest.created_at if oldest else None))
-        return rows, len(names)
+        kf = self.kf
+        names = self._order.sorted(kf.key_names(filters.prefix or None))
+        if filters.state is None and filters.sort == "key":
+            page = [kf.lane(key) for key in names[offset : offset + limit]]
+            return [await self._row(lane) for lane in page], len(names)
+        lanes = [kf.lane(key) for key in names]
+        if filters.state is not None:
+            lanes = [lane for lane in lanes if lane.state == filters.state]
+        if filters.sort == "coalesced":
+            lanes.sort(key=lambda lane: -lane.coalesced)  # stable: natural order within
+        elif filters.sort == "wait":
+            since: dict[str, float] = {}
+            for lane in lanes:
+                oldest = await self._oldest(lane)
+                if oldest is not None:
+                    since[lane.key] = oldest
+            lanes.sort(key=lambda lane: since.get(lane.key, float("inf")))
+        return [await self._row(lane) for lane in lanes[offset : offset + limit]], len(lanes)
+
+    async def _oldest(self, lane: LaneSnapshot) -> float | None:
+        run = await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
+        return run.created_at if run else None
+
+    async def _row(self, lane: LaneSnapshot) -> LaneRow:
+        running = tuple(r for r in [await self.kf.get_run(i) for i in lane.running] if r)
+        return LaneRow(lane, running, await self._oldest(lane))
 
     async def lane(self, key: str) -> LaneSnapshot:
         """The lane, from memory."""
         return self.kf.lane(key)
 
-    async def runs(self, filters: RunFilters, offset: int, limit: int) -> tuple[list[Run], int]:
+    async def has_key(self, key: str) -> bool:
+        """A lane in memory, or runs in storage."""
+        lane = self.kf.lane(key)
+        if lane.running or lane.waiting or lane.scheduled or lane.coalesced:
+            return True
+        return bool(await self.kf.list_runs(concurrency_key=key, limit=1))
+
+    async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
         """Runs from storage, with live state for unfinished ones."""
-        kf, f = self.kf, filters
-        found = await kf.list_runs(
+        f = filters
+        return await self.kf.list_runs(
             job=f.job,
             status=f.status,
             concurrency_key=f.key,
+            labels=dict(f.labels) or None,
             text=f.text,
             limit=limit,
             offset=offset,
         )
-        total = await kf.count_runs(job=f.job, status=f.status, concurrency_key=f.key, text=f.text)
-        return found, total
+
+    async def count_runs(self, filters: RunFilters) -> int:
+        """How many runs match, in storage."""
+        f = filters
+        return await self.kf.count_runs(
+            job=f.job,
+            status=f.status,
+            concurrency_key=f.key,
+            labels=dict(f.labels) or None,
+            text=f.text,
+        )
 
     async def run(self, run_id: str) -> Run | None:
         """One run."""
@@ -219,7 +313,7 @@ class KeyflowSource(DashboardSource):
 
     def jobs(self) -> list[str]:
         """Registered jobs."""
-        return sorted(self.kf.jobs)
+        return self._order.sorted(self.kf.jobs)
 
     async def changes(self) -> AsyncIterator[Changes]:
         """What changed, batched: whatever happened while the last batch was used."""
@@ -257,115 +351,3 @@ class KeyflowSource(DashboardSource):
     def _writable(self) -> None:
         if self.read_only:
             raise KeyflowError("this dashboard is read-only")
-
-
-class StorageSource(DashboardSource):
-    """A storage file another process writes: read-only, refreshed by polling."""
-
-    read_only = True
-
-    def __init__(self, backend: StorageBackend, *, poll_seconds: float = 1.0) -> None:
-        self.backend = backend
-        self.poll_seconds = poll_seconds
-        self._cache: tuple[float, dict[str, list[Run]]] | None = None
-
-    async def _unfinished_by_key(self) -> dict[str, list[Run]]:
-        # One scan per poll interval, shared by every widget that asks meanwhile.
-        now = time.monotonic()
-        if self._cache is not None and now - self._cache[0] < self.poll_seconds / 2:
-            return self._cache[1]
-        by_key: dict[str, list[Run]] = {}
-        for status in UNFINISHED:
-            query = RunQuery(status=status, limit=1_000_000)
-            for run in await self.backend.list_runs(query):
-                if run.concurrency_key is not None:
-                    by_key.setdefault(run.concurrency_key, []).append(run)
-        for runs in by_key.values():
-            runs.sort(key=lambda r: (r.created_at, r.id))
-        self._cache = (now, by_key)
-        return by_key
-
-    def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
-        holding = [
-            r
-            for r in runs
-            if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
-            or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
-        ]
-        queued = [r for r in runs if r.status is RunStatus.QUEUED]
-        waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
-        scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
-        state = "idle" if not holding else ("running+queued" if waiting else "running")
-        return LaneSnapshot(
-            key=key,
-            state=state,  # type: ignore[arg-type]
-            limit=max(1, len(holding)),
-            running=tuple(r.id for r in holding),
-            waiting=tuple(r.id for r in waiting),
-            scheduled=tuple(r.id for r in scheduled),
-            coalesced=sum(r.trigger_count - 1 for r in runs),
-        )
-
-    async def counts(self) -> Counts:
-        """Counts from storage."""
-        by_status = {
-            s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
-        }
-        lanes = [self._lane(k, v) for k, v in (await self._unfinished_by_key()).items()]
-        finished = sum(by_status[s.value] for s in ALL_STATUSES if s not in UNFINISHED)
-        return Counts(by_status, _lanes_by_state(lanes), finished, 0)
-
-    async def lane_rows(self, prefix: str, offset: int, limit: int) -> tuple[list[LaneRow], int]:
-        """Lanes rebuilt from the unfinished runs in storage."""
-        by_key = await self._unfinished_by_key()
-        keys = sorted(k for k in by_key if k.startswith(prefix))
-        rows = []
-        for key in keys[offset : offset + limit]:
-            runs = by_key[key]
-            lane = self._lane(key, runs)
-            by_id = {r.id: r for r in runs}
-            oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
-            rows.append(LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest))
-        return rows, len(keys)
-
-    async def lane(self, key: str) -> LaneSnapshot:
-        """One lane rebuilt from storage."""
-        return self._lane(key, (await self._unfinished_by_key()).get(key, []))
-
-    async def runs(self, filters: RunFilters, offset: int, limit: int) -> tuple[list[Run], int]:
-        """Runs from storage."""
-        query = RunQuery(
-            job=filters.job or None,
-            status=RunStatus(filters.status) if filters.status else None,
-            key=filters.key or None,
-            text=filters.text or None,
-            limit=limit,
-            offset=offset,
-        )
-        found = await self.backend.list_runs(query)
-        return found, await self.backend.count_runs(query)
-
-    async def run(self, run_id: str) -> Run | None:
-        """One run from storage."""
-        return await self.backend.get_run(run_id)
-
-    def jobs(self) -> list[str]:
-        """Jobs are not known to a storage file; the runs filter takes free text."""
-        return []
-
-    async def changes(self) -> AsyncIterator[Changes]:
-        """A poll: every ``poll_seconds``, everything may have changed."""
-        while True:
-            await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
-            self._cache = None
-            yield Changes(everything=True)
-
-
-@asynccontextmanager
-async def opened(backend: StorageBackend) -> AsyncIterator[StorageSource]:
-    """A :class:`StorageSource` over ``backend``, opened and closed around the block."""
-    await backend.open()
-    try:
-        yield StorageSource(backend)
-    finally:
-        await backend.close()

@@ -1,134 +1,94 @@
-"""The dashboard's endpoints: pages, widget partials, the live stream, actions."""
+"""The dashboard's pages, widget partials, and the live stream."""
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from sse_starlette import EventSourceResponse
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.templating import Jinja2Templates
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from ..errors import KeyflowError, RunNotFoundError
-from .charts import RateHistory
+from .dashboard import Dashboard, dashboard, flash, page, render_widget
 from .live import widget_updates
-from .security import CSRF_COOKIE, csrf_ok, csrf_token
-from .source import DashboardSource
-from .widgets import PERIODIC, WIDGETS, Params, context, wants
-
-STRATEGIES = ("", "none", "skip", "queue", "cancel")
-
-
-@dataclass
-class Dashboard:
-    """What the app keeps on ``app.state.dashboard``."""
-
-    source: DashboardSource
-    templates: Jinja2Templates
-    history: RateHistory
-    read_only: bool
-    min_interval: float = 0.25
-    """Seconds between two renders of one widget on one live stream."""
-    renders: dict[tuple[str, Params, bool, str], tuple[float, str]] = field(default_factory=dict)
-    """Recent widget renders, shared by the pages that show the same thing."""
-
-
-def dashboard(request: Request) -> Dashboard:
-    """The dashboard state of the app serving ``request``."""
-    state: Dashboard = request.app.state.dashboard
-    return state
-
-
-def can_act(request: Request) -> bool:
-    """May this request trigger, cancel or retrigger?"""
-    return request.state.access == "all" and not dashboard(request).source.read_only
-
-
-async def render_widget(
-    request: Request, name: str, params: Params, *, shared: bool = False
-) -> str:
-    """The HTML of widget ``name`` for ``params``.
-
-    With ``shared`` (live streams), a render younger than half the live interval is
-    reused: five pages watching the same widget cost the scheduler about one.
-    """
-    dash = dashboard(request)
-    acting = can_act(request)
-    key = (name, params, acting, request.scope.get("root_path", ""))
-    now = time.monotonic()
-    cached = dash.renders.get(key)
-    if shared and cached is not None and now - cached[0] < dash.min_interval / 2:
-        return cached[1]
-    data = await context(name, dash.source, params, dash.history)
-    template = dash.templates.get_template(f"partials/{name}.html")
-    html = template.render({**data, "request": request, "params": params, "can_act": acting})
-    if len(dash.renders) > 256:
-        dash.renders.clear()
-    dash.renders[key] = (now, html)
-    return html
-
-
-async def _page(
-    request: Request, template: str, widgets: tuple[str, ...], **extra: Any
-) -> Response:
-    dash = dashboard(request)
-    params = Params.parse(request.query_params)
-    html = {name: await render_widget(request, name, params) for name in widgets}
-    query = {**params.as_query(), "w": ",".join(widgets)}
-    token = csrf_token(request)
-    response = dash.templates.TemplateResponse(
-        request,
-        template,
-        {
-            "params": params,
-            "html": html,
-            "live_url": f"{request.url_for('live').path}?{urlencode(query)}",
-            "partial_query": urlencode(params.as_query()),
-            "csrf": token,
-            "can_act": can_act(request),
-            "jobs": dash.source.jobs(),
-            "strategies": STRATEGIES,
-            **extra,
-        },
-    )
-    if request.cookies.get(CSRF_COOKIE) != token:
-        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict")
-    return response
+from .source import RunFilters
+from .widgets import PERIODIC, WIDGETS, Params, wants
 
 
 async def overview(request: Request) -> Response:
-    """Counts, rates and the coalesced feed."""
-    return await _page(request, "overview.html", ("counts", "rates", "feed"))
+    """Counts, rates, the coalesced feed, the jobs."""
+    return await page(request, "overview.html", ("counts", "rates", "feed"), active="overview")
 
 
 async def lanes(request: Request) -> Response:
-    """Every key's lane, paginated, filtered by prefix."""
-    return await _page(request, "lanes.html", ("lanes",))
+    """Every key's lane, paginated, filtered by prefix and state, sorted."""
+    return await page(request, "lanes.html", ("lanes",), active="lanes")
 
 
 async def key_detail(request: Request) -> Response:
-    """One key: its lane and the timeline of its runs."""
-    key = request.path_params["key"]
-    request.scope["query_string"] = urlencode({"key": key}).encode()
-    return await _page(request, "key.html", ("lane", "timeline"), key=key)
+    """One key (``?name=``): its lane and the timeline of its runs; 404 if unknown."""
+    key = request.query_params.get("name", "")
+    if not key or not await dashboard(request).source.has_key(key):
+        return not_found(request, "key", key)
+    params = Params(key=key)
+    return await page(request, "key.html", ("lane", "timeline"), params, key=key, active="lanes")
+
+
+async def old_key_link(request: Request) -> Response:
+    """``/keys/<key>`` (links of earlier versions): the same page at ``/key?name=``."""
+    location = f"{request.url_for('key').path}?{urlencode({'name': request.path_params['key']})}"
+    return RedirectResponse(location, status_code=301)
 
 
 async def runs(request: Request) -> Response:
-    """Runs, filtered and paginated."""
-    return await _page(request, "runs.html", ("runs",))
+    """Runs, filtered and paginated, with bulk actions."""
+    return await page(request, "runs.html", ("runs",), active="runs")
 
 
 async def run_detail(request: Request) -> Response:
     """One run."""
     run_id = request.path_params["run_id"]
     if await dashboard(request).source.run(run_id) is None:
-        return PlainTextResponse(f"no run {run_id}", status_code=404)
-    request.scope["query_string"] = urlencode({"run": run_id}).encode()
-    return await _page(request, "run.html", ("run",), run_id=run_id)
+        return not_found(request, "run", run_id)
+    params = Params(run_id=run_id)
+    return await page(request, "run.html", ("run",), params, run_id=run_id, active="runs")
+
+
+async def job_stats(request: Request) -> Response:
+    """One job's throughput, failures, waits, run times and coalescing, per window."""
+    job = request.path_params["job"]
+    source = dashboard(request).source
+    known = job in source.jobs() or bool(await source.recent_runs(job, 0.0, 1))
+    if not known:
+        return not_found(request, "job", job)
+    query: dict[str, Any] = {"job": job, "window": request.query_params.get("window", "1h")}
+    params = Params.parse(query)
+    failed = await source.count_runs(RunFilters(job=job, status="failed"))
+    return await page(
+        request, "job.html", ("stats",), params, job=job, failed=failed, active="overview"
+    )
+
+
+def not_found(conn: HTTPConnection, what: str, name: str) -> Response:
+    """The 404 page of an unknown key, run or job."""
+    dash = dashboard(conn)
+    template = dash.templates.get_template("missing.html")
+    html = template.render(
+        {"request": conn, "what": what, "name": name, "can_act": False, "active": ""}
+    )
+    return HTMLResponse(html, status_code=404)
+
+
+def forbidden(dash: Dashboard, conn: HTTPConnection) -> Response:
+    """The 403 answer: a page saying how to authenticate (a flash for htmx requests)."""
+    message = (
+        "Not authorized. Open the link with ?token=\u2026 that `keyflow dashboard` printed, "
+        "or send the header Authorization: Bearer <token>."
+    )
+    if conn.headers.get("hx-request"):
+        return flash(conn, False, message, status=403)
+    template = dash.templates.get_template("forbidden.html")
+    return HTMLResponse(template.render({"request": conn}), status_code=403)
 
 
 async def partial(request: Request) -> Response:
@@ -162,66 +122,3 @@ async def live(request: Request) -> Response:
             yield {"event": name, "data": html}
 
     return EventSourceResponse(events(), ping=10)
-
-
-async def _flash(request: Request, ok: bool, message: str, **extra: Any) -> Response:
-    template = dashboard(request).templates.get_template("partials/flash.html")
-    html = template.render({"request": request, "ok": ok, "message": message, **extra})
-    return HTMLResponse(html, status_code=200 if ok else 400)
-
-
-async def _guard(request: Request) -> Response | None:
-    if not can_act(request):
-        return Response("this dashboard is read-only", status_code=403, media_type="text/plain")
-    if not await csrf_ok(request):
-        return Response("missing or wrong CSRF token", status_code=403, media_type="text/plain")
-    return None
-
-
-async def trigger(request: Request) -> Response:
-    """The trigger form: job, JSON input, key, strategy."""
-    refused = await _guard(request)
-    if refused is not None:
-        return refused
-    form = await request.form()
-    job = str(form.get("job", ""))
-    raw = str(form.get("input", "") or "{}")
-    key = str(form.get("key", "")).strip() or None
-    strategy = str(form.get("coalesce", ""))
-    if strategy not in STRATEGIES:
-        return await _flash(request, False, f"unknown strategy {strategy!r}")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return await _flash(request, False, f"the input is not valid JSON: {exc}")
-    if not isinstance(data, dict):
-        return await _flash(request, False, "the input must be a JSON object, like {}")
-    try:
-        result = await dashboard(request).source.trigger(job, data, key, strategy or None)
-    except KeyflowError as exc:
-        return await _flash(request, False, str(exc))
-    return await _flash(request, True, f"{result.disposition.value}", result=result)
-
-
-async def cancel(request: Request) -> Response:
-    """Cancel a run."""
-    refused = await _guard(request)
-    if refused is not None:
-        return refused
-    try:
-        run = await dashboard(request).source.cancel(request.path_params["run_id"])
-    except (RunNotFoundError, KeyflowError) as exc:
-        return await _flash(request, False, str(exc))
-    return await _flash(request, True, f"run {run.id} is {run.status.value}", run=run)
-
-
-async def retrigger(request: Request) -> Response:
-    """Trigger a run's job again."""
-    refused = await _guard(request)
-    if refused is not None:
-        return refused
-    try:
-        result = await dashboard(request).source.retrigger(request.path_params["run_id"])
-    except (RunNotFoundError, KeyflowError) as exc:
-        return await _flash(request, False, str(exc))
-    return await _flash(request, True, f"{result.disposition.value}", result=result)

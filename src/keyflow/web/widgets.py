@@ -7,7 +7,6 @@ polling fallback render the same partials again with the same parameters.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,47 +15,82 @@ from urllib.parse import urlencode
 from ..runs import RunStatus
 from ..watch import Changes
 from .charts import RateHistory, timeline
-from .source import DashboardSource, RunFilters
+from .jobstats import WINDOWS, StatsCache
+from .source import LANE_SORTS, LANE_STATES, DashboardSource, LaneFilters, RunFilters
 
 LANES_PER_PAGE = 50
 RUNS_PER_PAGE = 50
 FEED_SIZE = 30
+MAX_PAGE = 1_000_000
+"""Pages beyond this are not asked for (an offset storage could not even represent)."""
+MAX_FIELD = 1_000
+COUNT_CAP = 1_000
+"""Matches of a free-text or label filter counted at most ("1,000+")."""
+"""Longer filter values are cut: nobody types them, and storage need not scan for them."""
 
-WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run")
-PERIODIC = frozenset({"rates"})
+WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run", "stats")
+PERIODIC = frozenset({"rates", "stats"})
+
+
+def _text(query: Mapping[str, str], name: str) -> str:
+    return query.get(name, "")[:MAX_FIELD]
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``"org=acme, env=prod"`` as sorted pairs (malformed parts are skipped)."""
+    pairs = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            pairs[name.strip()] = value.strip()
+    return tuple(sorted(pairs.items()))
 
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    """What a page shows: filters, paging, the key or run it is about."""
+    """What a page shows: filters, paging, the key, run or job it is about."""
 
-    prefix: str = ""
     page: int = 1
     key: str | None = None
     run_id: str | None = None
     filters: RunFilters = field(default_factory=RunFilters)
+    lanes: LaneFilters = field(default_factory=LaneFilters)
+    window: str = "1h"
+    """The stats page's window (one of :data:`~.jobstats.WINDOWS`)."""
+
+    @property
+    def prefix(self) -> str:
+        """The lanes' key prefix filter."""
+        return self.lanes.prefix
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Params:
         """From a query string (unknown or malformed values fall back to defaults)."""
-        try:
-            page = max(1, int(query.get("page", "1")))
-        except ValueError:
-            page = 1
+        raw_page = query.get("page", "1")
+        page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() else 1
         status = query.get("status") or None
-        if status is not None and status not in {s.value for s in RunStatus}:
+        if status not in {s.value for s in RunStatus}:
             status = None
+        state = query.get("state") or None
+        sort = query.get("sort", "key")
+        window = query.get("window", "1h")
         return cls(
-            prefix=query.get("prefix", ""),
-            page=page,
-            key=query.get("key") or None,
-            run_id=query.get("run") or None,
+            page=min(MAX_PAGE, max(1, page)),
+            key=_text(query, "key") or None,
+            run_id=_text(query, "run") or None,
             filters=RunFilters(
-                job=query.get("job") or None,
+                job=_text(query, "job") or None,
                 status=status,
-                key=query.get("key") or None,
-                text=query.get("q") or None,
+                key=_text(query, "key") or None,
+                text=_text(query, "q") or None,
+                labels=parse_labels(_text(query, "labels")),
             ),
+            lanes=LaneFilters(
+                prefix=_text(query, "prefix"),
+                state=state if state in LANE_STATES else None,
+                sort=next((s for s in LANE_SORTS if s == sort), "key"),
+            ),
+            window=window if window in WINDOWS else "1h",
         )
 
     def page_query(self, page: int) -> str:
@@ -69,14 +103,21 @@ class Params:
     def as_query(self) -> dict[str, str]:
         """The parameters that are set, for URLs."""
         out = dict(self.filters.as_query())
-        if self.prefix:
-            out["prefix"] = self.prefix
+        lanes = self.lanes
+        if lanes.prefix:
+            out["prefix"] = lanes.prefix
+        if lanes.state:
+            out["state"] = lanes.state
+        if lanes.sort != "key":
+            out["sort"] = lanes.sort
         if self.page > 1:
             out["page"] = str(self.page)
         if self.key:
             out["key"] = self.key
         if self.run_id:
             out["run"] = self.run_id
+        if self.window != "1h":
+            out["window"] = self.window
         return out
 
 
@@ -84,24 +125,30 @@ def wants(widget: str, params: Params, changes: Changes) -> bool:
     """Do ``changes`` change what ``widget`` shows for ``params``?"""
     if changes.everything:
         return True
-    if widget == "rates":
+    if widget in PERIODIC:
         return False  # refreshed on a period
     if widget == "feed":
         return changes.coalesced
     if widget in ("lane", "timeline"):
         return params.key in changes.keys
+    if widget == "runs" and params.filters.key is not None:
+        return params.filters.key in changes.keys
     return True  # counts, lanes, runs, run: any change may show (throttled anyway)
 
 
 async def context(
-    widget: str, source: DashboardSource, params: Params, history: RateHistory
+    widget: str,
+    source: DashboardSource,
+    params: Params,
+    history: RateHistory,
+    stats: StatsCache | None = None,
 ) -> dict[str, Any]:
-    """The template context of ``widget``.
+    """The template context of ``widget`` (``stats``: the app's cache of job statistics).
 
     Raises:
         KeyError: an unknown widget.
     """
-    now = time.time()
+    now = source.now()
     if widget == "counts":
         counts = await source.counts()
         history.sample(now, counts.finished_total, counts.coalesced_total)
@@ -114,27 +161,59 @@ async def context(
             "coalesced": history.sparkline("coalesced", now),
         }
     if widget == "feed":
-        runs, _ = await source.runs(RunFilters(), 0, 100)
+        runs = await source.find_runs(RunFilters(), 0, 100)
         joined = [(t, run) for run in runs for t in run.coalesced]
         joined.sort(key=lambda pair: pair[0].at, reverse=True)
         return {"feed": joined[:FEED_SIZE], "now": now}
     if widget == "lanes":
         offset = (params.page - 1) * LANES_PER_PAGE
-        rows, total = await source.lane_rows(params.prefix, offset, LANES_PER_PAGE)
-        return {"rows": rows, "total": total, "now": now, **_pages(params, total, LANES_PER_PAGE)}
+        rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
+        pages = _pages(params, total, LANES_PER_PAGE)
+        if pages["page"] != params.page:  # past the end: show the last page
+            offset = (pages["page"] - 1) * LANES_PER_PAGE
+            rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
+        return {"rows": rows, "total": total, "now": now, **pages}
     if widget in ("lane", "timeline"):
         key = params.key or ""
         lane = await source.lane(key)
         runs, total = await source.runs(RunFilters(key=key), 0, 40)
         return {"lane": lane, "chart": timeline(runs, now), "runs": runs, "total": total}
     if widget == "runs":
-        offset = (params.page - 1) * RUNS_PER_PAGE
-        runs, total = await source.runs(params.filters, offset, RUNS_PER_PAGE)
-        return {"runs": runs, "total": total, "now": now, **_pages(params, total, RUNS_PER_PAGE)}
+        return {**await _runs_page(source, params), "now": now}
     if widget == "run":
         run = await source.run(params.run_id or "")
         return {"run": run, "now": now}
+    if widget == "stats":
+        job = params.filters.job or ""
+        cache = stats or StatsCache(seconds=0)
+        return {"stats": await cache.get(source, job, now, params.window), "now": now}
     raise KeyError(widget)
+
+
+async def _runs_page(source: DashboardSource, params: Params) -> dict[str, Any]:
+    """A page of runs and how many match, with as few storage scans as it takes.
+
+    A first page shorter than a page is the whole answer: no count needed. Otherwise the
+    count stops at :data:`COUNT_CAP` for filters storage must scan for.
+    """
+    filters, per_page = params.filters, RUNS_PER_PAGE
+    offset = (params.page - 1) * per_page
+    runs = await source.find_runs(filters, offset, per_page) if params.page == 1 else []
+    if params.page == 1 and len(runs) < per_page:
+        total, capped = len(runs), False
+    else:
+        total, capped = await source.count_runs_capped(filters, COUNT_CAP)
+    if capped:
+        # "1,000+": pages go on while they are full.
+        if params.page > 1:
+            runs = await source.find_runs(filters, offset, per_page)
+        last = params.page + 1 if len(runs) == per_page else params.page
+        return {"runs": runs, "total": total, "capped": True, "page": params.page,
+                "last_page": last, "per_page": per_page}  # fmt: skip
+    pages = _pages(params, total, per_page)
+    if params.page > 1 or pages["page"] != params.page:
+        runs = await source.find_runs(filters, (pages["page"] - 1) * per_page, per_page)
+    return {"runs": runs, "total": total, "capped": False, **pages}
 
 
 def _pages(params: Params, total: int, per_page: int) -> dict[str, Any]:

@@ -1,0 +1,239 @@
+"""``keyflow dashboard --storage URL``: the dashboard of a file another process writes.
+
+Read-only; live by polling, incrementally: each poll first asks whether the files
+changed at all (:func:`~.catalog.file_token`), and only then re-reads the unfinished runs
+and the runs created since (:class:`~.catalog.StorageCatalog`), once for every widget and
+page. An idle file costs a few ``stat`` calls a second, and no render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+
+from ..runs import Run, RunStatus
+from ..stats import LaneSnapshot
+from ..storage_backends import RunQuery, StorageBackend
+from ..watch import Changes
+from .catalog import StorageCatalog, file_token, storage_files
+from .natural import NaturalOrder
+from .source import (
+    ALL_STATUSES,
+    LANE_STATES,
+    UNFINISHED,
+    Counts,
+    DashboardSource,
+    LaneFilters,
+    LaneRow,
+    RunFilters,
+)
+
+
+class StorageSource(DashboardSource):
+    """A storage file another process writes: read-only, refreshed by polling."""
+
+    read_only = True
+    RECHECK_SECONDS = 60.0
+    """Re-read even when the files look unchanged, at least this often (a safety net)."""
+
+    def __init__(self, backend: StorageBackend, *, poll_seconds: float = 1.0) -> None:
+        self.backend = backend
+        self.poll_seconds = poll_seconds
+        self.catalog = StorageCatalog(backend)
+        self._files = storage_files(backend)
+        self._cache: tuple[Hashable, float, dict[str, list[Run]]] | None = None
+        self._order = NaturalOrder()
+        self._derived: dict[str, object] = {}
+        """Computed from one read of storage (sorted keys, counts); emptied at the next."""
+        self.closed = False
+        """Set when the storage was closed: nothing more to show."""
+
+    @property
+    def alive(self) -> bool:
+        """True until the storage is closed."""
+        return not self.closed
+
+    def _token(self) -> Hashable:
+        """Changes whenever the storage files do (a new object each time when unknown)."""
+        return file_token(self._files) if self._files else object()
+
+    def _fresh(self, token: Hashable) -> bool:
+        if self._cache is None:
+            return False
+        cached_token, at, _ = self._cache
+        age = time.monotonic() - at
+        if not self._files:
+            return age < self.poll_seconds / 2  # cannot tell: one scan per half poll
+        return cached_token == token and age < self.RECHECK_SECONDS
+
+    async def _unfinished_by_key(self) -> dict[str, list[Run]]:
+        # One scan per change of the files, shared by every widget that asks meanwhile.
+        token = self._token()
+        if self._cache is not None and self._fresh(token):
+            return self._cache[2]
+        unfinished: list[Run] = []
+        for status in UNFINISHED:
+            unfinished.extend(await self.backend.list_runs(RunQuery(status=status, limit=10**9)))
+        await self.catalog.refresh(unfinished)
+        by_key: dict[str, list[Run]] = {}
+        for run in unfinished:
+            if run.concurrency_key is not None:
+                by_key.setdefault(run.concurrency_key, []).append(run)
+        for runs in by_key.values():
+            runs.sort(key=lambda r: (r.created_at, r.id))
+        self._cache = (token, time.monotonic(), by_key)
+        self._derived = {}
+        return by_key
+
+    async def _sorted_keys(self) -> list[str]:
+        by_key = await self._unfinished_by_key()
+        found = self._derived.get("keys")
+        if not isinstance(found, list):
+            found = self._derived["keys"] = self._order.sorted(self.catalog.keys | by_key.keys())
+        return found
+
+    async def refresh(self) -> None:
+        """Catch up with the file (once per change, shared by every page and widget)."""
+        await self._unfinished_by_key()
+
+    def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
+        holding = [r for r in runs if _holds_slot(r)]
+        queued = [r for r in runs if r.status is RunStatus.QUEUED]
+        waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
+        scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
+        state = "idle" if not holding else ("running+queued" if waiting else "running")
+        return LaneSnapshot(
+            key=key,
+            state=state,  # type: ignore[arg-type]
+            limit=max(1, len(holding)),
+            running=tuple(r.id for r in holding),
+            waiting=tuple(r.id for r in waiting),
+            scheduled=tuple(r.id for r in scheduled),
+            coalesced=self.catalog.key_coalesced.get(key, 0),
+        )
+
+    async def counts(self) -> Counts:
+        """Counts from storage (read again only when the files changed)."""
+        by_key = await self._unfinished_by_key()
+        found = self._derived.get("counts")
+        if isinstance(found, Counts):
+            return found
+        by_status = {
+            s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
+        }
+        states = dict.fromkeys(LANE_STATES, 0)
+        for runs in by_key.values():
+            states[_state(runs)] += 1
+        states["idle"] += len(self.catalog.keys - by_key.keys())  # keys with only finished runs
+        finished = sum(by_status[s.value] for s in ALL_STATUSES if s not in UNFINISHED)
+        counts = Counts(by_status, states, finished, self.catalog.coalesced_total)
+        self._derived["counts"] = counts
+        return counts
+
+    async def lane_rows(
+        self, filters: LaneFilters, offset: int, limit: int
+    ) -> tuple[list[LaneRow], int]:
+        """Lanes rebuilt from the unfinished runs in storage."""
+        by_key = await self._unfinished_by_key()
+        keys = [k for k in await self._sorted_keys() if k.startswith(filters.prefix)]
+        if filters.state is None and filters.sort == "key":
+            page = [self._row(key, by_key.get(key, [])) for key in keys[offset : offset + limit]]
+            return page, len(keys)
+        every = self._derived.get("rows")
+        if not isinstance(every, dict):
+            every = self._derived["rows"] = {}
+        for key in keys:  # each row built once per change of the file
+            if key not in every:
+                every[key] = self._row(key, by_key.get(key, []))
+        rows: list[LaneRow] = [every[key] for key in keys]
+        if filters.state is not None:
+            rows = [row for row in rows if row.lane.state == filters.state]
+        if filters.sort == "coalesced":
+            rows.sort(key=lambda row: -row.lane.coalesced)
+        elif filters.sort == "wait":
+            rows.sort(key=lambda row: row.oldest_waiting_since or float("inf"))
+        return rows[offset : offset + limit], len(rows)
+
+    def _row(self, key: str, runs: list[Run]) -> LaneRow:
+        lane = self._lane(key, runs)
+        by_id = {r.id: r for r in runs}
+        oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
+        return LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest)
+
+    async def lane(self, key: str) -> LaneSnapshot:
+        """One lane rebuilt from storage."""
+        return self._lane(key, (await self._unfinished_by_key()).get(key, []))
+
+    async def has_key(self, key: str) -> bool:
+        """Any run of ``key`` in storage."""
+        return bool(await self.backend.list_runs(RunQuery(key=key, limit=1)))
+
+    @staticmethod
+    def _query(filters: RunFilters, offset: int = 0, limit: int = 0) -> RunQuery:
+        return RunQuery(
+            job=filters.job or None,
+            status=RunStatus(filters.status) if filters.status else None,
+            key=filters.key or None,
+            labels=filters.labels,
+            text=filters.text or None,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
+        """Runs from storage."""
+        return await self.backend.list_runs(self._query(filters, offset, limit))
+
+    async def count_runs(self, filters: RunFilters) -> int:
+        """How many runs match, in storage."""
+        return await self.backend.count_runs(self._query(filters))
+
+    async def run(self, run_id: str) -> Run | None:
+        """One run from storage."""
+        return await self.backend.get_run(run_id)
+
+    def jobs(self) -> list[str]:
+        """The jobs of the stored runs (as of the latest poll)."""
+        return self._order.sorted(self.catalog.jobs)
+
+    async def changes(self) -> AsyncIterator[Changes]:
+        """A poll: every ``poll_seconds``, "everything" when the files changed."""
+        seen = self._token()
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
+            token = self._token()
+            if token != seen or time.monotonic() - last >= self.RECHECK_SECONDS:
+                seen, last = token, time.monotonic()
+                yield Changes(everything=True)
+
+
+def _holds_slot(run: Run) -> bool:
+    """Running, about to run, or in a retry backoff (which keeps the lane's slot)."""
+    status = run.status
+    return (
+        status is RunStatus.PENDING
+        or status is RunStatus.RUNNING
+        or (status is RunStatus.SCHEDULED and run.attempt > 0)
+    )
+
+
+def _state(runs: list[Run]) -> str:
+    """The lane state of a key's unfinished runs (what :meth:`StorageSource._lane` says)."""
+    if not any(_holds_slot(r) for r in runs):
+        return "idle"
+    return "running+queued" if any(r.status is RunStatus.QUEUED for r in runs) else "running"
+
+
+@asynccontextmanager
+async def opened(backend: StorageBackend) -> AsyncIterator[StorageSource]:
+    """A :class:`StorageSource` over ``backend``, opened and closed around the block."""
+    await backend.open()
+    source = StorageSource(backend)
+    try:
+        yield source
+    finally:
+        source.closed = True
+        await backend.close()

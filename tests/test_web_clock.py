@@ -1,0 +1,83 @@
+"""One clock: the dashboard shows time as the scheduler's clock tells it (issue 11, item 2).
+
+A simulated or virtual clock far from the wall clock gives readable ages, timelines,
+sparklines and statistics, never "7984h ago".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+import keyflow
+from keyflow.testing import VirtualClock
+from keyflow.web import create_app
+
+from .conftest import MakeKeyflow
+from .webkit import CaptureTemplates, Gate, client
+
+SIMULATED_START = 1_767_225_600.0  # 2026-01-01: like the demo, far from today
+
+
+@pytest.fixture
+def storage_url() -> str:
+    return "memory://"
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(start=SIMULATED_START)
+
+
+async def busy(make_keyflow: MakeKeyflow, clock: VirtualClock) -> tuple[keyflow.Keyflow, str]:
+    kf = make_keyflow(clock=clock)
+    gate = Gate()
+    gate.open()
+    kf.job("process")(gate.handler)
+    await kf.start()
+    first = await kf.trigger("process", {}, concurrency_key="process:acme")
+    await kf.run_until_idle()
+    clock.advance(60)
+    await kf.trigger("process", {"fail": "x"}, concurrency_key="process:acme")
+    await kf.run_until_idle()
+    clock.advance(30)
+    return kf, first.run_id
+
+
+async def test_ages_timelines_rates_and_stats_follow_the_schedulers_clock(
+    make_keyflow: MakeKeyflow, clock: VirtualClock
+) -> None:
+    kf, first = await busy(make_keyflow, clock)
+    app = CaptureTemplates(create_app(kf, clock=clock))
+    async with client(app) as http:
+        run_page = (await http.get(f"/runs/{first}")).text
+        assert "1m30s ago" in run_page
+        runs_page = (await http.get("/runs")).text
+        assert "h ago" not in runs_page  # no hours between the simulation and today
+        assert "30.0s ago" in runs_page
+        key_page = (await http.get("/key", params={"name": "process:acme"})).text
+        labels = re.findall(r'class="axis-label"[^>]*>([^<]+)<', key_page)
+        assert labels[0] == "-1.5m"
+        assert labels[-1] == "now"
+        stats = (await http.get("/jobs/process", params={"window": "5m"})).text
+        assert 'data-runs="2"' in stats  # both runs are inside the simulated 5 minutes
+        assert 'data-failure-rate="0.5"' in stats
+        await http.get("/")  # the counters, sampled now
+        await kf.trigger("process", {}, concurrency_key="process:acme")
+        await kf.run_until_idle()
+        clock.advance(30)
+        await http.get("/")  # and 30 simulated seconds later: one more run finished
+    dashboard: Any = app.app.state.dashboard  # type: ignore[attr-defined]
+    rates = dashboard.history.rates("finished", clock.now())
+    assert sum(rates) * 10 == pytest.approx(1)  # 10-second buckets, in simulated time
+
+
+async def test_the_schedulers_own_clock_is_the_default(
+    make_keyflow: MakeKeyflow, clock: VirtualClock
+) -> None:
+    kf, first = await busy(make_keyflow, clock)
+    kf.clock = clock  # type: ignore[attr-defined]  # what a public Keyflow.clock offers
+    async with client(create_app(kf)) as http:
+        assert "1m30s ago" in (await http.get(f"/runs/{first}")).text
