@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import keyflow
 
 
-async def story(strategy: str) -> tuple[int, int, Counter[str]]:
+async def story(strategy: Literal["queue", "skip"]) -> tuple[int, int, Counter[str]]:
     kf = keyflow.Keyflow(workers=8, seed=1)
     rng = random.Random(7)
     fetched: set[str] = set()
@@ -56,7 +56,8 @@ async def story(strategy: str) -> tuple[int, int, Counter[str]]:
 
 async def main() -> None:
     print("keyflow quickstart: three parallel crawls, one `process` per organisation\n")
-    for strategy in ("queue", "skip"):
+    strategies: tuple[Literal["queue", "skip"], ...] = ("queue", "skip")
+    for strategy in strategies:
         fetched, left, seen = await story(strategy)
         print(
             f'coalesce="{strategy}": {fetched} PRs fetched, {left} left unprocessed; '

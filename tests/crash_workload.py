@@ -250,7 +250,7 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
     for trig in report.triggers:
         if trig.job == "replaced":
             last_replacing[trig.key] = trig.run_id
-    made_by_queue: dict[tuple[str, str], list[str]] = defaultdict(list)
+    made_by_queue: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     for trig in report.triggers:
         run = runs.get(trig.run_id)
         if run is None:
@@ -269,13 +269,18 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
                 problems.append(f"queue trigger {trig.tid}: no whole attempt of {run.id} saw it")
             if trig.disposition != "coalesced":
                 earlier = made_by_queue[trig.job, trig.key]
-                for previous in earlier:  # the bound: at most one never-started run
+                for previous, made_at in earlier:  # the bound: one never-started run at most
                     starts = report.starts.get(previous, [])
-                    if not starts or starts[0] > trig.line:
-                        problems.append(
-                            f"line {trig.line}: {trig.run_id} made while {previous} waited"
-                        )
-                earlier.append(trig.run_id)
+                    if starts and starts[0] < trig.line:
+                        continue
+                    # A start is written before its handler logs "S": a crash in between
+                    # leaves a run that started (and counts an interruption) unlogged.
+                    crashed_in_between = any(made_at < boot < trig.line for boot in report.boots)
+                    earlier_run = runs.get(previous)
+                    if crashed_in_between and earlier_run and earlier_run.interruptions:
+                        continue
+                    problems.append(f"line {trig.line}: {trig.run_id} made while {previous} waited")
+                earlier.append((trig.run_id, trig.line))
     for key, started in report.first_start_order.items():
 
         def created(run_id: str) -> tuple[float, int]:

@@ -95,7 +95,7 @@ async def test_a_restart_restores_lanes_order_delays_and_joined_inputs(
     assert delayed.due_at == clock.now() + 60  # the delay kept its due time
     await again.run_until_idle()
     assert [(run_id, attempt) for run_id, attempt, _ in after.started] == [
-        (first.run_id, 2),
+        (first.run_id, 1),  # a stop cut it short: it runs again as the same attempt
         (second.run_id, 1),
         (third.run_id, 1),
         (later.run_id, 1),
@@ -104,6 +104,8 @@ async def test_a_restart_restores_lanes_order_delays_and_joined_inputs(
     restarted = await again.get_run(first.run_id)
     assert restarted is not None
     assert (restarted.status, restarted.interruptions) == (RunStatus.COMPLETED, 1)
+    assert (restarted.attempt, restarted.errors) == (1, ())  # no error, no retry used
+    assert "interrupted by stop" in restarted.logs[0].message
 
 
 async def test_a_run_found_running_after_a_crash_runs_again_without_using_a_retry(

@@ -18,6 +18,7 @@ import pytest
 
 import keyflow
 from keyflow import Disposition
+from keyflow.coalesce import CoalesceOption
 
 from .conftest import MakeKeyflow
 
@@ -35,7 +36,7 @@ class World:
     dispositions: list[Disposition] = field(default_factory=list)
 
 
-def build(kf: keyflow.Keyflow, world: World, strategy: str) -> None:
+def build(kf: keyflow.Keyflow, world: World, strategy: CoalesceOption) -> None:
     @kf.job()
     async def crawl(ctx: keyflow.RunContext, input: dict[str, Any]) -> int:
         prs = world.new_prs.pop(input["repo"], [])
@@ -62,7 +63,9 @@ def build(kf: keyflow.Keyflow, world: World, strategy: str) -> None:
         return len(batch)
 
 
-async def run_story(make_keyflow: MakeKeyflow, strategy: str) -> tuple[World, keyflow.Keyflow]:
+async def run_story(
+    make_keyflow: MakeKeyflow, strategy: CoalesceOption
+) -> tuple[World, keyflow.Keyflow]:
     world = World()
     world.new_prs = {"api": ["api#1", "api#2"], "web": ["web#1"], "cli": ["cli#1", "cli#2"]}
     kf = make_keyflow(workers=8)

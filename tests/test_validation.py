@@ -118,7 +118,7 @@ def test_bad_job_definitions(make_keyflow: MakeKeyflow) -> None:
     with pytest.raises(keyflow.ConfigurationError, match="job-level concurrency_key"):
         kf.job(coalesce="queue")
     with pytest.raises(keyflow.InvalidCoalesceError):
-        kf.job(concurrency_key="k", coalesce="sometimes")  # type: ignore[arg-type]
+        kf.job(concurrency_key="k", coalesce="sometimes")  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

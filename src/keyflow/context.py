@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .jsonvalue import NotJSONError, copy_json_dict, safe_repr, safe_str, storable_text
+from .options_types import TriggerOptions
 from .runs import JSONObject, LogEntry, Progress, TriggerResult
 
 if TYPE_CHECKING:
@@ -117,11 +118,12 @@ class RunContext:
         )
 
     async def trigger(
-        self, job: str, input: JSONObject | None = None, **options: Any
+        self, job: str, input: JSONObject | None = None, **options: Unpack[TriggerOptions]
     ) -> TriggerResult:
         """Trigger another job from this handler (the new run records this one as parent).
 
-        Takes the same options as :meth:`keyflow.Keyflow.trigger`.
+        Takes the same options as :meth:`keyflow.Keyflow.trigger`. A trigger from a
+        running handler is taken during a stop's grace too: it is part of the run's work.
         """
         options.setdefault("parent_run_id", self.run_id)
-        return await self._keyflow.trigger(job, input, **options)
+        return await self._keyflow._chained_trigger(job, input, options)

@@ -117,6 +117,9 @@ class Core:
         self.accepting = False
         """True while the scheduler takes triggers; else :meth:`accept` calls ``refuse``,
         which raises."""
+        self.accepting_chained = False
+        """True while triggers from running handlers (``ctx.trigger``) are taken: also
+        during a stop's grace, since a chained trigger is part of its run's work."""
         self.ids = RunIds()
         self.records: dict[str, RunRecord] = {}
         """Unfinished runs by id."""
@@ -152,6 +155,7 @@ class Core:
         labels: object,
         delay: object,
         parent_run_id: object,
+        chained: bool = False,
     ) -> TriggerResult | PreparedTrigger:
         """Check one trigger (see ``Keyflow.trigger``); decide it at once if storage allows.
 
@@ -162,7 +166,7 @@ class Core:
             TriggerError: bad arguments; nothing changed.
             StorageError: the write of a new run failed; nothing changed.
         """
-        if not self.accepting:
+        if not self.accepting and not (chained and self.accepting_chained):
             self._refuse()
         prepared = prepare_trigger(
             jobs,
@@ -455,9 +459,12 @@ class Core:
     # -- execution ---------------------------------------------------------------
 
     def start(self, record: RunRecord) -> None:
-        """A worker starts an attempt of ``record``."""
+        """A worker starts an attempt of ``record`` (the same one again after a stop)."""
         record.apply(START)
-        record.attempt += 1
+        if record.stop_interrupted:  # a stop cut it short: it is that attempt again
+            record.stop_interrupted = False
+        else:
+            record.attempt += 1
         record.started_at = self.now()
         self.counters.started += 1
         # _moved(record, PENDING), inlined: this runs once per attempt.
@@ -496,10 +503,23 @@ class Core:
         else:
             self.arm(record)
 
-    def interrupt(self, record: RunRecord) -> None:
-        """A stop cut the attempt short: back to the head of its lane, slot kept."""
+    def interrupt(self, record: RunRecord, *, crashed: bool = False) -> None:
+        """A stop (or a crash) cut the attempt short: back to its lane's head, slot kept.
+
+        After a stop the next start is the same attempt again (no error recorded, no
+        retry used); after a crash it is a new attempt.
+        """
         record.apply(INTERRUPT)
         record.interruptions += 1
+        if crashed:
+            note = (
+                f"interrupted by a crash of its process (crash {record.crashes}): it runs "
+                "again, as a new attempt"
+            )
+        else:
+            record.stop_interrupted = True
+            note = "interrupted by stop: it runs again, as the same attempt, at the next start"
+        record.add_log(LogEntry(self.now(), "warning", note, {}, record.attempt))
         self.counters.interrupted += 1
         self._moved(record, RUNNING)
         self.ready.appendleft(record)

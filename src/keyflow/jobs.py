@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, Unpack
 
-from .coalesce import Coalesce, CoalesceOption
+from .coalesce import Coalesce, CoalesceOption, parse_coalesce
 from .errors import ConfigurationError
-from .jsonvalue import safe_repr
-from .options import seconds
+from .jsonvalue import NotJSONError, check_text, safe_repr
+from .options import count, optional_seconds, seconds
 from .runs import JSONObject, Run, TriggerResult
 
 if TYPE_CHECKING:
     from .context import RunContext
+    from .options_types import TriggerOptions
     from .scheduler import Keyflow
 
 Handler: TypeAlias = Callable[["RunContext", JSONObject], Awaitable[Any]]
@@ -116,6 +118,80 @@ def backoff_delay(option: BackoffOption, retry: int, rng: random.Random) -> floa
     return seconds(value, f"the backoff function's result for retry {retry}")
 
 
+def job_definer(
+    keyflow: Keyflow,
+    jobs: dict[str, Job],
+    *,
+    name: str | None,
+    retries: int,
+    backoff: object,
+    timeout: object,
+    concurrency_key: object,
+    coalesce: object,
+) -> Callable[[Handler], Job]:
+    """Check a job's options now; return the decorator that registers its handler.
+
+    Raises:
+        ConfigurationError: an option is not valid (the message names it).
+    """
+    if name is not None:
+        check_name(name, "job name")
+    count(retries, "retries", minimum=0)
+    checked_timeout = optional_seconds(timeout, "timeout", positive=True)
+    checked_backoff = check_backoff(backoff)
+    key: KeyOption
+    if concurrency_key is None or callable(concurrency_key):
+        key = concurrency_key
+    elif isinstance(concurrency_key, str) and concurrency_key:
+        key = check_name(concurrency_key, "concurrency_key")
+    else:
+        raise ConfigurationError(
+            f"concurrency_key must be a non-empty string or a function, "
+            f"got {safe_repr(concurrency_key)}"
+        )
+    coalesce_spec = parse_coalesce(coalesce)
+    if coalesce_spec is not None and key is None:
+        raise ConfigurationError("a job-level coalesce needs a job-level concurrency_key")
+
+    def register(handler: Handler) -> Job:
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigurationError(
+                f"job handler {safe_repr(handler)} must be an async function (async def)"
+            )
+        job_name = check_name(name or handler.__name__, "job name")
+        if job_name in jobs:
+            raise ConfigurationError(f"a job named {job_name!r} is already registered")
+        job = Job(
+            keyflow,
+            job_name,
+            handler,
+            retries=retries,
+            backoff=checked_backoff,
+            timeout=checked_timeout,
+            concurrency_key=key,
+            coalesce=coalesce_spec,
+        )
+        jobs[job_name] = job
+        return job
+
+    return register
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is a non-empty string storage can write.
+
+    Raises:
+        ConfigurationError: naming ``what``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {safe_repr(name)}")
+    try:
+        check_text(name, what)
+    except NotJSONError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return name
+
+
 class Job:
     """A registered job: call ``.trigger()`` on it, or call it like its handler."""
 
@@ -178,7 +254,11 @@ class Job:
         return (await kf._commit([accepted])).results[0]
 
     async def trigger_and_wait(
-        self, input: JSONObject | None = None, *, timeout: float | None = None, **options: Any
+        self,
+        input: JSONObject | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[TriggerOptions],
     ) -> Run:
         """Trigger this job and wait for the run that covers the trigger to finish."""
         return await self._keyflow.trigger_and_wait(self.name, input, timeout=timeout, **options)

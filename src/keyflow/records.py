@@ -79,6 +79,7 @@ class RunRecord(RunState):
         "progress",
         "retries_used",
         "started_at",
+        "stop_interrupted",
         "trigger_count",
         "unsettled",
     )
@@ -131,6 +132,8 @@ class RunRecord(RunState):
         self.retries_used = 0
         """Failed attempts that used up a retry."""
         self.cancel_requested = False
+        self.stop_interrupted = False
+        """A stop cut its latest attempt short: the next start is that attempt again."""
         self.unsettled = 0
         """Trigger changes to this run that are not durable yet; it may not run before."""
 

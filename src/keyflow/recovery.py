@@ -140,4 +140,4 @@ def _recover_crashed(core: Core, record: RunRecord) -> None:
         core.counters.failed += 1
         core.finish(record, FAIL, RUNNING)
         return
-    core.interrupt(record)
+    core.interrupt(record, crashed=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Literal, Unpack, overload
 
 from .clock import Clock, SystemClock
-from .coalesce import CoalesceOption, parse_coalesce
+from .coalesce import CoalesceOption
 from .commit import Txn
 from .core import Core
 from .errors import (
@@ -31,10 +30,11 @@ from .jobs import (
     Handler,
     Job,
     KeyOption,
-    check_backoff,
+    job_definer,
 )
 from .jsonvalue import NotJSONError, check_text, safe_repr
 from .options import count, optional_seconds, seconds
+from .options_types import TRIGGER_OPTIONS, TriggerOptions
 from .records import RunRecord
 from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
@@ -45,7 +45,7 @@ from .triggers import PreparedTrigger, prepare_request
 from .watch import ChangeWatch
 from .worker import WorkerPool
 
-logger = logging.getLogger("keyflow")
+logger = logging.getLogger("keyflow.scheduler")
 
 STOP_FLUSH_SECONDS = 10.0
 """How long ``stop()`` waits for storage to take the last changes before giving up."""
@@ -53,9 +53,6 @@ READ_ONLY_POLL_SECONDS = 0.5
 """How often ``wait()`` on a read-only scheduler looks at storage again."""
 
 _Phase = Literal["new", "starting", "running", "stopping", "stopped"]
-_TRIGGER_OPTIONS = frozenset(
-    {"concurrency_key", "coalesce", "idempotency_key", "labels", "delay", "parent_run_id"}
-)
 
 
 class Keyflow:
@@ -137,17 +134,36 @@ class Keyflow:
 
     # -- jobs --------------------------------------------------------------------
 
+    @overload
+    def job(self, handler: Handler, /) -> Job: ...
+
+    @overload
     def job(
         self,
         name: str | None = None,
+        *,
+        retries: int = 0,
+        backoff: BackoffOption = ...,
+        timeout: float | None = None,
+        concurrency_key: KeyOption = None,
+        coalesce: CoalesceOption = None,
+    ) -> Callable[[Handler], Job]: ...
+
+    def job(
+        self,
+        name: str | Handler | None = None,
         *,
         retries: int = 0,
         backoff: BackoffOption = Backoff(),  # noqa: B008 - immutable
         timeout: float | None = None,
         concurrency_key: KeyOption = None,
         coalesce: CoalesceOption = None,
-    ) -> Callable[[Handler], Job]:
+    ) -> Job | Callable[[Handler], Job]:
         """Register ``async def handler(ctx, input)`` as a job.
+
+        Use it bare (``@kf.job``) or with options (``@kf.job(retries=3)``,
+        ``@kf.job("name")``); it returns the :class:`Job`, which can be triggered and
+        still be called like the handler.
 
         Args:
             name: the job's name (default: the function's name).
@@ -160,44 +176,18 @@ class Keyflow:
         Raises:
             ConfigurationError: a duplicate name or an invalid option.
         """
-        if name is not None:
-            _check_name(name, "job name")
-        count(retries, "retries", minimum=0)
-        timeout = optional_seconds(timeout, "timeout", positive=True)
-        backoff = check_backoff(backoff)
-        if concurrency_key is not None and not (
-            (isinstance(concurrency_key, str) and concurrency_key) or callable(concurrency_key)
-        ):
-            raise ConfigurationError("concurrency_key must be a non-empty string or a function")
-        if isinstance(concurrency_key, str):
-            _check_name(concurrency_key, "concurrency_key")
-        coalesce_spec = parse_coalesce(coalesce)
-        if coalesce_spec is not None and concurrency_key is None:
-            raise ConfigurationError("a job-level coalesce needs a job-level concurrency_key")
-
-        def register(handler: Handler) -> Job:
-            if not inspect.iscoroutinefunction(handler):
-                raise ConfigurationError(
-                    f"job handler {handler!r} must be an async function (async def)"
-                )
-            job_name = name or handler.__name__
-            _check_name(job_name, "job name")
-            if job_name in self._jobs:
-                raise ConfigurationError(f"a job named {job_name!r} is already registered")
-            job = Job(
-                self,
-                job_name,
-                handler,
-                retries=retries,
-                backoff=backoff,
-                timeout=timeout,
-                concurrency_key=concurrency_key,
-                coalesce=coalesce_spec,
-            )
-            self._jobs[job_name] = job
-            return job
-
-        return register
+        if callable(name):  # bare @kf.job
+            return self.job()(name)
+        return job_definer(
+            self,
+            self._jobs,
+            name=name,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            concurrency_key=concurrency_key,
+            coalesce=coalesce,
+        )
 
     @property
     def jobs(self) -> Mapping[str, Job]:
@@ -210,6 +200,11 @@ class Keyflow:
     def running(self) -> bool:
         """True between start() and stop()."""
         return self._phase == "running"
+
+    @property
+    def clock(self) -> Clock:
+        """The time source: every timestamp of this scheduler's runs is its time."""
+        return self._clock
 
     async def start(self) -> None:
         """Open storage, rebuild lanes from it, and start the workers.
@@ -237,7 +232,13 @@ class Keyflow:
             raise
         self._pool.start()
         self._phase = "running"
-        self._core.accepting = True
+        self._core.accepting = self._core.accepting_chained = True
+        logger.info(
+            "keyflow started on %r with %d workers; %d unfinished runs restored",
+            self._backend,
+            self._pool.size,
+            len(self._core.records),
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop: refuse triggers, start nothing new, let running handlers finish.
@@ -269,6 +270,7 @@ class Keyflow:
         self._core.accepting = False
         if was_running:
             await self._pool.stop(grace)
+            self._core.accepting_chained = False  # no handler runs any more
             for handle in self._core.timers.values():
                 handle.cancel()
             self._core.timers.clear()
@@ -285,6 +287,17 @@ class Keyflow:
         self._hub.close()
         await self._backend.close()
         self._phase = "stopped"
+        if was_running:
+            c = self._core.counters
+            logger.info(
+                "keyflow stopped: %d attempts started, %d runs completed, %d failed, "
+                "%d cancelled since start; %d interrupted runs wait for the next start",
+                c.started,
+                c.completed,
+                c.failed,
+                c.cancelled,
+                sum(1 for r in self._core.records.values() if r.stop_interrupted),
+            )
 
     async def __aenter__(self) -> Keyflow:
         await self.start()
@@ -420,13 +433,39 @@ class Keyflow:
             return []
         return (await self._commit(prepared)).results
 
-    async def _commit(self, prepared: list[PreparedTrigger], *, wait: bool = False) -> Txn:
+    async def _chained_trigger(
+        self, job: str, input: JSONObject | None, options: TriggerOptions
+    ) -> TriggerResult:
+        """``ctx.trigger``: taken during a stop's grace too (part of its run's work)."""
+        unknown = set(options) - TRIGGER_OPTIONS
+        if unknown:
+            raise TypeError(f"trigger() got unexpected options: {', '.join(sorted(unknown))}")
+        accepted = self._core.accept(
+            self._jobs,
+            job,
+            input,
+            options.get("concurrency_key", DEFAULT),
+            options.get("coalesce", DEFAULT),
+            options.get("idempotency_key"),
+            options.get("labels"),
+            options.get("delay", 0.0),
+            options.get("parent_run_id"),
+            True,
+        )
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await self._commit([accepted], chained=True)).results[0]
+
+    async def _commit(
+        self, prepared: list[PreparedTrigger], *, wait: bool = False, chained: bool = False
+    ) -> Txn:
         core = self._core
         stored: dict[int, str] = {}
         for trig in prepared:
             if trig.idempotency_key is not None:
                 stored = await self._stored_idempotency(prepared)
-                self._check_accepting()  # a stop may have begun meanwhile
+                if not (core.accepting or (chained and core.accepting_chained)):
+                    self._refuse_trigger()  # a stop may have begun meanwhile
                 break
         txn = Txn(wait=wait)
         results = txn.results
@@ -473,7 +512,7 @@ class Keyflow:
         input: JSONObject | None = None,
         *,
         timeout: float | None = None,
-        **options: Any,
+        **options: Unpack[TriggerOptions],
     ) -> Run:
         """Trigger, then wait for the run that covers the trigger to finish.
 
@@ -487,7 +526,7 @@ class Keyflow:
                 :meth:`trigger`.
         """
         timeout = optional_seconds(timeout, "timeout")
-        unknown = set(options) - _TRIGGER_OPTIONS
+        unknown = set(options) - TRIGGER_OPTIONS
         if unknown:
             raise TypeError(f"trigger_and_wait() got unexpected options: {', '.join(unknown)}")
         accepted = self._core.accept(
@@ -869,15 +908,6 @@ def _waits_for_delay(record: RunRecord) -> bool:
 
 def _settled(record: RunRecord | None) -> bool:
     return record is None or (record.durable and record.unsettled == 0)
-
-
-def _check_name(name: object, what: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"{what} must be a non-empty string, got {safe_repr(name)}")
-    try:
-        check_text(name, what)
-    except NotJSONError as exc:
-        raise ConfigurationError(str(exc)) from None
 
 
 def _check_run_id(run_id: object) -> None:

@@ -60,6 +60,7 @@ def record_row(record: RunRecord) -> Row:
         "crashes": record.crashes,
         "retries_used": record.retries_used,
         "cancel_requested": record.cancel_requested,
+        "stop_interrupted": record.stop_interrupted,
         "by_queue": record.by_queue,
     }
 
@@ -111,6 +112,7 @@ def row_record(row: Row) -> RunRecord:
         record.crashes = row["crashes"]
         record.retries_used = row["retries_used"]
         record.cancel_requested = row["cancel_requested"]
+        record.stop_interrupted = bool(row.get("stop_interrupted", False))  # (since 0.2)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StorageCorruptError(
             f"stored run {safe_repr(row.get('id'))} is unreadable: {safe_repr(exc)}"

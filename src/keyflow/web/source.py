@@ -194,10 +194,9 @@ def lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
     return out
 
 
-def scheduler_clock(kf: Keyflow) -> Clock | None:
-    """The clock ``kf`` reads time from, when it tells (``Keyflow.clock``)."""
-    clock = getattr(kf, "clock", None)  # a public property the scheduler may offer
-    return clock if isinstance(clock, Clock) else None
+def scheduler_clock(kf: Keyflow) -> Clock:
+    """The clock ``kf`` reads time from (``Keyflow.clock``)."""
+    return kf.clock
 
 
 class KeyflowSource(DashboardSource):
