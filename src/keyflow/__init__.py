@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from .clock import Clock as Clock
 from .clock import SystemClock as SystemClock
+from .clock import TimerHandle as TimerHandle
 from .coalesce import Coalesce as Coalesce
+from .coalesce import CoalesceOption as CoalesceOption
+from .coalesce import InputPolicy as InputPolicy
+from .coalesce import MergeFunction as MergeFunction
+from .coalesce import Strategy as Strategy
 from .context import RunContext as RunContext
 from .context import RunLogger as RunLogger
 from .errors import ConfigurationError as ConfigurationError
@@ -34,16 +39,23 @@ from .events import RunProgressed as RunProgressed
 from .events import Subscription as Subscription
 from .events import TriggerCoalesced as TriggerCoalesced
 from .jobs import Backoff as Backoff
+from .jobs import BackoffOption as BackoffOption
+from .jobs import Default as Default
+from .jobs import Handler as Handler
 from .jobs import Job as Job
+from .jobs import KeyOption as KeyOption
+from .options_types import TriggerOptions as TriggerOptions
 from .runs import AttemptError as AttemptError
 from .runs import CoalescedTrigger as CoalescedTrigger
 from .runs import Disposition as Disposition
+from .runs import JSONObject as JSONObject
 from .runs import LogEntry as LogEntry
 from .runs import Progress as Progress
 from .runs import Run as Run
 from .runs import RunStatus as RunStatus
 from .runs import TriggerResult as TriggerResult
 from .scheduler import Keyflow as Keyflow
+from .state import LaneState as LaneState
 from .stats import LaneSnapshot as LaneSnapshot
 from .stats import Statistics as Statistics
 from .stats import TriggerCounts as TriggerCounts
@@ -57,21 +69,32 @@ __version__ = "0.1.0"
 __all__ = [
     "AttemptError",
     "Backoff",
+    "BackoffOption",
+    "Changes",
+    "ChangeWatch",
     "Clock",
-    "CoalescedTrigger",
     "Coalesce",
+    "CoalescedTrigger",
+    "CoalesceOption",
     "ConfigurationError",
+    "Default",
     "Disposition",
     "Event",
+    "Handler",
     "IllegalTransitionError",
+    "InputPolicy",
     "InvalidCoalesceError",
     "InvalidInputError",
     "InvalidTriggerError",
     "Job",
+    "JSONObject",
     "Keyflow",
     "KeyflowError",
+    "KeyOption",
     "LaneSnapshot",
+    "LaneState",
     "LogEntry",
+    "MergeFunction",
     "Progress",
     "ReadOnlyError",
     "Retry",
@@ -85,17 +108,18 @@ __all__ = [
     "RunStatus",
     "SchedulerNotRunningError",
     "Statistics",
+    "StorageBackend",
     "StorageCorruptError",
     "StorageError",
     "StorageLockedError",
-    "StorageBackend",
+    "Strategy",
     "Subscription",
-    "Changes",
-    "ChangeWatch",
     "SystemClock",
+    "TimerHandle",
     "TriggerCoalesced",
     "TriggerCounts",
     "TriggerError",
+    "TriggerOptions",
     "TriggerRequest",
     "TriggerResult",
     "UnknownJobError",

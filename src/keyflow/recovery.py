@@ -125,6 +125,14 @@ def _recover_crashed(core: Core, record: RunRecord) -> None:
         return
     record.crashes += 1
     if record.crashes >= MAX_CRASHES:
+        logger.error(
+            "run %s (job %r, key %r) was running when the process died, %d times: it is "
+            "failed as a poison pill",
+            record.id,
+            record.job,
+            record.key,
+            record.crashes,
+        )
         record.add_error(
             AttemptError(
                 attempt=record.attempt,
@@ -140,4 +148,13 @@ def _recover_crashed(core: Core, record: RunRecord) -> None:
         core.counters.failed += 1
         core.finish(record, FAIL, RUNNING)
         return
+    logger.warning(
+        "run %s (job %r, key %r) was running when the process died (crash %d of %d): "
+        "it runs again, as a new attempt",
+        record.id,
+        record.job,
+        record.key,
+        record.crashes,
+        MAX_CRASHES,
+    )
     core.interrupt(record, crashed=True)

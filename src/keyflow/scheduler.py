@@ -261,13 +261,14 @@ class Keyflow:
         if self._stopping is None:
             if self._phase == "stopped":
                 return
-            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+            # From this moment on: no trigger from outside, no new start.
+            was_running = self._phase == "running" and not self._read_only
+            self._phase = "stopping"
+            self._core.accepting = False
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace, was_running))
         await asyncio.shield(self._stopping)
 
-    async def _stop(self, grace: float) -> None:
-        was_running = self._phase == "running" and not self._read_only
-        self._phase = "stopping"
-        self._core.accepting = False
+    async def _stop(self, grace: float, was_running: bool) -> None:
         if was_running:
             await self._pool.stop(grace)
             self._core.accepting_chained = False  # no handler runs any more
@@ -826,6 +827,11 @@ class Keyflow:
             if self._phase in ("new", "starting"):
                 raise SchedulerNotRunningError(
                     "keyflow is not started: use 'async with kf:' or 'await kf.start()'"
+                )
+            if self._phase == "stopping":
+                raise SchedulerNotRunningError(
+                    "keyflow is stopping; it accepts no more triggers (a running handler's "
+                    "ctx.trigger is still taken during the stop's grace)"
                 )
             raise SchedulerNotRunningError("keyflow is stopped; it accepts no more triggers")
 

@@ -183,6 +183,7 @@ class RunState:
 
 
 LaneState: TypeAlias = Literal["idle", "running", "running+queued"]
+"""A lane's state: nothing holds it, runs hold its slots, or runs also wait."""
 
 
 class PlanKind(StrEnum):

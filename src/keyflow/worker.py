@@ -277,7 +277,7 @@ class WorkerPool:
             if delay is None:
                 self._fail_or_retry(job, record)
             else:
-                core.fail(record, delay)
+                self._failed(record, delay)
         elif isinstance(failure, TimeoutError) or (
             failure is None and deadline is not None and deadline.expired()
         ):
@@ -298,14 +298,29 @@ class WorkerPool:
 
     def _fail_or_retry(self, job: Job, record: RunRecord) -> None:
         if record.retries_used >= job.retries:
-            self._core.fail(record, None)
+            self._failed(record, None)
             return
         try:
             delay = backoff_delay(job.backoff, record.retries_used + 1, self._rng)
         except KeyflowError as exc:  # the job's backoff function misbehaved
             self._record_error(record, exc, f"no retry: {exc}")
-            self._core.fail(record, None)
+            self._failed(record, None)
             return
+        self._failed(record, delay)
+
+    def _failed(self, record: RunRecord, delay: float | None) -> None:
+        """The attempt failed (its error is recorded): log it, then retry or fail."""
+        retry = delay is not None and record.retries_used + 1 < record.max_attempts
+        logger.warning(
+            "run %s (job %r, key %r) attempt %d of %d failed: %s; %s",
+            record.id,
+            record.job,
+            record.key,
+            record.attempt,
+            record.max_attempts,
+            record.error,
+            f"retry in {delay:g}s" if retry else "no retry left: the run failed",
+        )
         self._core.fail(record, delay)
 
     def _finish_ok(self, record: RunRecord, output: Any) -> None:
@@ -314,7 +329,7 @@ class WorkerPool:
         except NotJSONError as exc:
             error = TypeError(f"handler returned a value that is not JSON storage can hold: {exc}")
             self._record_error(record, error)
-            self._core.fail(record, None)
+            self._failed(record, None)
             return
         self._core.complete(record, checked)
 
