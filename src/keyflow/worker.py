@@ -246,6 +246,15 @@ class WorkerPool:
             if worker.detached:
                 return  # a stop gave up on this handler; its run was interrupted
             worker.current = None
+            if (
+                failure is None
+                and deadline is None
+                and not record.cancel_requested
+                and (output is None or type(output) is bool or type(output) is str)
+                and (type(output) is not str or output.isascii())
+            ):
+                core.complete(record, output)  # the common end: storable as it is
+                continue
             try:
                 self._settle(job, record, task, failure, output, deadline)
             except Exception:  # a bug in keyflow: the run must still end
