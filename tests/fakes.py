@@ -122,9 +122,9 @@ class DiskLikeBackend(StorageBackend):
         """Matching runs, newest first."""
         return await self.inner.list_runs(query)
 
-    async def count_runs(self, query: RunQuery) -> int:
+    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
         """How many runs match."""
-        return await self.inner.count_runs(query)
+        return await self.inner.count_runs(query, at_most=at_most)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run an earlier trigger with that key made."""

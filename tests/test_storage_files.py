@@ -216,11 +216,11 @@ async def test_an_older_schema_is_migrated_in_place(
     await backend.write(WriteBatch([record("a")]))
     await backend.close()
     migration = ["ALTER TABLE keyflow_runs ADD COLUMN note TEXT"]
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 2: migration})
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", {**sqlite_schema.MIGRATIONS, 3: migration})
     assert await unfinished_ids(SQLiteBackend(path)) == ["a"]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM keyflow_schema").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM keyflow_schema").fetchall() == [(4,)]
         columns = [row[1] for row in db.execute("PRAGMA table_info(keyflow_runs)")]
     db.close()
     assert "note" in columns

@@ -17,9 +17,11 @@ Contract for :meth:`StorageBackend.write`:
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..runs import Run, RunStatus
 
@@ -48,7 +50,11 @@ class WriteBatch:
 
 @dataclass(frozen=True, slots=True)
 class RunQuery:
-    """Filters for :meth:`StorageBackend.list_runs`; results are newest first."""
+    """Filters for :meth:`StorageBackend.list_runs`; results are newest first.
+
+    Every filter given must match. Times are epoch seconds: ``*_after`` is inclusive,
+    ``*_before`` exclusive.
+    """
 
     job: str | None = None
     status: RunStatus | None = None
@@ -58,8 +64,66 @@ class RunQuery:
     text: str | None = None
     """Free text, any case: found anywhere in the stored run (id, job, key, input, labels,
     output, error, logs)."""
+    key_prefix: str | None = None
+    """The run's concurrency key starts with this (runs without a key never match)."""
+    created_after: float | None = None
+    created_before: float | None = None
+    finished_after: float | None = None
+    """Only finished runs match a ``finished_*`` filter."""
+    finished_before: float | None = None
     limit: int = 50
     offset: int = 0
+
+    def matches(
+        self,
+        job: str,
+        status: str,
+        key: str | None,
+        created_at: float,
+        finished_at: float | None,
+        labels: Mapping[str, str] | None,
+    ) -> bool:
+        """Does a run with these fields match every filter but ``text``?
+
+        The one definition the backends that filter in Python share (memory, JSON).
+        """
+        if self.job is not None and job != self.job:
+            return False
+        if self.status is not None and status != self.status.value:
+            return False
+        if self.key is not None and key != self.key:
+            return False
+        if self.key_prefix is not None and (key is None or not key.startswith(self.key_prefix)):
+            return False
+        if self.created_after is not None and created_at < self.created_after:
+            return False
+        if self.created_before is not None and created_at >= self.created_before:
+            return False
+        if self.finished_after is not None or self.finished_before is not None:
+            if finished_at is None:
+                return False
+            if self.finished_after is not None and finished_at < self.finished_after:
+                return False
+            if self.finished_before is not None and finished_at >= self.finished_before:
+                return False
+        return not self.labels or all(
+            labels is not None and labels.get(n) == v for n, v in self.labels
+        )
+
+
+T = TypeVar("T")
+
+
+def page_of(matching: Iterable[T], query: RunQuery) -> list[T]:
+    """The ``offset``/``limit`` page of ``matching`` (an iterator, newest first)."""
+    return list(itertools.islice(matching, query.offset, query.offset + query.limit))
+
+
+def count_of(matching: Iterable[object], at_most: int | None) -> int:
+    """How many ``matching`` yields, stopping at ``at_most``."""
+    if at_most is not None:
+        matching = itertools.islice(matching, at_most)
+    return sum(1 for _ in matching)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +193,12 @@ class StorageBackend(ABC):
         """Runs matching ``query``, newest first."""
 
     @abstractmethod
-    async def count_runs(self, query: RunQuery) -> int:
-        """How many runs match ``query`` (``limit``/``offset`` ignored)."""
+    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
+        """How many runs match ``query`` (``limit``/``offset`` ignored).
+
+        With ``at_most``, counting may stop there: the answer is ``min(count, at_most)``
+        (a dashboard shows "1,000+" without counting a million).
+        """
 
     @abstractmethod
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:

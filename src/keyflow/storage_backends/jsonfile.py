@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run
-from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .journal import JournalFile, identity, replace_atomically
 from .lockfile import WriterLock
 from .rows import Row, dumps, encode_row, record_row, row_record, row_run
@@ -437,17 +437,18 @@ class JSONFileBackend(StorageBackend):
                     raise
 
     def _matching(self, query: RunQuery) -> Iterator[Row]:
-        status = None if query.status is None else query.status.value
+        text = query.text.lower() if query.text else None
         for row in reversed(self._runs.values()):
-            if query.job is not None and row["job"] != query.job:
+            if not query.matches(
+                row["job"],
+                row["status"],
+                row["key"],
+                row["created_at"],
+                row["finished_at"],
+                row["labels"],
+            ):
                 continue
-            if status is not None and row["status"] != status:
-                continue
-            if query.key is not None and row["key"] != query.key:
-                continue
-            if query.labels and any(row["labels"].get(n) != v for n, v in query.labels):
-                continue
-            if query.text and query.text.lower() not in dumps(row).lower():
+            if text is not None and text not in dumps(row).lower():
                 continue
             yield row
 
@@ -460,19 +461,12 @@ class JSONFileBackend(StorageBackend):
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
         await self._refresh()
-        out: list[Run] = []
-        for index, row in enumerate(self._matching(query)):
-            if index < query.offset:
-                continue
-            if len(out) >= query.limit:
-                break
-            out.append(row_run(row))
-        return out
+        return [row_run(row) for row in page_of(self._matching(query), query)]
 
-    async def count_runs(self, query: RunQuery) -> int:
-        """How many runs match."""
+    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
+        """How many runs match (stopping at ``at_most``)."""
         await self._refresh()
-        return sum(1 for _ in self._matching(query))
+        return count_of(self._matching(query), at_most)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run an earlier trigger with that key made, while it is retained."""

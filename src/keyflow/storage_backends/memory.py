@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..runs import Run
-from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .rows import dumps, record_row
 
 if TYPE_CHECKING:
@@ -92,35 +92,28 @@ class MemoryBackend(StorageBackend):
         return None if record is None else record.snapshot()
 
     def _matching(self, query: RunQuery) -> Iterator[RunRecord]:
+        text = query.text.lower() if query.text else None
         for record in reversed(self._runs.values()):
-            if query.job is not None and record.job != query.job:
+            if not query.matches(
+                record.job,
+                record.status.value,
+                record.key,
+                record.created_at,
+                record.finished_at,
+                record.labels,
+            ):
                 continue
-            if query.status is not None and record.status is not query.status:
-                continue
-            if query.key is not None and record.key != query.key:
-                continue
-            if query.labels and any(record.labels.get(n) != v for n, v in query.labels):
-                continue
-            if query.text and query.text.lower() not in dumps(record_row(record)).lower():
+            if text is not None and text not in dumps(record_row(record)).lower():
                 continue
             yield record
 
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
-        out: list[Run] = []
-        skipped = 0
-        for record in self._matching(query):
-            if skipped < query.offset:
-                skipped += 1
-                continue
-            if len(out) >= query.limit:
-                break
-            out.append(record.snapshot())
-        return out
+        return [record.snapshot() for record in page_of(self._matching(query), query)]
 
-    async def count_runs(self, query: RunQuery) -> int:
-        """How many runs match."""
-        return sum(1 for _ in self._matching(query))
+    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
+        """How many runs match (stopping at ``at_most``)."""
+        return count_of(self._matching(query), at_most)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run an earlier trigger with that key made, while it is retained."""

@@ -32,9 +32,9 @@ from .sqlite_schema import (
     insert_idempotency,
     insert_labels,
     labels_table,
-    metadata,
     runs_table,
     schema_table,
+    text_table,
     upsert_run,
 )
 
@@ -65,6 +65,7 @@ class SQLiteBackend(StorageBackend):
         self._engine: AsyncEngine | None = None
         self._writer: AsyncConnection | None = None
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
+        self._text_index = False  # the database has the full-text index (FTS5)
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
 
@@ -117,6 +118,13 @@ class SQLiteBackend(StorageBackend):
                 .order_by(ROWID)
             )
             records = [row_record(loads_row(data, str(self.path))) for (data,) in unfinished]
+            if await conn.run_sync(schema.has_text_index):
+                if not await conn.run_sync(schema.has_fts5):
+                    raise StorageError(
+                        f"{self.path} has a full-text index, but this SQLite has no FTS5 "
+                        "module: use a Python whose SQLite includes FTS5"
+                    )
+                self._text_index = True
             self._finished = await self._count_finished(conn)
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageCorruptError(
@@ -148,7 +156,7 @@ class SQLiteBackend(StorageBackend):
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
             if not tables:
-                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(schema.create)
                 await conn.execute(schema_table.insert().values(version=schema.SCHEMA_VERSION))
             else:
                 version = await self._schema_version(conn)
@@ -289,8 +297,10 @@ class SQLiteBackend(StorageBackend):
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
         statement = (
-            _filtered(select(runs_table.c.data), query)
-            .order_by(ROWID.desc())
+            _filtered(select(runs_table.c.data), query, text_index=self._text_index)
+            # created_at first: the job and key filters then read their indexes in order
+            # (rowid breaks ties, and is creation order within a process).
+            .order_by(runs_table.c.created_at.desc(), ROWID.desc())
             .limit(query.limit)
             .offset(query.offset)
         )
@@ -302,11 +312,18 @@ class SQLiteBackend(StorageBackend):
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
         return [row_run(loads_row(data, str(self.path))) for data in rows]
 
-    async def count_runs(self, query: RunQuery) -> int:
-        """How many runs match."""
-        count = await self._read_scalar(
-            _filtered(select(func.count()).select_from(runs_table), query)
-        )
+    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
+        """How many runs match (stopping at ``at_most``)."""
+        if at_most is None:
+            statement = _filtered(
+                select(func.count()).select_from(runs_table), query, text_index=self._text_index
+            )
+        else:
+            matching = _filtered(
+                select(ROWID).select_from(runs_table), query, text_index=self._text_index
+            ).limit(at_most)
+            statement = select(func.count()).select_from(matching.subquery())
+        count = await self._read_scalar(statement)
         return int(count or 0)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
@@ -364,10 +381,14 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "finished_at": row["finished_at"],
         "data": text,
+        "due_at": row["due_at"],
+        "started_at": row["started_at"],
+        "attempt": row["attempt"],
+        "trigger_count": row["trigger_count"],
     }
 
 
-def _filtered(statement: Any, query: RunQuery) -> Any:
+def _filtered(statement: Any, query: RunQuery, *, text_index: bool) -> Any:
     table = runs_table
     if query.job is not None:
         statement = statement.where(table.c.job == query.job)
@@ -375,17 +396,24 @@ def _filtered(statement: Any, query: RunQuery) -> Any:
         statement = statement.where(table.c.status == query.status.value)
     if query.key is not None:
         statement = statement.where(table.c.concurrency_key == query.key)
-    if query.text:
-        pattern = (
-            "%"
-            + query.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            + "%"
+    if query.key_prefix is not None:
+        prefix = query.key_prefix
+        # A range the key index serves, then the exact test (LIKE would ignore case).
+        statement = statement.where(
+            table.c.concurrency_key >= prefix,
+            table.c.concurrency_key < prefix + "\U0010ffff",
+            func.substr(table.c.concurrency_key, 1, len(prefix)) == prefix,
         )
-        if query.text.isascii():
-            # LIKE ignores ASCII case by itself; lower() would cost a copy of every row.
-            statement = statement.where(table.c.data.like(pattern, escape="\\"))
-        else:  # SQLite folds ASCII only: fold the rest as the other backends do
-            statement = statement.where(func.keyflow_lower(table.c.data).like(pattern, escape="\\"))
+    if query.created_after is not None:
+        statement = statement.where(table.c.created_at >= query.created_after)
+    if query.created_before is not None:
+        statement = statement.where(table.c.created_at < query.created_before)
+    if query.finished_after is not None:
+        statement = statement.where(table.c.finished_at >= query.finished_after)
+    if query.finished_before is not None:
+        statement = statement.where(table.c.finished_at < query.finished_before)
+    if query.text:
+        statement = _text_filter(statement, query.text, text_index=text_index)
     for index, (name, value) in enumerate(query.labels):
         labels = labels_table
         statement = statement.where(
@@ -398,3 +426,24 @@ def _filtered(statement: Any, query: RunQuery) -> Any:
             .exists()
         )
     return statement
+
+
+def _text_filter(statement: Any, text: str, *, text_index: bool) -> Any:
+    table = runs_table
+    pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    if text.isascii():
+        # LIKE ignores ASCII case by itself; lower() would cost a copy of every row.
+        exact = table.c.data.like(pattern, escape="\\")
+    else:  # SQLite folds ASCII only: fold the rest as the other backends do
+        exact = func.keyflow_lower(table.c.data).like(pattern, escape="\\")
+    statement = statement.where(exact)
+    if not text_index or len(text) < 3:  # trigrams need three characters
+        return statement
+    # Candidates: finished runs the trigram index finds, and the unfinished runs (few,
+    # not indexed); the exact test above then decides.
+    phrase = '"' + text.replace('"', '""') + '"'
+    indexed = select(text_table.c.rowid).where(
+        text_table.c.keyflow_text.op("MATCH")(bindparam("text_phrase", phrase, String))
+    )
+    unfinished = select(ROWID).select_from(table).where(table.c.status.not_in(TERMINAL))
+    return statement.where(ROWID.in_(indexed.union_all(unfinished)))
