@@ -45,6 +45,7 @@ from .jobs import Handler as Handler
 from .jobs import Job as Job
 from .jobs import KeyOption as KeyOption
 from .options_types import TriggerOptions as TriggerOptions
+from .queries import RunFilters as RunFilters
 from .runs import AttemptError as AttemptError
 from .runs import CoalescedTrigger as CoalescedTrigger
 from .runs import Disposition as Disposition
@@ -101,6 +102,7 @@ __all__ = [
     "Run",
     "RunChanged",
     "RunContext",
+    "RunFilters",
     "RunLogged",
     "RunLogger",
     "RunNotFoundError",

@@ -32,14 +32,15 @@ from .jobs import (
     KeyOption,
     job_definer,
 )
-from .jsonvalue import NotJSONError, check_text, safe_repr
+from .jsonvalue import safe_repr
 from .options import count, optional_seconds, seconds
 from .options_types import TRIGGER_OPTIONS, TriggerOptions
+from .queries import RunFilters, build_query
 from .records import RunRecord
 from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Statistics, TriggerCounts
-from .storage_backends import RunQuery, StorageBackend, open_backend
+from .storage_backends import StorageBackend, open_backend
 from .trigger_request import TriggerRequest
 from .triggers import PreparedTrigger, prepare_request
 from .watch import ChangeWatch
@@ -568,49 +569,44 @@ class Keyflow:
         return await self._backend.get_run(run_id)
 
     async def list_runs(
-        self,
-        *,
-        job: str | None = None,
-        status: RunStatus | str | None = None,
-        concurrency_key: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        text: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
+        self, *, limit: int = 50, offset: int = 0, **filters: Unpack[RunFilters]
     ) -> list[Run]:
         """Runs matching every filter given, newest first.
 
-        ``text`` matches anywhere in the stored run (id, job, key, input, labels, output,
-        error, logs), ignoring case.
+        Filters (:class:`RunFilters`): ``job``, ``status``, ``concurrency_key``,
+        ``key_prefix``, ``labels`` (every pair must match), ``text`` (anywhere in the
+        stored run: id, job, key, input, labels, output, error, logs; ignoring case), and
+        the time ranges ``created_after``/``created_before`` and
+        ``finished_after``/``finished_before``.
 
         Raises:
-            ValueError: an unknown status, or a negative limit/offset.
+            ConfigurationError: an unknown status or filter, a bad value, or a negative
+                limit/offset (also a ValueError).
         """
         count(limit, "limit", minimum=0)
         count(offset, "offset", minimum=0)
-        query = _query(job, status, concurrency_key, labels, text, limit, offset)
+        query = build_query(filters, limit=limit, offset=offset)
         await self._fresh()
         runs = await self._backend.list_runs(query)
         live = self._core.records
         return [live[r.id].snapshot() if r.id in live else r for r in runs]
 
-    async def count_runs(
-        self,
-        *,
-        job: str | None = None,
-        status: RunStatus | str | None = None,
-        concurrency_key: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        text: str | None = None,
-    ) -> int:
+    async def count_runs(self, *, at_most: int | None = None, **filters: Unpack[RunFilters]) -> int:
         """How many runs :meth:`list_runs` would find with these filters and no limit.
 
+        Args:
+            at_most: stop counting there: the answer is ``min(count, at_most)`` (cheap
+                "1,000+" displays over big stores).
+            **filters: as for :meth:`list_runs`.
+
         Raises:
-            ValueError: an unknown status.
+            ConfigurationError: an unknown status or filter, or a bad value.
         """
-        query = _query(job, status, concurrency_key, labels, text, 0, 0)
+        if at_most is not None:
+            count(at_most, "at_most", minimum=0)
+        query = build_query(filters)
         await self._fresh()
-        return await self._backend.count_runs(query)
+        return await self._backend.count_runs(query, at_most=at_most)
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is terminal and return it.
@@ -837,51 +833,6 @@ class Keyflow:
 
     def _cancel_task(self, record: RunRecord) -> None:
         self._pool.cancel_running(record)
-
-
-def _query(
-    job: str | None,
-    status: RunStatus | str | None,
-    key: str | None,
-    labels: Mapping[str, str] | None,
-    text: str | None,
-    limit: int,
-    offset: int,
-) -> RunQuery:
-    for name, value in (("job", job), ("concurrency_key", key), ("text", text)):
-        if value is not None:
-            _check_filter(value, name)
-    try:
-        wanted = None if status is None else RunStatus(status)
-    except ValueError:
-        known = ", ".join(repr(s.value) for s in RunStatus)
-        raise ConfigurationError(
-            f"unknown status {safe_repr(status)}; expected one of {known}"
-        ) from None
-    if labels is not None and not isinstance(labels, Mapping):
-        raise ConfigurationError(f"labels must be a mapping of strings, got {safe_repr(labels)}")
-    pairs = tuple(sorted((labels or {}).items()))
-    for name, value in pairs:
-        _check_filter(name, "a label name")
-        _check_filter(value, f"label {name!r}")
-    return RunQuery(
-        job=job,
-        status=wanted,
-        key=key,
-        labels=pairs,
-        text=text or None,
-        limit=limit,
-        offset=offset,
-    )
-
-
-def _check_filter(value: object, name: str) -> None:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, got {safe_repr(value)}")
-    try:
-        check_text(value, name)
-    except NotJSONError as exc:
-        raise ConfigurationError(str(exc)) from None
 
 
 def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:
