@@ -252,7 +252,7 @@ async def test_a_handler_raising_retry_with_nan_fails_its_attempt_cleanly(
     await kf.start()
     run = await job.trigger_and_wait({}, labels={"team": "a"}, timeout=5)
     assert run.status is RunStatus.FAILED
-    assert run.errors[0].type == "ValueError"
+    assert run.errors[0].type == "ConfigurationError"  # a keyflow error, and a ValueError
     assert [r.id for r in await kf.list_runs(labels={"team": "a"})] == [run.id]
 
 

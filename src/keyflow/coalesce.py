@@ -54,10 +54,11 @@ class Coalesce:
         if (
             isinstance(self.max_queued, bool)
             or not isinstance(self.max_queued, int)
-            or self.max_queued < 1
+            or not 1 <= self.max_queued <= 1_000_000
         ):
             raise InvalidCoalesceError(
-                f"max_queued must be an integer >= 1, got {self.max_queued!r}"
+                f"max_queued must be an integer >= 1 (and at most 1,000,000), "
+                f"got {self.max_queued!r}"
             )
         if self.input not in ("latest", "first") and not callable(self.input):
             raise InvalidCoalesceError(

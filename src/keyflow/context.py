@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Unpack
 
-from .jsonvalue import NotJSONError, copy_json_dict, safe_repr, safe_str, storable_text
+from .jsonvalue import (
+    MAX_TEXT,
+    NotJSONError,
+    copy_json_dict,
+    dumps_text,
+    is_finite_number,
+    may_be_large,
+    safe_repr,
+    safe_str,
+    storable_text,
+)
 from .options_types import TriggerOptions
 from .runs import JSONObject, LogEntry, Progress, TriggerResult
 
@@ -25,10 +34,21 @@ class RunLogger:
 
     def _emit(self, level: str, message: object, data: dict[str, Any]) -> None:
         # Whatever the handler logs is stored as safe text: a log line never fails a run.
+        fields: JSONObject
         try:
-            fields: JSONObject = copy_json_dict(data)
+            fields = copy_json_dict(data)
+            if fields and may_be_large(fields):
+                size = len(dumps_text(fields))
+                if size > MAX_TEXT:
+                    fields = {"data": f"<{size:,} characters of data, too many to keep>"}
         except NotJSONError:
-            fields = {storable_text(name): safe_repr(value) for name, value in data.items()}
+            if len(data) > 100:
+                fields = {"data": f"<{len(data):,} fields, too many to keep>"}
+            else:
+                fields = {
+                    storable_text(name, 200): storable_text(safe_repr(value))
+                    for name, value in data.items()
+                }
         entry = LogEntry(self._core.clock.now(), level, safe_str(message), fields, self._attempt)
         self._core.report_log(self._record, entry)
 
@@ -106,12 +126,10 @@ class RunContext:
         for name, value in (("current", current), ("total", total)):
             if value is None and name == "total":
                 continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
-                raise ValueError(f"progress {name} must be a finite number, got {value!r}")
+            if not is_finite_number(value):
+                raise ValueError(
+                    f"progress {name} must be a finite number, got {safe_repr(value)[:100]}"
+                )
         note = None if message is None else safe_str(message)
         self._core.report_progress(
             self._record, Progress(float(current), None if total is None else float(total), note)

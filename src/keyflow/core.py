@@ -18,7 +18,7 @@ from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
 from .errors import InvalidInputError
 from .hub import EventHub
-from .jsonvalue import NotJSONError, copy_json_dict, json_object_copy
+from .jsonvalue import NotJSONError, check_size, copy_json_dict, json_object_copy, may_be_large
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
     AttemptError,
@@ -674,6 +674,12 @@ class Core:
         self._moved(record, QUEUED)
         self._dispatch_one(record)
 
+    def ready_again(self, record: RunRecord) -> None:
+        """A pending run that was held back (a crash suspect) is ready: first in line."""
+        self.ready.appendleft(record)
+        if self.idle_workers:
+            self._wake_worker()
+
     def _dispatch_one(self, record: RunRecord) -> None:
         self.ready.append(record)
         if self.idle_workers:
@@ -793,8 +799,10 @@ def _merge(
     try:
         # Deep copies: a merge that changes its arguments in place must not reach the
         # stored input (which a rolled-back trigger would then leave changed).
-        merged = merge(copy_json_dict(old), copy_json_dict(new))
-        return json_object_copy(merged)
+        merged = json_object_copy(merge(copy_json_dict(old), copy_json_dict(new)))
+        if may_be_large(merged):
+            check_size(merged, "$")
+        return merged
     except NotJSONError as exc:
         raise InvalidInputError(f"merge function of job {job!r} returned non-JSON: {exc}") from None
     except Exception as error:  # another name: a compiled build types `exc` as NotJSONError

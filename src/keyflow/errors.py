@@ -109,12 +109,19 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None) -> None:
-        if delay is not None and (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not math.isfinite(delay)
-            or delay < 0
-        ):
-            raise ValueError(f"Retry delay must be a finite number of seconds >= 0, got {delay!r}")
+        if delay is not None and not _seconds(delay):
+            raise ConfigurationError(
+                f"Retry delay must be a finite number of seconds >= 0, got {repr(delay)[:100]}"
+            )
         self.delay = delay
         super().__init__(f"retry requested (delay={delay})")
+
+
+def _seconds(value: object) -> bool:
+    # (here, not in options.py, which imports this module)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and 0 <= value <= 315_360_000
+    except OverflowError:
+        return False

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, Unpack
 
 from .coalesce import Coalesce, CoalesceOption, parse_coalesce
 from .errors import ConfigurationError
-from .jsonvalue import NotJSONError, check_text, safe_repr
+from .jsonvalue import NotJSONError, check_text, is_finite_number, safe_repr
 from .options import count, optional_seconds, seconds
 from .runs import JSONObject, Run, TriggerResult
 
@@ -38,7 +38,7 @@ DEFAULT = Default.DEFAULT
 
 
 def _not_number(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    return not is_finite_number(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class Backoff:
         base = min(self.maximum, self.initial * growth) if self.initial else 0.0
         if self.jitter:
             base *= 1 + rng.uniform(-self.jitter, self.jitter)
-        return max(0.0, base)
+        return max(0.0, min(self.maximum, base))
 
 
 BackoffOption: TypeAlias = Backoff | float | Callable[[int], float]
@@ -136,7 +136,7 @@ def job_definer(
     """
     if name is not None:
         check_name(name, "job name")
-    count(retries, "retries", minimum=0)
+    count(retries, "retries", minimum=0, maximum=1_000_000)
     checked_timeout = optional_seconds(timeout, "timeout", positive=True)
     checked_backoff = check_backoff(backoff)
     key: KeyOption

@@ -4,24 +4,34 @@ A run's input must be a JSON object; a handler's output any JSON value. Both are
 copied on the way in, so later changes to the caller's objects never reach a stored run,
 and checked to be *storable*: JSON that every backend can write as UTF-8 text and read
 back. So, beyond the JSON types, strings must be valid Unicode (no lone surrogates,
-which ``os.listdir`` returns for file names that are not UTF-8) and integers must have
-at most :data:`MAX_INT_DIGITS` digits (Python refuses to write longer ones as text).
+which ``os.listdir`` returns for file names that are not UTF-8), integers must be short
+enough to print (:data:`MAX_INT_DIGITS`, and Python's own limit if the application
+lowered it), nesting at most :data:`MAX_DEPTH` deep, and a whole value at most
+:data:`MAX_VALUE_CHARS` characters of JSON.
 
 Text keyflow stores on a handler's behalf (exception messages, tracebacks, log lines)
-goes through :func:`storable_text` instead of being refused: a bad character there must
-not cost the run.
+goes through :func:`storable_text` instead of being refused: a bad character or a huge
+message there must not cost the run.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Final
+import sys
+from typing import Any, Final, TypeGuard
 
 from .runs import JSONObject
 
 MAX_INT_DIGITS: Final = 4000
 """The longest integer (in decimal digits) a stored value may hold."""
-_INT_BOUND: Final = 10**MAX_INT_DIGITS
+MAX_DEPTH: Final = 100
+"""How deeply lists and objects may nest in a stored value."""
+MAX_VALUE_CHARS: Final = 1 << 20
+"""The longest a stored input or output may be, as JSON text (1 MiB of characters)."""
+MAX_TEXT: Final = 10_000
+"""The longest text stored on a handler's behalf (a message, a log line, a note)."""
+_SAFE_INT: Final = 10**600  # below Python's lowest settable limit (640 digits): printable
 _SCALARS: Final = (bool, type(None))
 
 
@@ -29,11 +39,11 @@ class NotJSONError(ValueError):
     """The value cannot be stored as JSON; the message says where and why."""
 
 
-def json_copy(value: object, where: str = "$") -> Any:
+def json_copy(value: object, where: str = "$", depth: int = 0) -> Any:
     """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only.
 
     Tuples become lists. Dict keys must be strings; floats must be finite; strings valid
-    Unicode; integers at most :data:`MAX_INT_DIGITS` digits long.
+    Unicode; integers printable; nesting at most :data:`MAX_DEPTH` deep.
 
     Raises:
         NotJSONError: naming the path of the first offending value.
@@ -46,22 +56,26 @@ def json_copy(value: object, where: str = "$") -> Any:
             check_text(value, where)
         return value if type(value) is str else str.__str__(value)
     if isinstance(value, int):
-        if not -_INT_BOUND < value < _INT_BOUND:
-            raise NotJSONError(f"{where} is an integer longer than {MAX_INT_DIGITS} digits")
+        if not -_SAFE_INT < value < _SAFE_INT:
+            check_int(value, where)
         return value if type(value) is int else int.__int__(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise NotJSONError(f"{where} is {value!r}, which JSON cannot represent")
         return value if type(value) is float else float.__float__(value)
     if isinstance(value, dict):
-        return copy_json_dict(value, where)
+        return copy_json_dict(value, where, depth)
     if isinstance(value, list | tuple):
-        return [json_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise NotJSONError(f"{where} nests deeper than {MAX_DEPTH} levels")
+        return [json_copy(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     raise NotJSONError(f"{where} is a {type(value).__name__}, which is not a JSON value")
 
 
-def copy_json_dict(value: dict[Any, Any], where: str = "$") -> JSONObject:
+def copy_json_dict(value: dict[Any, Any], where: str = "$", depth: int = 0) -> JSONObject:
     """Copy a dict as a JSON object (see :func:`json_copy`)."""
+    if depth >= MAX_DEPTH:
+        raise NotJSONError(f"{where} nests deeper than {MAX_DEPTH} levels")
     out: JSONObject = {}
     for k, v in value.items():
         if type(k) is not str:
@@ -77,14 +91,68 @@ def copy_json_dict(value: dict[Any, Any], where: str = "$") -> JSONObject:
                 check_text(v, f"{where}.{k}")
             out[k] = v
         elif t is int:
-            if not -_INT_BOUND < v < _INT_BOUND:
-                raise NotJSONError(f"{where}.{k} is an integer longer than {MAX_INT_DIGITS} digits")
+            if not -_SAFE_INT < v < _SAFE_INT:
+                check_int(v, f"{where}.{k}")
             out[k] = v
         elif t is bool or v is None:
             out[k] = v
         else:
-            out[k] = json_copy(v, f"{where}.{k}")
+            out[k] = json_copy(v, f"{where}.{k}", depth + 1)
     return out
+
+
+def check_int(value: int, where: str) -> None:
+    """Refuse an integer too long to write as text (ours or Python's current limit).
+
+    Raises:
+        NotJSONError: naming ``where``.
+    """
+    limit = sys.get_int_max_str_digits() or MAX_INT_DIGITS
+    digits = min(MAX_INT_DIGITS, limit)
+    if not -(10**digits) < value < 10**digits:
+        raise NotJSONError(f"{where} is an integer longer than {digits} digits")
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """True for an int or float (not a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def dumps_text(value: object) -> str:
+    """Compact JSON text of a (checked) value."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_size(value: object, where: str) -> None:
+    """Refuse a (checked) JSON value longer than :data:`MAX_VALUE_CHARS` as text.
+
+    Raises:
+        NotJSONError: naming ``where`` and the size.
+    """
+    size = len(dumps_text(value))
+    if size > MAX_VALUE_CHARS:
+        raise NotJSONError(
+            f"{where} is {size:,} characters of JSON; at most {MAX_VALUE_CHARS:,} are stored"
+        )
+
+
+def may_be_large(value: JSONObject) -> bool:
+    """Could ``value`` come near :data:`MAX_VALUE_CHARS`? A cheap test: then measure."""
+    if len(value) > 64:
+        return True
+    for v in value.values():
+        t = type(v)
+        if t is str:
+            if len(v) > 4096:
+                return True
+        elif t is list or t is dict:
+            return True
+    return False
 
 
 def json_object_copy(value: object) -> JSONObject:
@@ -109,8 +177,13 @@ def check_text(text: str, where: str) -> None:
         ) from None
 
 
-def storable_text(text: str) -> str:
-    """``text`` made writable as UTF-8: a lone surrogate becomes a backslash escape."""
+def storable_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` made storable: lone surrogates escaped, the text cut at ``limit``.
+
+    A cut text ends with a note saying how much was left out.
+    """
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text) - limit:,} more characters)"
     if text.isascii():
         return text
     try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TypedDict
 
 from .errors import ConfigurationError
-from .jsonvalue import NotJSONError, check_text, safe_repr
+from .jsonvalue import NotJSONError, check_text, is_finite_number, safe_repr
 from .runs import RunStatus
 from .storage_backends.base import RunQuery
 
@@ -95,7 +94,7 @@ def _check_text(value: object, name: str) -> None:
 def _time(value: object, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ConfigurationError(
             f"{name} must be a finite time in epoch seconds, got {safe_repr(value)}"
         )

@@ -97,9 +97,9 @@ class Keyflow:
         grace: float = 10.0,
         cancel_grace: float = 5.0,
     ) -> None:
-        count(workers, "workers", minimum=1)
+        count(workers, "workers", minimum=1, maximum=100_000)
         count(retention, "retention", minimum=0)
-        count(event_buffer, "event_buffer", minimum=1)
+        count(event_buffer, "event_buffer", minimum=1, maximum=10_000_000)
         self._grace = seconds(grace, "grace")
         cancel_grace = seconds(cancel_grace, "cancel_grace")
         if clock is not None and not isinstance(clock, Clock):
@@ -771,7 +771,7 @@ class Keyflow:
             ConfigurationError: ``buffer`` is not an integer >= 1.
         """
         if buffer is not None:
-            count(buffer, "buffer", minimum=1)
+            count(buffer, "buffer", minimum=1, maximum=10_000_000)
         return self._hub.subscribe(buffer)
 
     def changes(self) -> ChangeWatch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from .coalesce import NAMED_STRATEGIES as _NAMED
@@ -15,7 +14,17 @@ from .errors import (
     UnknownJobError,
 )
 from .jobs import DEFAULT, Job  # at run time: compiled code checks PreparedTrigger.job
-from .jsonvalue import NotJSONError, check_text, copy_json_dict, json_object_copy, safe_repr
+from .jsonvalue import (
+    NotJSONError,
+    check_size,
+    check_text,
+    copy_json_dict,
+    is_finite_number,
+    json_object_copy,
+    may_be_large,
+    safe_repr,
+)
+from .options import MAX_SECONDS
 from .runs import JSONObject
 from .trigger_request import TriggerRequest
 
@@ -102,6 +111,8 @@ def prepare_trigger(
         raise UnknownJobError(f"unknown job {safe_repr(job_name)} (registered jobs: {known})")
     try:
         data = copy_json_dict(input) if type(input) is dict else _other_input(input)
+        if may_be_large(data):
+            check_size(data, "$")
     except NotJSONError as exc:
         raise InvalidInputError(f"input of job {job.name!r} is not a JSON object: {exc}") from None
     # Fast paths for the common argument types; the helpers check everything else.
@@ -197,9 +208,10 @@ def _labels(labels: object) -> dict[str, str] | None:
 
 
 def _delay(delay: object) -> float:
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+    if not is_finite_number(delay) or delay > MAX_SECONDS:
         raise InvalidTriggerError(
-            f"delay must be a finite number of seconds, got {safe_repr(delay)}"
+            f"delay must be a finite number of seconds, at most {MAX_SECONDS:,} (ten years), "
+            f"got {safe_repr(delay)[:100]}"
         )
     if delay < 0:
         raise InvalidTriggerError(f"delay must be >= 0, got {delay!r}")

@@ -25,13 +25,22 @@ import asyncio
 import logging
 import random
 import traceback
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import RunContext
 from .errors import KeyflowError, Retry
 from .jobs import backoff_delay
-from .jsonvalue import NotJSONError, copy_json_dict, json_copy, safe_str, storable_text
+from .jsonvalue import (
+    MAX_TEXT,
+    NotJSONError,
+    check_size,
+    copy_json_dict,
+    json_copy,
+    safe_str,
+    storable_text,
+)
 from .records import RunRecord
 from .runs import AttemptError, RunStatus
 from .state import PENDING, RUNNING
@@ -83,8 +92,10 @@ class WorkerPool:
         self._durable_start = durable_start
         self._workers = [_Worker() for _ in range(size)]
         self._abandoned: list[_Worker] = []
-        self._suspects = asyncio.Lock()
-        """Held by the one run executing after a crash cut it short (see the module)."""
+        self._suspect: RunRecord | None = None
+        """The one run executing after a crash cut it short (see the module)."""
+        self._suspects_waiting: deque[RunRecord] = deque()
+        """Such runs waiting for it (pending, in their order), holding no worker."""
         self._spawned = 0
         self._closing = False
 
@@ -169,11 +180,24 @@ class WorkerPool:
                 if record is not None and record.status is RUNNING:
                     logger.error(
                         "the handler of run %s (job %r) ignored its cancellation at stop; "
-                        "it is abandoned and the run goes back to its lane",
+                        "it is abandoned and the run %s",
                         record.id,
                         record.job,
+                        "is cancelled" if record.cancel_requested else "goes back to its lane",
                     )
-                    self._core.interrupt(record)
+                    if record.cancel_requested:
+                        self._core.cancelled(record)
+                    else:
+                        self._core.interrupt(record)
+
+    @property
+    def abandoned_tasks(self) -> list[asyncio.Task[None]]:
+        """Tasks of handlers a stop gave up on that have not ended yet."""
+        return [
+            w.task
+            for w in (*self._workers, *self._abandoned)
+            if w.detached and w.task is not None and not w.task.done()
+        ]
 
     async def _loop(self, worker: _Worker) -> None:
         # One attempt per turn, inlined (no coroutine per run): this is the hot path.
@@ -192,19 +216,23 @@ class WorkerPool:
                     continue
                 waiter: asyncio.Future[None] = loop.create_future()
                 core.idle_workers.append(waiter)
-                await waiter
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if self._closing:
+                        raise
+                    self._forget_cancels(task)  # a handler's cancel of its own task
                 continue
             job = jobs.get(record.job)
             if job is None:  # recovery rejects these; a run must never stick regardless
                 core.reject(record, f"job {record.job!r} is not registered in this process")
                 continue
             suspect = record.crashes > 0
-            if suspect:  # waits, still pending (a crash now would not count against it)
-                await self._suspects.acquire()
-                status: RunStatus = record.status  # (narrowed before the await)
-                if status is not PENDING:  # cancelled meanwhile
-                    self._suspects.release()
+            if suspect:
+                if self._suspect is not None:  # one at a time; it waits without a worker
+                    self._suspects_waiting.append(record)
                     continue
+                self._suspect = record
             core.start(record)
             worker.current = record
             deadline: asyncio.Timeout | None = None
@@ -228,12 +256,14 @@ class WorkerPool:
                     async with deadline:
                         output = await job.handler(ctx, data)
             except asyncio.CancelledError as exc:
-                if not record.cancel_requested and task.cancelling():
+                if self._closing and task.cancelling() and not record.cancel_requested:
                     if not worker.detached:  # (a stop that gave up interrupted it already)
                         worker.current = None
                         core.interrupt(record)  # a stop: the run goes back to its lane
                     raise
-                failure = exc  # a cancel of the run, or the handler's own CancelledError
+                # A cancel of the run (settled below), or the handler's own cancellation
+                # (of its own task, or a library's): an exception like any other.
+                failure = exc
             except _EXITS:
                 raise  # the process is exiting: on restart the run counts as a crash
             except BaseException as exc:  # Retry, TimeoutError, anything a handler raises
@@ -242,7 +272,7 @@ class WorkerPool:
                 if watchdog is not None:
                     watchdog.cancel()
                 if suspect:
-                    self._suspects.release()
+                    self._next_suspect()
             if worker.detached:
                 return  # a stop gave up on this handler; its run was interrupted
             worker.current = None
@@ -251,25 +281,49 @@ class WorkerPool:
                 and deadline is None
                 and not record.cancel_requested
                 and (output is None or type(output) is bool or type(output) is str)
-                and (type(output) is not str or output.isascii())
+                and (type(output) is not str or (len(output) < MAX_TEXT and output.isascii()))
+                and not task.cancelling()
             ):
                 core.complete(record, output)  # the common end: storable as it is
                 continue
             try:
-                self._settle(job, record, task, failure, output, deadline)
+                self._settle(job, record, failure, output, deadline)
             except Exception:  # a bug in keyflow: the run must still end
                 logger.exception("keyflow failed to record the end of run %s", record.id)
                 now: RunStatus = record.status  # (mypy narrowed it to PENDING above)
                 if now is RUNNING:
                     core.fail(record, None)
-            if task.cancelling():  # a stop came while a cancel was being handled
+            if task.cancelling():
+                if self._closing:
+                    return  # a stop came while the run was ending
+                # Cancels of this task that are not a stop's are settled with the run
+                # (a cancel of the run, or the handler's own): none may kill the worker.
+                self._forget_cancels(task)
+                try:
+                    await asyncio.sleep(0)  # takes a cancel requested but never awaited
+                except asyncio.CancelledError:
+                    if self._closing:
+                        raise
+                    self._forget_cancels(task)
+
+    def _forget_cancels(self, task: asyncio.Task[None]) -> None:
+        while task.cancelling():
+            task.uncancel()
+
+    def _next_suspect(self) -> None:
+        """The suspect that ran is done: the next waiting one (still pending) may run."""
+        self._suspect = None
+        waiting = self._suspects_waiting
+        while waiting:
+            record = waiting.popleft()
+            if record.status is PENDING:
+                self._core.ready_again(record)
                 return
 
     def _settle(
         self,
         job: Job,
         record: RunRecord,
-        task: asyncio.Task[None],
         failure: BaseException | None,
         output: Any,
         deadline: asyncio.Timeout | None,
@@ -277,8 +331,6 @@ class WorkerPool:
         """Record how the attempt ended."""
         core = self._core
         if record.cancel_requested:  # cancelled, whatever the handler did with it
-            if task.cancelling():
-                task.uncancel()  # the run's cancel is handled: the worker goes on
             core.cancelled(record)
         elif isinstance(failure, Retry):
             self._record_error(record, failure)
@@ -335,6 +387,12 @@ class WorkerPool:
     def _finish_ok(self, record: RunRecord, output: Any) -> None:
         try:
             checked = json_copy(output, "output")
+            if (
+                type(checked) is not bool
+                and checked is not None
+                and not (type(checked) is str and len(checked) < MAX_TEXT)
+            ):
+                check_size(checked, "output")
         except NotJSONError as exc:
             error = TypeError(f"handler returned a value that is not JSON storage can hold: {exc}")
             self._record_error(record, error)
@@ -356,7 +414,7 @@ class WorkerPool:
                 attempt=record.attempt,
                 type=storable_text(type(exc).__name__),
                 message=storable_text(message) if message is not None else safe_str(exc),
-                traceback=storable_text(text),
+                traceback=storable_text(text, limit=MAX_TRACEBACK_CHARS + 1),
                 at=self._core.clock.now(),
             )
         )
