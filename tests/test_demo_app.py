@@ -38,3 +38,20 @@ async def test_the_story_page_shows_both_pipelines_beside_the_dashboard() -> Non
     finally:
         await story.kf.stop(grace=0)
         story.world.close()
+
+
+async def test_the_dashboards_navigation_leads_to_the_story() -> None:
+    story, _ = virtual_story(StorySettings(), out=lambda _: None)
+    await story.kf.start()
+    try:
+        app = CaptureTemplates(create_demo_app(story.kf, story.board))
+        async with client(app) as http:
+            for path in ("/", "/lanes", "/runs"):
+                page = await http.get(path)
+                assert '<a href="/story">Story</a>' in page.text, path
+            story_page = await http.get("/story")
+            assert story_page.status_code == 200
+            assert app.rendered[-1][0] == "story.html"
+    finally:
+        await story.kf.stop(grace=0)
+        story.world.close()

@@ -2,7 +2,8 @@
 
 ``/story`` shows the side-by-side of the pipelines (PRs that waited a cycle, staleness,
 coalesced triggers, lanes running+queued) and reloads itself every two seconds; every
-other path is the dashboard (:func:`keyflow.web.create_app`).
+other path is the dashboard (:func:`keyflow.web.create_app`), whose navigation links
+to the story.
 """
 
 from __future__ import annotations
@@ -32,5 +33,8 @@ def create_demo_app(kf: Keyflow, board: Callable[[], Scoreboard]) -> Starlette:
         return templates.TemplateResponse(request, "story.html", {"board": board()})
 
     return Starlette(
-        routes=[Route("/story", story, name="story"), Mount("/", create_app(kf))],
+        routes=[
+            Route("/story", story, name="story"),
+            Mount("/", create_app(kf, links=[("Story", "/story")])),
+        ],
     )

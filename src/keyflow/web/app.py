@@ -57,6 +57,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     secret: bytes | None = None,
     clock: Clock | None = None,
+    links: Sequence[tuple[str, str]] = (),
 ) -> Starlette:
     """The dashboard for ``kf`` (a scheduler in this process, or another source).
 
@@ -77,6 +78,10 @@ def create_app(
         clock: the time pages show ages, timelines and rates against; default: the
             scheduler's clock (``Keyflow(clock=...)``), so a virtual or simulated clock
             reads right.
+        links: extra entries for the navigation bar of every page, ``(label, href)``
+            pairs shown after Runs, e.g. ``[("Story", "/story")]`` for a page the
+            application serves beside the dashboard. The href is used as given (it is
+            not under the dashboard's mount prefix); both are escaped.
     """
     source = (
         kf
@@ -90,6 +95,8 @@ def create_app(
     )
     filters.install(environment)
     environment.globals["url_for"] = _url_path  # paths, not absolute URLs: proxy-proof
+    # In the environment, not a page's context: the 403 and 404 pages show them too.
+    environment.globals["nav_links"] = tuple((label, href) for label, href in links)
     templates = Jinja2Templates(env=environment)
     routes = [
         Route("/", views.overview, name="overview"),

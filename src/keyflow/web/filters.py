@@ -64,9 +64,26 @@ def percent(fraction: float | None) -> str:
     return f"{fraction * 100:.1f}%"
 
 
+SHORT_PREFIX = 4
+"""Hex digits of a run id's per-process prefix that its short form keeps."""
+
+
 def short(run_id: str) -> str:
-    """The distinctive end of a run id."""
-    return run_id.rsplit("-", 1)[-1].lstrip("0") or "0"
+    """A run id, short but still telling runs apart across restarts.
+
+    A run id is ``<12-hex prefix>-<8-hex counter>``; the prefix is new each time a
+    scheduler starts, the counter starts again at 1. The counter alone would repeat
+    after a restart ("process 8" twice), so the short form keeps the prefix's start:
+    ``6ab318108b6f-0000002b`` is ``6ab3-2b``. An id of another shape is shown whole.
+
+    Example:
+        >>> short("6ab318108b6f-0000002b")
+        '6ab3-2b'
+    """
+    prefix, dash, counter = run_id.rpartition("-")
+    if not dash or not prefix:
+        return run_id
+    return f"{prefix[:SHORT_PREFIX]}-{counter.lstrip('0') or '0'}"
 
 
 def install(environment: jinja2.Environment) -> None:
