@@ -186,10 +186,14 @@ async def test_deleting_the_files_under_a_running_scheduler_fails_writes_loudly(
         path.with_name(path.name + ".lock").unlink()
     with pytest.raises(keyflow.StorageError, match="deleted or replaced"):
         await kf.trigger("work", {}, delay=60)
-    if victim == "lock":  # a second writer may now get in: the first must not write
+    if victim == "lock":
         rival = keyflow.Keyflow(storage=storage_url)
-        await rival.start()
-        await rival.stop()
+        if storage_url.startswith("sqlite"):  # the database file itself is locked too
+            with pytest.raises(keyflow.StorageLockedError):
+                await rival.start()
+        else:  # a second writer may now get in: the first must not write any more
+            await rival.start()
+            await rival.stop()
     await kf.stop()
 
 

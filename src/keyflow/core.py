@@ -532,6 +532,7 @@ class Core:
         if status is RUNNING:
             if not record.cancel_requested:
                 record.cancel_requested = True
+                self.pipeline.touch(record)  # written: a restart honours it too
                 self._on_cancel_running(record)
             return True
         timer = self.timers.pop(record.id, None)

@@ -28,6 +28,8 @@ MAX_COALESCED_KEPT: Final = 20
 """How many coalesced triggers a run remembers (``trigger_count`` counts them all)."""
 MAX_LOG_LINES: Final = 200
 """How many log lines a run keeps (the newest)."""
+MAX_ERRORS_KEPT: Final = 50
+"""How many attempt errors a run keeps (the newest; ``attempt`` numbers them)."""
 
 _NO_LABELS: Final[dict[str, str]] = {}
 _EIGHT_DIGITS: Final = 1 << 32
@@ -146,10 +148,12 @@ class RunRecord(RunState):
                 kept.appendleft(evicted)
 
     def add_error(self, error: AttemptError) -> None:
-        """Record the failure of an attempt."""
+        """Record the failure of an attempt (the newest :data:`MAX_ERRORS_KEPT` are kept)."""
         if self.errors is None:
             self.errors = []
         self.errors.append(error)
+        if len(self.errors) > MAX_ERRORS_KEPT:
+            del self.errors[0]
         self.error = f"{error.type}: {error.message}"
 
     def add_log(self, entry: LogEntry) -> None:

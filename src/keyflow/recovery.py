@@ -47,6 +47,7 @@ def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> No
     queued: list[tuple[float, int, RunRecord]] = []
     crashed: list[RunRecord] = []
     unknown: list[RunRecord] = []
+    cancelled: list[RunRecord] = []
     for index, record in enumerate(unfinished):
         core.records[record.id] = record
         counts[record.status.ordinal] += 1
@@ -65,7 +66,10 @@ def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> No
         elif status is RUNNING:
             crashed.append(record)
         elif status is PENDING:
-            core.ready.append(record)
+            if record.cancel_requested:  # a stop cut it short after a cancel was asked
+                cancelled.append(record)
+            else:
+                core.ready.append(record)
         elif status is SCHEDULED:
             core.arm(record)
     for _due, _index, record in sorted(queued, key=lambda item: item[:2]):
@@ -79,6 +83,8 @@ def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> No
     for record in reversed(crashed):  # each goes to the head: reversed keeps their order
         _recover_crashed(core, record)
     _reject_unknown(core, unknown)
+    for record in cancelled:
+        core.cancel(record)
     for lane in list(core.lanes.values()):
         _enforce_limit(core, lane)
     for lane in list(core.lanes.values()):

@@ -35,7 +35,7 @@ from ..runs import Run
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .journal import JournalFile, identity, replace_atomically
 from .lockfile import WriterLock
-from .rows import Row, dumps, encode_row, record_row, row_record, row_run
+from .rows import Row, check_row, dumps, encode_row, record_row, row_record, row_run
 
 logger = logging.getLogger("keyflow.storage")
 
@@ -114,7 +114,9 @@ class JSONFileBackend(StorageBackend):
                 self._lock.acquire()
                 await self._open_for_writing()
             unfinished = [
-                row_record(row) for row in self._runs.values() if row["status"] not in _TERMINAL
+                row_record(row, str(self.path))
+                for row in self._runs.values()
+                if row["status"] not in _TERMINAL
             ]
         except BaseException:
             await self.close()
@@ -165,9 +167,7 @@ class JSONFileBackend(StorageBackend):
         try:
             self._generation = int(snapshot["generation"])
             for row in snapshot["runs"]:
-                if not isinstance(row, dict):
-                    raise TypeError(f"a run is a JSON {type(row).__name__}")
-                self._put(row)
+                self._put(check_row(row, str(self.path)))
             for job, key, run_id in snapshot["idempotency"]:
                 self._remember_key(job, key, run_id)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -220,9 +220,7 @@ class JSONFileBackend(StorageBackend):
 
     def _apply_entry(self, entry: dict[str, Any]) -> None:
         for row in entry["runs"]:
-            if not isinstance(row, dict):
-                raise TypeError(f"a run is a JSON {type(row).__name__}")
-            self._put(row)
+            self._put(check_row(row, str(self.journal_path)))
         for job, key, run_id in entry["idempotency"]:
             self._remember_key(job, key, run_id)
         for run_id in entry["pruned"]:

@@ -16,11 +16,17 @@ from ..errors import StorageError, StorageLockedError
 
 
 class WriterLock:
-    """An exclusive, non-blocking lock on ``<path>.lock``."""
+    """An exclusive, non-blocking lock on ``<path>.lock``.
+
+    The lock file is named after the storage file's real path (symlinks resolved), so
+    another name for the same file (a symlinked ``shared/runs.db``) meets the same lock.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + ".lock")
+        real = path.resolve()
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
+        self._held: list[int] = []  # more files locked beside it (see hold())
 
     def acquire(self) -> None:
         """Take the lock.
@@ -78,8 +84,30 @@ class WriterLock:
                 "write; stop the other writer and restart keyflow"
             )
 
+    def hold(self, path: Path) -> None:
+        """Also lock ``path`` itself, so a hard link to it cannot get in either.
+
+        Raises:
+            StorageLockedError: another process locked that file.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(f"cannot open {path} to lock it: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageLockedError(
+                f"{path} is in use by another keyflow process (through another name for "
+                "the same file); only one may write it (open it read-only to watch)"
+            ) from None
+        self._held.append(fd)
+
     def release(self) -> None:
         """Let go of the lock (the file stays; it is reused)."""
+        while self._held:
+            os.close(self._held.pop())
         if self._fd is None:
             return
         fd, self._fd = self._fd, None

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import StorageCorruptError
-from ..jsonvalue import NotJSONError, json_copy, safe_repr, storable_text
+from ..jsonvalue import safe_repr, storable_text
 from ..records import MAX_COALESCED_KEPT, MAX_LOG_LINES, RunRecord
 from ..runs import AttemptError, LogEntry, Progress, Run, RunStatus
 
@@ -65,17 +65,85 @@ def record_row(record: RunRecord) -> Row:
     }
 
 
-def row_record(row: Row) -> RunRecord:
+_NUMBER = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "job": (str,),
+    "key": (str, type(None)),
+    "status": (str,),
+    "input": (dict,),
+    "labels": (dict, type(None)),
+    "idempotency_key": (str, type(None)),
+    "parent_run_id": (str, type(None)),
+    "attempt": (int,),
+    "max_attempts": (int,),
+    "trigger_count": (int,),
+    "created_at": _NUMBER,
+    "due_at": _NUMBER,
+    "started_at": (*_NUMBER, type(None)),
+    "finished_at": (*_NUMBER, type(None)),
+    "error": (str, type(None)),
+    "errors": (list,),
+    "progress": (list, type(None)),
+    "logs": (list,),
+    "coalesced": (list,),
+    "interruptions": (int,),
+    "crashes": (int,),
+    "retries_used": (int,),
+    "cancel_requested": (bool,),
+    "by_queue": (bool,),
+}
+"""What each field of a stored run must be; anything else is a corrupt row."""
+
+
+def _check_types(row: Row) -> None:
+    for name, types in _FIELD_TYPES.items():
+        if name not in row:
+            raise ValueError(f"it has no {name!r}")
+        value = row[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"its {name!r} is {safe_repr(value)[:60]}")
+    labels = row["labels"] or {}
+    if not all(isinstance(n, str) and isinstance(v, str) for n, v in labels.items()):
+        raise ValueError("its labels are not all text")
+
+
+def check_row(row: object, where: str) -> Row:
+    """``row`` if it is a run this version can read.
+
+    Raises:
+        StorageCorruptError: naming ``where``, the run and the field.
+    """
+    if not isinstance(row, dict):
+        raise StorageCorruptError(
+            f"{where} holds a run that is a JSON {type(row).__name__}, not an object"
+        )
+    try:
+        _check_types(row)
+        RunStatus(row["status"])
+    except ValueError as exc:
+        raise StorageCorruptError(
+            f"{where}: stored run {safe_repr(row.get('id'))} is unreadable: {exc}"
+        ) from None
+    return row
+
+
+def row_record(row: Row, where: str = "storage") -> RunRecord:
     """A live record rebuilt from ``row`` (durable: it came from storage).
+
+    Args:
+        row: the stored row.
+        where: the file (or store) it came from, for the error message.
 
     Raises:
         StorageCorruptError: the row is not a run this version can read.
     """
     if not isinstance(row, dict):
         raise StorageCorruptError(
-            f"a stored run is a JSON {type(row).__name__}, not an object: unreadable"
+            f"{where} holds a run that is a JSON {type(row).__name__}, not an object"
         )
     try:
+        _check_types(row)
         record = RunRecord(
             row["id"],
             row["job"],
@@ -115,7 +183,7 @@ def row_record(row: Row) -> RunRecord:
         record.stop_interrupted = bool(row.get("stop_interrupted", False))  # (since 0.2)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StorageCorruptError(
-            f"stored run {safe_repr(row.get('id'))} is unreadable: {safe_repr(exc)}"
+            f"{where}: stored run {safe_repr(row.get('id'))} is unreadable: {exc}"
         ) from exc
     return record
 
@@ -130,25 +198,56 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+MAX_ROW_CHARS = 64 << 20
+"""A stored run longer than this (64 Mi characters) is stored slimmed (see encode_row)."""
+
+
 def encode_row(row: Row) -> tuple[Row, str]:
     """The JSON text of ``row``, ready to write as UTF-8; and the row it stands for.
 
-    Every value was checked storable on its way in. Should one slip through anyway (a
-    keyflow bug), the run is stored with that value made safe (text escaped, a huge
-    number replaced by a note) rather than blocking storage for everyone: the returned
-    row is then that safe copy.
+    Every value was checked storable on its way in, and sizes are bounded. Should a row
+    still be unwritable (a keyflow bug, an application that lowered Python's integer
+    limit after the fact), it is stored made safe (text escaped, a huge number replaced
+    by a note), and a row too long for storage is stored slimmed (logs, joined inputs and
+    old errors dropped): never does one run block storage for everyone. The returned row
+    is then that copy.
     """
     try:
-        text = dumps(row)
-        if not text.isascii():
-            text.encode("utf-8")
+        text = _encoded(row)
     except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
         logger.error(
-            "run %s holds a value storage cannot write (%r); stored made safe", row.get("id"), exc
+            "run %s holds a value storage cannot write (%r); stored made safe",
+            safe_repr(row.get("id")),
+            exc,
         )
         row = _made_safe(row)
-        text = dumps(row)
+        text = _encoded(row)
+    if len(text) > MAX_ROW_CHARS:
+        logger.error(
+            "run %s is %d characters long; stored without its logs, joined inputs and older errors",
+            safe_repr(row.get("id")),
+            len(text),
+        )
+        row = _slimmed(row)
+        text = _encoded(row)
     return row, text
+
+
+def _encoded(row: Row) -> str:
+    text = dumps(row)
+    if not text.isascii():
+        text.encode("utf-8")
+    return text
+
+
+def _slimmed(row: Row) -> Row:
+    slim = dict(row)
+    slim["logs"] = []
+    slim["coalesced"] = [[at, {}, parent] for at, _input, parent in row.get("coalesced") or []]
+    slim["errors"] = (row.get("errors") or [])[-5:]
+    if len(dumps(slim.get("output"))) > MAX_ROW_CHARS // 4:
+        slim["output"] = "<output too long to store>"
+    return slim
 
 
 def loads_row(text: str | bytes, where: str) -> Row:
@@ -173,8 +272,8 @@ def _made_safe(value: Any) -> Any:
         return value
     if isinstance(value, int):
         try:
-            json_copy(value)
-        except NotJSONError:
+            str(value)  # printable under Python's current limit?
+        except ValueError:
             return f"<an integer of about {value.bit_length() * 3 // 10} digits>"
         return value
     if isinstance(value, float):

@@ -65,6 +65,8 @@ class SQLiteBackend(StorageBackend):
         self._engine: AsyncEngine | None = None
         self._writer: AsyncConnection | None = None
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
+        self._wal_path = self.path.with_name(self.path.name + "-wal")
+        self._wal_identity: tuple[int, int] | None = None
         self._text_index = False  # the database has the full-text index (FTS5)
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
@@ -92,7 +94,9 @@ class SQLiteBackend(StorageBackend):
                 self._lock.acquire()
             state = await self._open()
             if not self.read_only:
+                self._lock.hold(self.path)  # the data file itself: hard links meet it too
                 self._identity = _identity(self.path)
+                self._wal_identity = _identity_or_none(self._wal_path)
             return state
         except BaseException:
             await self.close()
@@ -117,7 +121,8 @@ class SQLiteBackend(StorageBackend):
                 .where(runs_table.c.status.not_in(TERMINAL))
                 .order_by(ROWID)
             )
-            records = [row_record(loads_row(data, str(self.path))) for (data,) in unfinished]
+            where = str(self.path)
+            records = [row_record(loads_row(data, where), where) for (data,) in unfinished]
             if await conn.run_sync(schema.has_text_index):
                 if not await conn.run_sync(schema.has_fts5):
                     raise StorageError(
@@ -239,15 +244,14 @@ class SQLiteBackend(StorageBackend):
         # A database deleted (or replaced) under us would take every later commit with
         # it: SQLite keeps writing to the unlinked file. One stat() per batch tells.
         self._lock.check()
-        try:
-            now = _identity(self.path)
-        except OSError:
-            now = None
-        if now != self._identity:
+        now = _identity_or_none(self.path)
+        # The WAL holds every commit not yet checkpointed: deleted, they go with it.
+        wal = _identity_or_none(self._wal_path)
+        if now != self._identity or (self._wal_identity is not None and wal != self._wal_identity):
             raise StorageError(
-                f"{self.path} was deleted or replaced while keyflow was writing it; "
-                "refusing to write (what was written since is in the old file): restart "
-                "keyflow to open the file anew"
+                f"{self.path} (or its -wal file) was deleted or replaced while keyflow was "
+                "writing it; refusing to write (what was written since is in the old "
+                "file): restart keyflow to open the file anew"
             )
 
     async def _prune(self, conn: AsyncConnection, finished: int) -> int:
@@ -364,6 +368,13 @@ def _reason(exc: BaseException) -> str:
     # the driver's own words.
     original = getattr(exc, "orig", None)
     return str(original) if original is not None else str(exc)
+
+
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _identity(path)
+    except OSError:
+        return None
 
 
 def _identity(path: Path) -> tuple[int, int]:
