@@ -167,7 +167,7 @@ class JSONFileBackend(StorageBackend):
         try:
             self._generation = int(snapshot["generation"])
             for row in snapshot["runs"]:
-                self._put(check_row(row, str(self.path)))
+                self._put(check_row(row, f"{self.path}: malformed snapshot"))
             for job, key, run_id in snapshot["idempotency"]:
                 self._remember_key(job, key, run_id)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
