@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,29 @@ class DiskFaults:
     """Writing a snapshot (compaction) fails."""
     new_journal: bool = False
     """Starting a new journal (the second half of a compaction) fails."""
+    directory_sync: bool = False
+    """Syncing the folder after a snapshot's rename fails."""
+    open_journal: bool = False
+    """Opening a journal for appending fails (too many open files)."""
+    stall: threading.Event | None = None
+    """Appends wait in their thread until this is set (a disk that stalls)."""
+    stalled: threading.Event = field(default_factory=threading.Event)
+    """Set once an append is waiting on ``stall``."""
 
 
 class FaultyJournal(JournalFile):
     """A journal file on a disk that fails as :class:`DiskFaults` says."""
 
     def __init__(self, path: Path, faults: DiskFaults) -> None:
+        if faults.open_journal:
+            raise OSError(errno.EMFILE, "Too many open files")
         super().__init__(path)
         self.faults = faults
 
     def append(self, data: bytes) -> None:
+        if self.faults.stall is not None:
+            self.faults.stalled.set()
+            self.faults.stall.wait()
         if self.faults.append:
             super().append(data[: len(data) // 2])  # half of it lands, like a full disk
             raise disk_full()
@@ -63,6 +77,11 @@ class FaultyJSON(JSONFileBackend):
         if self.faults.snapshot:
             raise disk_full()
         super()._write_snapshot(document)
+
+    def _sync_directory(self, path: Path) -> None:
+        if self.faults.directory_sync:
+            raise OSError(errno.EIO, "Input/output error")
+        super()._sync_directory(path)
 
     def _new_journal(self) -> None:
         if self.faults.new_journal and self.journal_path.exists():  # not at the first open

@@ -7,13 +7,21 @@ again by itself once the disk does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 import keyflow
+from keyflow import RunStatus
+from keyflow.records import RunRecord
+from keyflow.storage_backends import WriteBatch
 from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends.jsonfile import JSONFileBackend
 
 from .conftest import MakeKeyflow
 from .fakes import FaultyJSON
@@ -112,3 +120,86 @@ async def test_a_compaction_cut_between_snapshot_and_journal_loses_nothing(
     acknowledged.append((await kf.trigger("work", {"n": 99}, delay=60)).run_id)
     await kf.stop()
     assert set(await stored_runs(f"json:///{path}")) == set(acknowledged)
+
+
+async def test_a_folder_sync_failing_after_a_compaction_wedges_nothing(
+    make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    acknowledged: list[str] = []
+    for n in range(30):  # several compactions: the first one's folder sync fails
+        backend.faults.directory_sync = n < 10
+        with contextlib.suppress(keyflow.StorageError):
+            acknowledged.append(
+                (await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60)).run_id
+            )
+    backend.faults.directory_sync = False
+    acknowledged.append((await kf.trigger("work", {"n": 99}, delay=60)).run_id)
+    assert len(acknowledged) >= 25  # only the writes racing a failed sync may fail
+    await kf.stop()
+    assert set(await stored_runs(f"json:///{path}")) == set(acknowledged)
+
+
+async def test_a_journal_that_cannot_be_reopened_once_wedges_nothing(
+    make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    backend.faults.open_journal = True  # too many open files, for a while
+    acknowledged: list[str] = []
+    refused = 0
+    for n in range(20):
+        try:
+            acknowledged.append(
+                (await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60)).run_id
+            )
+        except keyflow.StorageError:
+            refused += 1
+    assert refused > 0
+    backend.faults.open_journal = False
+    acknowledged.append((await kf.trigger("work", {"n": 99}, delay=60)).run_id)
+    await kf.stop()
+    assert set(await stored_runs(f"json:///{path}")) == set(acknowledged)
+
+
+async def test_a_journal_truncated_under_the_writer_fails_writes_loudly(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    kf = make_keyflow()
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    await kf.trigger("work", {}, delay=60)
+    journal = Path(storage_url.split(":///", 1)[1] + ".journal")
+    os.truncate(journal, 10)
+    with pytest.raises(keyflow.StorageError, match="changed under keyflow"):
+        await kf.trigger("work", {}, delay=60)
+
+
+async def test_close_waits_for_a_stalled_append_before_it_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    await backend.open()
+    backend.faults.stall = threading.Event()
+    record = RunRecord("r1", "work", None, RunStatus.QUEUED, {}, 1.0, 1.0, 1)
+    writing = asyncio.ensure_future(backend.write(WriteBatch([record])))
+    await asyncio.to_thread(backend.faults.stalled.wait)  # the append sits in the kernel
+    await backend.close()  # returns: the store closes once the append returns
+    rival = JSONFileBackend(path)
+    with pytest.raises(keyflow.StorageLockedError):
+        await rival.open()  # the lock is kept meanwhile, and so is the descriptor
+    backend.faults.stall.set()
+    await writing
+    await rival.open()  # now it is let go
+    try:
+        assert await rival.get_run("r1") is not None  # the append landed where it belongs
+    finally:
+        await rival.close()

@@ -50,6 +50,10 @@ class JournalFile:
         stat = os.fstat(self._descriptor())
         return (stat.st_dev, stat.st_ino)
 
+    def size(self) -> int:
+        """The open file's size now."""
+        return os.fstat(self._descriptor()).st_size
+
     def close(self) -> None:
         """Close the descriptor. Idempotent."""
         fd, self._fd = self._fd, None
@@ -57,19 +61,28 @@ class JournalFile:
             os.close(fd)
 
 
-def identity(path: Path) -> tuple[int, int] | None:
-    """``(device, inode)`` of the file at ``path`` now, or None if there is none."""
+def identity(path: Path) -> tuple[int, int, int] | None:
+    """``(device, inode, size)`` of the file at ``path`` now, or None if there is none."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
         return None
-    return (stat.st_dev, stat.st_ino)
+    return (stat.st_dev, stat.st_ino, stat.st_size)
 
 
 def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
 
-    Temporary file in the same directory, fsync, ``os.replace``, fsync of the directory.
+    :func:`replace_file`, then :func:`sync_directory`.
+    """
+    replace_file(path, data)
+    sync_directory(path)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Temporary file in the same directory, fsync, ``os.replace``.
+
+    The new name is durable once the directory is synced (:func:`sync_directory`).
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -81,6 +94,10 @@ def replace_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def sync_directory(path: Path) -> None:
+    """Fsync the directory holding ``path``: its renames are durable after this."""
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -22,6 +22,7 @@ swallow later commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
-from .journal import JournalFile, identity, replace_atomically
+from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
 from .lockfile import WriterLock
 from .rows import Row, check_row, dumps, encode_row, record_row, row_record, row_run
 
@@ -79,7 +80,10 @@ class JSONFileBackend(StorageBackend):
         self._needs_journal = False
         """A compaction wrote its snapshot but not the new journal: make it first."""
         self._snapshot_size = 0
-        self._snapshot_id: tuple[int, int] | None = None
+        self._snapshot_id: tuple[int, int, int] | None = None
+        self._closed = False
+        self._ops: set[asyncio.Future[Any]] = set()
+        """Blocking file operations running in a thread now (see close())."""
         self._compact_at = MIN_COMPACT_BYTES
         self._to_prune: list[str] = []
         self._seen: tuple[float, int, float, int] | None = None  # read-only: file stats
@@ -229,8 +233,22 @@ class JSONFileBackend(StorageBackend):
     async def close(self) -> None:
         """Close the journal and release the lock. Idempotent.
 
-        A failed append not cut off yet gets a last try first.
+        A failed append not cut off yet gets a last try first. While a write is still in
+        a thread (a disk stalled past the stop's patience), the descriptor and the lock
+        are kept until it returns: the descriptor number cannot be reused under it, and
+        no other process can open the store meanwhile.
         """
+        if self._closed:
+            return
+        self._closed = True
+        if self._ops:
+            logger.warning(
+                "%s: a write is still in progress; the store is closed when it returns",
+                self.path,
+            )
+            for op in list(self._ops):
+                op.add_done_callback(self._close_when_idle)
+            return
         journal, self._journal = self._journal, None
         try:
             if journal is not None:
@@ -239,6 +257,27 @@ class JSONFileBackend(StorageBackend):
                 journal.close()
         finally:
             self._lock.release()
+
+    def _close_when_idle(self, _op: asyncio.Future[Any]) -> None:
+        if self._ops or self._journal is None:
+            return
+        journal, self._journal = self._journal, None
+        try:
+            if self._needs_cut:
+                with contextlib.suppress(OSError):
+                    journal.truncate(self._journal_size)  # rare: a blocking call is fine
+            journal.close()
+        finally:
+            self._lock.release()
+
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        # Every blocking file operation goes through here: close() knows what is in
+        # flight. Shielded: a cancelled caller leaves the operation running (as a thread
+        # does), still tracked.
+        op = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        self._ops.add(op)
+        op.add_done_callback(self._ops.discard)
+        return await asyncio.shield(op)
 
     # -- writing -----------------------------------------------------------------
 
@@ -254,8 +293,8 @@ class JSONFileBackend(StorageBackend):
             row, text = encode_row(record_row(record))
             rows.append(row)
             texts.append(text)
-        journal = self._writable()
-        self._check_identity(journal)
+        self._writable()
+        self._check_identity()
         pruned, self._to_prune = self._to_prune, []
         line = (
             '{"runs":['
@@ -269,10 +308,12 @@ class JSONFileBackend(StorageBackend):
         try:
             if self._needs_journal:
                 await self._start_journal()
-                journal = self._writable()
+            journal = self._journal
+            assert journal is not None
             if self._needs_cut and not await self._cut(journal):
                 raise OSError("the journal still holds the tail of a failed append")
-            await asyncio.to_thread(journal.append, line)
+            self._check_size(journal)
+            await self._in_thread(journal.append, line)
         except OSError as exc:
             self._to_prune = pruned + self._to_prune
             if self._journal is not None and not self._needs_journal:
@@ -299,23 +340,36 @@ class JSONFileBackend(StorageBackend):
         # Cut the journal back to its last good line, so a failed append leaves nothing
         # behind; True when done (else it is tried again before the next append).
         try:
-            await asyncio.to_thread(journal.truncate, self._journal_size)
+            await self._in_thread(journal.truncate, self._journal_size)
         except OSError as exc:
             logger.error("cannot cut %s back after a failed append: %r", self.journal_path, exc)
             return False
         self._needs_cut = False
         return True
 
-    def _check_identity(self, journal: JournalFile) -> None:
+    def _check_identity(self) -> None:
         # Files deleted or replaced under us would swallow every later commit.
         self._lock.check()
+        journal = self._journal
         replaced = identity(self.path) != self._snapshot_id or (
-            not self._needs_journal and identity(self.journal_path) != journal.identity()
+            not self._needs_journal
+            and journal is not None
+            and (identity(self.journal_path) or (0, 0, 0))[:2] != journal.identity()
         )
         if replaced:
             raise StorageError(
-                f"{self.path} or its journal was deleted or replaced while keyflow was "
-                "writing it; refusing to write: restart keyflow to open the files anew"
+                f"{self.path} or its journal was deleted or replaced (or changed) while "
+                "keyflow was writing it; refusing to write: restart keyflow to open the "
+                "files anew"
+            )
+
+    def _check_size(self, journal: JournalFile) -> None:
+        # Truncated (or written) by someone else: later lines would follow garbage.
+        size = journal.size()
+        if size != self._journal_size:
+            raise StorageError(
+                f"{self.journal_path} is {size} bytes, not the {self._journal_size} keyflow "
+                "wrote: it was changed under keyflow; refusing to write: restart keyflow"
             )
 
     async def compact(self) -> None:
@@ -331,7 +385,7 @@ class JSONFileBackend(StorageBackend):
         try:
             # Serialised in the thread too: the rows are never changed in place, only
             # replaced, so the lists taken here stay the state of this moment.
-            await asyncio.to_thread(self._write_snapshot, document)
+            await self._in_thread(self._write_snapshot, document)
         except OSError as exc:
             raise StorageError(f"compacting {self.path} failed: {exc}") from exc
         self._generation += 1
@@ -344,12 +398,14 @@ class JSONFileBackend(StorageBackend):
             raise StorageError(f"starting a new {self.journal_path} failed: {exc}") from exc
 
     async def _start_journal(self) -> None:
-        await asyncio.to_thread(self._new_journal)
-        old, self._journal = self._journal, None
+        # The new journal's rename is synced with its directory, which makes the new
+        # snapshot's durable too (a directory sync that failed after it is redone here).
+        await self._in_thread(self._new_journal)
+        fresh = self.journal_file(self.journal_path)  # may fail: tried again next write
+        old, self._journal = self._journal, fresh
         if old is not None:
             old.close()
-        self._journal = self.journal_file(self.journal_path)
-        self._journal_size = self.journal_path.stat().st_size
+        self._journal_size = fresh.size()
         self._needs_journal = self._needs_cut = False
         self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
 
@@ -365,19 +421,25 @@ class JSONFileBackend(StorageBackend):
 
     def _write_snapshot(self, document: dict[str, Any]) -> None:
         data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
-        replace_atomically(self.path, data)
+        replace_file(self.path, data)
         self._snapshot_size = len(data)
+        try:
+            self._sync_directory(self.path)
+        except OSError as exc:  # the new journal's sync makes the rename durable
+            logger.warning("syncing the folder of %s failed (%r); retried", self.path, exc)
+
+    def _sync_directory(self, path: Path) -> None:
+        sync_directory(path)
 
     def _new_journal(self) -> None:
         header = {"format": JOURNAL_FORMAT, "version": VERSION, "generation": self._generation}
         replace_atomically(self.journal_path, (dumps(header) + "\n").encode())
 
-    def _writable(self) -> JournalFile:
+    def _writable(self) -> None:
         if self.read_only:
             raise StorageError(f"{self.path} is open read-only")
-        if self._journal is None:
+        if self._closed or (self._journal is None and not self._needs_journal):
             raise StorageError(f"{self.path} is not open")
-        return self._journal
 
     # -- the runs in memory ------------------------------------------------------
 
