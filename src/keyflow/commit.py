@@ -114,6 +114,7 @@ class CommitPipeline:
         self._inflight: _Batch | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_soon: asyncio.Handle | None = None
+        self._closed = False
         self._failures = 0
         self._retry_wake: asyncio.Future[None] | None = None
         self.last_error: Exception | None = None
@@ -137,8 +138,19 @@ class CommitPipeline:
         """True when nothing waits to be written."""
         return self._inflight is None and not self._open.records and not self._open.txns
 
+    def close(self) -> None:
+        """Write nothing more: storage is closing (what comes later is dropped)."""
+        self._closed = True
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        if self._flush_task is not None and self._inflight is None:
+            self._flush_task.cancel()  # between writes: a retry pause, or about to write
+
     def touch(self, record: RunRecord) -> None:
         """Queue an execution change of ``record`` for the next batch."""
+        if self._closed:  # e.g. a handler a stop gave up on, logging after the stop
+            return
         self._open.records[record.id] = record
         if self._flush_task is None and self._flush_soon is None and self._inflight is None:
             loop = asyncio.get_running_loop()
@@ -196,7 +208,7 @@ class CommitPipeline:
         A failed write is retried (see :data:`RETRY_DELAYS`), so this keeps waiting
         while storage fails; the caller may be cancelled meanwhile.
         """
-        while True:
+        while not self._closed:
             inflight = self._inflight
             if record.id in self._open.records:
                 target = self._open
@@ -214,7 +226,7 @@ class CommitPipeline:
 
         While writes keep failing this keeps waiting; bound it with a timeout.
         """
-        while not self.idle:
+        while not self.idle and not self._closed:
             target = self._inflight or self._open
             if self._flush_task is None and self._inflight is None:
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -223,6 +235,8 @@ class CommitPipeline:
 
     async def barrier(self) -> None:
         """Wait until the batch open or in flight now is written (or has failed)."""
+        if self._closed:
+            return
         open_batch = self._open
         target = open_batch if (open_batch.records or open_batch.txns) else self._inflight
         if target is None:
@@ -244,7 +258,7 @@ class CommitPipeline:
 
     async def _flush_loop(self) -> None:
         try:
-            while self._open.records or self._open.txns:
+            while (self._open.records or self._open.txns) and not self._closed:
                 if self._failures and not self._open.txns:
                     # Execution changes were put back; wait before trying again. A
                     # trigger never waits out the pause (it cuts one short, too): it
@@ -331,7 +345,10 @@ class CommitPipeline:
         self._recovered()
         self.batches_written += 1
         for txn in batch.txns:
-            self._settle(txn)
+            try:
+                self._settle(txn)
+            except Exception:  # a bug: the batch is durable, its waiters must hear so
+                logger.exception("keyflow failed to settle a durable transaction")
         if batch.future is not None and not batch.future.done():
             batch.future.set_result(None)
 

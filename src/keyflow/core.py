@@ -8,6 +8,7 @@ someone listens, published as an event.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .coalesce import Coalesce
 from .commit import CommitPipeline, Txn
-from .errors import InvalidInputError
+from .errors import ConfigurationError, InvalidInputError
 from .hub import EventHub
 from .jsonvalue import NotJSONError, check_size, copy_json_dict, json_object_copy, may_be_large
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from .clock import Clock, TimerHandle
     from .jobs import Job
     from .storage_backends.base import StorageBackend
+
+logger = logging.getLogger("keyflow.core")
 
 S = RunStatus
 _result: Final = partial(tuple.__new__, TriggerResult)
@@ -341,13 +344,27 @@ class Core:
             durable,
         )
 
-    def new_lane(self, key: str) -> Lane:
+    def new_lane(self, key: str, *, strict: bool = True) -> Lane:
         """A lane for ``key`` with its limit (not registered yet).
+
+        With ``strict=False`` (restoring stored runs, showing a lane), a ``lane_limit``
+        function that fails gives the safest limit, 1, with a warning: a bad function
+        must not keep keyflow from starting.
 
         Raises:
             ConfigurationError: the ``lane_limit`` function failed or returned a bad value.
         """
-        return Lane(key, self.lane_limit(key))
+        return Lane(key, self.limit_of(key, strict=strict))
+
+    def limit_of(self, key: str, *, strict: bool = True) -> int:
+        """The lane limit of ``key`` (see :meth:`new_lane` for ``strict``)."""
+        try:
+            return self.lane_limit(key)
+        except ConfigurationError as exc:
+            if strict:
+                raise
+            logger.warning("%s; lane %r runs one at a time meanwhile", exc, key)
+            return 1
 
     def trigger_now(self, trig: PreparedTrigger) -> TriggerResult | None:
         """The fast path of a single trigger, when storage needs nothing awaited.
@@ -548,8 +565,7 @@ class Core:
             AttemptError(
                 attempt=record.attempt,
                 type="UnknownJob",
-                message=f"{reason}; the run failed without running (register the job, "
-                "then retrigger the run)",
+                message=f"{reason}, so the run failed (register the job, then retrigger the run)",
                 traceback="",
                 at=self.now(),
             )
@@ -778,7 +794,9 @@ class Core:
         coalesced = self.key_coalesced.get(key, 0)
         lane = self.lanes.get(key)
         if lane is None:
-            return LaneSnapshot(key, "idle", self.lane_limit(key), (), (), (), coalesced)
+            return LaneSnapshot(
+                key, "idle", self.limit_of(key, strict=False), (), (), (), coalesced
+            )
         members = lane.members.values()
         return LaneSnapshot(
             key=key,

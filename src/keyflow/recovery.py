@@ -56,7 +56,7 @@ def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> No
         if record.key is not None:
             lane = core.lanes.get(record.key)
             if lane is None:
-                lane = core.lanes[record.key] = core.new_lane(record.key)
+                lane = core.lanes[record.key] = core.new_lane(record.key, strict=False)
             lane.restore(record)
         status = record.status
         if record.job not in jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -219,7 +220,7 @@ class Keyflow:
         try:
             stored = await self._backend.open()
         except BaseException:
-            self._phase = "stopped"
+            self._failed_start()
             raise
         if self._read_only:  # it only reads: no lanes, no recovery, no workers
             self._phase = "running"
@@ -228,8 +229,8 @@ class Keyflow:
             restore(self._core, stored.unfinished, self._jobs)
             await self._core.pipeline.flush()  # crash counts are durable before a rerun
         except BaseException:
+            self._failed_start()
             await self._backend.close()
-            self._phase = "stopped"
             raise
         self._pool.start()
         self._phase = "running"
@@ -286,8 +287,20 @@ class Keyflow:
                     "keyflow stopped with changes not written to storage: %s",
                     self._core.pipeline.last_error,
                 )
+        self._core.pipeline.close()  # what an abandoned handler still changes is dropped
         self._hub.close()
-        await self._backend.close()
+        abandoned = self._pool.abandoned_tasks
+        if abandoned:
+            # Keep storage (and its lock) until those handlers end: no other process may
+            # run their runs while they still execute here.
+            logger.warning(
+                "keyflow stopped, but %d handler(s) ignore their cancellation: the storage "
+                "stays locked until they return",
+                len(abandoned),
+            )
+            asyncio.get_running_loop().create_task(self._close_after(abandoned))
+        else:
+            await self._backend.close()
         self._phase = "stopped"
         if was_running:
             c = self._core.counters
@@ -300,6 +313,13 @@ class Keyflow:
                 c.cancelled,
                 sum(1 for r in self._core.records.values() if r.stop_interrupted),
             )
+
+    def _failed_start(self) -> None:
+        # Nothing may outlive a start that failed (or was cancelled): no retrying
+        # writer, no subscription waiting for events that will never come.
+        self._phase = "stopped"
+        self._core.pipeline.close()
+        self._hub.close()
 
     async def __aenter__(self) -> Keyflow:
         await self.start()
@@ -316,10 +336,23 @@ class Keyflow:
             await self._drain_due_work()
         await self.stop()
 
+    async def _close_after(self, tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.wait(tasks)
+        await self._backend.close()
+
     async def _drain_due_work(self) -> None:
         core = self._core
         while any(not _waits_for_delay(r) for r in core.records.values()):
-            await core.change_waiter()
+            if core.pipeline.last_error is not None:
+                # Runs cannot start or end while storage fails: leave rather than hang
+                # (the stop writes what it can; a restart does the rest).
+                logger.warning(
+                    "leaving 'async with' without draining: storage writes are failing (%r)",
+                    core.pipeline.last_error,
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(core.change_waiter(), 1.0)
 
     async def run_until_idle(self, timeout: float | None = None) -> None:
         """Wait until no run is unfinished, delayed and backed-off runs included.
@@ -624,11 +657,12 @@ class Keyflow:
         if run_id not in self._core.records:
             if self._read_only:
                 return await self._poll_until_terminal(run_id, timeout)
-            await self._fresh()
-            run = await self._backend.get_run(run_id)
-            if run is None:
-                raise RunNotFoundError(f"no run with id {run_id!r}")
-            if run.is_terminal or run_id not in self._core.records:
+            try:
+                async with asyncio.timeout(timeout):
+                    run = await self._finished_run(run_id)
+            except TimeoutError:
+                raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
+            if run is not None:
                 return run
         waiter = self._core.run_waiter(run_id)
         try:
@@ -637,6 +671,26 @@ class Keyflow:
             raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
         finally:
             self._core.forget_waiter(run_id, waiter)
+
+    async def _finished_run(self, run_id: str) -> Run | None:
+        """A run not in memory, as storage has it once its end is written.
+
+        None: it is unfinished in memory after all.
+
+        Raises:
+            RunNotFoundError: storage has no such run.
+        """
+        while True:
+            await self._fresh()
+            run = await self._backend.get_run(run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            if run_id in self._core.records:
+                return None
+            if run.is_terminal:
+                return run
+            # Finished here, but its end is not written yet (storage failing): wait.
+            await self._core.pipeline.flush()
 
     async def _poll_until_terminal(self, run_id: str, timeout: float | None) -> Run:
         try:

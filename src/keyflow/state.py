@@ -357,10 +357,15 @@ class Lane:
                 run.apply(RESUME)
                 return [run]
             # ... unless a restart lowered the limit below the slots held: it gives its
-            # slot back and waits at the head of the queue.
+            # slot back and waits at the head of the queue, behind runs that did the same
+            # before it (started runs: they came due earlier).
             run.apply(BECOME_DUE)
             self.holders -= 1
-            self.waiting.appendleft(run)
+            waiting = self.waiting
+            place = 0
+            while place < len(waiting) and waiting[place].attempt > 0:
+                place += 1
+            waiting.insert(place, run)
             return self.promote()
         run.apply(BECOME_DUE)
         self.waiting.append(run)

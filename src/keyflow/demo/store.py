@@ -58,4 +58,4 @@ def reset(storage: str) -> list[Path]:
                 removed.append(candidate)
     finally:
         lock.release()
-    return [p for p in removed if p != lock.path]
+    return [p for p in removed if p.resolve() != lock.path]

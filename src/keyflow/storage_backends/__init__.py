@@ -72,6 +72,8 @@ def _file_url(url: str, rest: str) -> tuple[str, dict[str, str]]:
     from ..errors import ConfigurationError
 
     location, _, query = rest.partition("?")
+    if "\x00" in location:
+        raise ConfigurationError(f"storage URL {url!r} has a NUL character in its path")
     if not location.startswith("/") or len(location) < 2:
         raise ConfigurationError(
             f"storage URL {url!r} needs a path: 'sqlite:///relative.db' or 'sqlite:////abs.db'"

@@ -106,7 +106,10 @@ class SQLiteBackend(StorageBackend):
         if self.read_only:
             if not self.path.exists():
                 raise StorageError(f"{self.path} does not exist (opened read-only)")
-            url = f"sqlite+aiosqlite:///file:{self.path}?mode=ro&uri=true"
+            # On a read-only file system nobody writes the file: SQLite may read it as
+            # immutable (it cannot make the -shm file a WAL database otherwise needs).
+            immutable = "&immutable=1" if _read_only_file_system(self.path) else ""
+            url = f"sqlite+aiosqlite:///file:{self.path}?mode=ro{immutable}&uri=true"
         else:
             url = f"sqlite+aiosqlite:///{self.path}"
         engine = self._engine = create_async_engine(
@@ -368,6 +371,13 @@ def _reason(exc: BaseException) -> str:
     # the driver's own words.
     original = getattr(exc, "orig", None)
     return str(original) if original is not None else str(exc)
+
+
+def _read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _identity_or_none(path: Path) -> tuple[int, int] | None:
