@@ -133,6 +133,7 @@ class Keyflow:
         )
         self._phase: _Phase = "new"
         self._stopping: asyncio.Task[None] | None = None
+        self._storage_closing: asyncio.Task[None] | None = None
 
     # -- jobs --------------------------------------------------------------------
 
@@ -254,12 +255,17 @@ class Keyflow:
         ``cancel_grace`` seconds, and storage gets at most :data:`STOP_FLUSH_SECONDS` to
         take the last changes. Cancelling ``stop()`` (e.g. ``asyncio.wait_for``) returns
         control at once; the stop goes on in the background, and a later ``stop()``
-        waits for it.
+        waits for it. If handlers were abandoned, storage (and its lock) is kept until
+        they return; a later ``stop()`` waits for that too.
 
         Raises:
             ConfigurationError: ``grace`` is not a finite number of seconds >= 0.
         """
         grace = self._grace if grace is None else seconds(grace, "grace")
+        if self._phase == "stopped" and self._storage_closing is not None:
+            # Stopped, but storage waits for abandoned handlers: wait with it.
+            await asyncio.shield(self._storage_closing)
+            return
         if self._stopping is None:
             if self._phase == "stopped":
                 return
@@ -298,7 +304,9 @@ class Keyflow:
                 "stays locked until they return",
                 len(abandoned),
             )
-            asyncio.get_running_loop().create_task(self._close_after(abandoned))
+            self._storage_closing = asyncio.get_running_loop().create_task(
+                self._close_after(abandoned)
+            )
         else:
             await self._backend.close()
         self._phase = "stopped"

@@ -27,6 +27,7 @@ class WriterLock:
         self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
         self._held: list[int] = []  # more files locked beside it (see hold())
+        self._held_paths: list[Path] = []
 
     def acquire(self) -> None:
         """Take the lock.
@@ -103,11 +104,17 @@ class WriterLock:
                 "the same file); only one may write it (open it read-only to watch)"
             ) from None
         self._held.append(fd)
+        self._held_paths.append(path)
+
+    def holds(self, path: Path) -> bool:
+        """True when :meth:`hold` took ``path``."""
+        return path in self._held_paths
 
     def release(self) -> None:
         """Let go of the lock (the file stays; it is reused)."""
         while self._held:
             os.close(self._held.pop())
+        self._held_paths.clear()
         if self._fd is None:
             return
         fd, self._fd = self._fd, None

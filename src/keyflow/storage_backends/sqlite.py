@@ -92,9 +92,12 @@ class SQLiteBackend(StorageBackend):
                 except OSError as exc:
                     raise StorageError(f"cannot create the folder of {self.path}: {exc}") from exc
                 self._lock.acquire()
+                if self.path.exists():  # the data file itself: hard links meet it too
+                    self._lock.hold(self.path)
             state = await self._open()
             if not self.read_only:
-                self._lock.hold(self.path)  # the data file itself: hard links meet it too
+                if not self._lock.holds(self.path):
+                    self._lock.hold(self.path)
                 self._identity = _identity(self.path)
                 self._wal_identity = _identity_or_none(self._wal_path)
             return state
