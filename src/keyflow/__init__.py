@@ -58,6 +58,7 @@ from .runs import TriggerResult as TriggerResult
 from .scheduler import Keyflow as Keyflow
 from .state import LaneState as LaneState
 from .stats import LaneSnapshot as LaneSnapshot
+from .stats import Paused as Paused
 from .stats import Statistics as Statistics
 from .stats import TriggerCounts as TriggerCounts
 from .storage_backends.base import StorageBackend as StorageBackend
@@ -96,6 +97,7 @@ __all__ = [
     "LaneState",
     "LogEntry",
     "MergeFunction",
+    "Paused",
     "Progress",
     "ReadOnlyError",
     "Retry",

@@ -69,11 +69,13 @@ class Txn:
 
 
 class _Batch:
-    __slots__ = ("future", "records", "txns")
+    __slots__ = ("future", "pauses", "records", "txns")
 
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
         self.txns: list[Txn] = []
+        self.pauses: dict[tuple[str, str], bool] = {}
+        """Pause changes, the latest per ``(kind, name)``."""
         self.future: asyncio.Future[None] | None = None
 
     def waiter(self) -> asyncio.Future[None]:
@@ -136,7 +138,13 @@ class CommitPipeline:
     @property
     def idle(self) -> bool:
         """True when nothing waits to be written."""
-        return self._inflight is None and not self._open.records and not self._open.txns
+        open_batch = self._open
+        return (
+            self._inflight is None
+            and not open_batch.records
+            and not open_batch.txns
+            and not open_batch.pauses
+        )
 
     def close(self) -> None:
         """Write nothing more: storage is closing (what comes later is dropped)."""
@@ -147,11 +155,24 @@ class CommitPipeline:
         if self._flush_task is not None and self._inflight is None:
             self._flush_task.cancel()  # between writes: a retry pause, or about to write
 
+    def set_pause(self, kind: str, name: str, paused: bool) -> None:
+        """Queue a pause (or resume) for the next batch.
+
+        Kept and retried like execution changes; :meth:`flush` waits for it.
+        """
+        if self._closed:
+            return
+        self._open.pauses[kind, name] = paused
+        self._start_flushing()
+
     def touch(self, record: RunRecord) -> None:
         """Queue an execution change of ``record`` for the next batch."""
         if self._closed:  # e.g. a handler a stop gave up on, logging after the stop
             return
         self._open.records[record.id] = record
+        self._start_flushing()
+
+    def _start_flushing(self) -> None:
         if self._flush_task is None and self._flush_soon is None and self._inflight is None:
             loop = asyncio.get_running_loop()
             if self._synchronous:
@@ -169,7 +190,7 @@ class CommitPipeline:
         if not self._synchronous or self._inflight is not None or self._failures:
             return False
         batch = self._open
-        if not batch.records and not batch.txns:
+        if not batch.records and not batch.txns and not batch.pauses:
             if self._shares_records and not txn.created and not txn.idempotency:
                 # The backend holds these very records: a join has nothing to write.
                 self._settle(txn)
@@ -238,7 +259,8 @@ class CommitPipeline:
         if self._closed:
             return
         open_batch = self._open
-        target = open_batch if (open_batch.records or open_batch.txns) else self._inflight
+        has_changes = open_batch.records or open_batch.txns or open_batch.pauses
+        target = open_batch if has_changes else self._inflight
         if target is None:
             return
         if self._flush_task is None and self._inflight is None:
@@ -258,7 +280,7 @@ class CommitPipeline:
 
     async def _flush_loop(self) -> None:
         try:
-            while (self._open.records or self._open.txns) and not self._closed:
+            while (self._open.records or self._open.txns or self._open.pauses) and not self._closed:
                 if self._failures and not self._open.txns:
                     # Execution changes were put back; wait before trying again. A
                     # trigger never waits out the pause (it cuts one short, too): it
@@ -287,6 +309,8 @@ class CommitPipeline:
         self._open = _Batch()
         self._inflight = batch
         write = WriteBatch(list(batch.records.values()))
+        if batch.pauses:
+            write.pauses = [(kind, name, on) for (kind, name), on in batch.pauses.items()]
         for txn in batch.txns:
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
         return batch, write
@@ -374,5 +398,6 @@ class CommitPipeline:
         for record in (*batch.records.values(), *pending.records.values()):
             if record.id not in rolled_back:
                 retry.records[record.id] = record
+        retry.pauses = {**batch.pauses, **pending.pauses}
         self._open = retry
         return error

@@ -138,6 +138,11 @@ class Core:
         self.status_counts: list[int] = [0] * len(RunStatus)
         """Unfinished runs by status ordinal."""
         self.counters = Counters()
+        self.paused_jobs: set[str] = set()
+        self.paused_keys: set[str] = set()
+        self.parked: dict[str, RunRecord] = {}
+        """Pending runs a pause holds back (in the order workers met them); they keep
+        their lane slots, so the lane's order and exclusion hold."""
         self._run_waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._change_waiters: list[asyncio.Future[None]] = []
         self.pipeline = CommitPipeline(backend, settle=self.settle, roll_back=self.roll_back)
@@ -691,6 +696,38 @@ class Core:
         self._moved(record, QUEUED)
         self._dispatch_one(record)
 
+    # -- pauses -----------------------------------------------------------------------
+
+    def is_paused(self, record: RunRecord) -> bool:
+        """Is the run's job or lane paused?"""
+        return record.job in self.paused_jobs or (
+            record.key is not None and record.key in self.paused_keys
+        )
+
+    def park(self, record: RunRecord) -> None:
+        """A worker met a pending run that a pause holds back: keep it aside."""
+        self.parked[record.id] = record
+
+    def set_paused(self, kind: str, name: str, paused: bool) -> None:
+        """Pause (or resume) a job (``kind="job"``) or a lane (``"key"``); written."""
+        target = self.paused_jobs if kind == "job" else self.paused_keys
+        if paused:
+            target.add(name)
+        else:
+            target.discard(name)
+            free = [
+                r for r in self.parked.values() if r.status is PENDING and not self.is_paused(r)
+            ]
+            for record in reversed(free):  # back first in line, in their order
+                del self.parked[record.id]
+                self.ready_again(record)
+            for run_id in [i for i, r in self.parked.items() if r.status is not PENDING]:
+                del self.parked[run_id]  # cancelled meanwhile
+        self.pipeline.set_pause(kind, name, paused)
+        self.hub.pause_changed(name if kind == "key" else None)
+        if self._change_waiters:
+            self._wake_change_waiters()
+
     def ready_again(self, record: RunRecord) -> None:
         """A pending run that was held back (a crash suspect) is ready: first in line."""
         self.ready.appendleft(record)
@@ -793,9 +830,10 @@ class Core:
         """The lane of ``key`` now (idle if it has no unfinished run)."""
         coalesced = self.key_coalesced.get(key, 0)
         lane = self.lanes.get(key)
+        paused = key in self.paused_keys
         if lane is None:
             return LaneSnapshot(
-                key, "idle", self.limit_of(key, strict=False), (), (), (), coalesced
+                key, "idle", self.limit_of(key, strict=False), (), (), (), coalesced, paused
             )
         members = lane.members.values()
         return LaneSnapshot(
@@ -806,6 +844,7 @@ class Core:
             waiting=tuple(r.id for r in lane.waiting),
             scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
             coalesced=coalesced,
+            paused=paused,
         )
 
 

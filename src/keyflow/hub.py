@@ -38,6 +38,7 @@ class EventHub:
         self._watches: list[ChangeWatch] = []
         self._changed_keys: set[str | None] = set()  # since the last flush to the watches
         self._coalesced = False
+        self._everything = False
         self._flush_scheduled = False
         self._full = False  # a subscription wants whole events
         self.active = False
@@ -97,6 +98,16 @@ class EventHub:
             if not self._flush_scheduled:
                 self._schedule_flush()
 
+    def pause_changed(self, key: str | None) -> None:
+        """A lane (``key``) or a job (None: any lane may show it) was paused or resumed."""
+        if self._watches:
+            if key is None:
+                self._everything = True
+            else:
+                self._changed_keys.add(key)
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
     def _schedule_flush(self) -> None:
         # Watches hear of changes once per turn of the loop, not once per change.
         self._flush_scheduled = True
@@ -108,7 +119,8 @@ class EventHub:
         keys.discard(None)
         changes = Changes(coalesced=self._coalesced)
         self._coalesced = False
-        if len(keys) > MAX_KEYS:
+        everything, self._everything = self._everything, False
+        if everything or len(keys) > MAX_KEYS:
             changes.everything = True
         else:
             changes.keys = keys  # type: ignore[assignment]  # None was discarded

@@ -31,6 +31,7 @@ from .jobs import (
     Handler,
     Job,
     KeyOption,
+    check_name,
     job_definer,
 )
 from .jsonvalue import safe_repr
@@ -40,7 +41,7 @@ from .queries import RunFilters, build_query
 from .records import RunRecord
 from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
-from .stats import LaneSnapshot, Statistics, TriggerCounts
+from .stats import LaneSnapshot, Paused, Statistics, TriggerCounts
 from .storage_backends import StorageBackend, open_backend
 from .trigger_request import TriggerRequest
 from .triggers import PreparedTrigger, prepare_request
@@ -227,6 +228,8 @@ class Keyflow:
             self._phase = "running"
             return
         try:
+            for kind, name in stored.paused:
+                (self._core.paused_jobs if kind == "job" else self._core.paused_keys).add(name)
             restore(self._core, stored.unfinished, self._jobs)
             await self._core.pipeline.flush()  # crash counts are durable before a rerun
         except BaseException:
@@ -819,7 +822,48 @@ class Keyflow:
             events_dropped=self._hub.dropped,
             storage_batches=core.pipeline.batches_written,
             storage_error=None if error is None else repr(error),
+            paused=self.paused(),
         )
+
+    async def pause(self, *, job: str | None = None, key: str | None = None) -> None:
+        """Pause a job or a lane: none of its runs starts until :meth:`resume`.
+
+        Triggers are accepted and coalesce as usual (a paused lane gathers its follow-up
+        run); runs already executing go on. A run of a paused job that reaches the head
+        of its lane holds the lane (order and exclusion hold). Written to storage: a
+        restart keeps the pause. Give exactly one of ``job`` and ``key``.
+
+        Raises:
+            ConfigurationError: neither or both of ``job`` and ``key``, or not a name.
+            ReadOnlyError: the storage is open read-only.
+            SchedulerNotRunningError: not started, or stopped.
+        """
+        await self._set_paused(job, key, paused=True)
+
+    async def resume(self, *, job: str | None = None, key: str | None = None) -> None:
+        """Undo :meth:`pause` (the same arguments); held-back runs start again.
+
+        Raises:
+            ConfigurationError: neither or both of ``job`` and ``key``, or not a name.
+            ReadOnlyError: the storage is open read-only.
+            SchedulerNotRunningError: not started, or stopped.
+        """
+        await self._set_paused(job, key, paused=False)
+
+    async def _set_paused(self, job: str | None, key: str | None, *, paused: bool) -> None:
+        if (job is None) == (key is None):
+            raise ConfigurationError("give exactly one of job= and key=")
+        kind, name = ("job", job) if job is not None else ("key", key)
+        check_name(name, kind)
+        self._check_accepting()
+        assert name is not None
+        self._core.set_paused(kind, name, paused)
+        await self._core.pipeline.barrier()
+
+    def paused(self) -> Paused:
+        """The jobs and lanes paused now."""
+        core = self._core
+        return Paused(frozenset(core.paused_jobs), frozenset(core.paused_keys))
 
     def events(self, buffer: int | None = None) -> Subscription:
         """Subscribe to events from now on (an async iterator; ``async with`` closes it).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .state import LaneState
 
@@ -26,6 +26,8 @@ class LaneSnapshot:
     """Delayed runs not due yet (they enter the queue when due)."""
     coalesced: int
     """Triggers coalesced into runs of this key since keyflow started."""
+    paused: bool = False
+    """The lane is paused (``Keyflow.pause(key=...)``): none of its runs starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +81,15 @@ class Statistics:
     """Batches written to storage."""
     storage_error: str | None
     """The latest storage write failure, if any."""
+    paused: Paused = field(default_factory=lambda: Paused(frozenset(), frozenset()))
+    """What is paused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """The jobs and lanes paused now (see ``Keyflow.pause``)."""
+
+    jobs: frozenset[str]
+    """Jobs none of whose runs start."""
+    keys: frozenset[str]
+    """Lanes none of whose runs start."""

@@ -223,6 +223,9 @@ class WorkerPool:
                         raise
                     self._forget_cancels(task)  # a handler's cancel of its own task
                 continue
+            if (core.paused_jobs or core.paused_keys) and core.is_paused(record):
+                core.park(record)  # still pending, holding its slot, until resumed
+                continue
             job = jobs.get(record.job)
             if job is None:  # recovery rejects these; a run must never stick regardless
                 core.reject(record, f"job {record.job!r} is not registered in this process")

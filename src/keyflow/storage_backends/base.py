@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from ..runs import Run, RunStatus
+from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 if TYPE_CHECKING:
     from ..records import RunRecord
@@ -35,17 +36,21 @@ class WriteBatch:
     Attributes:
         runs: runs created or changed; each is saved with its current fields.
         idempotency: new ``(job, idempotency_key, run_id)`` entries.
+        pauses: ``(kind, name, paused)`` changes: ``("job", "process", True)`` pauses
+            the job ``process``; ``("key", "k", False)`` resumes the lane ``k``.
     """
 
-    __slots__ = ("idempotency", "runs")
+    __slots__ = ("idempotency", "pauses", "runs")
 
     def __init__(
         self,
         runs: list[RunRecord] | None = None,
         idempotency: list[tuple[str, str, str]] | None = None,
+        pauses: list[tuple[str, str, bool]] | None = None,
     ) -> None:
         self.runs: list[RunRecord] = [] if runs is None else runs
         self.idempotency: list[tuple[str, str, str]] = [] if idempotency is None else idempotency
+        self.pauses: list[tuple[str, str, bool]] = [] if pauses is None else pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class StoredState:
 
     unfinished: list[RunRecord]
     """Every run not yet terminal, in creation order."""
+    paused: frozenset[tuple[str, str]] = frozenset()
+    """What is paused: ``(kind, name)`` pairs (see :attr:`WriteBatch.pauses`)."""
 
 
 class StorageBackend(ABC):
@@ -203,3 +210,46 @@ class StorageBackend(ABC):
     @abstractmethod
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run id an earlier trigger of ``job`` with that key made, if still stored."""
+
+    # -- summaries: defaults that read every run; backends answer faster ------------
+
+    async def summary(self) -> StoreSummary:
+        """Every key with stored runs, the jobs, and the triggers coalesced into them."""
+        return summarize(
+            RunFacts(r.concurrency_key, r.job, r.status.value, r.trigger_count, r.created_at)
+            for r in await self.list_runs(RunQuery(limit=10**9))
+        )
+
+    async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
+        """The runs of ``job`` created at ``since`` or later, with their times.
+
+        Newest first, at most ``limit``: what job statistics need.
+        """
+        runs = await self.list_runs(RunQuery(job=job, created_after=since, limit=limit))
+        return [
+            RunTiming(
+                r.id,
+                r.status,
+                r.created_at,
+                r.due_at,
+                r.started_at,
+                r.finished_at,
+                r.attempt,
+                r.trigger_count,
+            )
+            for r in runs
+        ]
+
+    async def change_token(self) -> Hashable:
+        """Something that changes whenever what is stored changes (and rarely else).
+
+        A reader compares it between two looks to skip reading when nothing changed.
+        The default reads everything: a backend gives a cheap one.
+        """
+        newest = await self.list_runs(RunQuery(limit=1))
+        counts = [await self.count_runs(RunQuery(status=status)) for status in RunStatus]
+        return (tuple(counts), newest[0].id if newest else None)
+
+    async def paused(self) -> frozenset[tuple[str, str]]:
+        """What is paused now: ``(kind, name)`` pairs (see :attr:`WriteBatch.pauses`)."""
+        return frozenset()

@@ -27,16 +27,17 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import StorageCorruptError, StorageError
-from ..runs import Run
+from ..runs import Run, RunStatus
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
 from .lockfile import WriterLock
 from .rows import Row, check_row, dumps, encode_row, record_row, row_record, row_run
+from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 logger = logging.getLogger("keyflow.storage")
 
@@ -82,6 +83,7 @@ class JSONFileBackend(StorageBackend):
         self._snapshot_size = 0
         self._snapshot_id: tuple[int, int, int] | None = None
         self._closed = False
+        self._paused: set[tuple[str, str]] = set()
         self._ops: set[asyncio.Future[Any]] = set()
         """Blocking file operations running in a thread now (see close())."""
         self._compact_at = MIN_COMPACT_BYTES
@@ -125,7 +127,7 @@ class JSONFileBackend(StorageBackend):
         except BaseException:
             await self.close()
             raise
-        return StoredState(unfinished=unfinished)
+        return StoredState(unfinished=unfinished, paused=frozenset(self._paused))
 
     async def _open_for_writing(self) -> None:
         try:
@@ -151,6 +153,7 @@ class JSONFileBackend(StorageBackend):
         self._runs.clear()
         self._finished.clear()
         self._idempotency.clear()
+        self._paused.clear()
         self._keys_of_run.clear()
         if not self.path.exists():
             if self.journal_path.exists():
@@ -174,6 +177,8 @@ class JSONFileBackend(StorageBackend):
                 self._put(check_row(row, f"{self.path}: malformed snapshot"))
             for job, key, run_id in snapshot["idempotency"]:
                 self._remember_key(job, key, run_id)
+            for kind, name in snapshot.get("paused", ()):  # (format 1 files may lack it)
+                self._paused.add((str(kind), str(name)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageCorruptError(f"{self.path}: malformed snapshot ({exc!r})") from None
         if not self.journal_path.exists():
@@ -222,7 +227,15 @@ class JSONFileBackend(StorageBackend):
                 f"{path} has format version {version!r}; this keyflow reads version {VERSION}"
             )
 
+    def _apply_pauses(self, pauses: Iterable[Any]) -> None:
+        for kind, name, paused in pauses:
+            if paused:
+                self._paused.add((str(kind), str(name)))
+            else:
+                self._paused.discard((str(kind), str(name)))
+
     def _apply_entry(self, entry: dict[str, Any]) -> None:
+        self._apply_pauses(entry.get("pauses", ()))
         for row in entry["runs"]:
             self._put(check_row(row, str(self.journal_path)))
         for job, key, run_id in entry["idempotency"]:
@@ -303,6 +316,7 @@ class JSONFileBackend(StorageBackend):
             + dumps(batch.idempotency)
             + ',"pruned":'
             + dumps(pruned)
+            + (',"pauses":' + dumps(batch.pauses) if batch.pauses else "")
             + "}\n"
         ).encode()
         try:
@@ -325,6 +339,7 @@ class JSONFileBackend(StorageBackend):
             self._put(row)
         for job, key, run_id in batch.idempotency:
             self._remember_key(job, key, run_id)
+        self._apply_pauses(batch.pauses)
         self._apply_retention()
         if self._journal_size > self._compact_at:
             # The batch is durable: a compaction that fails only comes later.
@@ -417,6 +432,7 @@ class JSONFileBackend(StorageBackend):
             "generation": generation,
             "runs": list(self._runs.values()),
             "idempotency": idempotency,
+            "paused": sorted([kind, name] for kind, name in self._paused),
         }
 
     def _write_snapshot(self, document: dict[str, Any]) -> None:
@@ -527,6 +543,48 @@ class JSONFileBackend(StorageBackend):
         """How many runs match (stopping at ``at_most``)."""
         await self._refresh()
         return count_of(self._matching(query), at_most)
+
+    async def summary(self) -> StoreSummary:
+        """Keys, jobs and coalesced triggers of every stored run."""
+        await self._refresh()
+        return summarize(
+            RunFacts(r["key"], r["job"], r["status"], r["trigger_count"], r["created_at"])
+            for r in self._runs.values()
+        )
+
+    async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
+        """The runs of ``job`` created at ``since`` or later, newest first."""
+        await self._refresh()
+        out: list[RunTiming] = []
+        for r in reversed(self._runs.values()):
+            if len(out) >= limit:
+                break
+            if r["job"] == job and r["created_at"] >= since:
+                out.append(
+                    RunTiming(
+                        r["id"],
+                        RunStatus(r["status"]),
+                        r["created_at"],
+                        r["due_at"],
+                        r["started_at"],
+                        r["finished_at"],
+                        r["attempt"],
+                        r["trigger_count"],
+                    )
+                )
+        return out
+
+    async def change_token(self) -> Hashable:
+        """The files' generation and journal length (a reader: their sizes and times)."""
+        if self.read_only:
+            await self._refresh()
+            return self._seen
+        return (self._generation, self._journal_size)
+
+    async def paused(self) -> frozenset[tuple[str, str]]:
+        """What is paused now."""
+        await self._refresh()
+        return frozenset(self._paused)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run an earlier trigger with that key made, while it is retained."""

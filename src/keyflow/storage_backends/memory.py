@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from ..runs import Run
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .rows import dumps, record_row
+from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Hashable, Iterator
 
     from ..records import RunRecord
 
@@ -35,10 +36,15 @@ class MemoryBackend(StorageBackend):
         """Finished runs, oldest first (O(1) to drop the oldest, unlike a plain dict)."""
         self._idempotency: dict[tuple[str, str], str] = {}
         self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
+        self._paused: set[tuple[str, str]] = set()
+        self._writes = 0
 
     async def open(self) -> StoredState:
         """Start empty, or with what an earlier ``open`` in this process left."""
-        return StoredState(unfinished=[r for r in self._runs.values() if not r.status.is_terminal])
+        return StoredState(
+            unfinished=[r for r in self._runs.values() if not r.status.is_terminal],
+            paused=frozenset(self._paused),
+        )
 
     async def close(self) -> None:
         """Nothing to release; runs stay until :meth:`reset`."""
@@ -49,6 +55,7 @@ class MemoryBackend(StorageBackend):
         self._finished.clear()
         self._idempotency.clear()
         self._keys_of_run.clear()
+        self._paused.clear()
 
     async def write(self, batch: WriteBatch) -> None:
         """Register new records and retire finished ones beyond the retention."""
@@ -67,6 +74,12 @@ class MemoryBackend(StorageBackend):
         for job, key, run_id in batch.idempotency:
             self._idempotency[job, key] = run_id
             self._keys_of_run.setdefault(run_id, []).append((job, key))
+        for kind, name, paused in batch.pauses:
+            if paused:
+                self._paused.add((kind, name))
+            else:
+                self._paused.discard((kind, name))
+        self._writes += 1
         excess = len(finished) - self.retention
         if excess > 0:
             self._prune(excess)
@@ -74,6 +87,43 @@ class MemoryBackend(StorageBackend):
     def write_new_sync(self, record: RunRecord) -> None:
         """Register a new run (it cannot be finished yet: nothing to retire)."""
         self._runs[record.id] = record
+        self._writes += 1
+
+    async def summary(self) -> StoreSummary:
+        """Keys, jobs and coalesced triggers of every run held."""
+        return summarize(
+            RunFacts(r.key, r.job, r.status.value, r.trigger_count, r.created_at)
+            for r in self._runs.values()
+        )
+
+    async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
+        """The runs of ``job`` created at ``since`` or later, newest first."""
+        out: list[RunTiming] = []
+        for r in reversed(self._runs.values()):
+            if len(out) >= limit:
+                break
+            if r.job == job and r.created_at >= since:
+                out.append(
+                    RunTiming(
+                        r.id,
+                        r.status,
+                        r.created_at,
+                        r.due_at,
+                        r.started_at,
+                        r.finished_at,
+                        r.attempt,
+                        r.trigger_count,
+                    )
+                )
+        return out
+
+    async def change_token(self) -> Hashable:
+        """How many writes the backend was told of."""
+        return self._writes
+
+    async def paused(self) -> frozenset[tuple[str, str]]:
+        """What is paused now."""
+        return frozenset(self._paused)
 
     def _prune(self, count: int) -> None:
         finished = self._finished

@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import String, bindparam, delete, event, func, select
+from sqlalchemy import String, bindparam, case, delete, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import StorageCorruptError, StorageError
-from ..runs import Run
+from ..runs import Run, RunStatus
 from . import sqlite_schema as schema
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch
 from .lockfile import WriterLock
@@ -31,12 +32,15 @@ from .sqlite_schema import (
     idempotency_table,
     insert_idempotency,
     insert_labels,
+    insert_pause,
     labels_table,
+    pauses_table,
     runs_table,
     schema_table,
     text_table,
     upsert_run,
 )
+from .summaries import KeySummary, RunTiming, StoreSummary
 
 Synchronous = Literal["NORMAL", "FULL"]
 
@@ -68,6 +72,7 @@ class SQLiteBackend(StorageBackend):
         self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._wal_identity: tuple[int, int] | None = None
         self._text_index = False  # the database has the full-text index (FTS5)
+        self._watcher: AsyncConnection | None = None  # for change_token()
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
 
@@ -129,6 +134,12 @@ class SQLiteBackend(StorageBackend):
             )
             where = str(self.path)
             records = [row_record(loads_row(data, where), where) for (data,) in unfinished]
+            paused = frozenset(
+                (str(kind), str(name))
+                for kind, name in await conn.execute(
+                    select(pauses_table.c.kind, pauses_table.c.name)
+                )
+            )
             if await conn.run_sync(schema.has_text_index):
                 if not await conn.run_sync(schema.has_fts5):
                     raise StorageError(
@@ -143,7 +154,7 @@ class SQLiteBackend(StorageBackend):
             ) from exc
         except OSError as exc:
             raise StorageError(f"{self.path} cannot be opened: {exc}") from exc
-        return StoredState(unfinished=records)
+        return StoredState(unfinished=records, paused=paused)
 
     async def _check_schema(self, conn: AsyncConnection) -> None:
         tables = {
@@ -199,8 +210,11 @@ class SQLiteBackend(StorageBackend):
     async def close(self) -> None:
         """Close the connections and release the lock. Idempotent."""
         writer, self._writer = self._writer, None
+        watcher, self._watcher = self._watcher, None
         engine, self._engine = self._engine, None
         try:
+            if watcher is not None:
+                await watcher.close()
             if writer is not None:
                 await writer.close()
             if engine is not None:
@@ -226,6 +240,7 @@ class SQLiteBackend(StorageBackend):
             for name, value in record.labels.items()
         ]
         newly_finished = sum(1 for row in rows if row["status"] in TERMINAL)
+        pauses = list(batch.pauses)
         conn = self._writable()
         self._check_identity()
         try:
@@ -237,6 +252,15 @@ class SQLiteBackend(StorageBackend):
                     await conn.execute(insert_idempotency, keys)
                 if labels:
                     await conn.execute(insert_labels, labels)
+                for kind, name, paused in pauses:
+                    if paused:
+                        await conn.execute(insert_pause, {"kind": kind, "name": name})
+                    else:
+                        await conn.execute(
+                            delete(pauses_table).where(
+                                pauses_table.c.kind == kind, pauses_table.c.name == name
+                            )
+                        )
                 pruned = await self._prune(conn, self._finished + newly_finished)
                 await conn.exec_driver_sql("COMMIT")
             except BaseException:
@@ -335,6 +359,84 @@ class SQLiteBackend(StorageBackend):
             statement = select(func.count()).select_from(matching.subquery())
         count = await self._read_scalar(statement)
         return int(count or 0)
+
+    async def summary(self) -> StoreSummary:
+        """Keys, jobs and coalesced triggers of every stored run, from the indexes."""
+        table = runs_table
+        per_key = (
+            select(
+                table.c.concurrency_key,
+                func.count(),
+                func.sum(case((table.c.status.in_(TERMINAL), 0), else_=1)),
+                func.sum(table.c.trigger_count - 1),
+                func.max(table.c.created_at),
+            )
+            .where(table.c.concurrency_key.is_not(None))
+            .group_by(table.c.concurrency_key)
+        )
+        try:
+            async with self._reader().connect() as conn:
+                keys = {
+                    key: KeySummary(key, int(n), int(unfinished), int(joined), float(newest))
+                    for key, n, unfinished, joined, newest in await conn.execute(per_key)
+                }
+                jobs = [job for (job,) in await conn.execute(select(table.c.job).distinct())]
+                total = (await conn.execute(select(func.sum(table.c.trigger_count - 1)))).scalar()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return StoreSummary(keys, sorted(jobs), int(total or 0))
+
+    async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
+        """The runs of ``job`` created at ``since`` or later, newest first (its index)."""
+        t = runs_table
+        statement = (
+            select(
+                t.c.id,
+                t.c.status,
+                t.c.created_at,
+                t.c.due_at,
+                t.c.started_at,
+                t.c.finished_at,
+                t.c.attempt,
+                t.c.trigger_count,
+            )
+            .where(t.c.job == job, t.c.created_at >= since)
+            .order_by(t.c.created_at.desc())
+            .limit(limit)
+        )
+        try:
+            async with self._reader().connect() as conn:
+                rows = list(await conn.execute(statement))
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return [
+            RunTiming(run_id, RunStatus(status), created, due, started, finished, attempt, count)
+            for run_id, status, created, due, started, finished, attempt, count in rows
+        ]
+
+    async def change_token(self) -> Hashable:
+        """SQLite's data version, as one connection of ours sees it.
+
+        It changes with every commit made on another connection (the writer's, or
+        another process's).
+        """
+        try:
+            if self._watcher is None:
+                self._watcher = await self._reader().connect()
+            version = (await self._watcher.exec_driver_sql("PRAGMA data_version")).scalar()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return version
+
+    async def paused(self) -> frozenset[tuple[str, str]]:
+        """What is paused now."""
+        query = select(pauses_table.c.kind, pauses_table.c.name)
+        try:
+            async with self._reader().connect() as conn:
+                rows = list(await conn.execute(query))
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return frozenset((str(kind), str(name)) for kind, name in rows)
 
     async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
         """The run an earlier trigger with that key made, while it is retained."""

@@ -132,6 +132,7 @@ upsert_run = upsert_run.on_conflict_do_update(
 )
 insert_idempotency = sqlite_insert(idempotency_table).on_conflict_do_nothing()
 insert_labels = sqlite_insert(labels_table).on_conflict_do_nothing()
+insert_pause = sqlite_insert(pauses_table).on_conflict_do_nothing()
 
 Step = str | Callable[[Connection], None]
 """One step of a migration: SQL text, or a function of the (synchronous) connection."""
