@@ -37,7 +37,6 @@ from .sqlite_schema import (
     pauses_table,
     runs_table,
     schema_table,
-    text_table,
     upsert_run,
 )
 from .summaries import KeySummary, RunTiming, StoreSummary
@@ -71,7 +70,6 @@ class SQLiteBackend(StorageBackend):
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
         self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._wal_identity: tuple[int, int] | None = None
-        self._text_index = False  # the database has the full-text index (FTS5)
         self._watcher: AsyncConnection | None = None  # for change_token()
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
@@ -140,13 +138,6 @@ class SQLiteBackend(StorageBackend):
                     select(pauses_table.c.kind, pauses_table.c.name)
                 )
             )
-            if await conn.run_sync(schema.has_text_index):
-                if not await conn.run_sync(schema.has_fts5):
-                    raise StorageError(
-                        f"{self.path} has a full-text index, but this SQLite has no FTS5 "
-                        "module: use a Python whose SQLite includes FTS5"
-                    )
-                self._text_index = True
             self._finished = await self._count_finished(conn)
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageCorruptError(
@@ -331,7 +322,7 @@ class SQLiteBackend(StorageBackend):
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
         statement = (
-            _filtered(select(runs_table.c.data), query, text_index=self._text_index)
+            _filtered(select(runs_table.c.data), query)
             # created_at first: the job and key filters then read their indexes in order
             # (rowid breaks ties, and is creation order within a process).
             .order_by(runs_table.c.created_at.desc(), ROWID.desc())
@@ -349,13 +340,9 @@ class SQLiteBackend(StorageBackend):
     async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
         """How many runs match (stopping at ``at_most``)."""
         if at_most is None:
-            statement = _filtered(
-                select(func.count()).select_from(runs_table), query, text_index=self._text_index
-            )
+            statement = _filtered(select(func.count()).select_from(runs_table), query)
         else:
-            matching = _filtered(
-                select(ROWID).select_from(runs_table), query, text_index=self._text_index
-            ).limit(at_most)
+            matching = _filtered(select(ROWID).select_from(runs_table), query).limit(at_most)
             statement = select(func.count()).select_from(matching.subquery())
         count = await self._read_scalar(statement)
         return int(count or 0)
@@ -514,7 +501,7 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _filtered(statement: Any, query: RunQuery, *, text_index: bool) -> Any:
+def _filtered(statement: Any, query: RunQuery) -> Any:
     table = runs_table
     if query.job is not None:
         statement = statement.where(table.c.job == query.job)
@@ -539,7 +526,7 @@ def _filtered(statement: Any, query: RunQuery, *, text_index: bool) -> Any:
     if query.finished_before is not None:
         statement = statement.where(table.c.finished_at < query.finished_before)
     if query.text:
-        statement = _text_filter(statement, query.text, text_index=text_index)
+        statement = _text_filter(statement, query.text)
     for index, (name, value) in enumerate(query.labels):
         labels = labels_table
         statement = statement.where(
@@ -554,22 +541,11 @@ def _filtered(statement: Any, query: RunQuery, *, text_index: bool) -> Any:
     return statement
 
 
-def _text_filter(statement: Any, text: str, *, text_index: bool) -> Any:
+def _text_filter(statement: Any, text: str) -> Any:
     table = runs_table
     pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     if text.isascii():
         # LIKE ignores ASCII case by itself; lower() would cost a copy of every row.
-        exact = table.c.data.like(pattern, escape="\\")
-    else:  # SQLite folds ASCII only: fold the rest as the other backends do
-        exact = func.keyflow_lower(table.c.data).like(pattern, escape="\\")
-    statement = statement.where(exact)
-    if not text_index or len(text) < 3:  # trigrams need three characters
-        return statement
-    # Candidates: finished runs the trigram index finds, and the unfinished runs (few,
-    # not indexed); the exact test above then decides.
-    phrase = '"' + text.replace('"', '""') + '"'
-    indexed = select(text_table.c.rowid).where(
-        text_table.c.keyflow_text.op("MATCH")(bindparam("text_phrase", phrase, String))
-    )
-    unfinished = select(ROWID).select_from(table).where(table.c.status.not_in(TERMINAL))
-    return statement.where(ROWID.in_(indexed.union_all(unfinished)))
+        return statement.where(table.c.data.like(pattern, escape="\\"))
+    # SQLite folds ASCII only: fold the rest as the other backends do.
+    return statement.where(func.keyflow_lower(table.c.data).like(pattern, escape="\\"))

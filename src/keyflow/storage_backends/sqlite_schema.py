@@ -9,10 +9,8 @@ Tables:
   exact, indexed match for any name and value (a JSON path cannot spell every name, and
   SQLite's JSON functions stop at a NUL character);
 * (version 3) the run columns ``due_at``, ``started_at``, ``attempt`` and
-  ``trigger_count``, for statistics without reading the JSON; ``keyflow_pauses``, the
-  paused jobs and lanes; and ``keyflow_text``, a trigram full-text index (FTS5) of the
-  finished runs, kept by triggers, so a free-text search reads the matching runs only
-  (the unfinished ones, few, are scanned);
+  ``trigger_count``, for statistics without reading the JSON; and ``keyflow_pauses``,
+  the paused jobs and lanes;
 * ``keyflow_schema``: the version, checked at every open.
 
 A migration is a list of steps, SQL text or a function run on the connection, applied
@@ -35,11 +33,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    column,
     insert,
     literal_column,
     select,
-    table,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnClause
@@ -95,27 +91,8 @@ pauses_table = Table(
     Column("name", String, primary_key=True),
 )
 
-text_table = table("keyflow_text", column("rowid"), column("keyflow_text"))
-"""The full-text index (FTS5; see :data:`TEXT_INDEX`), as far as queries need it."""
-
 ROWID: ColumnClause[int] = literal_column("rowid", Integer)
-_TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
-TEXT_INDEX = [
-    "CREATE VIRTUAL TABLE keyflow_text USING fts5(data, tokenize='trigram')",
-    # A finished run is indexed once it is finished (and again if it is rewritten); a
-    # pruned run leaves the index with it.
-    "CREATE TRIGGER keyflow_text_insert AFTER INSERT ON keyflow_runs "
-    f"WHEN new.status IN {_TERMINAL_SQL} BEGIN "
-    "INSERT INTO keyflow_text(rowid, data) VALUES (new.rowid, new.data); END",
-    "CREATE TRIGGER keyflow_text_update AFTER UPDATE OF data ON keyflow_runs "
-    f"WHEN new.status IN {_TERMINAL_SQL} BEGIN "
-    "DELETE FROM keyflow_text WHERE rowid = old.rowid; "
-    "INSERT INTO keyflow_text(rowid, data) VALUES (new.rowid, new.data); END",
-    "CREATE TRIGGER keyflow_text_delete AFTER DELETE ON keyflow_runs "
-    f"WHEN old.status IN {_TERMINAL_SQL} BEGIN "
-    "DELETE FROM keyflow_text WHERE rowid = old.rowid; END",
-]
-"""The full-text index: created with the schema, where SQLite has FTS5."""
+
 
 upsert_run = sqlite_insert(runs_table)
 upsert_run = upsert_run.on_conflict_do_update(
@@ -150,35 +127,9 @@ def _backfill_labels(conn: Connection) -> None:
         conn.execute(insert(labels_table), rows)
 
 
-def _text_index(conn: Connection) -> None:
-    if not has_fts5(conn):
-        return  # free-text search scans instead
-    for statement in TEXT_INDEX:
-        conn.exec_driver_sql(statement)
-    conn.exec_driver_sql(
-        "INSERT INTO keyflow_text(rowid, data) SELECT rowid, data FROM keyflow_runs "
-        f"WHERE status IN {_TERMINAL_SQL}"
-    )
-
-
-def has_fts5(conn: Connection) -> bool:
-    """Whether this SQLite has the FTS5 module (nearly every build does)."""
-    options = {row[0] for row in conn.exec_driver_sql("PRAGMA compile_options")}
-    return "ENABLE_FTS5" in options
-
-
-def has_text_index(conn: Connection) -> bool:
-    """Whether the database holds the full-text index."""
-    found = conn.exec_driver_sql(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keyflow_text'"
-    ).first()
-    return found is not None
-
-
 def create(conn: Connection) -> None:
     """The whole schema, in an empty database."""
     metadata.create_all(conn)
-    _text_index(conn)
 
 
 MIGRATIONS: dict[int, list[Step]] = {
@@ -199,7 +150,6 @@ MIGRATIONS: dict[int, list[Step]] = {
         "trigger_count = json_extract(data, '$.trigger_count')",
         "CREATE TABLE keyflow_pauses (kind VARCHAR NOT NULL, name VARCHAR NOT NULL, "
         "PRIMARY KEY (kind, name))",
-        _text_index,
     ],
 }
 """The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""
