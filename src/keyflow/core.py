@@ -483,6 +483,7 @@ class Core:
     def start(self, record: RunRecord) -> None:
         """A worker starts an attempt of ``record`` (the same one again after a stop)."""
         record.apply(START)
+        record.starts += 1
         if record.stop_interrupted:  # a stop cut it short: it is that attempt again
             record.stop_interrupted = False
         else:

@@ -81,6 +81,7 @@ class RunRecord(RunState):
         "progress",
         "retries_used",
         "started_at",
+        "starts",
         "stop_interrupted",
         "trigger_count",
         "unsettled",
@@ -136,6 +137,8 @@ class RunRecord(RunState):
         self.cancel_requested = False
         self.stop_interrupted = False
         """A stop cut its latest attempt short: the next start is that attempt again."""
+        self.starts = 0
+        """How many times its handler was started (reruns after a stop included)."""
         self.unsettled = 0
         """Trigger changes to this run that are not durable yet; it may not run before."""
 

@@ -1,6 +1,8 @@
 """Recovery at start: the scheduler's memory rebuilt from what storage kept.
 
-Runs come back in creation order. A run found ``running`` was cut short by a crash: it
+Runs come back in creation order. A run found ``running`` (or whose start mark is ahead
+of its row: see :meth:`~keyflow.storage_backends.base.StorageBackend.mark_start`) was cut
+short by a crash: it
 goes back to the head of its lane as a new attempt (a crash uses up no retry), fails once
 crashes have cut it short :data:`MAX_CRASHES` times (a poison pill), and is cancelled if
 a cancel had been asked for. Delays and retry backoffs keep their due times; queued runs
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING
 
 from .records import RunRecord
@@ -38,11 +40,22 @@ MAX_CRASHES = 3
 """A run cut short by this many crashes fails instead of running again (a poison pill)."""
 
 
-def restore(core: Core, unfinished: list[RunRecord], jobs: Container[str]) -> None:
+def restore(
+    core: Core,
+    unfinished: list[RunRecord],
+    jobs: Container[str],
+    started: Mapping[str, int] | None = None,
+) -> None:
     """Rebuild lanes, timers and the ready queue of ``core``, before workers start.
 
-    Runs of a job not in ``jobs`` fail (see the module docstring).
+    Runs of a job not in ``jobs`` fail (see the module docstring). ``started`` holds the
+    start marks the dead process left (run id → handler starts).
     """
+    if started:
+        for record in unfinished:
+            marked = started.get(record.id, 0)
+            if marked > record.starts and record.status is not RUNNING:
+                _started_unrecorded(record, marked)
     counts = core.status_counts
     queued: list[tuple[float, int, RunRecord]] = []
     crashed: list[RunRecord] = []
@@ -123,6 +136,17 @@ def _enforce_limit(core: Core, lane: Lane) -> None:
     ready = [record for record in core.ready if record.status is PENDING]
     core.ready.clear()
     core.ready.extend(ready)
+
+
+def _started_unrecorded(record: RunRecord, marked: int) -> None:
+    # A worker marked the start, and the process died before the row said so: it was
+    # running (what Core.start would have changed, done on the stored row).
+    record.status = RUNNING
+    record.starts = marked
+    if record.stop_interrupted:
+        record.stop_interrupted = False
+    else:
+        record.attempt += 1
 
 
 def _recover_crashed(core: Core, record: RunRecord) -> None:

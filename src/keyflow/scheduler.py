@@ -131,6 +131,7 @@ class Keyflow:
             rng=self._rng,
             cancel_grace=cancel_grace,
             durable_start=self._backend.durable,
+            mark_start=self._backend.mark_start,
         )
         self._phase: _Phase = "new"
         self._stopping: asyncio.Task[None] | None = None
@@ -230,8 +231,9 @@ class Keyflow:
         try:
             for kind, name in stored.paused:
                 (self._core.paused_jobs if kind == "job" else self._core.paused_keys).add(name)
-            restore(self._core, stored.unfinished, self._jobs)
+            restore(self._core, stored.unfinished, self._jobs, stored.started)
             await self._core.pipeline.flush()  # crash counts are durable before a rerun
+            self._backend.marks_recovered()
         except BaseException:
             self._failed_start()
             await self._backend.close()

@@ -7,10 +7,11 @@ tasks for good and the interrupted runs go back to the head of their lanes.
 
 Whatever a handler does, its run ends and the pool keeps its size:
 
-* on durable storage a run's start is written before its handler's first instruction,
-  so a process that dies inside the handler is counted as a crash (poison pill); runs
-  a crash cut short (suspects) then execute one at a time, so a run that kills its
-  process takes no innocent run down with it a second time;
+* on durable storage a run's start is written before its handler's first instruction
+  (a start mark in its worker's slot, or else the commit of its status), so a process
+  that dies inside the handler is counted as a crash (poison pill); runs a crash cut
+  short (suspects) then execute one at a time, so a run that kills its process takes
+  no innocent run down with it a second time;
 * every exception (any ``BaseException`` but a process exit) fails the attempt, with its
   message stored as safe text; a handler that returns after its timeout still fails;
 * a handler that ignores its cancellation (a cancel, a timeout) for ``cancel_grace``
@@ -26,7 +27,7 @@ import logging
 import random
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import RunContext
@@ -57,9 +58,11 @@ _EXITS: Final = (KeyboardInterrupt, SystemExit)
 
 
 class _Worker:
-    __slots__ = ("abandoned", "current", "detached", "task")
+    __slots__ = ("abandoned", "current", "detached", "slot", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        """Its start-mark slot (see :meth:`StorageBackend.mark_start`), its own."""
         self.task: asyncio.Task[None] | None = None
         self.current: RunRecord | None = None
         self.abandoned = False
@@ -83,6 +86,7 @@ class WorkerPool:
         rng: random.Random,
         cancel_grace: float,
         durable_start: bool,
+        mark_start: Callable[[int, RunRecord], bool],
     ) -> None:
         self._core = core
         self._jobs = jobs
@@ -90,7 +94,9 @@ class WorkerPool:
         self._rng = rng
         self._cancel_grace = cancel_grace
         self._durable_start = durable_start
-        self._workers = [_Worker() for _ in range(size)]
+        self._mark_start = mark_start
+        self._workers = [_Worker(slot) for slot in range(size)]
+        self._slots = size
         self._abandoned: list[_Worker] = []
         self._suspect: RunRecord | None = None
         """The one run executing after a crash cut it short (see the module)."""
@@ -146,7 +152,8 @@ class WorkerPool:
         )
         worker.abandoned = True
         self._abandoned.append(worker)
-        fresh = _Worker()
+        fresh = _Worker(self._slots)  # not the abandoned one's: its handler still runs
+        self._slots += 1
         self._workers[self._workers.index(worker)] = fresh
         self._spawn(fresh)
 
@@ -209,6 +216,8 @@ class WorkerPool:
         ready = core.ready
         pipeline = core.pipeline
         durable_start = self._durable_start
+        mark_start = self._mark_start
+        slot = worker.slot
         while not self._closing and not worker.abandoned:
             record = ready.popleft() if ready else None
             if record is None or record.status is not PENDING:  # None, or cancelled since
@@ -243,10 +252,12 @@ class WorkerPool:
             failure: BaseException | None = None
             output: Any = None
             try:
-                if durable_start:  # the start is on disk before the handler's first line
-                    await pipeline.until_written(record)
                 while record.unsettled:  # a coalesced input is not durable yet
                     await pipeline.barrier()
+                # The start is on disk before the handler's first line: a start mark, or
+                # (without one) the commit of the run's new status.
+                if durable_start and not mark_start(slot, record):
+                    await pipeline.until_written(record)
                 data = copy_json_dict(record.input)
                 ctx = RunContext(self._keyflow, core, record, data)
                 if job.timeout is None:

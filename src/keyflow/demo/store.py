@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ConfigurationError
 from ..storage_backends.lockfile import WriterLock
 
-_COMPANIONS = ("-wal", "-shm", ".journal", ".lock")
+_COMPANIONS = ("-wal", "-shm", ".journal", ".lock", ".starts")
 """Files a storage file may have beside it (SQLite's WAL, the JSON journal, the lock)."""
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from ..errors import StorageError
 from ..runs import Run, RunStatus
+from .startmarks import StartMarks
 from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 if TYPE_CHECKING:
@@ -139,6 +142,10 @@ class StoredState:
     """Every run not yet terminal, in creation order."""
     paused: frozenset[tuple[str, str]] = frozenset()
     """What is paused: ``(kind, name)`` pairs (see :attr:`WriteBatch.pauses`)."""
+    started: Mapping[str, int] = field(default_factory=dict)
+    """Start marks a process left (see :meth:`StorageBackend.mark_start`): run id →
+    how many times its handler had been started. A mark ahead of its run's row means
+    the run was executing when that process died."""
 
 
 class StorageBackend(ABC):
@@ -166,6 +173,46 @@ class StorageBackend(ABC):
             StorageError: nothing of the batch was stored.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot write synchronously")
+
+    start_marks: StartMarks | None = None
+    """A file backend's start marks (see :mod:`~keyflow.storage_backends.startmarks`),
+    opened by its writer; None: the scheduler waits for a start's commit instead."""
+
+    def mark_start(self, slot: int, record: RunRecord) -> bool:
+        """Record, before its handler runs, that worker ``slot`` starts ``record``.
+
+        Written so that it survives the process dying at once (not necessarily a power
+        loss). True when marked; False when the backend keeps no marks (or could not
+        write one): the worker then waits until the run's start is committed instead.
+        """
+        marks = self.start_marks
+        return marks is not None and marks.mark(slot, record.id, record.starts)
+
+    def marks_recovered(self) -> None:
+        """The start marks read at open were recovered and written: forget them."""
+        if self.start_marks is not None:
+            self.start_marks.clear()
+
+    def open_start_marks(self, storage_path: Path) -> dict[str, int]:
+        """Open ``<storage_path>.starts`` (a writer, at open); return the marks left.
+
+        Raises:
+            StorageError: the file cannot be opened.
+        """
+        real = storage_path.resolve()
+        marks = StartMarks(real.with_name(real.name + ".starts"))
+        try:
+            found = marks.open()
+        except OSError as exc:
+            raise StorageError(f"cannot open {marks.path}: {exc}") from exc
+        self.start_marks = marks
+        return found
+
+    def close_start_marks(self) -> None:
+        """Close the start marks file, if open (they stay on disk for the next start)."""
+        marks, self.start_marks = self.start_marks, None
+        if marks is not None:
+            marks.close()
 
     def write_new_sync(self, record: RunRecord) -> None:
         """Persist one new, unfinished run without awaiting (:meth:`write_sync` of it alone).

@@ -110,6 +110,7 @@ class JSONFileBackend(StorageBackend):
             if path.is_dir():
                 raise StorageError(f"{path} is a directory, not a keyflow JSON file")
         try:
+            started: dict[str, int] = {}
             if self.read_only:
                 await self._refresh()
             else:
@@ -119,6 +120,7 @@ class JSONFileBackend(StorageBackend):
                     raise StorageError(f"cannot create the folder of {self.path}: {exc}") from exc
                 self._lock.acquire()
                 await self._open_for_writing()
+                started = self.open_start_marks(self.path)
             unfinished = [
                 row_record(row, str(self.path))
                 for row in self._runs.values()
@@ -127,7 +129,7 @@ class JSONFileBackend(StorageBackend):
         except BaseException:
             await self.close()
             raise
-        return StoredState(unfinished=unfinished, paused=frozenset(self._paused))
+        return StoredState(unfinished=unfinished, paused=frozenset(self._paused), started=started)
 
     async def _open_for_writing(self) -> None:
         try:
@@ -254,6 +256,7 @@ class JSONFileBackend(StorageBackend):
         if self._closed:
             return
         self._closed = True
+        self.close_start_marks()
         if self._ops:
             logger.warning(
                 "%s: a write is still in progress; the store is closed when it returns",

@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 def record_row(record: RunRecord) -> Row:
     """The persistent fields of ``record`` now."""
     progress = record.progress
-    return {
+    row: Row = {
         "id": record.id,
         "job": record.job,
         "key": record.key,
@@ -63,6 +63,9 @@ def record_row(record: RunRecord) -> Row:
         "stop_interrupted": record.stop_interrupted,
         "by_queue": record.by_queue,
     }
+    if record.starts != record.attempt:  # only after reruns a stop cut short
+        row["starts"] = record.starts
+    return row
 
 
 _NUMBER = (int, float)
@@ -181,6 +184,8 @@ def row_record(row: Row, where: str = "storage") -> RunRecord:
         record.retries_used = row["retries_used"]
         record.cancel_requested = row["cancel_requested"]
         record.stop_interrupted = bool(row.get("stop_interrupted", False))  # (since 0.2)
+        starts = row.get("starts", record.attempt)  # (since 0.2: before, attempts)
+        record.starts = starts if isinstance(starts, int) else record.attempt
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StorageCorruptError(
             f"{where}: stored run {safe_repr(row.get('id'))} is unreadable: {exc}"

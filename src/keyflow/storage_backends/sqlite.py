@@ -13,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,7 @@ class SQLiteBackend(StorageBackend):
             if not self.read_only:
                 if not self._lock.holds(self.path):
                     self._lock.hold(self.path)
+                state = replace(state, started=self.open_start_marks(self.path))
                 self._identity = _identity(self.path)
                 self._wal_identity = _identity_or_none(self._wal_path)
             return state
@@ -204,6 +206,7 @@ class SQLiteBackend(StorageBackend):
         watcher, self._watcher = self._watcher, None
         engine, self._engine = self._engine, None
         try:
+            self.close_start_marks()
             if watcher is not None:
                 await watcher.close()
             if writer is not None:

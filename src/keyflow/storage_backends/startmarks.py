@@ -1,0 +1,90 @@
+"""Start marks: which run each worker started last, written before its handler runs.
+
+A run must be known as started before its handler's first instruction, so that a
+handler that kills its process (an OOM kill, a segfault) is counted as a crash and,
+the third time, failed as a poison pill. Waiting for a commit before every handler
+would put the storage's latency on every run's path; instead each worker owns a fixed
+slot in ``<storage file>.starts`` and overwrites it with ``(run id, start count)``
+before each handler: one ``pwrite`` to the page cache, which survives the process
+dying (not a power loss, which no handler causes). The run's row says ``running``
+with the next commit, as before.
+
+At the next start, a slot whose start count is ahead of its run's stored row tells
+that the run was executing when the process died. The file's size is bounded by the
+number of workers ever started; it is emptied once recovery is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from pathlib import Path
+
+SLOT = 128
+"""Bytes per worker slot: ``<run id>\\t<starts>\\t<crc32>\\n``, padded with spaces."""
+
+
+class StartMarks:
+    """The slots file of one storage file (opened by its single writer)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def open(self) -> dict[str, int]:
+        """Open the file and read the marks a previous process left: run id → starts.
+
+        Raises:
+            OSError: the file cannot be opened.
+        """
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        marks: dict[str, int] = {}
+        for offset in range(0, len(data) - SLOT + 1, SLOT):
+            entry = _decode(data[offset : offset + SLOT])
+            if entry is not None:
+                run_id, starts = entry
+                marks[run_id] = max(starts, marks.get(run_id, 0))
+        return marks
+
+    def mark(self, slot: int, run_id: str, starts: int) -> bool:
+        """Write ``slot``: its worker starts ``run_id`` for the ``starts``-th time.
+
+        False when it could not be written (the caller then waits for a commit).
+        """
+        if self._fd is None:
+            return False
+        body = f"{run_id}\t{starts}\t"
+        line = f"{body}{zlib.crc32(body.encode()):08x}\n".encode()
+        if len(line) > SLOT:
+            return False
+        try:
+            os.pwrite(self._fd, line.ljust(SLOT, b" "), slot * SLOT)
+        except OSError:
+            return False
+        return True
+
+    def clear(self) -> None:
+        """Forget every mark (recovery has written what they said)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        """Close the file (the marks stay, for the next start to read). Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _decode(raw: bytes) -> tuple[str, int] | None:
+    # A slot cut short by a crash mid-write (or never written) reads as nothing.
+    try:
+        text = raw.rstrip(b" ").decode()
+        run_id, starts, crc = text.rstrip("\n").split("\t")
+        if int(crc, 16) != zlib.crc32(f"{run_id}\t{starts}\t".encode()):
+            return None
+        return run_id, int(starts)
+    except (UnicodeDecodeError, ValueError):
+        return None
