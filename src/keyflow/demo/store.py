@@ -39,7 +39,7 @@ def reset(storage: str) -> list[Path]:
     """Remove the demo's storage file, its companions and its world file.
 
     Returns:
-        The files removed.
+        The data files removed (not the lock or the start marks).
 
     Raises:
         StorageLockedError: a running demo (another process) writes the storage.
@@ -58,4 +58,5 @@ def reset(storage: str) -> list[Path]:
                 removed.append(candidate)
     finally:
         lock.release()
-    return [p for p in removed if p.resolve() != lock.path]
+    # The lock and the start marks are bookkeeping: only the data files are reported.
+    return [p for p in removed if p.resolve() != lock.path and p.suffix != ".starts"]
