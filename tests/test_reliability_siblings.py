@@ -124,6 +124,12 @@ async def test_huge_text_from_a_handler_is_cut_and_huge_values_are_refused(
     assert len(errors.errors[-1].message) < 10_100
     with pytest.raises(keyflow.InvalidInputError, match="characters of JSON"):
         await loud.trigger({"kind": "log", "blob": "i" * 2_000_000})
+    # Short values, each written as six-character escapes: over the limit all the same.
+    escaped = {f"k{n}": "\x01" * 4000 for n in range(60)}
+    with pytest.raises(keyflow.InvalidInputError, match="characters of JSON"):
+        await loud.trigger(escaped)
+    with pytest.raises(keyflow.InvalidInputError, match="characters of JSON"):
+        await loud.trigger({"\x01" * 200_000: 1})  # a long key counts too
     assert kf.statistics().storage_error is None
 
 

@@ -31,6 +31,7 @@ MAX_VALUE_CHARS: Final = 1 << 20
 """The longest a stored input or output may be, as JSON text (1 MiB of characters)."""
 MAX_TEXT: Final = 10_000
 """The longest text stored on a handler's behalf (a message, a log line, a note)."""
+_SHORT: Final = 1024  # see may_be_large
 _SAFE_INT: Final = 10**600  # below Python's lowest settable limit (640 digits): printable
 _SCALARS: Final = (bool, type(None))
 
@@ -101,6 +102,48 @@ def copy_json_dict(value: dict[Any, Any], where: str = "$", depth: int = 0) -> J
     return out
 
 
+def copy_input(value: dict[Any, Any]) -> JSONObject:
+    """:func:`copy_json_dict` of a trigger's input, refused when too long to store.
+
+    The hot path of every trigger: the copy's own walk tells whether the value could be
+    near :data:`MAX_VALUE_CHARS` (many keys, long text, nesting), and only then is it
+    measured (what :func:`may_be_large` and :func:`check_size` do, in one walk).
+
+    Raises:
+        NotJSONError: as :func:`json_copy`, or the value is too long.
+    """
+    out: JSONObject = {}
+    bulky = len(value) > 64
+    for k, v in value.items():
+        if type(k) is not str:
+            if not isinstance(k, str):
+                raise NotJSONError(f"$ has a non-string key {safe_repr(k)}")
+            k = str(k)
+        if not k.isascii():
+            check_text(k, "$ key")
+        if len(k) > _SHORT:
+            bulky = True
+        t = type(v)
+        if t is str:
+            if not v.isascii():
+                check_text(v, f"$.{k}")
+            if len(v) > _SHORT:
+                bulky = True
+            out[k] = v
+        elif t is int:
+            if not -_SAFE_INT < v < _SAFE_INT:
+                check_int(v, f"$.{k}")
+            out[k] = v
+        elif t is bool or v is None:
+            out[k] = v
+        else:
+            out[k] = json_copy(v, f"$.{k}", 1)
+            bulky = True
+    if bulky:
+        check_size(out, "$")
+    return out
+
+
 def check_int(value: int, where: str) -> None:
     """Refuse an integer too long to write as text (ours or Python's current limit).
 
@@ -143,12 +186,16 @@ def check_size(value: object, where: str) -> None:
 
 def may_be_large(value: JSONObject) -> bool:
     """Could ``value`` come near :data:`MAX_VALUE_CHARS`? A cheap test: then measure."""
+    # 64 keys and values of at most 1,024 characters each stay under the limit even when
+    # every character is written as a six-character escape (\u0001).
     if len(value) > 64:
         return True
-    for v in value.values():
+    for k, v in value.items():
+        if len(k) > _SHORT:
+            return True
         t = type(v)
         if t is str:
-            if len(v) > 4096:
+            if len(v) > _SHORT:
                 return True
         elif t is list or t is dict:
             return True

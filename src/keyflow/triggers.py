@@ -18,6 +18,7 @@ from .jsonvalue import (
     NotJSONError,
     check_size,
     check_text,
+    copy_input,
     copy_json_dict,
     is_finite_number,
     json_object_copy,
@@ -110,9 +111,12 @@ def prepare_trigger(
         known = ", ".join(repr(name) for name in sorted(jobs)) or "none"
         raise UnknownJobError(f"unknown job {safe_repr(job_name)} (registered jobs: {known})")
     try:
-        data = copy_json_dict(input) if type(input) is dict else _other_input(input)
-        if may_be_large(data):
-            check_size(data, "$")
+        if type(input) is dict:
+            data = copy_input(input)
+        else:
+            data = _other_input(input)
+            if may_be_large(data):
+                check_size(data, "$")
     except NotJSONError as exc:
         raise InvalidInputError(f"input of job {job.name!r} is not a JSON object: {exc}") from None
     # Fast paths for the common argument types; the helpers check everything else.
