@@ -10,7 +10,8 @@ everything; then it checks the log and the storage:
 
 * every acknowledged trigger is covered by a run that completed (a ``queue``
   trigger's id is in the input a start of its run saw: the trailing edge, guarantee 2;
-  a ``cancel`` trigger's run may instead have been replaced by a later one);
+  a ``cancel`` trigger's run may instead have been replaced by a later run of its key,
+  whose own trigger may have been durable but not yet logged when its process died);
 * no two handlers of a key ever ran at once (exclusion, guarantee 1);
 * a new ``queue`` run is made only once the previous one of its job and key started
   (the bound, guarantee 3, with ``max_queued=1``);
@@ -246,10 +247,15 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
     unfinished = [r.id for r in runs.values() if not r.is_terminal]
     if unfinished:
         problems.append(f"unfinished after draining: {unfinished[:5]}")
-    last_replacing: dict[str, str] = {}
-    for trig in report.triggers:
-        if trig.job == "replaced":
-            last_replacing[trig.key] = trig.run_id
+
+    def order(run: keyflow.Run) -> tuple[float, int]:
+        # Across processes by the stored creation time, within one by the id's counter.
+        return run.created_at, int(run.id.split("-")[1], 16)
+
+    replacements: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for stored in runs.values():  # every "cancel" run stored, acknowledged or not: a
+        if stored.job == "replaced" and stored.concurrency_key is not None:  # trigger may be
+            replacements[stored.concurrency_key].append(order(stored))  # durable, unlogged
     made_by_queue: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     for trig in report.triggers:
         run = runs.get(trig.run_id)
@@ -257,9 +263,11 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
             problems.append(f"trigger {trig.tid}: its run {trig.run_id} is not in storage")
             continue
         if trig.job == "replaced" and run.status is RunStatus.CANCELLED:
-            if last_replacing[trig.key] == trig.run_id:
-                problems.append(f"trigger {trig.tid}: the last replacement was cancelled")
-            continue  # replaced by a later "cancel" trigger: that is the strategy
+            # The strategy: only a later "cancel" run of the key may replace it (that
+            # run's trigger may have been durable yet unlogged when the child died).
+            if not any(later > order(run) for later in replacements[trig.key]):
+                problems.append(f"trigger {trig.tid}: cancelled, yet no later run replaced it")
+            continue
         if run.status is not RunStatus.COMPLETED:
             problems.append(f"trigger {trig.tid}: run {run.id} ended {run.status.value}")
         elif run.id not in report.finished:
@@ -282,15 +290,10 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
                     problems.append(f"line {trig.line}: {trig.run_id} made while {previous} waited")
                 earlier.append((trig.run_id, trig.line))
     for key, started in report.first_start_order.items():
-
-        def created(run_id: str) -> tuple[float, int]:
-            # Across processes by the stored creation time (a process may die before
-            # any of its triggers is acknowledged, so the log alone cannot order its
-            # runs), within one by the id's counter.
-            return runs[run_id].created_at, int(run_id.split("-")[1], 16)
-
+        # By the stored order: a process may die before any of its triggers is
+        # acknowledged, so the log alone cannot order its runs.
         known = [r for r in started if r in runs]
-        if known != sorted(known, key=created):
+        if known != sorted(known, key=lambda run_id: order(runs[run_id])):
             problems.append(f"key {key}: runs did not first start in creation order")
     return problems
 
