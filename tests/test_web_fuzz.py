@@ -31,7 +31,9 @@ GET_PATHS = [
     *("/", "/lanes", "/runs", "/key", "/runs/{run}", "/jobs/{job}", "/keys/{key}"),
     *("/partials/{widget}", "/lanes/", "/runs/{run}/"),
 ]
-POST_PATHS = ["/trigger", "/bulk", "/runs/{run}/cancel", "/runs/{run}/retrigger"]
+POST_PATHS = [
+    *("/trigger", "/bulk", "/runs/{run}/cancel", "/runs/{run}/retrigger", "/pause", "/resume"),
+]
 
 odd_text = st.one_of(
     st.text(max_size=40),
@@ -57,6 +59,7 @@ odd_text = st.one_of(
             "matching",
             "waiting",
             "counts",
+            "process",
             "x" * 5000,
         ]
     ),

@@ -21,7 +21,7 @@ from ..errors import KeyflowError
 from ..jobs import DEFAULT, Default
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
-from ..stats import LaneSnapshot
+from ..stats import LaneSnapshot, Paused
 from ..watch import Changes
 from .broadcast import Broadcast
 from .natural import NaturalOrder
@@ -32,6 +32,9 @@ LANE_STATES = ("idle", "running", "running+queued")
 LaneSort = Literal["key", "wait", "coalesced"]
 LANE_SORTS: tuple[LaneSort, ...] = ("key", "wait", "coalesced")
 """Natural key order; longest waiting first; most coalesced triggers first."""
+PauseKind = Literal["job", "key"]
+"""What a pause holds back: a job's runs, or a lane's (a concurrency key's)."""
+NOTHING_PAUSED = Paused(frozenset(), frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,16 @@ class LaneRow:
     """The runs holding its slots (with their progress)."""
     oldest_waiting_since: float | None
     """When the longest-waiting queued run was created."""
+    next_job: str | None = None
+    """The job of the run that starts next (the longest-waiting one), if any."""
+
+    @property
+    def jobs(self) -> frozenset[str]:
+        """The jobs of the runs holding its slots and of the one starting next."""
+        found = {run.job for run in self.running}
+        if self.next_job is not None:
+            found.add(self.next_job)
+        return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,10 @@ class DashboardSource(ABC):
     def jobs(self) -> list[str]:
         """Registered job names (for the trigger form and the runs filter)."""
 
+    async def paused(self) -> Paused:
+        """The jobs and lanes paused now (none, for a source that cannot tell)."""
+        return NOTHING_PAUSED
+
     @abstractmethod
     def changes(self) -> AsyncIterator[Changes]:
         """Batches of changes, as they come (a live stream, or a poll)."""
@@ -183,6 +200,10 @@ class DashboardSource(ABC):
 
     async def retrigger(self, run_id: str) -> TriggerResult:
         """Trigger a run's job again (only when not :attr:`read_only`)."""
+        raise KeyflowError("this dashboard is read-only")
+
+    async def set_paused(self, kind: PauseKind, name: str, paused: bool) -> None:
+        """Pause (or resume) job or lane ``name`` (only when not :attr:`read_only`)."""
         raise KeyflowError("this dashboard is read-only")
 
 
@@ -264,12 +285,18 @@ class KeyflowSource(DashboardSource):
         return [await self._row(lane) for lane in lanes[offset : offset + limit]], len(lanes)
 
     async def _oldest(self, lane: LaneSnapshot) -> float | None:
-        run = await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
+        run = await self._next(lane)
         return run.created_at if run else None
+
+    async def _next(self, lane: LaneSnapshot) -> Run | None:
+        return await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
 
     async def _row(self, lane: LaneSnapshot) -> LaneRow:
         running = tuple(r for r in [await self.kf.get_run(i) for i in lane.running] if r)
-        return LaneRow(lane, running, await self._oldest(lane))
+        following = await self._next(lane)
+        if following is None:
+            return LaneRow(lane, running, None)
+        return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
         """The lane, from memory."""
@@ -314,6 +341,10 @@ class KeyflowSource(DashboardSource):
         """Registered jobs."""
         return self._order.sorted(self.kf.jobs)
 
+    async def paused(self) -> Paused:
+        """What the scheduler holds back now."""
+        return self.kf.paused()
+
     async def changes(self) -> AsyncIterator[Changes]:
         """What changed, batched: whatever happened while the last batch was used."""
         async for changes in self._broadcast.listen():
@@ -346,6 +377,14 @@ class KeyflowSource(DashboardSource):
         """Retrigger through the scheduler."""
         self._writable()
         return await self.kf.retrigger(run_id)
+
+    async def set_paused(self, kind: PauseKind, name: str, paused: bool) -> None:
+        """Pause or resume through the scheduler (written to storage before it returns)."""
+        self._writable()
+        if kind == "job":
+            await (self.kf.pause(job=name) if paused else self.kf.resume(job=name))
+        else:
+            await (self.kf.pause(key=name) if paused else self.kf.resume(key=name))
 
     def _writable(self) -> None:
         if self.read_only:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..runs import RunStatus
+from ..stats import LaneSnapshot
 from ..watch import Changes
 from .charts import RateHistory, timeline
 from .jobstats import WINDOWS, StatsCache
@@ -28,7 +29,11 @@ COUNT_CAP = 1_000
 """Matches of a free-text or label filter counted at most ("1,000+")."""
 """Longer filter values are cut: nobody types them, and storage need not scan for them."""
 
-WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run", "stats")
+WIDGETS = (
+    *("counts", "rates", "feed", "paused", "lanes", "lane", "timeline", "runs", "run"),
+    *("stats", "pause"),
+)
+"""``paused``: the overview's list of pauses; ``pause``: a job page's pause state and button."""
 PERIODIC = frozenset({"rates", "stats"})
 
 
@@ -131,6 +136,8 @@ def wants(widget: str, params: Params, changes: Changes) -> bool:
         return changes.coalesced
     if widget in ("lane", "timeline"):
         return params.key in changes.keys
+    if widget == "pause":
+        return False  # a job's pause changes "everything"
     if widget == "runs" and params.filters.key is not None:
         return params.filters.key in changes.keys
     return True  # counts, lanes, runs, run: any change may show (throttled anyway)
@@ -172,12 +179,23 @@ async def context(
         if pages["page"] != params.page:  # past the end: show the last page
             offset = (pages["page"] - 1) * LANES_PER_PAGE
             rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
-        return {"rows": rows, "total": total, "now": now, **pages}
+        return {"rows": rows, "total": total, "now": now, "paused": await source.paused(), **pages}
     if widget in ("lane", "timeline"):
         key = params.key or ""
         lane = await source.lane(key)
         runs, total = await source.runs(RunFilters(key=key), 0, 40)
-        return {"lane": lane, "chart": timeline(runs, now), "runs": runs, "total": total}
+        return {
+            "lane": lane,
+            "chart": timeline(runs, now),
+            "runs": runs,
+            "total": total,
+            "paused": await source.paused(),
+            "jobs": await _lane_jobs(source, lane),
+        }
+    if widget == "paused":
+        return {"paused": await source.paused()}
+    if widget == "pause":
+        return {"job": params.filters.job or "", "paused": await source.paused()}
     if widget == "runs":
         return {**await _runs_page(source, params), "now": now}
     if widget == "run":
@@ -188,6 +206,12 @@ async def context(
         cache = stats or StatsCache(seconds=0)
         return {"stats": await cache.get(source, job, now, params.window), "now": now}
     raise KeyError(widget)
+
+
+async def _lane_jobs(source: DashboardSource, lane: LaneSnapshot) -> frozenset[str]:
+    """The jobs of the runs holding ``lane``'s slots and of the one starting next."""
+    ids = (*lane.running, *lane.waiting[:1])
+    return frozenset(run.job for run in [await source.run(i) for i in ids] if run is not None)
 
 
 async def _runs_page(source: DashboardSource, params: Params) -> dict[str, Any]:
