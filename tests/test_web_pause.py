@@ -241,3 +241,19 @@ async def test_a_pause_wakes_the_widgets_that_show_it(
         changes = await anext(feed)
         job_page = Params.parse({"job": "process"})
         assert all(wants(name, job_page, changes) for name in WIDGETS)  # "everything"
+
+
+async def test_a_lane_shows_the_pause_of_the_job_that_runs_next_in_it(
+    gated: tuple[keyflow.Keyflow, Gate],
+) -> None:
+    kf, gate = gated
+    first = await kf.trigger("crawl", {}, concurrency_key="mixed")
+    await gate.any_started.wait()
+    await kf.trigger("process", {}, concurrency_key="mixed")  # waits behind the crawl
+    await kf.pause(job="process")
+    async with client(create_app(kf)) as http:
+        row = lane_row((await http.get("/lanes")).text, "mixed")
+        assert "process paused" in row
+        assert "crawl paused" not in row
+    gate.release(first.run_id)
+    gate.open()
