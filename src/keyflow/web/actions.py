@@ -142,7 +142,10 @@ async def _selection(source: DashboardSource, form: FormData) -> list[Run]:
         found = [await source.run(run_id) for run_id in (*lane.waiting, *lane.scheduled)]
         return [run for run in found if run is not None]
     if scope == "matching":
-        filters = Params.parse({k: v for k, v in form.items() if isinstance(v, str)}).filters
+        params = Params.parse({k: v for k, v in form.items() if isinstance(v, str)})
+        if params.problems:  # acting on a wider selection than the one asked for: never
+            raise ValueError(params.problems[0].message)
+        filters = params.filters
         if filters == RunFilters():
             raise ValueError("choose a filter first: a bulk action never takes every run")
         total = await source.count_runs(filters)

@@ -19,11 +19,13 @@ from ..clock import Clock
 from ..coalesce import CoalesceOption, parse_coalesce
 from ..errors import KeyflowError
 from ..jobs import DEFAULT, Default
+from ..queries import RunFilters as QueryFilters
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
 from ..stats import LaneSnapshot, Paused
 from ..watch import Changes
 from .broadcast import Broadcast
+from .instants import format_instant
 from .natural import NaturalOrder
 
 UNFINISHED = (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
@@ -84,6 +86,10 @@ class LaneFilters:
     sort: LaneSort = "key"
 
 
+TIME_FILTERS = ("created_after", "created_before", "finished_after", "finished_before")
+"""The time range filters (epoch seconds; ``*_after`` inclusive, ``*_before`` exclusive)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunFilters:
     """The runs page's filters (all optional, combined)."""
@@ -94,16 +100,30 @@ class RunFilters:
     text: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     """Every ``(name, value)`` must match."""
+    key_prefix: str | None = None
+    """The run's key starts with this (keyless runs never match)."""
+    created_after: float | None = None
+    created_before: float | None = None
+    finished_after: float | None = None
+    """Only finished runs match a ``finished_*`` filter."""
+    finished_before: float | None = None
 
     def as_query(self) -> dict[str, str]:
-        """The filters that are set, for URLs."""
+        """The filters that are set, for URLs (times as ISO text, UTC)."""
         out = {k: v for k, v in self._pairs() if v}
         if self.labels:
             out["labels"] = ", ".join(f"{k}={v}" for k, v in self.labels)
+        for name in TIME_FILTERS:
+            at = getattr(self, name)
+            if at is not None:
+                out[name] = format_instant(at)
         return out
 
     def _pairs(self) -> tuple[tuple[str, str | None], ...]:
-        return (("job", self.job), ("status", self.status), ("key", self.key), ("q", self.text))
+        return (
+            *(("job", self.job), ("status", self.status), ("key", self.key)),
+            *(("key_prefix", self.key_prefix), ("q", self.text)),
+        )
 
 
 class DashboardSource(ABC):
@@ -205,6 +225,23 @@ class DashboardSource(ABC):
     async def set_paused(self, kind: PauseKind, name: str, paused: bool) -> None:
         """Pause (or resume) job or lane ``name`` (only when not :attr:`read_only`)."""
         raise KeyflowError("this dashboard is read-only")
+
+
+def _query(filters: RunFilters) -> QueryFilters:
+    """``filters`` as ``Keyflow.list_runs`` takes them."""
+    f = filters
+    return QueryFilters(
+        job=f.job,
+        status=f.status,
+        concurrency_key=f.key,
+        key_prefix=f.key_prefix,
+        labels=dict(f.labels) or None,
+        text=f.text,
+        created_after=f.created_after,
+        created_before=f.created_before,
+        finished_after=f.finished_after,
+        finished_before=f.finished_before,
+    )
 
 
 def lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
@@ -311,27 +348,11 @@ class KeyflowSource(DashboardSource):
 
     async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
         """Runs from storage, with live state for unfinished ones."""
-        f = filters
-        return await self.kf.list_runs(
-            job=f.job,
-            status=f.status,
-            concurrency_key=f.key,
-            labels=dict(f.labels) or None,
-            text=f.text,
-            limit=limit,
-            offset=offset,
-        )
+        return await self.kf.list_runs(limit=limit, offset=offset, **_query(filters))
 
     async def count_runs(self, filters: RunFilters) -> int:
         """How many runs match, in storage."""
-        f = filters
-        return await self.kf.count_runs(
-            job=f.job,
-            status=f.status,
-            concurrency_key=f.key,
-            labels=dict(f.labels) or None,
-            text=f.text,
-        )
+        return await self.kf.count_runs(**_query(filters))
 
     async def run(self, run_id: str) -> Run | None:
         """One run."""

@@ -181,6 +181,11 @@ class StorageSource(DashboardSource):
             key=filters.key or None,
             labels=filters.labels,
             text=filters.text or None,
+            key_prefix=filters.key_prefix or None,
+            created_after=filters.created_after,
+            created_before=filters.created_before,
+            finished_after=filters.finished_after,
+            finished_before=filters.finished_before,
             limit=limit,
             offset=offset,
         )
