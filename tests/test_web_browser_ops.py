@@ -218,3 +218,35 @@ async def test_back_restores_the_filter_controls_and_slash_focuses_search(
     await page.locator("h2").first.click()
     await page.keyboard.press("/")
     await expect(page.locator("#filters input[name=q]")).to_be_focused()
+
+
+async def test_back_restores_the_key_prefix_and_time_filters(served: Served) -> None:
+    page = await served.browser.new_page()
+    await page.goto(served.base + "/runs")
+    prefix = page.locator("#filters input[name=key_prefix]")
+    after = page.locator("#filters input[name=created_after]")
+    await prefix.fill("crawl:")
+    await expect(page).to_have_url(f"{served.base}/runs?key_prefix=crawl%3A")
+    await expect(page.locator("#w-runs [data-total]")).to_have_attribute("data-total", "12")
+    await after.fill("2000-01-01")
+    await after.press("Tab")  # a text field applies on change
+    await expect(page).to_have_url(
+        f"{served.base}/runs?key_prefix=crawl%3A&created_after=2000-01-01"
+    )
+    await after.fill("soon")
+    await after.press("Tab")
+    problem = page.locator('#w-runs [data-problem="created_after"]')
+    await expect(problem).to_contain_text("is not a date or time")
+    await page.go_back()
+    await expect(page).to_have_url(
+        f"{served.base}/runs?key_prefix=crawl%3A&created_after=2000-01-01"
+    )
+    await expect(after).to_have_value("2000-01-01")
+    await expect(prefix).to_have_value("crawl:")
+    await expect(problem).to_have_count(0)
+    await page.go_back()
+    await expect(after).to_have_value("")
+    await expect(prefix).to_have_value("crawl:")
+    await page.go_back()
+    await expect(page).to_have_url(f"{served.base}/runs")
+    await expect(prefix).to_have_value("")

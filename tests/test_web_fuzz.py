@@ -21,17 +21,20 @@ from .webkit import Gate, client, csrf_of
 
 QUERY_FIELDS = [
     *("page", "prefix", "state", "sort", "job", "status", "key", "q", "labels"),
-    *("run", "window", "w", "name", "token"),
+    *("run", "window", "w", "name", "token", "key_prefix"),
+    *("created_after", "created_before", "finished_after", "finished_before"),
 ]
 FORM_FIELDS = [
     *("job", "input", "key", "coalesce", "action", "scope", "run", "status", "q"),
-    *("labels", "csrf_token"),
+    *("labels", "csrf_token", "key_prefix", "created_after", "finished_before"),
 ]
 GET_PATHS = [
     *("/", "/lanes", "/runs", "/key", "/runs/{run}", "/jobs/{job}", "/keys/{key}"),
     *("/partials/{widget}", "/lanes/", "/runs/{run}/"),
 ]
-POST_PATHS = ["/trigger", "/bulk", "/runs/{run}/cancel", "/runs/{run}/retrigger"]
+POST_PATHS = [
+    *("/trigger", "/bulk", "/runs/{run}/cancel", "/runs/{run}/retrigger", "/pause", "/resume"),
+]
 
 odd_text = st.one_of(
     st.text(max_size=40),
@@ -57,6 +60,13 @@ odd_text = st.one_of(
             "matching",
             "waiting",
             "counts",
+            "process",
+            "2026-11-29",
+            "2026-11-29T14:30+02:00",
+            "0001-01-01",
+            "0001-01-01T00:00+05:00",
+            "9999-12-31T23:59:59.999999",
+            "9999-12-31T23:00-05:00",
             "x" * 5000,
         ]
     ),

@@ -1,4 +1,4 @@
-"""The dashboard's actions: trigger, cancel, retrigger, and the same in bulk.
+"""The dashboard's actions: trigger, cancel, retrigger, the same in bulk, pause, resume.
 
 Every action is a POST that passes :func:`_guard` (access, origin, CSRF token) and
 answers with a flash message: success in 200, failure in 4xx with the reason (the
@@ -18,7 +18,7 @@ from starlette.responses import Response
 from ..errors import KeyflowError, RunNotFoundError
 from ..runs import Run, TriggerResult
 from .dashboard import STRATEGIES, can_act, dashboard, flash
-from .source import DashboardSource, RunFilters
+from .source import DashboardSource, PauseKind, RunFilters
 from .widgets import Params
 
 BULK_LIMIT = 10_000
@@ -142,7 +142,10 @@ async def _selection(source: DashboardSource, form: FormData) -> list[Run]:
         found = [await source.run(run_id) for run_id in (*lane.waiting, *lane.scheduled)]
         return [run for run in found if run is not None]
     if scope == "matching":
-        filters = Params.parse({k: v for k, v in form.items() if isinstance(v, str)}).filters
+        params = Params.parse({k: v for k, v in form.items() if isinstance(v, str)})
+        if params.problems:  # acting on a wider selection than the one asked for: never
+            raise ValueError(params.problems[0].message)
+        filters = params.filters
         if filters == RunFilters():
             raise ValueError("choose a filter first: a bulk action never takes every run")
         total = await source.count_runs(filters)
@@ -189,3 +192,44 @@ def _summary(request: Request, message: str, done: int, errors: list[str]) -> Re
         shown = "; ".join(errors[:3]) + (" …" if len(errors) > 3 else "")
         return flash(request, False, f"{message}, {len(errors):,} failed: {shown}")
     return flash(request, done > 0, message)
+
+
+async def pause(request: Request) -> Response:
+    """Pause a job (form field ``job``) or a lane (``key``): none of its runs starts."""
+    return await _set_paused(request, paused=True)
+
+
+async def resume(request: Request) -> Response:
+    """Resume a job (form field ``job``) or a lane (``key``) paused before."""
+    return await _set_paused(request, paused=False)
+
+
+async def _set_paused(request: Request, *, paused: bool) -> Response:
+    refused = await _guard(request)
+    if refused is not None:
+        return refused
+    form = await request.form()
+    job, key = _field(form, "job"), _field(form, "key")
+    if bool(job) == bool(key):
+        return flash(request, False, "give exactly one of job and key (a job or a lane)")
+    kind: PauseKind = "job" if job else "key"
+    name = job or key
+    what = f"job {name}" if kind == "job" else f"lane {name}"
+    source = dashboard(request).source
+    try:
+        now = await source.paused()
+        was = name in (now.jobs if kind == "job" else now.keys)
+        if was == paused:
+            state = "already paused" if paused else "not paused"
+            return flash(request, True, f"{what} was {state}")
+        if kind == "job" and paused and not await _known_job(source, name):
+            return flash(request, False, f"no job {name}", status=404)
+        await source.set_paused(kind, name, paused)
+    except KeyflowError as exc:
+        return flash(request, False, str(exc))
+    return flash(request, True, f"{what} is {'paused' if paused else 'resumed'}")
+
+
+async def _known_job(source: DashboardSource, job: str) -> bool:
+    """Registered here, or with runs in storage (a typo is not paused for ever)."""
+    return job in source.jobs() or bool(await source.find_runs(RunFilters(job=job), 0, 1))

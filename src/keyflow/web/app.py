@@ -67,7 +67,8 @@ def create_app(
 
     Args:
         kf: the scheduler (or a :class:`~keyflow.web.source.DashboardSource`).
-        read_only: hide and refuse the actions (trigger, cancel, retrigger, bulk).
+        read_only: hide and refuse the actions (trigger, cancel, retrigger, bulk, pause,
+            resume).
         authorize: ``authorize(request)`` returns ``"all"``, ``"read_only"`` or None
             (403); default: everyone gets ``"all"`` (or ``"read_only"``).
         min_interval: seconds between two live renders of one widget (~4 per second).
@@ -110,6 +111,8 @@ def create_app(
         Route("/runs/{run_id}/retrigger", actions.retrigger, methods=["POST"], name="retrigger"),
         Route("/trigger", actions.trigger, methods=["POST"], name="trigger"),
         Route("/bulk", actions.bulk, methods=["POST"], name="bulk"),
+        Route("/pause", actions.pause, methods=["POST"], name="pause"),
+        Route("/resume", actions.resume, methods=["POST"], name="resume"),
         Route("/partials/{widget}", views.partial, name="partial"),
         Route("/live", views.live, name="live"),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

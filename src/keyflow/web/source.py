@@ -19,11 +19,13 @@ from ..clock import Clock
 from ..coalesce import CoalesceOption, parse_coalesce
 from ..errors import KeyflowError
 from ..jobs import DEFAULT, Default
+from ..queries import RunFilters as QueryFilters
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
-from ..stats import LaneSnapshot
+from ..stats import LaneSnapshot, Paused
 from ..watch import Changes
 from .broadcast import Broadcast
+from .instants import format_instant
 from .natural import NaturalOrder
 
 UNFINISHED = (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
@@ -32,6 +34,9 @@ LANE_STATES = ("idle", "running", "running+queued")
 LaneSort = Literal["key", "wait", "coalesced"]
 LANE_SORTS: tuple[LaneSort, ...] = ("key", "wait", "coalesced")
 """Natural key order; longest waiting first; most coalesced triggers first."""
+PauseKind = Literal["job", "key"]
+"""What a pause holds back: a job's runs, or a lane's (a concurrency key's)."""
+NOTHING_PAUSED = Paused(frozenset(), frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,16 @@ class LaneRow:
     """The runs holding its slots (with their progress)."""
     oldest_waiting_since: float | None
     """When the longest-waiting queued run was created."""
+    next_job: str | None = None
+    """The job of the run that starts next (the longest-waiting one), if any."""
+
+    @property
+    def jobs(self) -> frozenset[str]:
+        """The jobs of the runs holding its slots and of the one starting next."""
+        found = {run.job for run in self.running}
+        if self.next_job is not None:
+            found.add(self.next_job)
+        return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +86,10 @@ class LaneFilters:
     sort: LaneSort = "key"
 
 
+TIME_FILTERS = ("created_after", "created_before", "finished_after", "finished_before")
+"""The time range filters (epoch seconds; ``*_after`` inclusive, ``*_before`` exclusive)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunFilters:
     """The runs page's filters (all optional, combined)."""
@@ -81,16 +100,30 @@ class RunFilters:
     text: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     """Every ``(name, value)`` must match."""
+    key_prefix: str | None = None
+    """The run's key starts with this (keyless runs never match)."""
+    created_after: float | None = None
+    created_before: float | None = None
+    finished_after: float | None = None
+    """Only finished runs match a ``finished_*`` filter."""
+    finished_before: float | None = None
 
     def as_query(self) -> dict[str, str]:
-        """The filters that are set, for URLs."""
+        """The filters that are set, for URLs (times as ISO text, UTC)."""
         out = {k: v for k, v in self._pairs() if v}
         if self.labels:
             out["labels"] = ", ".join(f"{k}={v}" for k, v in self.labels)
+        for name in TIME_FILTERS:
+            at = getattr(self, name)
+            if at is not None:
+                out[name] = format_instant(at)
         return out
 
     def _pairs(self) -> tuple[tuple[str, str | None], ...]:
-        return (("job", self.job), ("status", self.status), ("key", self.key), ("q", self.text))
+        return (
+            *(("job", self.job), ("status", self.status), ("key", self.key)),
+            *(("key_prefix", self.key_prefix), ("q", self.text)),
+        )
 
 
 class DashboardSource(ABC):
@@ -159,6 +192,10 @@ class DashboardSource(ABC):
     def jobs(self) -> list[str]:
         """Registered job names (for the trigger form and the runs filter)."""
 
+    async def paused(self) -> Paused:
+        """The jobs and lanes paused now (none, for a source that cannot tell)."""
+        return NOTHING_PAUSED
+
     @abstractmethod
     def changes(self) -> AsyncIterator[Changes]:
         """Batches of changes, as they come (a live stream, or a poll)."""
@@ -184,6 +221,27 @@ class DashboardSource(ABC):
     async def retrigger(self, run_id: str) -> TriggerResult:
         """Trigger a run's job again (only when not :attr:`read_only`)."""
         raise KeyflowError("this dashboard is read-only")
+
+    async def set_paused(self, kind: PauseKind, name: str, paused: bool) -> None:
+        """Pause (or resume) job or lane ``name`` (only when not :attr:`read_only`)."""
+        raise KeyflowError("this dashboard is read-only")
+
+
+def _query(filters: RunFilters) -> QueryFilters:
+    """``filters`` as ``Keyflow.list_runs`` takes them."""
+    f = filters
+    return QueryFilters(
+        job=f.job,
+        status=f.status,
+        concurrency_key=f.key,
+        key_prefix=f.key_prefix,
+        labels=dict(f.labels) or None,
+        text=f.text,
+        created_after=f.created_after,
+        created_before=f.created_before,
+        finished_after=f.finished_after,
+        finished_before=f.finished_before,
+    )
 
 
 def lanes_by_state(lanes: list[LaneSnapshot]) -> dict[str, int]:
@@ -264,12 +322,18 @@ class KeyflowSource(DashboardSource):
         return [await self._row(lane) for lane in lanes[offset : offset + limit]], len(lanes)
 
     async def _oldest(self, lane: LaneSnapshot) -> float | None:
-        run = await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
+        run = await self._next(lane)
         return run.created_at if run else None
+
+    async def _next(self, lane: LaneSnapshot) -> Run | None:
+        return await self.kf.get_run(lane.waiting[0]) if lane.waiting else None
 
     async def _row(self, lane: LaneSnapshot) -> LaneRow:
         running = tuple(r for r in [await self.kf.get_run(i) for i in lane.running] if r)
-        return LaneRow(lane, running, await self._oldest(lane))
+        following = await self._next(lane)
+        if following is None:
+            return LaneRow(lane, running, None)
+        return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
         """The lane, from memory."""
@@ -284,27 +348,11 @@ class KeyflowSource(DashboardSource):
 
     async def find_runs(self, filters: RunFilters, offset: int, limit: int) -> list[Run]:
         """Runs from storage, with live state for unfinished ones."""
-        f = filters
-        return await self.kf.list_runs(
-            job=f.job,
-            status=f.status,
-            concurrency_key=f.key,
-            labels=dict(f.labels) or None,
-            text=f.text,
-            limit=limit,
-            offset=offset,
-        )
+        return await self.kf.list_runs(limit=limit, offset=offset, **_query(filters))
 
     async def count_runs(self, filters: RunFilters) -> int:
         """How many runs match, in storage."""
-        f = filters
-        return await self.kf.count_runs(
-            job=f.job,
-            status=f.status,
-            concurrency_key=f.key,
-            labels=dict(f.labels) or None,
-            text=f.text,
-        )
+        return await self.kf.count_runs(**_query(filters))
 
     async def run(self, run_id: str) -> Run | None:
         """One run."""
@@ -313,6 +361,10 @@ class KeyflowSource(DashboardSource):
     def jobs(self) -> list[str]:
         """Registered jobs."""
         return self._order.sorted(self.kf.jobs)
+
+    async def paused(self) -> Paused:
+        """What the scheduler holds back now."""
+        return self.kf.paused()
 
     async def changes(self) -> AsyncIterator[Changes]:
         """What changed, batched: whatever happened while the last batch was used."""
@@ -346,6 +398,14 @@ class KeyflowSource(DashboardSource):
         """Retrigger through the scheduler."""
         self._writable()
         return await self.kf.retrigger(run_id)
+
+    async def set_paused(self, kind: PauseKind, name: str, paused: bool) -> None:
+        """Pause or resume through the scheduler (written to storage before it returns)."""
+        self._writable()
+        if kind == "job":
+            await (self.kf.pause(job=name) if paused else self.kf.resume(job=name))
+        else:
+            await (self.kf.pause(key=name) if paused else self.kf.resume(key=name))
 
     def _writable(self) -> None:
         if self.read_only:

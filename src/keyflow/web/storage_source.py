@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
 from ..runs import Run, RunStatus
-from ..stats import LaneSnapshot
+from ..stats import LaneSnapshot, Paused
 from ..storage_backends import RunQuery, StorageBackend
 from ..watch import Changes
 from .catalog import StorageCatalog, file_token, storage_files
@@ -159,8 +159,11 @@ class StorageSource(DashboardSource):
     def _row(self, key: str, runs: list[Run]) -> LaneRow:
         lane = self._lane(key, runs)
         by_id = {r.id: r for r in runs}
-        oldest = by_id[lane.waiting[0]].created_at if lane.waiting else None
-        return LaneRow(lane, tuple(by_id[i] for i in lane.running), oldest)
+        running = tuple(by_id[i] for i in lane.running)
+        if not lane.waiting:
+            return LaneRow(lane, running, None)
+        following = by_id[lane.waiting[0]]
+        return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
         """One lane rebuilt from storage."""
@@ -178,6 +181,11 @@ class StorageSource(DashboardSource):
             key=filters.key or None,
             labels=filters.labels,
             text=filters.text or None,
+            key_prefix=filters.key_prefix or None,
+            created_after=filters.created_after,
+            created_before=filters.created_before,
+            finished_after=filters.finished_after,
+            finished_before=filters.finished_before,
             limit=limit,
             offset=offset,
         )
@@ -197,6 +205,18 @@ class StorageSource(DashboardSource):
     def jobs(self) -> list[str]:
         """The jobs of the stored runs (as of the latest poll)."""
         return self._order.sorted(self.catalog.jobs)
+
+    async def paused(self) -> Paused:
+        """What the writer holds back, as stored (read again only when the files changed)."""
+        await self._unfinished_by_key()
+        found = self._derived.get("paused")
+        if not isinstance(found, Paused):
+            pairs = await self.backend.paused()
+            found = self._derived["paused"] = Paused(
+                frozenset(name for kind, name in pairs if kind == "job"),
+                frozenset(name for kind, name in pairs if kind == "key"),
+            )
+        return found
 
     async def changes(self) -> AsyncIterator[Changes]:
         """A poll: every ``poll_seconds``, "everything" when the files changed."""

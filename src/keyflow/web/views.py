@@ -16,8 +16,9 @@ from .widgets import PERIODIC, WIDGETS, Params, wants
 
 
 async def overview(request: Request) -> Response:
-    """Counts, rates, the coalesced feed, the jobs."""
-    return await page(request, "overview.html", ("counts", "rates", "feed"), active="overview")
+    """Counts, rates, the coalesced feed, the pauses, the jobs."""
+    widgets = ("counts", "rates", "feed", "paused")
+    return await page(request, "overview.html", widgets, active="overview")
 
 
 async def lanes(request: Request) -> Response:
@@ -65,7 +66,7 @@ async def job_stats(request: Request) -> Response:
     params = Params.parse(query)
     failed = await source.count_runs(RunFilters(job=job, status="failed"))
     return await page(
-        request, "job.html", ("stats",), params, job=job, failed=failed, active="overview"
+        request, "job.html", ("stats", "pause"), params, job=job, failed=failed, active="overview"
     )
 
 

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from ..runs import RunStatus
+from ..stats import LaneSnapshot
 from ..watch import Changes
 from .charts import RateHistory, timeline
+from .instants import NotAnInstantError, parse_instant
 from .jobstats import WINDOWS, StatsCache
-from .source import LANE_SORTS, LANE_STATES, DashboardSource, LaneFilters, RunFilters
+from .source import (
+    LANE_SORTS,
+    LANE_STATES,
+    TIME_FILTERS,
+    DashboardSource,
+    LaneFilters,
+    RunFilters,
+)
 
 LANES_PER_PAGE = 50
 RUNS_PER_PAGE = 50
@@ -28,7 +37,11 @@ COUNT_CAP = 1_000
 """Matches of a free-text or label filter counted at most ("1,000+")."""
 """Longer filter values are cut: nobody types them, and storage need not scan for them."""
 
-WIDGETS = ("counts", "rates", "feed", "lanes", "lane", "timeline", "runs", "run", "stats")
+WIDGETS = (
+    *("counts", "rates", "feed", "paused", "lanes", "lane", "timeline", "runs", "run"),
+    *("stats", "pause"),
+)
+"""``paused``: the overview's list of pauses; ``pause``: a job page's pause state and button."""
 PERIODIC = frozenset({"rates", "stats"})
 
 
@@ -46,6 +59,32 @@ def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs.items()))
 
 
+class Problem(NamedTuple):
+    """A filter value that could not be read: shown on the page, the filter not applied."""
+
+    field: str
+    """The query parameter (``created_after``)."""
+    value: str
+    """What was given."""
+    message: str
+    """What is wrong, and what to write instead."""
+
+
+def parse_times(query: Mapping[str, str]) -> tuple[dict[str, float], tuple[Problem, ...]]:
+    """The time range filters given in ``query``, and the values that are not moments."""
+    times: dict[str, float] = {}
+    problems: list[Problem] = []
+    for name in TIME_FILTERS:
+        text = _text(query, name)
+        if not text.strip():
+            continue
+        try:
+            times[name] = parse_instant(text, name.replace("_", " "))
+        except NotAnInstantError as exc:
+            problems.append(Problem(name, text, str(exc)))
+    return times, tuple(problems)
+
+
 @dataclass(frozen=True, slots=True)
 class Params:
     """What a page shows: filters, paging, the key, run or job it is about."""
@@ -57,15 +96,27 @@ class Params:
     lanes: LaneFilters = field(default_factory=LaneFilters)
     window: str = "1h"
     """The stats page's window (one of :data:`~.jobstats.WINDOWS`)."""
+    problems: tuple[Problem, ...] = ()
+    """Filter values that could not be read (those filters are not applied)."""
 
     @property
     def prefix(self) -> str:
         """The lanes' key prefix filter."""
         return self.lanes.prefix
 
+    def field_value(self, name: str) -> str:
+        """What a filter control shows: the value given, even one that could not be read."""
+        for problem in self.problems:
+            if problem.field == name:
+                return problem.value
+        return self.filters.as_query().get(name, "")
+
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Params:
-        """From a query string (unknown or malformed values fall back to defaults)."""
+        """From a query string: unknown or malformed values fall back to defaults.
+
+        A time filter that is not a date or date-time is a :class:`Problem` instead.
+        """
         raw_page = query.get("page", "1")
         page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() else 1
         status = query.get("status") or None
@@ -74,6 +125,7 @@ class Params:
         state = query.get("state") or None
         sort = query.get("sort", "key")
         window = query.get("window", "1h")
+        times, problems = parse_times(query)
         return cls(
             page=min(MAX_PAGE, max(1, page)),
             key=_text(query, "key") or None,
@@ -84,6 +136,8 @@ class Params:
                 key=_text(query, "key") or None,
                 text=_text(query, "q") or None,
                 labels=parse_labels(_text(query, "labels")),
+                key_prefix=_text(query, "key_prefix") or None,
+                **times,
             ),
             lanes=LaneFilters(
                 prefix=_text(query, "prefix"),
@@ -91,6 +145,7 @@ class Params:
                 sort=next((s for s in LANE_SORTS if s == sort), "key"),
             ),
             window=window if window in WINDOWS else "1h",
+            problems=problems,
         )
 
     def page_query(self, page: int) -> str:
@@ -131,6 +186,8 @@ def wants(widget: str, params: Params, changes: Changes) -> bool:
         return changes.coalesced
     if widget in ("lane", "timeline"):
         return params.key in changes.keys
+    if widget == "pause":
+        return False  # a job's pause changes "everything"
     if widget == "runs" and params.filters.key is not None:
         return params.filters.key in changes.keys
     return True  # counts, lanes, runs, run: any change may show (throttled anyway)
@@ -172,12 +229,23 @@ async def context(
         if pages["page"] != params.page:  # past the end: show the last page
             offset = (pages["page"] - 1) * LANES_PER_PAGE
             rows, total = await source.lane_rows(params.lanes, offset, LANES_PER_PAGE)
-        return {"rows": rows, "total": total, "now": now, **pages}
+        return {"rows": rows, "total": total, "now": now, "paused": await source.paused(), **pages}
     if widget in ("lane", "timeline"):
         key = params.key or ""
         lane = await source.lane(key)
         runs, total = await source.runs(RunFilters(key=key), 0, 40)
-        return {"lane": lane, "chart": timeline(runs, now), "runs": runs, "total": total}
+        return {
+            "lane": lane,
+            "chart": timeline(runs, now),
+            "runs": runs,
+            "total": total,
+            "paused": await source.paused(),
+            "jobs": await _lane_jobs(source, lane),
+        }
+    if widget == "paused":
+        return {"paused": await source.paused()}
+    if widget == "pause":
+        return {"job": params.filters.job or "", "paused": await source.paused()}
     if widget == "runs":
         return {**await _runs_page(source, params), "now": now}
     if widget == "run":
@@ -188,6 +256,12 @@ async def context(
         cache = stats or StatsCache(seconds=0)
         return {"stats": await cache.get(source, job, now, params.window), "now": now}
     raise KeyError(widget)
+
+
+async def _lane_jobs(source: DashboardSource, lane: LaneSnapshot) -> frozenset[str]:
+    """The jobs of the runs holding ``lane``'s slots and of the one starting next."""
+    ids = (*lane.running, *lane.waiting[:1])
+    return frozenset(run.job for run in [await source.run(i) for i in ids] if run is not None)
 
 
 async def _runs_page(source: DashboardSource, params: Params) -> dict[str, Any]:

@@ -151,6 +151,10 @@
       if (value === "" || (name === "sort" && value === "key")) { unset.push(name); }
     });
     unset.forEach(function (name) { data.delete(name); });
+    // A search box applies as you type, then fires "change" when you leave it: the
+    // same filters again would push a second history entry (Back would seem stuck).
+    var query = new URLSearchParams(Array.from(data.entries())).toString();
+    if (query === new URLSearchParams(window.location.search).toString()) { evt.preventDefault(); }
   });
   window.addEventListener("pageshow", syncFilters);
 
