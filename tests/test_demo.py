@@ -186,3 +186,31 @@ async def test_one_pipeline_alone_is_the_same_as_beside_the_other() -> None:
             await close(both)
     finally:
         await close(alone)
+
+
+async def test_closed_simulated_time_fires_nothing_and_ends_its_events() -> None:
+    """At a stop the world's events end before the scheduler stops taking triggers."""
+    from keyflow.demo.simtime import VirtualTime
+
+    time = VirtualTime(START)
+    fired: list[str] = []
+    blocked = asyncio.Event()
+
+    async def event(name: str) -> None:
+        fired.append(name)
+        if name == "long":
+            await blocked.wait()  # an event still going on at the stop
+            fired.append("long went on")
+
+    time.at(START + 1, partial(event, "long"))
+    time.at(START + 2, partial(event, "late"))
+    time.virtual.jump()
+    await asyncio.sleep(0)  # the spawned event runs up to its wait
+    assert fired == ["long"]
+    time.close()
+    blocked.set()
+    time.virtual.jump()  # the later timer was cancelled: nothing is due
+    await asyncio.sleep(0)
+    assert fired == ["long"]
+    assert time.at(START + 3, partial(event, "after")) is None
+    assert time.virtual.next_timer() is None

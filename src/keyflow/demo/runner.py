@@ -109,6 +109,7 @@ async def simulate(settings: StorySettings, hours: float) -> list[Report]:
         # began (every run has ended by then), so the columns count the same PRs opened.
         return story.reports(at=max(until + HOUR / 2, story.time.now()))
     finally:
+        story.time.close()
         await story.kf.stop(grace=0)
         story.world.close()
 
@@ -206,6 +207,7 @@ async def _tell(
         return story.reports()
     finally:
         stop.set()
+        time.close()  # no more crawls: the scheduler is about to stop taking triggers
         world.remember("now", time.now())
         if server is not None:
             server.should_exit = True

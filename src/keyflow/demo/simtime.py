@@ -28,6 +28,8 @@ class SimTime(ABC):
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._timers: set[TimerHandle] = set()
+        self._closed = False
 
     def now(self) -> float:
         """Simulated time now."""
@@ -37,9 +39,32 @@ class SimTime(ABC):
     async def sleep(self, seconds: float) -> None:
         """Let ``seconds`` of simulated time pass."""
 
-    def at(self, when: float, action: Callable[[], Awaitable[Any]]) -> TimerHandle:
-        """Run ``action()`` (a coroutine) at simulated time ``when``."""
-        return self.clock.call_at(when, lambda: self._spawn(action()))
+    def at(self, when: float, action: Callable[[], Awaitable[Any]]) -> TimerHandle | None:
+        """Run ``action()`` (a coroutine) at simulated time ``when`` (not once closed)."""
+        if self._closed:
+            return None
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if not self._closed:
+                self._spawn(action())
+
+        handle = self.clock.call_at(when, fire)
+        self._timers.add(handle)
+        return handle
+
+    def close(self) -> None:
+        """End the world's events: no timer fires and no event goes on from now.
+
+        Called before the scheduler stops, so no crawl is triggered into a stopping
+        scheduler (which would refuse it). Idempotent.
+        """
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
