@@ -62,6 +62,7 @@ from .stats import Paused as Paused
 from .stats import Statistics as Statistics
 from .stats import TriggerCounts as TriggerCounts
 from .storage_backends.base import StorageBackend as StorageBackend
+from .storage_backends.summaries import RunTiming as RunTiming
 from .trigger_request import TriggerRequest as TriggerRequest
 from .watch import Changes as Changes
 from .watch import ChangeWatch as ChangeWatch
@@ -110,6 +111,7 @@ __all__ = [
     "RunNotFoundError",
     "RunProgressed",
     "RunStatus",
+    "RunTiming",
     "SchedulerNotRunningError",
     "Statistics",
     "StorageBackend",

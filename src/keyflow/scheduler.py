@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
+from math import isfinite
 from types import MappingProxyType, TracebackType
 from typing import Literal, Unpack, overload
 
@@ -43,6 +44,7 @@ from .recovery import restore
 from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Paused, Statistics, TriggerCounts
 from .storage_backends import StorageBackend, open_backend
+from .storage_backends.summaries import RunTiming
 from .trigger_request import TriggerRequest
 from .triggers import PreparedTrigger, prepare_request
 from .watch import ChangeWatch
@@ -653,6 +655,29 @@ class Keyflow:
         query = build_query(filters)
         await self._fresh()
         return await self._backend.count_runs(query, at_most=at_most)
+
+    async def run_timings(
+        self, job: str, *, since: float = 0.0, limit: int = 100_000
+    ) -> list[RunTiming]:
+        """When each run of ``job`` created at ``since`` or later was due, started, ended.
+
+        Newest first, at most ``limit``: the few columns job statistics need (throughput,
+        failure rate, waits, run times, coalescing), read from storage's job index on
+        SQLite instead of whole runs, so a day of a busy job is cheap to summarise.
+
+        Raises:
+            ConfigurationError: ``job`` is not text, ``since`` is not a finite time,
+                or ``limit`` is negative.
+        """
+        if not isinstance(job, str):
+            raise ConfigurationError(f"job must be a job's name, not {safe_repr(job)}")
+        if isinstance(since, bool) or not isinstance(since, int | float) or not isfinite(since):
+            raise ConfigurationError(
+                f"since must be a time in epoch seconds, not {safe_repr(since)}"
+            )
+        count(limit, "limit", minimum=0)
+        await self._fresh()
+        return await self._backend.run_timings(job, since, limit=limit)
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is terminal and return it.

@@ -1,7 +1,8 @@
 """A job's statistics over a window: throughput, failures, waits, run times, coalescing.
 
-Computed from the runs in storage (the source's ``recent_runs``), so a durable backend
-gives the same numbers after a restart. Only geometry for the SVG chart is made here;
+Computed from the runs' times in storage (the source's ``run_timings``: a few columns
+per run, up to :data:`MAX_RUNS`), so a durable backend gives the same numbers after a
+restart and a day of a busy job is counted whole. Only geometry for the SVG chart is made here;
 the template draws it.
 """
 
@@ -9,21 +10,27 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..runs import Run, RunStatus
+from ..runs import TERMINAL_STATUSES, Run, RunStatus
+from ..storage_backends.summaries import RunTiming
 
 if TYPE_CHECKING:
     from .source import DashboardSource
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 """The windows a stats page offers, by name."""
-MAX_RUNS = 2_000
+MAX_RUNS = 100_000
 """Runs read at most (the newest); the page says when a window hit the cap."""
 CACHE_SECONDS = 10.0
 """How long one computation serves every page that shows the same job and window."""
 CHART_BUCKETS = 30
+
+
+Timed = RunTiming | Run
+"""What the statistics read of a run: its times (or a whole run)."""
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -93,9 +100,9 @@ class JobStats:
     peak: int
 
 
-def window_stats(name: str, seconds: float, runs: list[Run], capped: bool) -> WindowStats:
+def window_stats(name: str, seconds: float, runs: Sequence[Timed], capped: bool) -> WindowStats:
     """The numbers of ``runs`` (all created in the window)."""
-    finished = [r for r in runs if r.is_terminal and r.finished_at is not None]
+    finished = [r for r in runs if r.status in TERMINAL_STATUSES and r.finished_at is not None]
     completed = sum(1 for r in finished if r.status is RunStatus.COMPLETED)
     failed = sum(1 for r in finished if r.status is RunStatus.FAILED)
     waits = [r.started_at - r.due_at for r in runs if r.started_at is not None]
@@ -127,7 +134,7 @@ def window_stats(name: str, seconds: float, runs: list[Run], capped: bool) -> Wi
 
 
 def throughput_chart(
-    runs: list[Run], now: float, seconds: float, width: int = 600, height: int = 120
+    runs: Sequence[Timed], now: float, seconds: float, width: int = 600, height: int = 120
 ) -> tuple[tuple[Column, ...], int]:
     """Completed and failed runs per bucket of the window, as stacked columns."""
     size = seconds / CHART_BUCKETS
@@ -176,7 +183,7 @@ def _short(seconds: float) -> str:
 async def job_stats(source: DashboardSource, job: str, now: float, selected: str) -> JobStats:
     """``job``'s numbers over every window; the chart of the ``selected`` one."""
     longest = max(WINDOWS.values())
-    runs = await source.recent_runs(job, now - longest, MAX_RUNS)
+    runs = await source.run_timings(job, now - longest, MAX_RUNS)
     capped = len(runs) >= MAX_RUNS
     oldest_read = runs[-1].created_at if runs else now
     windows = []
@@ -191,7 +198,7 @@ async def job_stats(source: DashboardSource, job: str, now: float, selected: str
 class StatsCache:
     """Recent :func:`job_stats` results, shared by every page and live stream of an app.
 
-    The numbers come from reading up to :data:`MAX_RUNS` runs from storage: once per
+    The numbers come from reading up to :data:`MAX_RUNS` runs' times: once per
     :data:`CACHE_SECONDS` per job and window, however many pages watch.
     """
 

@@ -23,6 +23,7 @@ from ..queries import RunFilters as QueryFilters
 from ..runs import JSONObject, Run, RunStatus, TriggerResult
 from ..scheduler import Keyflow
 from ..stats import LaneSnapshot, Paused
+from ..storage_backends.summaries import RunTiming
 from ..watch import Changes
 from .broadcast import Broadcast
 from .instants import format_instant
@@ -179,10 +180,12 @@ class DashboardSource(ABC):
             return cap, True
         return await self.count_runs(filters), False
 
-    async def recent_runs(self, job: str, since: float, cap: int) -> list[Run]:
-        """Runs of ``job`` created at ``since`` or later, newest first, at most ``cap``."""
-        found = await self.find_runs(RunFilters(job=job), 0, cap)
-        return [r for r in found if r.created_at >= since]
+    @abstractmethod
+    async def run_timings(self, job: str, since: float, cap: int) -> list[RunTiming]:
+        """The times of ``job``'s runs created at ``since`` or later, newest first.
+
+        At most ``cap``: what job statistics read (a few columns, not whole runs).
+        """
 
     @abstractmethod
     async def run(self, run_id: str) -> Run | None:
@@ -357,6 +360,10 @@ class KeyflowSource(DashboardSource):
     async def run(self, run_id: str) -> Run | None:
         """One run."""
         return await self.kf.get_run(run_id)
+
+    async def run_timings(self, job: str, since: float, cap: int) -> list[RunTiming]:
+        """From the scheduler's storage."""
+        return await self.kf.run_timings(job, since=since, limit=cap)
 
     def jobs(self) -> list[str]:
         """Registered jobs."""

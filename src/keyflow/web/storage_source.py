@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from ..runs import Run, RunStatus
 from ..stats import LaneSnapshot, Paused
 from ..storage_backends import RunQuery, StorageBackend
+from ..storage_backends.summaries import RunTiming
 from ..watch import Changes
 from .catalog import StorageCatalog, file_token, storage_files
 from .natural import NaturalOrder
@@ -201,6 +202,10 @@ class StorageSource(DashboardSource):
     async def run(self, run_id: str) -> Run | None:
         """One run from storage."""
         return await self.backend.get_run(run_id)
+
+    async def run_timings(self, job: str, since: float, cap: int) -> list[RunTiming]:
+        """From storage (SQLite: its job index, a few columns)."""
+        return await self.backend.run_timings(job, since, limit=cap)
 
     def jobs(self) -> list[str]:
         """The jobs of the stored runs (as of the latest poll)."""

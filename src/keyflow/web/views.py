@@ -59,7 +59,7 @@ async def job_stats(request: Request) -> Response:
     """One job's throughput, failures, waits, run times and coalescing, per window."""
     job = request.path_params["job"]
     source = dashboard(request).source
-    known = job in source.jobs() or bool(await source.recent_runs(job, 0.0, 1))
+    known = job in source.jobs() or bool(await source.run_timings(job, 0.0, 1))
     if not known:
         return not_found(request, "job", job)
     query: dict[str, Any] = {"job": job, "window": request.query_params.get("window", "1h")}

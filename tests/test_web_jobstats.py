@@ -1,0 +1,72 @@
+"""Job statistics count a busy day whole, from storage's run times (issue 12, item 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import keyflow
+from keyflow.storage_backends import open_backend
+from keyflow.web import create_app
+from keyflow.web.jobstats import MAX_RUNS
+from keyflow.web.storage_source import opened
+
+from .webkit import client
+
+RUNS = 2_600
+"""More than the 2,000 runs the statistics used to read: a window must not stop there."""
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None
+
+
+async def _fail(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    raise RuntimeError("no")
+
+
+async def test_every_run_of_a_busy_day_is_counted_by_both_dashboards(tmp_path: Path) -> None:
+    assert MAX_RUNS > RUNS
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    kf = keyflow.Keyflow(storage=url, workers=8, retention=10 * RUNS)
+    kf.job("busy")(_noop)
+    kf.job("flaky", retries=0)(_fail)
+    async with kf:
+        await kf.batch_trigger(keyflow.TriggerRequest("busy", {"n": n}) for n in range(RUNS))
+        await kf.batch_trigger(keyflow.TriggerRequest("flaky", {"n": n}) for n in range(3))
+        await kf.run_until_idle()
+        timings = await kf.run_timings("busy")
+        assert len(timings) == RUNS
+        assert all(t.status is keyflow.RunStatus.COMPLETED for t in timings)
+        assert len(await kf.run_timings("busy", limit=10)) == 10
+        assert await kf.run_timings("busy", since=timings[0].created_at + 1) == []
+        async with client(create_app(kf)) as http:
+            embedded = (await http.get("/jobs/busy", params={"window": "24h"})).text
+            flaky = (await http.get("/jobs/flaky")).text
+    assert f'data-runs="{RUNS}"' in embedded
+    assert f"{RUNS:,}+" not in embedded  # not capped
+    assert 'data-failure-rate="1.0"' in flaky
+    backend = open_backend(url, retention=10 * RUNS)
+    async with opened(backend) as source, client(create_app(source)) as http:
+        stored = (await http.get("/jobs/busy", params={"window": "24h"})).text
+    assert f'data-runs="{RUNS}"' in stored
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"job": 5}, "job"),
+        ({"job": "busy", "since": float("nan")}, "since"),
+        ({"job": "busy", "since": "yesterday"}, "since"),
+        ({"job": "busy", "limit": -1}, "limit"),
+    ],
+)
+async def test_run_timings_refuses_bad_arguments_by_name(
+    arguments: dict[str, Any], named: str
+) -> None:
+    kf = keyflow.Keyflow()
+    job = arguments.pop("job")
+    with pytest.raises(keyflow.ConfigurationError, match=named):
+        await kf.run_timings(job, **arguments)
