@@ -214,3 +214,31 @@ async def test_closed_simulated_time_fires_nothing_and_ends_its_events() -> None
     assert fired == ["long"]
     assert time.at(START + 3, partial(event, "after")) is None
     assert time.virtual.next_timer() is None
+
+
+async def test_the_console_line_tells_the_busiest_moment_of_its_ten_minutes() -> None:
+    """A lane running+queued for a minute between two lines is told, not missed."""
+    from keyflow.demo.console import Console
+    from keyflow.demo.scoreboard import Scoreboard
+    from keyflow.demo.simtime import VirtualTime
+
+    time = VirtualTime(START)
+    idle = {"idle": 3, "running": 0, "running+queued": 0}
+
+    def board() -> Scoreboard:
+        busy = START + 120 <= time.now() < START + 180  # one busy minute, then calm
+        lanes = {"idle": 1, "running": 1, "running+queued": 1} if busy else idle
+        queued = ("process_queue:org1",) if busy else ()
+        return Scoreboard(time.now(), "A", (), lanes, queued)
+
+    lines: list[str] = []
+    console = Console(board, time, lines.append)
+    console.start()
+    while not lines:
+        time.virtual.jump()
+        await asyncio.sleep(0)  # the due events run
+    assert "lanes at peak: 1 running, 1 running+queued (process_queue:org1)" in lines[0]
+    while len(lines) < 2:
+        time.virtual.jump()
+        await asyncio.sleep(0)
+    assert "lanes at peak: 0 running, 0 running+queued |" in lines[1]  # the peak was reset

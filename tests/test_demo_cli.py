@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_live_demo_gracefully(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # a line per simulated ten minutes, once the story runs
-            if " | lanes now: " in line:
+            if " | lanes at peak: " in line:
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .scoreboard import Scoreboard, line, sim_clock
+from .scoreboard import Scoreboard, busier, line, sim_clock
 from .simtime import SimTime
 
 PERIOD = 600.0
 """Simulated seconds between two lines."""
+SAMPLE = 30.0
+"""Simulated seconds between two looks at the lanes (a line tells the busiest look)."""
 
 
 class Console:
@@ -38,14 +40,26 @@ class Console:
         self.out = out
         self.period = period
         self._live: Any = None
+        self._peak: Scoreboard | None = None
+        """The busiest look at the lanes since the last line."""
 
     def start(self) -> None:
         """Arm the first line, at the next multiple of the period (simulated)."""
         first = math.floor(self.time.now() / self.period + 1) * self.period
         self.time.at(first, partial(self._tick, first))
+        self.time.at(self.time.now() + SAMPLE, partial(self._sample, self.time.now() + SAMPLE))
+
+    async def _sample(self, at: float) -> None:
+        board = self.board()
+        self._peak = busier(self._peak, board)
+        self.time.at(at + SAMPLE, partial(self._sample, at + SAMPLE))
 
     async def _tick(self, at: float) -> None:
-        self.say(line(self.board()))
+        board = self.board()
+        # A snapshot at :x0 would often fall between two waves of crawls: the line
+        # tells the busiest moment of the ten minutes (now included).
+        self.say(line(busier(self._peak, board), now=board))
+        self._peak = None
         self.time.at(at + self.period, partial(self._tick, at + self.period))
 
     def say(self, text: str) -> None:

@@ -57,12 +57,26 @@ def _each(board: Scoreboard, text: str) -> str:
     return ", ".join(f"{r.label} {text.format(r)}" for r in board.reports)
 
 
-def line(board: Scoreboard) -> str:
-    """The console's one line: lanes now, triggers so far, PRs that waited, staleness."""
-    lanes = board.lanes
-    queued = f" ({', '.join(board.queued_lanes)})" if board.queued_lanes else ""
+def busier(peak: Scoreboard | None, board: Scoreboard) -> Scoreboard:
+    """Whichever shows more lanes running+queued (then running): ``board`` on a tie."""
+
+    def weight(b: Scoreboard) -> tuple[int, int]:
+        return b.lanes["running+queued"], b.lanes["running"]
+
+    return board if peak is None or weight(board) >= weight(peak) else peak
+
+
+def line(busiest: Scoreboard, now: Scoreboard | None = None) -> str:
+    """The console's one line: lanes at their peak, triggers, PRs that waited, staleness.
+
+    ``busiest`` is the busiest look at the lanes over the last ten minutes; the rest is
+    as of ``now`` (default: ``busiest``).
+    """
+    board = now or busiest
+    lanes = busiest.lanes
+    queued = f" ({', '.join(busiest.queued_lanes)})" if busiest.queued_lanes else ""
     return (
-        f"{sim_clock(board.at)} | lanes now: {lanes['running']} running, "
+        f"{sim_clock(board.at)} | lanes at peak: {lanes['running']} running, "
         f"{lanes['running+queued']} running+queued{queued} | "
         f"follow-ups queued: {_each(board, '{0.queued}')} | "
         f"coalesced: {_each(board, '{0.coalesced}')} | "
