@@ -207,6 +207,44 @@ async def test_sqlite_survives_reopening_with_its_runs(tmp_path: Path) -> None:
         await again.close()
 
 
+async def test_sqlite_columns_hold_each_write_of_a_run(tmp_path: Path) -> None:
+    # The upsert is SQL text with positional values: every column of the table, each
+    # holding its own field, and a later write updating what changed.
+    assert sorted(sqlite_schema.RUN_COLUMNS) == sorted(c.name for c in sqlite_schema.runs_table.c)
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    run = record("a")
+    run.labels = {"team": "x"}
+    await backend.write(WriteBatch([run], [("work", "once", "a")]))
+    run.status, run.attempt, run.started_at = RunStatus.RUNNING, 1, 2.0
+    await backend.write(WriteBatch([run]))
+    run.status, run.finished_at, run.trigger_count = RunStatus.COMPLETED, 3.0, 2
+    await backend.write(WriteBatch([run], [("work", "once", "b")]))
+    await backend.close()
+    with sqlite3.connect(path) as db:
+        columns = ", ".join(sqlite_schema.RUN_COLUMNS)
+        (stored,) = db.execute(f"SELECT {columns} FROM keyflow_runs").fetchall()
+        labels = db.execute("SELECT run_id, name, value FROM keyflow_labels").fetchall()
+        keys = db.execute("SELECT job, idempotency_key, run_id FROM keyflow_idempotency").fetchall()
+    values = dict(zip(sqlite_schema.RUN_COLUMNS, stored, strict=True))
+    assert json.loads(values.pop("data"))["status"] == "completed"
+    assert values == {
+        "id": "a",
+        "job": "work",
+        "concurrency_key": "k",
+        "status": "completed",
+        "created_at": 1.0,
+        "finished_at": 3.0,
+        "due_at": 1.0,
+        "started_at": 2.0,
+        "attempt": 1,
+        "trigger_count": 2,
+    }
+    assert labels == [("a", "team", "x")]
+    assert keys == [("work", "once", "a")]  # a key stored already keeps its run
+
+
 async def test_an_older_schema_is_migrated_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
