@@ -11,8 +11,10 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
+from keyflow.runs import LogEntry
 from keyflow.storage_backends import RunQuery, WriteBatch, open_backend, sqlite_schema
 from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends import rows as rows_module
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
@@ -129,6 +131,36 @@ async def test_compaction_folds_the_journal_into_a_readable_snapshot(
     assert snapshot["generation"] > 1  # compacted at least once
     assert len(journal.read_bytes()) < 20 * 400  # under half of the 40 appended lines
     assert await unfinished_ids(JSONFileBackend(path)) == [f"r{n}" for n in range(40)]
+
+
+@pytest.mark.parametrize("problem", ["none", "unwritable", "too long"])
+async def test_a_journal_line_holds_each_run_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    # A batch is encoded in one piece when it can be; a run that cannot be written as it
+    # is (a lone surrogate that got past validation, a run too long) is stored made safe
+    # or slimmed, and its siblings exactly as they are.
+    monkeypatch.setattr(rows_module, "MAX_ROW_CHARS", 2_000)
+    path = tmp_path / "runs.json"
+    odd = record("odd")
+    if problem == "unwritable":
+        odd.output = "caf\udce9"
+    elif problem == "too long":
+        odd.add_log(LogEntry(1.0, "info", "x" * 3_000, {}, 1))
+    batch = [record("a"), odd, record("b")]
+    expected = [rows_module.encode_row(rows_module.record_row(r)) for r in batch]
+    await write_json(path, batch)
+    (line,) = (tmp_path / "runs.json.journal").read_text().splitlines()[1:]
+    assert json.loads(line)["runs"] == [row for row, _ in expected]
+    assert line.startswith('{"runs":[' + ",".join(text for _, text in expected) + "]")
+    stored = json.loads(line)["runs"][1]
+    if problem == "unwritable":
+        assert stored["output"] != odd.output
+        assert stored["output"].startswith("caf")
+    elif problem == "too long":
+        assert stored["logs"] == []
+    else:
+        assert stored == rows_module.record_row(odd)
 
 
 async def test_retention_prunes_the_files_too(tmp_path: Path) -> None:
