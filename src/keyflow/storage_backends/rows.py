@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from ..errors import StorageCorruptError
 from ..jsonvalue import safe_repr, storable_text
@@ -198,9 +198,13 @@ def row_run(row: Row) -> Run:
     return row_record(row).snapshot()
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Never changed: one encoder for every call (json.dumps with options builds one per call).
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text (rows hold JSON values only: checked when they came in)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 MAX_ROW_CHARS = 64 << 20
