@@ -11,8 +11,10 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
+from keyflow.runs import LogEntry
 from keyflow.storage_backends import RunQuery, WriteBatch, open_backend, sqlite_schema
 from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends import rows as rows_module
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
@@ -131,6 +133,36 @@ async def test_compaction_folds_the_journal_into_a_readable_snapshot(
     assert await unfinished_ids(JSONFileBackend(path)) == [f"r{n}" for n in range(40)]
 
 
+@pytest.mark.parametrize("problem", ["none", "unwritable", "too long"])
+async def test_a_journal_line_holds_each_run_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    # A batch is encoded in one piece when it can be; a run that cannot be written as it
+    # is (a lone surrogate that got past validation, a run too long) is stored made safe
+    # or slimmed, and its siblings exactly as they are.
+    monkeypatch.setattr(rows_module, "MAX_ROW_CHARS", 2_000)
+    path = tmp_path / "runs.json"
+    odd = record("odd")
+    if problem == "unwritable":
+        odd.output = "caf\udce9"
+    elif problem == "too long":
+        odd.add_log(LogEntry(1.0, "info", "x" * 3_000, {}, 1))
+    batch = [record("a"), odd, record("b")]
+    expected = [rows_module.encode_row(rows_module.record_row(r)) for r in batch]
+    await write_json(path, batch)
+    (line,) = (tmp_path / "runs.json.journal").read_text().splitlines()[1:]
+    assert json.loads(line)["runs"] == [row for row, _ in expected]
+    assert line.startswith('{"runs":[' + ",".join(text for _, text in expected) + "]")
+    stored = json.loads(line)["runs"][1]
+    if problem == "unwritable":
+        assert stored["output"] != odd.output
+        assert stored["output"].startswith("caf")
+    elif problem == "too long":
+        assert stored["logs"] == []
+    else:
+        assert stored == rows_module.record_row(odd)
+
+
 async def test_retention_prunes_the_files_too(tmp_path: Path) -> None:
     path = tmp_path / "runs.json"
     backend = JSONFileBackend(path, retention=2)
@@ -205,6 +237,44 @@ async def test_sqlite_survives_reopening_with_its_runs(tmp_path: Path) -> None:
         assert done.status is RunStatus.COMPLETED
     finally:
         await again.close()
+
+
+async def test_sqlite_columns_hold_each_write_of_a_run(tmp_path: Path) -> None:
+    # The upsert is SQL text with positional values: every column of the table, each
+    # holding its own field, and a later write updating what changed.
+    assert sorted(sqlite_schema.RUN_COLUMNS) == sorted(c.name for c in sqlite_schema.runs_table.c)
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    run = record("a")
+    run.labels = {"team": "x"}
+    await backend.write(WriteBatch([run], [("work", "once", "a")]))
+    run.status, run.attempt, run.started_at = RunStatus.RUNNING, 1, 2.0
+    await backend.write(WriteBatch([run]))
+    run.status, run.finished_at, run.trigger_count = RunStatus.COMPLETED, 3.0, 2
+    await backend.write(WriteBatch([run], [("work", "once", "b")]))
+    await backend.close()
+    with sqlite3.connect(path) as db:
+        columns = ", ".join(sqlite_schema.RUN_COLUMNS)
+        (stored,) = db.execute(f"SELECT {columns} FROM keyflow_runs").fetchall()
+        labels = db.execute("SELECT run_id, name, value FROM keyflow_labels").fetchall()
+        keys = db.execute("SELECT job, idempotency_key, run_id FROM keyflow_idempotency").fetchall()
+    values = dict(zip(sqlite_schema.RUN_COLUMNS, stored, strict=True))
+    assert json.loads(values.pop("data"))["status"] == "completed"
+    assert values == {
+        "id": "a",
+        "job": "work",
+        "concurrency_key": "k",
+        "status": "completed",
+        "created_at": 1.0,
+        "finished_at": 3.0,
+        "due_at": 1.0,
+        "started_at": 2.0,
+        "attempt": 1,
+        "trigger_count": 2,
+    }
+    assert labels == [("a", "team", "x")]
+    assert keys == [("work", "once", "a")]  # a key stored already keeps its run
 
 
 async def test_an_older_schema_is_migrated_in_place(

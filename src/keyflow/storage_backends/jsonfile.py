@@ -36,7 +36,7 @@ from ..runs import Run, RunStatus
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
 from .lockfile import WriterLock
-from .rows import Row, check_row, dumps, encode_row, record_row, row_record, row_run
+from .rows import Row, check_row, dumps, encode_rows, record_row, row_record, row_run
 from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 logger = logging.getLogger("keyflow.storage")
@@ -303,19 +303,15 @@ class JSONFileBackend(StorageBackend):
         Raises:
             StorageError: nothing of the batch was stored.
         """
-        texts: list[str] = []
-        rows: list[Row] = []
-        for record in batch.runs:  # before the first await (see the base module)
-            row, text = encode_row(record_row(record))
-            rows.append(row)
-            texts.append(text)
+        # Before the first await (see the base module).
+        rows, text = encode_rows([record_row(record) for record in batch.runs])
         self._writable()
         self._check_identity()
         pruned, self._to_prune = self._to_prune, []
         line = (
-            '{"runs":['
-            + ",".join(texts)
-            + '],"idempotency":'
+            '{"runs":'
+            + text
+            + ',"idempotency":'
             + dumps(batch.idempotency)
             + ',"pruned":'
             + dumps(pruned)

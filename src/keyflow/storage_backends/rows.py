@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from ..errors import StorageCorruptError
 from ..jsonvalue import safe_repr, storable_text
@@ -198,9 +198,13 @@ def row_run(row: Row) -> Run:
     return row_record(row).snapshot()
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Never changed: one encoder for every call (json.dumps with options builds one per call).
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text (rows hold JSON values only: checked when they came in)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 MAX_ROW_CHARS = 64 << 20
@@ -238,7 +242,26 @@ def encode_row(row: Row) -> tuple[Row, str]:
     return row, text
 
 
-def _encoded(row: Row) -> str:
+def encode_rows(rows: list[Row]) -> tuple[list[Row], str]:
+    """The JSON array text of ``rows``, and the rows it stands for: ``encode_row`` of each.
+
+    The same text as joining each row's ``encode_row``; made in one piece when every row
+    is writable as it is and the whole fits in ``MAX_ROW_CHARS`` (then so does each row),
+    else row by row, so that one unwritable or oversized run is stored made safe or
+    slimmed and never blocks the others.
+    """
+    try:
+        text = _encoded(rows)
+    except (ValueError, TypeError):
+        pass  # a row storage cannot write as it is: found and made safe below
+    else:
+        if len(text) <= MAX_ROW_CHARS:
+            return rows, text
+    encoded = [encode_row(row) for row in rows]
+    return [row for row, _ in encoded], "[" + ",".join(text for _, text in encoded) + "]"
+
+
+def _encoded(row: Row | list[Row]) -> str:
     text = dumps(row)
     if not text.isascii():
         text.encode("utf-8")

@@ -28,17 +28,17 @@ from .base import RunQuery, StorageBackend, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import encode_row, loads_row, record_row, row_record, row_run
 from .sqlite_schema import (
+    INSERT_IDEMPOTENCY,
+    INSERT_LABELS,
     ROWID,
     TERMINAL,
+    UPSERT_RUN,
     idempotency_table,
-    insert_idempotency,
-    insert_labels,
     insert_pause,
     labels_table,
     pauses_table,
     runs_table,
     schema_table,
-    upsert_run,
 )
 from .summaries import KeySummary, RunTiming, StoreSummary
 
@@ -226,14 +226,14 @@ class SQLiteBackend(StorageBackend):
         """
         # Read every record now, before the first await (see the base module).
         rows = [_columns(record_row(record)) for record in batch.runs]
-        keys = [{"job": j, "idempotency_key": k, "run_id": r} for j, k, r in batch.idempotency]
+        keys = list(batch.idempotency)
         labels = [  # a run's labels never change: inserted once, ignored after
-            {"run_id": record.id, "name": name, "value": value}
+            (record.id, name, value)
             for record in batch.runs
             if record.labels
             for name, value in record.labels.items()
         ]
-        newly_finished = sum(1 for row in rows if row["status"] in TERMINAL)
+        newly_finished = sum(1 for row in rows if row[_STATUS] in TERMINAL)
         pauses = list(batch.pauses)
         conn = self._writable()
         self._check_identity()
@@ -241,11 +241,11 @@ class SQLiteBackend(StorageBackend):
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 if rows:
-                    await conn.execute(upsert_run, rows)
+                    await conn.exec_driver_sql(UPSERT_RUN, rows)
                 if keys:
-                    await conn.execute(insert_idempotency, keys)
+                    await conn.exec_driver_sql(INSERT_IDEMPOTENCY, keys)
                 if labels:
-                    await conn.execute(insert_labels, labels)
+                    await conn.exec_driver_sql(INSERT_LABELS, labels)
                 for kind, name, paused in pauses:
                     if paused:
                         await conn.execute(insert_pause, {"kind": kind, "name": name})
@@ -487,21 +487,25 @@ def _identity(path: Path) -> tuple[int, int]:
     return (stat.st_dev, stat.st_ino)
 
 
-def _columns(row: dict[str, Any]) -> dict[str, Any]:
+_STATUS = schema.RUN_COLUMNS.index("status")
+
+
+def _columns(row: dict[str, Any]) -> tuple[Any, ...]:
+    # The values of schema.RUN_COLUMNS, in that order.
     row, text = encode_row(row)
-    return {
-        "id": row["id"],
-        "job": row["job"],
-        "concurrency_key": row["key"],
-        "status": row["status"],
-        "created_at": row["created_at"],
-        "finished_at": row["finished_at"],
-        "data": text,
-        "due_at": row["due_at"],
-        "started_at": row["started_at"],
-        "attempt": row["attempt"],
-        "trigger_count": row["trigger_count"],
-    }
+    return (
+        row["id"],
+        row["job"],
+        row["key"],
+        row["status"],
+        row["created_at"],
+        row["finished_at"],
+        text,
+        row["due_at"],
+        row["started_at"],
+        row["attempt"],
+        row["trigger_count"],
+    )
 
 
 def _filtered(statement: Any, query: RunQuery) -> Any:

@@ -94,21 +94,48 @@ pauses_table = Table(
 ROWID: ColumnClause[int] = literal_column("rowid", Integer)
 
 
-upsert_run = sqlite_insert(runs_table)
-upsert_run = upsert_run.on_conflict_do_update(
-    index_elements=[runs_table.c.id],
-    set_={
-        "status": upsert_run.excluded.status,
-        "finished_at": upsert_run.excluded.finished_at,
-        "data": upsert_run.excluded.data,
-        "due_at": upsert_run.excluded.due_at,
-        "started_at": upsert_run.excluded.started_at,
-        "attempt": upsert_run.excluded.attempt,
-        "trigger_count": upsert_run.excluded.trigger_count,
-    },
+RUN_COLUMNS = (
+    "id",
+    "job",
+    "concurrency_key",
+    "status",
+    "created_at",
+    "finished_at",
+    "data",
+    "due_at",
+    "started_at",
+    "attempt",
+    "trigger_count",
 )
-insert_idempotency = sqlite_insert(idempotency_table).on_conflict_do_nothing()
-insert_labels = sqlite_insert(labels_table).on_conflict_do_nothing()
+"""The columns of a run row, in the order ``UPSERT_RUN`` takes their values."""
+
+_RUN_UPDATED = ("status", "finished_at", "data", "due_at", "started_at", "attempt", "trigger_count")
+# What a later write of a run changes (id, job, key and creation time never change).
+
+
+def _insert_sql(table: Table, columns: tuple[str, ...], conflict: str) -> str:
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT {conflict}"
+    )
+
+
+UPSERT_RUN = _insert_sql(
+    runs_table,
+    RUN_COLUMNS,
+    "(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _RUN_UPDATED),
+)
+"""Insert or update one run: SQL text, for the driver's ``executemany`` with one tuple of
+``RUN_COLUMNS`` values per run (statement objects cost a dict of parameters per row)."""
+
+INSERT_IDEMPOTENCY = _insert_sql(
+    idempotency_table, ("job", "idempotency_key", "run_id"), "DO NOTHING"
+)
+"""Insert ``(job, idempotency_key, run_id)`` tuples; a key stored already is kept."""
+
+INSERT_LABELS = _insert_sql(labels_table, ("run_id", "name", "value"), "DO NOTHING")
+"""Insert ``(run_id, name, value)`` tuples; a run's labels never change."""
+
 insert_pause = sqlite_insert(pauses_table).on_conflict_do_nothing()
 
 Step = str | Callable[[Connection], None]
