@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -351,3 +352,17 @@ async def test_a_json_reader_sees_what_the_writer_adds(
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_closing_sqlite_waits_for_reads_in_flight(tmp_path: Path) -> None:
+    """A dashboard's query running when storage closes ends well, its connection closed."""
+    backend = SQLiteBackend(tmp_path / "runs.db")
+    await backend.open()
+    reads = [asyncio.ensure_future(backend.list_runs(RunQuery(limit=10))) for _ in range(3)]
+    token = asyncio.ensure_future(backend.change_token())
+    await asyncio.sleep(0)  # the reads are under way (one turn of the loop, not a wait)
+    await backend.close()
+    assert all(read.done() for read in (*reads, token))
+    assert [await read for read in reads] == [[], [], []]
+    with pytest.raises(keyflow.StorageError, match="not open"):
+        await backend.list_runs(RunQuery())

@@ -9,10 +9,11 @@ writes (``<file>.lock``); any number may read (``mode="ro"``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,9 @@ class SQLiteBackend(StorageBackend):
         self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._wal_identity: tuple[int, int] | None = None
         self._watcher: AsyncConnection | None = None  # for change_token()
+        self._reads = 0  # reads in flight: close() waits for them
+        self._reads_done = asyncio.Event()
+        self._reads_done.set()
         self._finished = 0  # finished rows stored, counted exactly at open and each prune
         self._prune_slack = retention // 20  # exact count at most every 5 % of growth
 
@@ -201,11 +205,16 @@ class SQLiteBackend(StorageBackend):
         return version
 
     async def close(self) -> None:
-        """Close the connections and release the lock. Idempotent."""
+        """Close the connections and release the lock. Idempotent.
+
+        Reads already in flight (a dashboard's, say) finish first: a connection is never
+        pulled from under a query, nor left open by one.
+        """
         writer, self._writer = self._writer, None
-        watcher, self._watcher = self._watcher, None
-        engine, self._engine = self._engine, None
+        engine, self._engine = self._engine, None  # no read starts from now on
         try:
+            await self._reads_done.wait()
+            watcher, self._watcher = self._watcher, None
             self.close_start_marks()
             if watcher is not None:
                 await watcher.close()
@@ -316,6 +325,26 @@ class SQLiteBackend(StorageBackend):
             raise StorageError(f"{self.path} is not open")
         return self._engine
 
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a read in flight (close waits for none to be)."""
+        self._reads += 1
+        self._reads_done.clear()
+        try:
+            yield
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._reads_done.set()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A reader connection, counted in flight until it is back."""
+        engine = self._reader()
+        with self._in_flight():
+            async with engine.connect() as conn:
+                yield conn
+
     async def get_run(self, run_id: str) -> Run | None:
         """The stored run, or None."""
         query = select(runs_table.c.data).where(runs_table.c.id == run_id)
@@ -333,7 +362,7 @@ class SQLiteBackend(StorageBackend):
             .offset(query.offset)
         )
         try:
-            async with self._reader().connect() as conn:
+            async with self._reading() as conn:
                 result = await conn.execute(statement)
                 rows = [data for (data,) in result]
         except (SQLAlchemyError, sqlite3.Error) as exc:
@@ -365,7 +394,7 @@ class SQLiteBackend(StorageBackend):
             .group_by(table.c.concurrency_key)
         )
         try:
-            async with self._reader().connect() as conn:
+            async with self._reading() as conn:
                 keys = {
                     key: KeySummary(key, int(n), int(unfinished), int(joined), float(newest))
                     for key, n, unfinished, joined, newest in await conn.execute(per_key)
@@ -395,7 +424,7 @@ class SQLiteBackend(StorageBackend):
             .limit(limit)
         )
         try:
-            async with self._reader().connect() as conn:
+            async with self._reading() as conn:
                 rows = list(await conn.execute(statement))
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
@@ -410,10 +439,12 @@ class SQLiteBackend(StorageBackend):
         It changes with every commit made on another connection (the writer's, or
         another process's).
         """
+        engine = self._reader()
         try:
-            if self._watcher is None:
-                self._watcher = await self._reader().connect()
-            version = (await self._watcher.exec_driver_sql("PRAGMA data_version")).scalar()
+            with self._in_flight():
+                if self._watcher is None:
+                    self._watcher = await engine.connect()
+                version = (await self._watcher.exec_driver_sql("PRAGMA data_version")).scalar()
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
         return version
@@ -422,7 +453,7 @@ class SQLiteBackend(StorageBackend):
         """What is paused now."""
         query = select(pauses_table.c.kind, pauses_table.c.name)
         try:
-            async with self._reader().connect() as conn:
+            async with self._reading() as conn:
                 rows = list(await conn.execute(query))
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
@@ -439,7 +470,7 @@ class SQLiteBackend(StorageBackend):
 
     async def _read_scalar(self, statement: Any) -> Any:
         try:
-            async with self._reader().connect() as conn:
+            async with self._reading() as conn:
                 return (await conn.execute(statement)).scalar()
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
