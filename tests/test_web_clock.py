@@ -7,13 +7,17 @@ sparklines and statistics, never "7984h ago".
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import keyflow
+from keyflow.cli import main, read_only_url
+from keyflow.storage_backends import open_backend
 from keyflow.testing import VirtualClock
 from keyflow.web import create_app
+from keyflow.web.storage_source import opened
 
 from .conftest import MakeKeyflow
 from .webkit import CaptureTemplates, Gate, client
@@ -81,3 +85,39 @@ async def test_the_schedulers_own_clock_is_the_default(
     assert kf.clock is clock  # the scheduler's own clock, which the dashboard takes
     async with client(create_app(kf)) as http:
         assert "1m30s ago" in (await http.get(f"/runs/{first}")).text
+
+
+async def test_a_storage_dashboard_can_read_a_simulated_store_as_of_its_last_activity(
+    tmp_path: Path,
+) -> None:
+    """``keyflow dashboard --storage … --clock stored`` over a store the demo wrote."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    clock = VirtualClock(start=SIMULATED_START)
+    kf = keyflow.Keyflow(storage=url, clock=clock)
+    gate = Gate()
+    gate.open()
+    kf.job("process")(gate.handler)
+    async with kf:
+        first = await kf.trigger("process", {}, concurrency_key="process:acme")
+        await kf.run_until_idle()
+        clock.advance(120)
+        await kf.trigger("process", {}, concurrency_key="process:acme")
+        await kf.run_until_idle()
+    pages = {}
+    for stored in (False, True):
+        backend = open_backend(read_only_url(url), retention=1000)
+        async with (
+            opened(backend, stored_clock=stored) as source,
+            client(create_app(source)) as http,
+        ):
+            pages[stored] = (await http.get(f"/runs/{first.run_id}")).text
+    assert re.search(r"\d{4,}h\d\dm ago", pages[False])  # the wall clock: months ago
+    assert "2m00s ago" in pages[True]  # as of the store's last activity
+    assert not re.search(r"\d{3,}h\d\dm ago", pages[True])
+
+
+def test_the_dashboard_command_offers_the_stored_clock_and_names_a_bare_path() -> None:
+    with pytest.raises(SystemExit):
+        main(["dashboard", "--storage", "sqlite:///x.db", "--clock", "simulated"])
+    with pytest.raises(keyflow.KeyflowError, match=r"'runs\.db' has no scheme: sqlite:///runs"):
+        read_only_url("runs.db")

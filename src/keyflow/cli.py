@@ -67,6 +67,8 @@ def read_only_url(url: str) -> str:
     """``url`` with ``mode=ro`` (a dashboard never writes)."""
     if url.startswith("memory:"):
         raise KeyflowError("memory:// lives inside its process: give a sqlite:// or json:// URL")
+    if "://" not in url:
+        raise KeyflowError(f"storage URL {url!r} has no scheme: sqlite:///{url} or json:///{url}?")
     if "mode=" in url:
         return url
     return url + ("&" if "?" in url else "?") + "mode=ro"
@@ -109,8 +111,13 @@ def allowed_hosts(host: str) -> list[str] | None:
     return [name, "localhost", "127.0.0.1", "[::1]"]
 
 
-async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> None:
+async def serve_dashboard(
+    url: str, host: str, port: int, token: str | None, *, stored_clock: bool = False
+) -> None:
     """Serve the read-only dashboard of ``url`` until interrupted.
+
+    With ``stored_clock``, pages measure ages against the newest time in storage
+    instead of the wall clock (a store written on a simulated clock, as the demo's).
 
     Raises:
         KeyflowError: the port is taken, or the storage cannot be opened.
@@ -122,7 +129,7 @@ async def serve_dashboard(url: str, host: str, port: int, token: str | None) -> 
     backend = open_backend(read_only_url(url), retention=10**9)
     sock = bind(host, port)  # a taken port: one clear error, nothing opened yet
     with sock:
-        async with opened(backend) as source:
+        async with opened(backend, stored_clock=stored_clock) as source:
             app = create_app(
                 source,
                 read_only=True,
@@ -347,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "visible to other users (default: none)",
     )
     dash.add_argument("--token-file", help="a file whose first line is the token (default: none)")
+    dash.add_argument(
+        "--clock",
+        choices=("wall", "stored"),
+        default="wall",
+        help="what ages are measured against: the wall clock, or the newest time in the "
+        "storage, for a store written on a simulated clock such as keyflow demo's "
+        "(default: wall)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if not _is_loopback(args.host):
@@ -367,7 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 " (or --token-file) too"
             )
         try:
-            asyncio.run(serve_dashboard(args.storage, args.host, args.port, token))
+            stored = args.clock == "stored"
+            asyncio.run(
+                serve_dashboard(args.storage, args.host, args.port, token, stored_clock=stored)
+            )
         except KeyflowError as exc:
             print(f"keyflow: {exc}", file=sys.stderr)
             return 2

@@ -38,6 +38,8 @@ class StorageCatalog:
         """Triggers coalesced into the stored runs of each key."""
         self.coalesced_total = 0
         """Triggers coalesced into every stored run (one counted once, however pruned)."""
+        self.latest: float | None = None
+        """The newest time in any run seen (created, started or finished), if any."""
         self._seen: set[str] = set()
         self._open: dict[str, tuple[str | None, int]] = {}
         """Unfinished runs: their key and the coalesced triggers counted so far."""
@@ -52,6 +54,7 @@ class StorageCatalog:
             final = await self.backend.get_run(run_id)
             if final is not None:
                 self._count(key, final.trigger_count - 1 - counted)
+                self._saw_times(final)
         for run in current.values():
             self._note(run)
 
@@ -66,7 +69,13 @@ class StorageCatalog:
                 return
             offset += self.page
 
+    def _saw_times(self, run: Run) -> None:
+        newest = max(run.created_at, run.started_at or 0.0, run.finished_at or 0.0)
+        if self.latest is None or newest > self.latest:
+            self.latest = newest
+
     def _add(self, run: Run) -> None:
+        self._saw_times(run)
         self._seen.add(run.id)
         self.jobs.add(run.job)
         if run.concurrency_key is not None:
@@ -78,6 +87,7 @@ class StorageCatalog:
 
     def _note(self, run: Run) -> None:
         """Count an unfinished run's coalesced triggers (the new ones since last time)."""
+        self._saw_times(run)
         key, counted = self._open.get(run.id, (run.concurrency_key, 0))
         self._count(key, run.trigger_count - 1 - counted)
         self._open[run.id] = (key, run.trigger_count - 1)
