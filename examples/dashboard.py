@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 from typing import Any
 
 import uvicorn
@@ -61,19 +62,25 @@ async def produce(kf: keyflow.Keyflow) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    """Run the scheduler, the producer and the dashboard together."""
+    """Run the scheduler, the producer and the dashboard together, until Ctrl-C."""
     kf = build(args.storage)
-    async with kf:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)  # a clean stop, not a cancelled task
+    async with kf:  # leaving it stops the scheduler (running handlers get their grace)
         producer = asyncio.create_task(produce(kf))
         server = uvicorn.Server(
             uvicorn.Config(create_app(kf), host=args.host, port=args.port, log_level="warning")
         )
-        print(f"dashboard on http://{args.host}:{args.port}/")
-        try:
-            await server.serve()
-        finally:
-            producer.cancel()
-            await kf.stop(grace=0)
+        serving = asyncio.create_task(server.serve())
+        print(f"dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait((serving, stopping), return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        producer.cancel()
+        stopping.cancel()
+        await serving
 
 
 if __name__ == "__main__":

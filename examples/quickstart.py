@@ -1,7 +1,8 @@
 """keyflow in one screen: parallel crawls feeding one serial `process` per organisation.
 
-Run it with `make demo`. Three crawls of one organisation run side by side; each ends by
-triggering `process` with coalesce="queue". While the first `process` run aggregates,
+Run it with `python examples/quickstart.py` (`make demo` runs the bigger simulation).
+Three crawls of one organisation run side by side; each ends by triggering `process`
+with coalesce="queue". While the first `process` run aggregates,
 the other crawls finish: their triggers queue exactly one follow-up, which picks up
 everything. Then the same story with coalesce="skip" shows what gets left behind.
 """

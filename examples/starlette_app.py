@@ -54,7 +54,12 @@ def build(storage: str | None = None, admin_token: str | None = None) -> Starlet
 
     async def get_run(request: Request) -> JSONResponse:
         run_id = request.path_params["run_id"]
-        wait = float(request.query_params.get("wait", "0"))
+        try:
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            return JSONResponse({"error": "wait is a number of seconds"}, status_code=400)
+        if not 0 <= wait <= 60:  # also refuses nan and inf
+            return JSONResponse({"error": "wait is 0 to 60 seconds"}, status_code=400)
         try:
             run = await kf.wait(run_id, timeout=wait) if wait else await kf.get_run(run_id)
         except keyflow.WaitTimeoutError:

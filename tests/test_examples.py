@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,31 @@ def test_the_quickstart_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert 'coalesce="queue"' in done.stdout
     assert "0 left unprocessed" in done.stdout
+
+
+async def test_the_starlette_example_answers_a_bad_wait_with_400(tmp_path: Path) -> None:
+    app = load("starlette_app").build(storage=f"sqlite:///{tmp_path / 'app.db'}")
+    async with app.router.lifespan_context(app), client(app) as http:
+        run_id = (await http.post("/orgs/acme/process")).json()["run_id"]
+        for wait in ("abc", "-1", "nan", "inf", "1e309"):
+            answer = await http.get(f"/runs/{run_id}", params={"wait": wait})
+            assert answer.status_code == 400, wait
+            assert "wait" in answer.json()["error"]
+
+
+def test_the_dashboard_example_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    command = [sys.executable, str(EXAMPLES / "dashboard.py"), "--port", "0"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("dashboard on http://")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
