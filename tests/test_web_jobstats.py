@@ -1,4 +1,4 @@
-"""Job statistics count a busy day whole, from storage's run times (issue 12, item 15)."""
+"""Job statistics from storage's run times (issue 12, item 15): thousands counted, a cap marked."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from .webkit import client
 
 RUNS = 2_600
 """More than the 2,000 runs the statistics used to read: a window must not stop there."""
+CAPPED = 300
+"""A cap the test sets, to see a window beyond it marked."""
 
 
 async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
@@ -70,3 +72,17 @@ async def test_run_timings_refuses_bad_arguments_by_name(
     job = arguments.pop("job")
     with pytest.raises(keyflow.ConfigurationError, match=named):
         await kf.run_timings(job, **arguments)
+
+
+async def test_a_window_beyond_the_cap_is_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("keyflow.web.jobstats.MAX_RUNS", CAPPED)
+    kf = keyflow.Keyflow(storage=f"sqlite:///{tmp_path / 'runs.db'}", workers=8)
+    kf.job("busy")(_noop)
+    async with kf:
+        await kf.batch_trigger(keyflow.TriggerRequest("busy", {"n": n}) for n in range(400))
+        await kf.run_until_idle()
+        async with client(create_app(kf)) as http:
+            page = (await http.get("/jobs/busy", params={"window": "24h"})).text
+    assert f'data-runs="{CAPPED}">{CAPPED}+<' in page
