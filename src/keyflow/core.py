@@ -48,10 +48,9 @@ from .state import (
     START,
     Action,
     Lane,
-    RunState,
     join_target,
     new_run_disposition,
-    replace_victims,
+    plan_trigger,
 )
 from .stats import LaneSnapshot
 from .triggers import PreparedTrigger, prepare_trigger
@@ -208,13 +207,9 @@ class Core:
                 return result
         lane = self.lanes.get(key) if key is not None else None
         coalesce = trig.coalesce
-        target: RunState | None = None
-        victims: tuple[RunState, ...] = ()
-        if coalesce is not None and lane is not None:
-            if coalesce.strategy == "cancel":
-                victims = replace_victims(lane, job.name)
-            else:
-                target = join_target(lane, job.name, coalesce)
+        plan = plan_trigger(lane, job.name, coalesce)  # the one decision (state.py)
+        target = plan.target
+        victims = plan.victims
         now = self.now()
         if target is not None:
             assert coalesce is not None
@@ -227,12 +222,8 @@ class Core:
             txn.joined.append((record, old_input, old_due, evicted, entry))
             disposition = D_COALESCED
         else:
-            delay = trig.delay
-            due = delay <= 0
-            if lane is None or not due:
-                disposition = D_CREATED
-            else:
-                disposition = new_run_disposition(lane, victims, due=due)
+            due = trig.delay <= 0
+            disposition = new_run_disposition(lane, victims, due=due)
             if key is not None and lane is None:
                 lane = self.lanes[key] = self.new_lane(key)  # may raise: nothing changed yet
             record = self._new_record(trig, now, due, durable=False)
@@ -391,7 +382,8 @@ class Core:
         job = trig.job.name
         if coalesce is not None and lane is not None:
             if coalesce.strategy == "cancel":
-                return None
+                return None  # cancels runs: the general path, with its transaction
+            # plan_trigger's JOIN, without building the plan: the hot path of coalescing.
             target = join_target(lane, job, coalesce)
             if target is not None:
                 record = self.records[target.id]
@@ -406,23 +398,8 @@ class Core:
         else:
             created_lane = False
         now = self.now()
-        delay = trig.delay
-        due = delay <= 0
-        record = RunRecord(
-            self.ids.next(),
-            job,
-            key,
-            QUEUED if due else SCHEDULED,
-            trig.input,
-            now,
-            now + delay,
-            trig.job.retries + 1,
-            trig.labels,
-            None,
-            trig.parent_run_id,
-            coalesce is not None and coalesce.strategy == "queue",
-            True,
-        )
+        due = trig.delay <= 0
+        record = self._new_record(trig, now, due, durable=True)
         try:
             self._write_new(record)  # the backend's own write: one call on the hot path
         except Exception as exc:
@@ -434,11 +411,10 @@ class Core:
             assert key is not None
             assert lane is not None
             self.lanes[key] = lane
-        if lane is not None and due and (lane.holders >= lane.limit or lane.waiting):
-            disposition = D_QUEUED  # it waits behind another run (Lane.new_run_waits)
+        disposition = new_run_disposition(lane, due=due)
+        if disposition is D_QUEUED:
             self.counters.queued += 1
         else:
-            disposition = D_CREATED
             self.counters.created += 1
         if self.hub.active:
             self.hub.run_changed(record, None, now)
