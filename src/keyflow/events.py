@@ -7,12 +7,11 @@ Subscribers each get a bounded buffer: a slow one loses its oldest events (count
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
+from .inbox import Inbox
 from .runs import JSONObject, LogEntry, Progress, Run, RunStatus
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ Event: TypeAlias = RunChanged | TriggerCoalesced | RunProgressed | RunLogged
 """Anything :meth:`keyflow.Keyflow.events` yields."""
 
 
-class Subscription:
+class Subscription(Inbox[Event]):
     """An async iterator over events, with a bounded buffer.
 
     Use as ``async with kf.events() as events: async for event in events: ...``;
@@ -93,11 +92,10 @@ class Subscription:
     def __init__(self, hub: EventHub, buffer: int) -> None:
         if buffer < 1:
             raise ValueError("buffer must be >= 1")
+        super().__init__()
         self._hub = hub
         self._buffer: deque[Event] = deque()
         self._capacity = buffer
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
         self.dropped = 0
         """Events lost because the buffer was full (the oldest go first)."""
 
@@ -108,42 +106,12 @@ class Subscription:
         self._buffer.append(event)
         self._wake()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _next_item(self) -> Event | None:
+        return self._buffer.popleft() if self._buffer else None
 
-    def close(self) -> None:
-        """Unsubscribe; iteration ends once the buffered events are consumed."""
-        self._closed = True
+    def _closing(self) -> None:
         self._hub.unsubscribe(self)
-        self._wake()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        while not self._buffer:
-            if self._closed:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._buffer.popleft()
 
     def get_nowait(self) -> Event | None:
         """The next buffered event, or None."""
-        return self._buffer.popleft() if self._buffer else None
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return self._next_item()

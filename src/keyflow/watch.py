@@ -9,10 +9,10 @@ what gathered to every :class:`ChangeWatch`, which keeps it until read.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from .inbox import Inbox
 
 MAX_KEYS = 1_000
 """More changed keys than this between two looks: report "everything" instead."""
@@ -43,14 +43,13 @@ class Changes:
                 self.everything, self.keys = True, set()
 
 
-class ChangeWatch:
+class ChangeWatch(Inbox[Changes]):
     """Accumulates changes until read; ``async for changes in watch`` waits for them."""
 
     def __init__(self, on_close: Callable[[ChangeWatch], None] | None = None) -> None:
+        super().__init__()
         self._changes = Changes()
         self._pending = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
         self._on_close = on_close
 
     def absorb(self, changes: Changes) -> None:
@@ -58,9 +57,7 @@ class ChangeWatch:
         self._changes.merge(changes)
         if not self._pending:
             self._pending = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
 
     def take(self) -> Changes | None:
         """What changed since the last take, or None if nothing did."""
@@ -69,40 +66,9 @@ class ChangeWatch:
         changes, self._changes, self._pending = self._changes, Changes(), False
         return changes
 
-    def close(self) -> None:
-        """Stop watching; iteration ends."""
-        if self._closed:
-            return
-        self._closed = True
+    def _next_item(self) -> Changes | None:
+        return self.take()
+
+    def _closing(self) -> None:
         if self._on_close is not None:
             self._on_close(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __aiter__(self) -> ChangeWatch:
-        return self
-
-    async def __anext__(self) -> Changes:
-        while True:
-            changes = self.take()
-            if changes is not None:
-                return changes
-            if self._closed:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    async def __aenter__(self) -> ChangeWatch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
