@@ -186,6 +186,17 @@ LaneState: TypeAlias = Literal["idle", "running", "running+queued"]
 """A lane's state: nothing holds it, runs hold its slots, or runs also wait."""
 
 
+def lane_state(holding: int, waiting: int) -> LaneState:
+    """A lane's state from how many runs hold its slots and how many wait.
+
+    The one rule: the core's lanes and the storage dashboard's (rebuilt from stored
+    runs) both ask it.
+    """
+    if holding == 0:
+        return "idle"
+    return "running+queued" if waiting else "running"
+
+
 class PlanKind(StrEnum):
     """What a trigger does to its lane."""
 
@@ -238,9 +249,7 @@ class Lane:
     @property
     def state(self) -> LaneState:
         """``idle``, ``running`` (a slot is held) or ``running+queued`` (and runs wait)."""
-        if self.holders == 0:
-            return "idle"
-        return "running+queued" if self.waiting else "running"
+        return lane_state(self.holders, len(self.waiting))
 
     @property
     def is_empty(self) -> bool:

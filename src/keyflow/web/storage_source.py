@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
 from ..runs import Run, RunStatus
+from ..state import lane_state
 from ..stats import LaneSnapshot, Paused
 from ..storage_backends import RunQuery, StorageBackend
 from ..storage_backends.summaries import RunTiming
@@ -118,10 +119,9 @@ class StorageSource(DashboardSource):
         queued = [r for r in runs if r.status is RunStatus.QUEUED]
         waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
         scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
-        state = "idle" if not holding else ("running+queued" if waiting else "running")
         return LaneSnapshot(
             key=key,
-            state=state,  # type: ignore[arg-type]
+            state=lane_state(len(holding), len(waiting)),
             limit=max(1, len(holding)),
             running=tuple(r.id for r in holding),
             waiting=tuple(r.id for r in waiting),
@@ -261,9 +261,8 @@ def _holds_slot(run: Run) -> bool:
 
 def _state(runs: list[Run]) -> str:
     """The lane state of a key's unfinished runs (what :meth:`StorageSource._lane` says)."""
-    if not any(_holds_slot(r) for r in runs):
-        return "idle"
-    return "running+queued" if any(r.status is RunStatus.QUEUED for r in runs) else "running"
+    holding = sum(1 for r in runs if _holds_slot(r))
+    return lane_state(holding, sum(1 for r in runs if r.status is RunStatus.QUEUED))
 
 
 @asynccontextmanager
