@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The same package with its hot path compiled by mypyc (hatch_build.py), in a venv of its own.
 CVENV ?= .venv-compiled
 CBIN := $(CVENV)/bin
-SOURCES := $(shell find src -name '*.py') hatch_build.py pyproject.toml
+SOURCES := $(shell find src -type f -not -path '*/__pycache__/*') hatch_build.py pyproject.toml
 
 .PHONY: demo test lint typecheck pytest pytest-compiled compiled chromium bench bench-pure \
 	bench-storage bench-dashboard soak clean
@@ -21,7 +21,7 @@ $(BIN)/activate: pyproject.toml
 $(CVENV)/installed: $(SOURCES)
 	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
 	$(CBIN)/pip install --quiet --upgrade pip
-	$(CBIN)/pip install --quiet '.[dev]'  # not editable: compiled (hatch_build.py)
+	KEYFLOW_COMPILE=required $(CBIN)/pip install --quiet '.[dev]'  # not editable: compiled
 	touch $@
 
 compiled: $(CVENV)/installed

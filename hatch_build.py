@@ -9,7 +9,8 @@ well as against the sources.
 
 Not compiled: editable installs (an extension would shadow every later edit), builds
 with ``HATCH_BUILD_NO_HOOKS=true``, and builds where compiling fails (no C compiler or
-Python headers): those get the pure-Python wheel, with a warning. The sources are
+Python headers): those get the pure-Python wheel, with a warning, unless
+``KEYFLOW_COMPILE=required`` (``make test`` and release builds) makes that an error. The sources are
 compiled from a copy in a temporary directory, so nothing is written into ``src/``.
 """
 
@@ -39,12 +40,19 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         build_info = runpy.run_path(str(Path(self.root, "src", "keyflow", "build.py")))
         modules: tuple[str, ...] = build_info["HOT_PATH_MODULES"]
         self._workdir = Path(tempfile.mkdtemp(prefix="keyflow-mypyc-"))
+        required = os.environ.get("KEYFLOW_COMPILE", "").lower() == "required"
         try:
             built = self._compile(modules)
         except Exception as exc:  # no compiler, no headers: the pure wheel still works
+            if required:  # make test and release builds: a pure wheel would be a lie
+                raise RuntimeError(
+                    f"keyflow: KEYFLOW_COMPILE=required, but compiling the hot path with "
+                    f"mypyc failed: {exc!r}"
+                ) from exc
             self.app.display_warning(
                 f"keyflow: compiling the hot path with mypyc failed ({exc!r}); "
-                "building the pure-Python wheel instead"
+                "building the pure-Python wheel instead (KEYFLOW_COMPILE=required makes "
+                "this an error)"
             )
             return
         for path, name in built:
@@ -72,7 +80,7 @@ class MypycBuildHook(BuildHookInterface):  # type: ignore[type-arg]
                 # (and need not be): mypyc sees them as Any.
                 ["--ignore-missing-imports", *sources],
                 opt_level="3",
-                group_name="keyflow",
+                group_name="keyflow.hot",  # its shared library inside the package
                 target_dir="c",
             )
             dist = Distribution({"name": "keyflow", "ext_modules": extensions})
