@@ -9,6 +9,8 @@ recorded and no retry used. Checked with the demo's own crawl → process pipeli
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,38 @@ async def test_a_handler_may_trigger_while_the_grace_lasts(
     (made,) = results  # taken during the grace (it would raise "stopping" otherwise)
     assert made.disposition is keyflow.Disposition.CREATED
     assert made.job == "child"
+
+
+PROGRAM_THAT_FAILS = """
+import asyncio, sys
+import keyflow
+
+async def noop(ctx, input):
+    return None
+
+async def main():
+    kf = keyflow.Keyflow(storage=sys.argv[1])
+    kf.job("noop")(noop)
+    await kf.start()
+    await kf.trigger("noop", {})
+    raise RuntimeError("a bug in the application")  # never reaches kf.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("scheme", ["memory", "sqlite", "json"])
+def test_a_program_that_fails_without_stopping_keyflow_still_ends(
+    scheme: str, tmp_path: Path
+) -> None:
+    """asyncio.run() cancels every task at the end: idle workers must let it."""
+    url = "memory://" if scheme == "memory" else f"{scheme}:///{tmp_path / 'runs'}"
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM_THAT_FAILS, url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "RuntimeError: a bug in the application" in done.stderr

@@ -225,12 +225,10 @@ class WorkerPool:
                     continue
                 waiter: asyncio.Future[None] = loop.create_future()
                 core.idle_workers.append(waiter)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    if self._closing:
-                        raise
-                    self._forget_cancels(task)  # a handler's cancel of its own task
+                # No handler runs here (their stray cancels were taken as each run ended):
+                # a cancel now comes from outside, e.g. asyncio.run() ending the program
+                # without kf.stop(). It ends this worker, or the program would never end.
+                await waiter
                 continue
             if (core.paused_jobs or core.paused_keys) and core.is_paused(record):
                 core.park(record)  # still pending, holding its slot, until resumed
