@@ -145,3 +145,32 @@ async def test_a_marks_file_that_cannot_be_opened_fails_the_start(storage_url: s
     again = keyflow.Keyflow(storage=storage_url)  # nothing was left locked
     async with again:
         assert again.running
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "json"])
+async def test_a_marks_file_that_is_a_link_is_refused_and_its_target_untouched(
+    scheme: str, tmp_path: Path
+) -> None:
+    """keyflow overwrites <storage>.starts: it must never write through a link."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 100)
+    name = "runs.db" if scheme == "sqlite" else "runs.json"
+    (tmp_path / f"{name}.starts").symlink_to(victim)
+    kf = keyflow.Keyflow(storage=f"{scheme}:///{tmp_path / name}")
+    with pytest.raises(keyflow.StorageError, match="symbolic link"):
+        await kf.start()
+    assert victim.read_text() == "precious\n" * 100
+
+
+async def test_damaged_marks_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    marks = StartMarks(tmp_path / "runs.db.starts")
+    marks.open()
+    assert marks.mark(0, "run-1", 1)
+    marks.close()
+    with (tmp_path / "runs.db.starts").open("r+b") as f:
+        f.seek(SLOT)
+        f.write(b"\x8f garbage that is no mark" * 5)
+    again = StartMarks(tmp_path / "runs.db.starts")
+    assert again.open() == {"run-1": 1}  # the good slot still counts
+    again.close()
+    assert "start marks are damaged" in caplog.text

@@ -17,9 +17,14 @@ number of workers ever started; it is emptied once recovery is written.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import stat
 import zlib
 from pathlib import Path
+
+logger = logging.getLogger("keyflow.storage")
 
 SLOT = 128
 """Bytes per worker slot: ``<run id>\\t<starts>\\t<crc32>\\n``, padded with spaces."""
@@ -35,17 +40,49 @@ class StartMarks:
     def open(self) -> dict[str, int]:
         """Open the file and read the marks a previous process left: run id → starts.
 
+        The file is never followed through a symbolic link and must be a regular file:
+        keyflow overwrites it, and must not overwrite whatever a link points to.
+
         Raises:
-            OSError: the file cannot be opened.
+            OSError: the file cannot be opened, or is a link or not a regular file.
         """
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o644)  # (NONBLOCK: a FIFO must not hang us)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(
+                    f"{self.path} is a symbolic link: keyflow overwrites this file and "
+                    "never follows a link (remove it; keyflow makes a new one)"
+                ) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.path} is not a regular file")
+            os.set_blocking(fd, True)
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         marks: dict[str, int] = {}
+        damaged = 1 if len(data) % SLOT else 0  # a part-slot at the end
         for offset in range(0, len(data) - SLOT + 1, SLOT):
-            entry = _decode(data[offset : offset + SLOT])
+            raw = data[offset : offset + SLOT]
+            entry = _decode(raw)
             if entry is not None:
                 run_id, starts = entry
                 marks[run_id] = max(starts, marks.get(run_id, 0))
+            elif raw.strip(b" \n\0"):  # (a slot never written reads as NULs)
+                damaged += 1
+        if damaged:
+            logger.warning(
+                "%s: %d start marks are damaged (a crash mid-write, or the file was "
+                "changed by something else); a process that died just as those runs "
+                "started is not counted as their crash",
+                self.path,
+                damaged,
+            )
         return marks
 
     def mark(self, slot: int, run_id: str, starts: int) -> bool:
