@@ -121,3 +121,10 @@ def test_the_dashboard_command_offers_the_stored_clock_and_names_a_bare_path() -
         main(["dashboard", "--storage", "sqlite:///x.db", "--clock", "simulated"])
     with pytest.raises(keyflow.KeyflowError, match=r"'runs\.db' has no scheme: sqlite:///runs"):
         read_only_url("runs.db")
+    with pytest.raises(keyflow.KeyflowError, match=r"'sqlite://t0\.db' needs a path"):
+        read_only_url("sqlite://t0.db")  # named as typed, without a "?mode=ro" of ours
+    # Read-only whatever the URL says: a dashboard never takes the writer's lock.
+    assert read_only_url("sqlite:///x.db?mode=rw") == "sqlite:///x.db?mode=ro"
+    forced = read_only_url("json:///x.json?mode=rwc&retention=5")
+    assert forced == "json:///x.json?retention=5&mode=ro"
+    assert open_backend(read_only_url("sqlite:///x.db?mode=rw"), retention=1).read_only

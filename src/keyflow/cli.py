@@ -67,11 +67,19 @@ def read_only_url(url: str) -> str:
     """``url`` with ``mode=ro`` (a dashboard never writes)."""
     if url.startswith("memory:"):
         raise KeyflowError("memory:// lives inside its process: give a sqlite:// or json:// URL")
-    if "://" not in url:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         raise KeyflowError(f"storage URL {url!r} has no scheme: sqlite:///{url} or json:///{url}?")
-    if "mode=" in url:
-        return url
-    return url + ("&" if "?" in url else "?") + "mode=ro"
+    if scheme in ("sqlite", "json") and not rest.startswith("/"):
+        raise KeyflowError(
+            f"storage URL {url!r} needs a path after {scheme}:// (three slashes, e.g. "
+            f"{scheme}:///runs.{'db' if scheme == 'sqlite' else 'json'} or {scheme}:////abs/path)"
+        )
+    path, _, query = rest.partition("?")
+    options = [o for o in query.split("&") if o and not o.startswith("mode=")]
+    # Read-only whatever mode the URL asked for: a dashboard must never take the
+    # writer's lock, create the file or write to it.
+    return f"{scheme}://{path}?" + "&".join([*options, "mode=ro"])
 
 
 def dashboard_token(
