@@ -62,6 +62,8 @@ async def test_every_run_of_a_busy_day_is_counted_by_both_dashboards(tmp_path: P
         ({"job": 5}, "job"),
         ({"job": "busy", "since": float("nan")}, "since"),
         ({"job": "busy", "since": "yesterday"}, "since"),
+        ({"job": "busy", "since": 2**1100}, "since"),
+        ({"job": "caf\udce9"}, "job"),
         ({"job": "busy", "limit": -1}, "limit"),
     ],
 )

@@ -669,11 +669,11 @@ class Keyflow:
             ConfigurationError: ``job`` is not text, ``since`` is not a finite time,
                 or ``limit`` is negative.
         """
-        if not isinstance(job, str):
+        if not isinstance(job, str) or not _valid_text(job):
             raise ConfigurationError(f"job must be a job's name, not {safe_repr(job)}")
-        if isinstance(since, bool) or not isinstance(since, int | float) or not isfinite(since):
+        if isinstance(since, bool) or not isinstance(since, int | float) or not _finite(since):
             raise ConfigurationError(
-                f"since must be a time in epoch seconds, not {safe_repr(since)}"
+                f"since must be a time in epoch seconds, not {safe_repr(since)[:80]}"
             )
         count(limit, "limit", minimum=0)
         await self._fresh()
@@ -1003,3 +1003,18 @@ def _settled(record: RunRecord | None) -> bool:
 def _check_run_id(run_id: object) -> None:
     if not isinstance(run_id, str):
         raise RunNotFoundError(f"no run with id {safe_repr(run_id)} (run ids are strings)")
+
+
+def _finite(number: float) -> bool:
+    try:
+        return isfinite(number)
+    except OverflowError:  # an int too large for a float: not a time either
+        return False
+
+
+def _valid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no stored name can be it
+        return False
+    return True
