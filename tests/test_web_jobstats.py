@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -88,3 +89,23 @@ async def test_a_window_beyond_the_cap_is_marked(
         async with client(create_app(kf)) as http:
             page = (await http.get("/jobs/busy", params={"window": "24h"})).text
     assert f'data-runs="{CAPPED}">{CAPPED}+<' in page
+
+
+@pytest.mark.parametrize("name", ["crawl/org", "a b?c#d", "100%", "ünïcode"])
+async def test_any_job_name_links_to_its_statistics(name: str, tmp_path: Path) -> None:
+    """A job named with "/", "?", "#" or "%" renders every page and reaches its stats."""
+    kf = keyflow.Keyflow()
+    kf.job(name)(_noop)
+    async with kf:
+        run = await kf.trigger_and_wait(name, {})
+        await kf.pause(job=name)
+        async with client(create_app(kf)) as http:
+            for path in ("/", f"/runs/{run.id}", "/partials/paused", "/runs"):
+                page = await http.get(path)
+                assert page.status_code == 200, (path, page.text[-300:])
+            link = f'href="/jobs/{quote(name, safe="/")}"'
+            overview = (await http.get("/")).text
+            assert link in overview
+            stats = await http.get(f"/jobs/{quote(name, safe='/')}")
+            assert stats.status_code == 200
+            assert 'data-window="24h"' in stats.text

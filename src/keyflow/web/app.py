@@ -106,7 +106,7 @@ def create_app(
         Route("/keys/{key:path}", views.old_key_link, name="old_key"),
         Route("/runs", views.runs, name="runs"),
         Route("/runs/{run_id}", views.run_detail, name="run"),
-        Route("/jobs/{job}", views.job_stats, name="job"),
+        Route("/jobs/{job:path}", views.job_stats, name="job"),  # names may hold "/"
         Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"], name="cancel"),
         Route("/runs/{run_id}/retrigger", actions.retrigger, methods=["POST"], name="retrigger"),
         Route("/trigger", actions.trigger, methods=["POST"], name="trigger"),
