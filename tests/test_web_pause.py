@@ -257,3 +257,26 @@ async def test_a_lane_shows_the_pause_of_the_job_that_runs_next_in_it(
         assert "crawl paused" not in row
     gate.release(first.run_id)
     gate.open()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_lane_paused_before_its_first_run_has_a_page(
+    make_keyflow: MakeKeyflow, tmp_path: Path, backend: str
+) -> None:
+    """The overview links a paused lane; its page exists though no run was made yet."""
+    kf = make_keyflow(storage=storage_url_for(backend, tmp_path))
+    kf.job("process")(Gate().handler)
+    await kf.start()
+    await kf.pause(key="lane-to-come")
+    async with client(create_app(kf)) as http:
+        overview = (await http.get("/")).text
+        assert 'data-paused-key="lane-to-come"' in overview
+        page = await http.get("/key", params={"name": "lane-to-come"})
+        assert page.status_code == 200
+        assert 'data-paused="lane"' in page.text
+        assert (await http.get("/key", params={"name": "never-seen"})).status_code == 404
+    if backend == "memory":
+        return
+    reader = open_backend(read_only_url(storage_url_for(backend, tmp_path)), retention=1000)
+    async with opened(reader) as source, client(create_app(source, read_only=True)) as http:
+        assert (await http.get("/key", params={"name": "lane-to-come"})).status_code == 200

@@ -343,9 +343,9 @@ class KeyflowSource(DashboardSource):
         return self.kf.lane(key)
 
     async def has_key(self, key: str) -> bool:
-        """A lane in memory, or runs in storage."""
+        """A lane in memory, a pause of it, or runs in storage."""
         lane = self.kf.lane(key)
-        if lane.running or lane.waiting or lane.scheduled or lane.coalesced:
+        if lane.running or lane.waiting or lane.scheduled or lane.coalesced or lane.paused:
             return True
         return bool(await self.kf.list_runs(concurrency_key=key, limit=1))
 

@@ -185,7 +185,9 @@ class StorageSource(DashboardSource):
         return self._lane(key, (await self._unfinished_by_key()).get(key, []))
 
     async def has_key(self, key: str) -> bool:
-        """Any run of ``key`` in storage."""
+        """Any run of ``key`` in storage, or a stored pause of it."""
+        if key in (await self.paused()).keys:
+            return True
         return bool(await self.backend.list_runs(RunQuery(key=key, limit=1)))
 
     @staticmethod
