@@ -115,3 +115,54 @@ async def test_pause_needs_exactly_one_target(make_keyflow: MakeKeyflow) -> None
 
 async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
     return None
+
+
+async def test_run_until_idle_and_async_with_do_not_wait_for_paused_runs(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    """Runs a pause holds back wait for a resume: idleness must not wait for them."""
+    kf = make_keyflow(workers=2)
+    ran: list[str] = []
+
+    @kf.job(concurrency_key="k")
+    async def held(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        ran.append("held")
+
+    @kf.job(concurrency_key="k")
+    async def behind(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        ran.append("behind")  # same lane, not paused itself: it waits behind the held run
+
+    @kf.job()
+    async def free(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        ran.append("free")
+
+    await kf.start()
+    await kf.pause(job="held")
+    first = await held.trigger({})
+    second = await behind.trigger({})
+    await free.trigger({})
+    await kf.run_until_idle(timeout=10)  # returns: only paused work is left
+    assert ran == ["free"]
+    for run_id in (first.run_id, second.run_id):
+        run = await kf.get_run(run_id)
+        assert run is not None
+        assert not run.is_terminal
+    await kf.resume(job="held")
+    await kf.run_until_idle(timeout=10)
+    assert ran == ["free", "held", "behind"]
+
+
+async def test_leaving_async_with_does_not_wait_for_a_paused_lane(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    kf = make_keyflow(workers=1)
+    kf.job("process", concurrency_key="k")(_noop)
+    async with kf:
+        await kf.pause(key="k")
+        await kf.trigger("process", {})
+        await asyncio.wait_for(kf.run_until_idle(), 10)
+    assert not kf.running
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None

@@ -681,6 +681,31 @@ class Core:
             record.key is not None and record.key in self.paused_keys
         )
 
+    def held_by_pause(self, record: RunRecord) -> bool:
+        """Is the run waiting for a resume (nothing else can move it on)?
+
+        Its job or lane is paused and it is due (a running run goes on; a delayed one
+        becomes due first), or it waits in a lane whose head a pause holds.
+        """
+        status = record.status
+        if status is RUNNING:
+            return False
+        if self.is_paused(record):
+            return status is not SCHEDULED
+        key = record.key
+        return (
+            status is QUEUED
+            and key is not None
+            and any(held.key == key for held in self.parked.values())
+        )
+
+    @property
+    def only_paused_left(self) -> bool:
+        """Every unfinished run waits for a resume (and there is at least one)."""
+        if not (self.paused_jobs or self.paused_keys) or not self.records:
+            return False
+        return all(self.held_by_pause(r) for r in self.records.values())
+
     def park(self, record: RunRecord) -> None:
         """A worker met a pending run that a pause holds back: keep it aside."""
         self.parked[record.id] = record

@@ -346,7 +346,7 @@ class Keyflow:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Drain the work that is due (not delayed runs), then stop."""
+        """Drain the work that is due (not delayed runs, nor runs a pause holds), then stop."""
         if exc_type is None and self._phase == "running":
             await self._drain_due_work()
         await self.stop()
@@ -357,7 +357,9 @@ class Keyflow:
 
     async def _drain_due_work(self) -> None:
         core = self._core
-        while any(not _waits_for_delay(r) for r in core.records.values()):
+        while any(
+            not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
+        ):
             if core.pipeline.last_error is not None:
                 # Runs cannot start or end while storage fails: leave rather than hang
                 # (the stop writes what it can; a restart does the rest).
@@ -372,7 +374,9 @@ class Keyflow:
     async def run_until_idle(self, timeout: float | None = None) -> None:
         """Wait until no run is unfinished, delayed and backed-off runs included.
 
-        With a :class:`keyflow.testing.VirtualClock`, delays and backoffs are skipped
+        Runs a pause holds back (see :meth:`pause`) do not count: they wait for a
+        resume, so this returns once nothing else is left. With a
+        :class:`keyflow.testing.VirtualClock`, delays and backoffs are skipped
         instantly. Meant for tests, scripts and demos.
 
         Raises:
@@ -399,7 +403,7 @@ class Keyflow:
     async def _until_idle(self) -> None:
         core = self._core
         while True:
-            if not core.records:
+            if not core.records or core.only_paused_left:
                 if core.pipeline.idle:
                     return
                 await core.pipeline.flush()

@@ -50,13 +50,46 @@ def _text(query: Mapping[str, str], name: str) -> str:
 
 
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
-    """``"org=acme, env=prod"`` as sorted pairs (malformed parts are skipped)."""
+    """``"org=acme, env=prod"`` as sorted pairs.
+
+    Raises:
+        ValueError: a part is not ``name=value`` (a filter must never silently widen).
+    """
     pairs = {}
     for part in text.split(","):
+        if not part.strip():
+            continue
         name, sep, value = part.partition("=")
-        if sep and name.strip():
-            pairs[name.strip()] = value.strip()
+        if not sep or not name.strip():
+            raise ValueError(
+                f"{part.strip()[:40]!r} is not a label: write name=value, "
+                "separated by commas (org=acme, env=prod)"
+            )
+        pairs[name.strip()] = value.strip()
     return tuple(sorted(pairs.items()))
+
+
+TEXT_FILTERS = ("job", "key", "q", "labels", "key_prefix")
+"""The filters given as text (the time filters are read by :func:`parse_times`)."""
+
+
+def read_texts(query: Mapping[str, str]) -> tuple[dict[str, str], list[Problem]]:
+    """The text filters of ``query``, and those too long to be a filter.
+
+    A value is never cut short: a shorter prefix, key or date would select more runs
+    than the one typed (and a bulk action act on them).
+    """
+    texts: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name in (*TEXT_FILTERS, *TIME_FILTERS):
+        text = query.get(name, "")
+        if len(text) > MAX_FIELD:
+            problems.append(
+                Problem(name, text[:MAX_FIELD], f"{name} is longer than {MAX_FIELD:,} characters")
+            )
+        else:
+            texts[name] = text
+    return texts, problems
 
 
 class Problem(NamedTuple):
@@ -75,9 +108,11 @@ def parse_times(query: Mapping[str, str]) -> tuple[dict[str, float], tuple[Probl
     times: dict[str, float] = {}
     problems: list[Problem] = []
     for name in TIME_FILTERS:
-        text = _text(query, name)
+        text = query.get(name, "")
         if not text.strip():
             continue
+        if len(text) > MAX_FIELD:
+            continue  # (reported by read_texts)
         try:
             times[name] = parse_instant(text, name.replace("_", " "))
         except NotAnInstantError as exc:
@@ -119,24 +154,32 @@ class Params:
         """
         raw_page = query.get("page", "1")
         page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() else 1
+        texts, problems = read_texts(query)
         status = query.get("status") or None
-        if status not in {s.value for s in RunStatus}:
+        if status is not None and status not in {s.value for s in RunStatus}:
+            statuses = ", ".join(s.value for s in RunStatus)
+            problems.append(Problem("status", status[:MAX_FIELD], f"status is one of {statuses}"))
             status = None
+        try:
+            labels = parse_labels(texts.get("labels", ""))
+        except ValueError as exc:
+            problems.append(Problem("labels", texts.get("labels", ""), str(exc)))
+            labels = ()
         state = query.get("state") or None
         sort = query.get("sort", "key")
         window = query.get("window", "1h")
-        times, problems = parse_times(query)
+        times, time_problems = parse_times(query)
         return cls(
             page=min(MAX_PAGE, max(1, page)),
             key=_text(query, "key") or None,
             run_id=_text(query, "run") or None,
             filters=RunFilters(
-                job=_text(query, "job") or None,
+                job=texts.get("job") or None,
                 status=status,
-                key=_text(query, "key") or None,
-                text=_text(query, "q") or None,
-                labels=parse_labels(_text(query, "labels")),
-                key_prefix=_text(query, "key_prefix") or None,
+                key=texts.get("key") or None,
+                text=texts.get("q") or None,
+                labels=labels,
+                key_prefix=texts.get("key_prefix") or None,
                 **times,
             ),
             lanes=LaneFilters(
@@ -145,7 +188,7 @@ class Params:
                 sort=next((s for s in LANE_SORTS if s == sort), "key"),
             ),
             window=window if window in WINDOWS else "1h",
-            problems=problems,
+            problems=(*problems, *time_problems),
         )
 
     def page_query(self, page: int) -> str:
