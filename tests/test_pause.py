@@ -113,10 +113,6 @@ async def test_pause_needs_exactly_one_target(make_keyflow: MakeKeyflow) -> None
         await kf.pause(key="")
 
 
-async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
-    return None
-
-
 async def test_run_until_idle_and_async_with_do_not_wait_for_paused_runs(
     make_keyflow: MakeKeyflow,
 ) -> None:
