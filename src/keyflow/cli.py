@@ -328,7 +328,11 @@ def _demo(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
     )
-    reports = asyncio.run(live(options, out=lambda line: print(line, flush=True)))
+    try:
+        reports = asyncio.run(live(options, out=lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:  # before the demo could catch it (it was still starting)
+        print("keyflow demo: interrupted while starting; nothing was lost", file=sys.stderr)
+        return 130
     print("\n" + table(reports))
     return 0
 

@@ -131,6 +131,23 @@ async def live(options: DemoOptions, out: Callable[[str], None] = print) -> list
         KeyflowError: the port is taken, the storage is in use, or the world file is
             from another version (nothing was started or written then).
     """
+    # Ctrl-C from the very start asks for a clean stop (even during the start itself).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        return await _live(options, out, stop)
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _live(
+    options: DemoOptions, out: Callable[[str], None], stop: asyncio.Event
+) -> list[Report]:
     path = world_path(options.storage)
     world = World(StorySettings().world_config(), path)
     stored = None if world.is_new else world.stored_settings()
@@ -154,7 +171,7 @@ async def live(options: DemoOptions, out: Callable[[str], None] = print) -> list
         world.create(start)
         world.store_settings(settings.stored())
     intro = partial(_introduce, story, options, path, stored is not None, ignored, out)
-    return await _tell(story, options, sock, intro, out)
+    return await _tell(story, options, sock, intro, out, stop)
 
 
 def _introduce(
@@ -184,13 +201,9 @@ async def _tell(
     sock: socket.socket | None,
     introduce: Callable[[], None],
     out: Callable[[str], None],
+    stop: asyncio.Event,
 ) -> list[Report]:
     kf, world, time = story.kf, story.world, story.time
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
     tasks: list[asyncio.Task[None]] = []
     server = None
     try:
@@ -215,9 +228,6 @@ async def _tell(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(NotImplementedError):
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
         world.close()
 
 
