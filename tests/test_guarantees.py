@@ -69,17 +69,30 @@ class SchedulerMachine(RuleBasedStateMachine):
         storage = self.storage()
         asyncio.set_event_loop(None)
         self.kf = keyflow.Keyflow(
-            storage, workers=3, clock=self.clock, seed=7, event_buffer=100_000
+            storage,
+            workers=3,
+            clock=self.clock,
+            seed=7,
+            event_buffer=100_000,
+            lane_limit=self.limit,
         )
         for name in JOBS:
             self.kf.job(name, retries=1, backoff=2.0)(self._handler)
+
+    def limit(self, key: str) -> int:
+        """How many runs of ``key`` may execute at once (one, unless a subclass says)."""
+        return 1
+
+    def started(self, ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        """A handler started (subclasses note more)."""
 
     async def _handler(self, ctx: keyflow.RunContext, input: dict[str, Any]) -> Any:
         key = ctx.concurrency_key
         assert key is not None
         self.seen.starts.append((self.seen.tick(), ctx.run_id, key, ctx.attempt))
+        self.started(ctx, input)
         self.seen.executing[key] += 1
-        if self.seen.executing[key] > 1:
+        if self.seen.executing[key] > self.limit(key):
             self.seen.exclusion_violations.append(f"{key}: {self.seen.executing[key]} at once")
         gate = self.loop.create_future()
         self.gates[ctx.run_id] = gate
@@ -191,7 +204,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             or (r.status is RunStatus.SCHEDULED and r.attempt > 0)
         ]
         waiting = [r for r in lane if r.status is RunStatus.QUEUED and r.id not in victims]
-        return (Disposition.QUEUED if busy or waiting else Disposition.CREATED), None
+        full = len(busy) >= self.limit(key)
+        return (Disposition.QUEUED if full or waiting else Disposition.CREATED), None
 
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "ok", "fail", "retry"]))
     def finish_one(self, data: st.DataObject, outcome: str) -> None:
