@@ -66,10 +66,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.gates: dict[str, asyncio.Future[str]] = {}
         self.run_key: dict[str, str] = {}
         asyncio.set_event_loop(self.loop)  # the disk-like fake makes an Event
-        storage = self.storage()
+        self.storage_option = self.storage()
         asyncio.set_event_loop(None)
-        self.kf = keyflow.Keyflow(
-            storage,
+        self.kf = self.make_keyflow()
+
+    def make_keyflow(self) -> keyflow.Keyflow:
+        """A scheduler on this machine's storage, its jobs registered (not started)."""
+        kf = keyflow.Keyflow(
+            self.storage_option,
             workers=3,
             clock=self.clock,
             seed=7,
@@ -77,7 +81,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             lane_limit=self.limit,
         )
         for name in JOBS:
-            self.kf.job(name, retries=1, backoff=2.0)(self._handler)
+            kf.job(name, retries=1, backoff=2.0)(self._handler)
+        return kf
 
     def limit(self, key: str) -> int:
         """How many runs of ``key`` may execute at once (one, unless a subclass says)."""
@@ -279,7 +284,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         first_start: dict[str, int] = {}
         for seq, run_id, _key, attempt in seen.starts:
             if attempt == 1:
-                first_start[run_id] = seq
+                first_start.setdefault(run_id, seq)  # a restart may start it again
         # 2. trailing edge: a queue trigger's run starts after it was accepted
         for accepted, run_id in seen.queue_triggers:
             if run_id in seen.cancelled:
@@ -288,7 +293,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert first_start[run_id] > accepted, (run_id, first_start[run_id], accepted)
         # 5. order: per key, first starts follow the order runs entered the lane
         for key in KEYS:
-            started = [rid for _, rid, k, attempt in seen.starts if k == key and attempt == 1]
+            firsts = (rid for _, rid, k, attempt in seen.starts if k == key and attempt == 1)
+            started = list(dict.fromkeys(firsts))
             entered = sorted(started, key=lambda rid: seen.entered_lane[rid])
             assert started == entered, (key, started, entered)
         # every run ended; only cancelled ones did not run
