@@ -43,11 +43,15 @@ class StorageCatalog:
         self._seen: set[str] = set()
         self._open: dict[str, tuple[str | None, int]] = {}
         """Unfinished runs: their key and the coalesced triggers counted so far."""
+        self._since: float | None = None
+        """Runs created before this were summed up at the first look (not read)."""
 
     async def refresh(self, unfinished: Iterable[Run]) -> None:
         """Catch up with storage, given its unfinished runs now."""
-        await self._read_new_runs()
         current = {run.id: run for run in unfinished}
+        if self._since is None:
+            await self._first_look(current.values())
+        await self._read_new_runs()
         for run_id in [r for r in self._open if r not in current]:
             # Finished since the last look: its final count (joins may have come late).
             key, counted = self._open.pop(run_id)
@@ -58,10 +62,40 @@ class StorageCatalog:
         for run in current.values():
             self._note(run)
 
+    async def _first_look(self, unfinished: Iterable[Run]) -> None:
+        """Start from the store's summary (its indexes on SQLite), not every stored run.
+
+        Reading and decoding 100,000 runs took ~2 s; the summary's counts per key take
+        a fraction of that. Runs created from the newest one on are read as they come.
+        """
+        newest = await self.backend.list_runs(RunQuery(limit=1))
+        summary = await self.backend.summary()
+        self.keys |= set(summary.keys)
+        self.jobs |= set(summary.jobs)
+        for key, facts in summary.keys.items():
+            if facts.coalesced:
+                self.key_coalesced[key] = self.key_coalesced.get(key, 0) + facts.coalesced
+            if self.latest is None or facts.newest > self.latest:
+                self.latest = facts.newest
+        self.coalesced_total += summary.coalesced
+        self._since = newest[0].created_at if newest else float("-inf")
+        if newest:  # the runs of that moment are in the summary: never count them again
+            same = await self.backend.list_runs(
+                RunQuery(created_after=self._since, limit=self.page)
+            )
+            self._seen.update(run.id for run in same)
+        for run in unfinished:  # summed up already: count only their joins from now on
+            self._open[run.id] = (run.concurrency_key, run.trigger_count - 1)
+            self._seen.add(run.id)
+            self._saw_times(run)
+
     async def _read_new_runs(self) -> None:
         offset = 0
         while True:
-            batch = await self.backend.list_runs(RunQuery(limit=self.page, offset=offset))
+            # Newest first, from the creation time of the newest run of the first look
+            # (the runs of that very moment were summed up: their ids are skipped).
+            query = RunQuery(limit=self.page, offset=offset, created_after=self._since)
+            batch = await self.backend.list_runs(query)
             new = [run for run in batch if run.id not in self._seen]
             for run in new:
                 self._add(run)
