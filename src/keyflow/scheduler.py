@@ -491,10 +491,25 @@ class Keyflow:
         self, job: str, input: JSONObject | None, options: TriggerOptions
     ) -> TriggerResult:
         """``ctx.trigger``: taken during a stop's grace too (part of its run's work)."""
+        accepted = self._accept_options("trigger", job, input, options, chained=True)
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await self._commit([accepted], chained=True)).results[0]
+
+    def _accept_options(
+        self,
+        caller: str,
+        job: str,
+        input: JSONObject | None,
+        options: TriggerOptions,
+        *,
+        chained: bool = False,
+    ) -> TriggerResult | PreparedTrigger:
+        """:meth:`Core.accept` of a trigger whose options came as ``**options``."""
         unknown = set(options) - TRIGGER_OPTIONS
         if unknown:
-            raise TypeError(f"trigger() got unexpected options: {', '.join(sorted(unknown))}")
-        accepted = self._core.accept(
+            raise TypeError(f"{caller}() got unexpected options: {', '.join(sorted(unknown))}")
+        return self._core.accept(
             self._jobs,
             job,
             input,
@@ -504,11 +519,8 @@ class Keyflow:
             options.get("labels"),
             options.get("delay", 0.0),
             options.get("parent_run_id"),
-            True,
+            chained,
         )
-        if isinstance(accepted, TriggerResult):
-            return accepted
-        return (await self._commit([accepted], chained=True)).results[0]
 
     async def _commit(
         self, prepared: list[PreparedTrigger], *, wait: bool = False, chained: bool = False
@@ -580,20 +592,7 @@ class Keyflow:
                 :meth:`trigger`.
         """
         timeout = optional_seconds(timeout, "timeout")
-        unknown = set(options) - TRIGGER_OPTIONS
-        if unknown:
-            raise TypeError(f"trigger_and_wait() got unexpected options: {', '.join(unknown)}")
-        accepted = self._core.accept(
-            self._jobs,
-            job,
-            input,
-            options.get("concurrency_key", DEFAULT),
-            options.get("coalesce", DEFAULT),
-            options.get("idempotency_key"),
-            options.get("labels"),
-            options.get("delay", 0.0),
-            options.get("parent_run_id"),
-        )
+        accepted = self._accept_options("trigger_and_wait", job, input, options)
         if isinstance(accepted, TriggerResult):  # decided now: nothing ran meanwhile
             run_id = accepted.run_id
             waiter = self._core.covering_waiter(self._core.records.get(run_id))
