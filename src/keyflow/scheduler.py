@@ -35,7 +35,7 @@ from .jobs import (
     check_name,
     job_definer,
 )
-from .jsonvalue import safe_repr
+from .jsonvalue import NotJSONError, check_text, safe_repr
 from .options import count, optional_seconds, seconds
 from .options_types import TRIGGER_OPTIONS, TriggerOptions
 from .queries import RunFilters, build_query
@@ -1017,7 +1017,7 @@ def _finite(number: float) -> bool:
 
 def _valid_text(text: str) -> bool:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no stored name can be it
+        check_text(text, "job")
+    except NotJSONError:  # a lone surrogate: no stored name can be it
         return False
     return True

@@ -273,19 +273,7 @@ class StorageBackend(ABC):
         Newest first, at most ``limit``: what job statistics need.
         """
         runs = await self.list_runs(RunQuery(job=job, created_after=since, limit=limit))
-        return [
-            RunTiming(
-                r.id,
-                r.status,
-                r.created_at,
-                r.due_at,
-                r.started_at,
-                r.finished_at,
-                r.attempt,
-                r.trigger_count,
-            )
-            for r in runs
-        ]
+        return [RunTiming.of(r) for r in runs]
 
     async def change_token(self) -> Hashable:
         """Something that changes whenever what is stored changes (and rarely else).

@@ -106,18 +106,7 @@ class MemoryBackend(StorageBackend):
             if len(out) >= limit:
                 break
             if r.job == job and r.created_at >= since:
-                out.append(
-                    RunTiming(
-                        r.id,
-                        r.status,
-                        r.created_at,
-                        r.due_at,
-                        r.started_at,
-                        r.finished_at,
-                        r.attempt,
-                        r.trigger_count,
-                    )
-                )
+                out.append(RunTiming.of(r))
         return out
 
     async def change_token(self) -> Hashable:

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..runs import RunStatus
+
+if TYPE_CHECKING:
+    from ..records import RunRecord
+    from ..runs import Run
 
 PauseKind = str
 """``"job"`` or ``"key"``: what a pause holds (see ``Keyflow.pause``)."""
@@ -46,6 +51,20 @@ class RunTiming:
     finished_at: float | None
     attempt: int
     trigger_count: int
+
+    @classmethod
+    def of(cls, run: Run | RunRecord) -> RunTiming:
+        """The times of ``run`` (a snapshot, or a backend's own record)."""
+        return cls(
+            run.id,
+            run.status,
+            run.created_at,
+            run.due_at,
+            run.started_at,
+            run.finished_at,
+            run.attempt,
+            run.trigger_count,
+        )
 
 
 @dataclass(frozen=True, slots=True)
