@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sys
@@ -20,12 +19,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from keyflow.demo.runner import START
 
-CHROMIUM = Path("/usr/bin/chromium")
+from .webkit import CHROMIUM, needs_chromium
+
 SPEED = 600.0
 """Simulated seconds per real second: an hour every six seconds."""
 KEY = "crawl_skip:org0:repo0"
@@ -33,10 +32,7 @@ KEY = "crawl_skip:org0:repo0"
 SLACK = 2.0
 """Simulated seconds of rounding in what a page prints (whole seconds)."""
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (apt-get install chromium); CI installs it",
-)
+pytestmark = needs_chromium
 
 
 class Demo:

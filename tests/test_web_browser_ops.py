@@ -4,7 +4,6 @@ Back restoring the filter controls, "/" focusing search, and no CSP violation.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +24,12 @@ import keyflow
 from keyflow.web import create_app
 
 from .conftest import MakeKeyflow
-from .webkit import Gate, serving
+from .webkit import CHROMIUM, Gate, needs_chromium, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
 PHONE: ViewportSize = {"width": 390, "height": 844}
 LONG_KEY = "process:" + "an-organisation-with-a-very-long-name-" * 3 + "x"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (apt-get install chromium); CI installs it",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture

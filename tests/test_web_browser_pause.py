@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from playwright.async_api import Dialog, async_playwright, expect
 
 from keyflow.web import create_app
 
 from .conftest import MakeKeyflow
-from .webkit import Gate, serving
+from .webkit import CHROMIUM, Gate, needs_chromium, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (apt-get install chromium); CI installs it",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
