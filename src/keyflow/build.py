@@ -8,6 +8,10 @@ from importlib.machinery import EXTENSION_SUFFIXES
 HOT_PATH_MODULES = (
     "state",
     "records",
+    "live",
+    "waiters",
+    "runtime",
+    "admission",
     "core",
     "triggers",
     "jsonvalue",

@@ -369,7 +369,7 @@ class Keyflow:
                 )
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(core.change_waiter(), 1.0)
+                await asyncio.wait_for(core.waiters.change_waiter(), 1.0)
 
     async def run_until_idle(self, timeout: float | None = None) -> None:
         """Wait until no run is unfinished, delayed and backed-off runs included.
@@ -410,7 +410,7 @@ class Keyflow:
                 continue
             if core.only_timers_left and self._clock.jump():
                 continue
-            await core.change_waiter()
+            await core.waiters.change_waiter()
 
     # -- triggering --------------------------------------------------------------
 
@@ -595,7 +595,7 @@ class Keyflow:
         accepted = self._accept_options("trigger_and_wait", job, input, options)
         if isinstance(accepted, TriggerResult):  # decided now: nothing ran meanwhile
             run_id = accepted.run_id
-            waiter = self._core.covering_waiter(self._core.records.get(run_id))
+            waiter = self._core.waiters.covering_waiter(self._core.records.get(run_id))
         else:
             txn = await self._commit([accepted], wait=True)
             run_id = txn.results[0].run_id
@@ -607,7 +607,7 @@ class Keyflow:
         except TimeoutError:
             raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
         finally:
-            self._core.forget_waiter(run_id, waiter)
+            self._core.waiters.forget_waiter(run_id, waiter)
 
     # -- runs ----------------------------------------------------------------------
 
@@ -705,13 +705,13 @@ class Keyflow:
                 raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
             if run is not None:
                 return run
-        waiter = self._core.run_waiter(run_id)
+        waiter = self._core.waiters.run_waiter(run_id)
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
         finally:
-            self._core.forget_waiter(run_id, waiter)
+            self._core.waiters.forget_waiter(run_id, waiter)
 
     async def _finished_run(self, run_id: str) -> Run | None:
         """A run not in memory, as storage has it once its end is written.

@@ -213,16 +213,13 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         task = worker.task
         assert task is not None
-        ready = core.ready
         pipeline = core.pipeline
         durable_start = self._durable_start
         mark_start = self._mark_start
         slot = worker.slot
         while not self._closing and not worker.abandoned:
-            record = ready.popleft() if ready else None
-            if record is None or record.status is not PENDING:  # None, or cancelled since
-                if ready:
-                    continue
+            record = core.claim()
+            if record is None:
                 waiter: asyncio.Future[None] = loop.create_future()
                 core.idle_workers.append(waiter)
                 # No handler runs here (their stray cancels were taken as each run ended):
@@ -302,7 +299,7 @@ class WorkerPool:
                 self._settle(job, record, failure, output, deadline)
             except Exception:  # a bug in keyflow: the run must still end
                 logger.exception("keyflow failed to record the end of run %s", record.id)
-                now: RunStatus = record.status  # (mypy narrowed it to PENDING above)
+                now: RunStatus = record.status
                 if now is RUNNING:
                     core.fail(record, None)
             if task.cancelling():
