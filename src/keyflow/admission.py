@@ -9,7 +9,7 @@ it, and recorded in a :class:`~keyflow.commit.Txn`: settled once durable, or und
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -25,7 +25,7 @@ from .state import QUEUED, SCHEDULED, join_target, new_run_disposition, plan_tri
 from .triggers import PreparedTrigger, prepare_trigger
 
 if TYPE_CHECKING:
-    from .jobs import Job
+    pass
 
 _result: Final = partial(tuple.__new__, TriggerResult)
 """Builds a TriggerResult from a tuple without NamedTuple's slower Python __new__."""
@@ -41,7 +41,6 @@ class Admission(Runtime):
 
     def accept(
         self,
-        jobs: Mapping[str, Job],
         job: object,
         input: object,
         concurrency_key: object,
@@ -54,7 +53,7 @@ class Admission(Runtime):
     ) -> TriggerResult | PreparedTrigger:
         """Check one trigger (see ``Keyflow.trigger``); decide it at once if storage allows.
 
-        Returns the result, or the prepared trigger for the scheduler to commit.
+        Returns the result, or the prepared trigger to :meth:`~keyflow.core.Core.commit`.
 
         Raises:
             SchedulerNotRunningError: not accepting triggers (from ``refuse``).
@@ -64,7 +63,7 @@ class Admission(Runtime):
         if not self.accepting and not (chained and self.accepting_chained):
             self._refuse()
         prepared = prepare_trigger(
-            jobs,
+            self.jobs,
             job,
             input,
             concurrency_key,

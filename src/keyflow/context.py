@@ -19,7 +19,7 @@ from .options_types import TriggerOptions
 from .runs import JSONObject, LogEntry, Progress, TriggerResult
 
 if TYPE_CHECKING:
-    from .core import Core
+    from .port import RunPort
     from .records import RunRecord
     from .scheduler import Keyflow
 
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 class RunLogger:
     """``ctx.log``: log lines recorded on the run (the newest 200 are kept)."""
 
-    def __init__(self, core: Core, record: RunRecord, attempt: int) -> None:
-        self._core = core
+    def __init__(self, port: RunPort, record: RunRecord, attempt: int) -> None:
+        self._port = port
         self._record = record
         self._attempt = attempt
 
@@ -49,8 +49,8 @@ class RunLogger:
                     storable_text(name, 200): storable_text(safe_repr(value))
                     for name, value in data.items()
                 }
-        entry = LogEntry(self._core.clock.now(), level, safe_str(message), fields, self._attempt)
-        self._core.report_log(self._record, entry)
+        entry = LogEntry(self._port.now(), level, safe_str(message), fields, self._attempt)
+        self._port.report_log(self._record, entry)
 
     def info(self, message: str, **data: Any) -> None:
         """Record an informational line with structured ``data``."""
@@ -73,11 +73,13 @@ class RunContext:
         input: the input (a copy; changing it changes nothing stored).
     """
 
-    __slots__ = ("_core", "_keyflow", "_log", "_record", "attempt", "input")
+    __slots__ = ("_keyflow", "_log", "_port", "_record", "attempt", "input")
 
-    def __init__(self, keyflow: Keyflow, core: Core, record: RunRecord, input: JSONObject) -> None:
+    def __init__(
+        self, keyflow: Keyflow, port: RunPort, record: RunRecord, input: JSONObject
+    ) -> None:
         self._keyflow = keyflow
-        self._core = core
+        self._port = port
         self._record = record
         self.attempt = record.attempt
         self.input = input
@@ -102,7 +104,7 @@ class RunContext:
     def log(self) -> RunLogger:
         """Records log lines on the run."""
         if self._log is None:
-            self._log = RunLogger(self._core, self._record, self.attempt)
+            self._log = RunLogger(self._port, self._record, self.attempt)
         return self._log
 
     @property
@@ -131,7 +133,7 @@ class RunContext:
                     f"progress {name} must be a finite number, got {safe_repr(value)[:100]}"
                 )
         note = None if message is None else safe_str(message)
-        self._core.report_progress(
+        self._port.report_progress(
             self._record, Progress(float(current), None if total is None else float(total), note)
         )
 
@@ -144,4 +146,9 @@ class RunContext:
         running handler is taken during a stop's grace too: it is part of the run's work.
         """
         options.setdefault("parent_run_id", self.run_id)
-        return await self._keyflow._chained_trigger(job, input, options)
+        # Taken during a stop's grace too (chained): it is part of this run's work.
+        port = self._port
+        accepted = port.accept_options("trigger", job, input, options, chained=True)
+        if isinstance(accepted, TriggerResult):
+            return accepted
+        return (await port.commit([accepted], chained=True)).results[0]

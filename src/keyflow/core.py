@@ -8,7 +8,9 @@
   cancel, interrupt) and pauses;
 * :mod:`keyflow.admission` — triggers: decide (``state.plan_trigger``), apply, settle
   or roll back;
-* this module — reads: lane snapshots and what ``run_until_idle`` asks.
+* this module — the verbs the scheduler, ``Job`` handles and run contexts call: commit
+  triggers (idempotency checked inside the decision), and reads (lane snapshots, what
+  ``run_until_idle`` asks).
 
 Everything is synchronous and runs on the event loop thread; the commit pipeline
 (:mod:`keyflow.commit`) writes behind it. See docs/architecture.md.
@@ -17,15 +19,119 @@ Everything is synchronous and runs on the event loop thread; the commit pipeline
 from __future__ import annotations
 
 from .admission import Admission
+from .commit import Txn
+from .jobs import DEFAULT
 from .live import Counters
+from .options_types import TRIGGER_OPTIONS, TriggerOptions
+from .runs import Disposition, JSONObject, TriggerResult
 from .state import PENDING, RUNNING, SCHEDULED
 from .stats import LaneSnapshot
+from .triggers import PreparedTrigger
 
 __all__ = ["Core", "Counters"]
 
 
 class Core(Admission):
-    """Owns lanes and unfinished runs; decides, applies, settles and rolls back."""
+    """One process's coordinator: owns lanes and unfinished runs, decides and commits.
+
+    It implements :class:`keyflow.port.TriggerPort`, all ``Job`` handles and run
+    contexts know of the scheduler.
+    """
+
+    def accept_options(
+        self,
+        caller: str,
+        job: str,
+        input: JSONObject | None,
+        options: TriggerOptions,
+        *,
+        chained: bool = False,
+    ) -> TriggerResult | PreparedTrigger:
+        """:meth:`accept` of a trigger whose options came as ``**options``.
+
+        Raises:
+            TypeError: an unknown option (named with ``caller``).
+            SchedulerNotRunningError, TriggerError, StorageError: as :meth:`accept`.
+        """
+        unknown = set(options) - TRIGGER_OPTIONS
+        if unknown:
+            raise TypeError(f"{caller}() got unexpected options: {', '.join(sorted(unknown))}")
+        return self.accept(
+            job,
+            input,
+            options.get("concurrency_key", DEFAULT),
+            options.get("coalesce", DEFAULT),
+            options.get("idempotency_key"),
+            options.get("labels"),
+            options.get("delay", 0.0),
+            options.get("parent_run_id"),
+            chained,
+        )
+
+    async def commit(
+        self, prepared: list[PreparedTrigger], *, wait: bool = False, chained: bool = False
+    ) -> Txn:
+        """Decide ``prepared`` in one transaction; return it once durable.
+
+        An idempotency key is looked up in memory and, for runs that finished, in
+        storage, before the decision and under the same acceptance check: a stop that
+        began meanwhile refuses the trigger.
+
+        Raises:
+            SchedulerNotRunningError: the scheduler stopped accepting meanwhile.
+            InvalidInputError: a merge function failed; nothing changed.
+            StorageError: the write failed; nothing of the transaction remains.
+        """
+        stored: dict[int, str] = {}
+        for trig in prepared:
+            if trig.idempotency_key is not None:
+                stored = await self._stored_idempotency(prepared)
+                if not (self.accepting or (chained and self.accepting_chained)):
+                    self._refuse()  # a stop may have begun meanwhile
+                break
+        txn = Txn(wait=wait)
+        results = txn.results
+        try:
+            for trig in prepared:
+                found = stored.get(id(trig)) if stored else None
+                if found is None:
+                    self.apply_trigger(trig, txn)
+                else:
+                    results.append(
+                        TriggerResult(found, Disposition.IDEMPOTENT, trig.job.name, trig.key)
+                    )
+                    if txn.covered is not None:
+                        txn.covered.append(None)
+        except BaseException:
+            self.roll_back(txn)
+            raise
+        pipeline = self.pipeline
+        if txn.created or txn.joined:
+            touched = txn.touched
+            if not pipeline.commit_now(txn, touched):
+                await pipeline.commit(txn, touched)
+        elif any(not self._settled(r.run_id) for r in results):
+            # Found by idempotency key, but its creation is not durable yet: wait for it.
+            await pipeline.commit(txn, [])
+        else:
+            self.settle(txn)
+        return txn
+
+    async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
+        """Run ids of idempotency keys known to storage but no longer in memory."""
+        found: dict[int, str] = {}
+        for trig in prepared:
+            key = trig.idempotency_key
+            if key is None or (trig.job.name, key) in self.idempotency:
+                continue
+            run_id = await self.backend.find_idempotent(trig.job.name, key)
+            if run_id is not None:
+                found[id(trig)] = run_id
+        return found
+
+    def _settled(self, run_id: str) -> bool:
+        record = self.records.get(run_id)
+        return record is None or (record.durable and record.unsettled == 0)
 
     @property
     def only_timers_left(self) -> bool:

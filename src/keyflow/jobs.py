@@ -19,6 +19,7 @@ from .runs import JSONObject, Run, TriggerResult
 if TYPE_CHECKING:
     from .context import RunContext
     from .options_types import TriggerOptions
+    from .port import TriggerPort
     from .scheduler import Keyflow
 
 Handler: TypeAlias = Callable[["RunContext", JSONObject], Awaitable[Any]]
@@ -120,6 +121,7 @@ def backoff_delay(option: BackoffOption, retry: int, rng: random.Random) -> floa
 
 def job_definer(
     keyflow: Keyflow,
+    port: TriggerPort,
     jobs: dict[str, Job],
     *,
     name: str | None,
@@ -165,6 +167,7 @@ def job_definer(
             keyflow,
             job_name,
             handler,
+            port=port,
             retries=retries,
             backoff=checked_backoff,
             timeout=checked_timeout,
@@ -201,6 +204,7 @@ class Job:
         name: str,
         handler: Handler,
         *,
+        port: TriggerPort,
         retries: int,
         backoff: BackoffOption,
         timeout: float | None,
@@ -208,6 +212,7 @@ class Job:
         coalesce: Coalesce | None,
     ) -> None:
         self._keyflow = keyflow
+        self._port = port
         self.name = name
         self.handler = handler
         self.retries = retries
@@ -237,9 +242,8 @@ class Job:
         parent_run_id: str | None = None,
     ) -> TriggerResult:
         """Trigger this job; the options are those of :meth:`keyflow.Keyflow.trigger`."""
-        kf = self._keyflow
-        accepted = kf._core.accept(
-            kf._jobs,
+        port = self._port
+        accepted = port.accept(
             self.name,
             input,
             concurrency_key,
@@ -251,7 +255,7 @@ class Job:
         )
         if isinstance(accepted, TriggerResult):
             return accepted
-        return (await kf._commit([accepted])).results[0]
+        return (await port.commit([accepted])).results[0]
 
     async def trigger_and_wait(
         self,

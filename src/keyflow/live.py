@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -27,6 +27,7 @@ from .waiters import Waiters
 
 if TYPE_CHECKING:
     from .clock import Clock, TimerHandle
+    from .jobs import Job
     from .storage_backends.base import StorageBackend
 
 logger = logging.getLogger("keyflow.core")
@@ -60,12 +61,16 @@ class LiveState:
         self,
         *,
         backend: StorageBackend,
+        jobs: Mapping[str, Job],
         clock: Clock,
         hub: EventHub,
         lane_limit: Callable[[str], int],
         on_cancel_running: Callable[[RunRecord], None],
         refuse: Callable[[], None],
     ) -> None:
+        self.jobs = jobs
+        """The registered jobs by name (the scheduler's own dict: jobs added later count)."""
+        self.backend = backend
         self.clock = clock
         self.now: Callable[[], float] = clock.now
         """The clock's ``now``, bound once: read on every run change."""

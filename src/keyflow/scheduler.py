@@ -7,13 +7,14 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from math import isfinite
 from types import MappingProxyType, TracebackType
 from typing import Literal, Unpack, overload
 
 from .clock import Clock, SystemClock
 from .coalesce import CoalesceOption
-from .commit import Txn
+from .context import RunContext
 from .core import Core
 from .errors import (
     ConfigurationError,
@@ -37,11 +38,11 @@ from .jobs import (
 )
 from .jsonvalue import NotJSONError, check_text, safe_repr
 from .options import count, optional_seconds, seconds
-from .options_types import TRIGGER_OPTIONS, TriggerOptions
+from .options_types import TriggerOptions
 from .queries import RunFilters, build_query
 from .records import RunRecord
 from .recovery import restore
-from .runs import Disposition, JSONObject, Run, RunStatus, TriggerResult
+from .runs import JSONObject, Run, RunStatus, TriggerResult
 from .stats import LaneSnapshot, Paused, Statistics, TriggerCounts
 from .storage_backends import StorageBackend, open_backend
 from .storage_backends.summaries import RunTiming
@@ -119,6 +120,7 @@ class Keyflow:
         self._hub = EventHub(event_buffer)
         self._core = Core(
             backend=self._backend,
+            jobs=self._jobs,
             clock=self._clock,
             hub=self._hub,
             lane_limit=self._limit_of,
@@ -129,7 +131,7 @@ class Keyflow:
             self._core,
             self._jobs,
             workers,
-            keyflow=self,
+            new_context=partial(RunContext, self, self._core),
             rng=self._rng,
             cancel_grace=cancel_grace,
             durable_start=self._backend.durable,
@@ -187,6 +189,7 @@ class Keyflow:
             return self.job()(name)
         return job_definer(
             self,
+            self._core,
             self._jobs,
             name=name,
             retries=retries,
@@ -449,7 +452,6 @@ class Keyflow:
         # Checked and, on in-memory storage, decided by the core at once (not a coroutine:
         # nothing more is awaited than the write itself).
         accepted = self._core.accept(
-            self._jobs,
             job,
             input,
             concurrency_key,
@@ -461,7 +463,7 @@ class Keyflow:
         )
         if isinstance(accepted, TriggerResult):
             return accepted
-        return (await self._commit([accepted])).results[0]
+        return (await self._core.commit([accepted])).results[0]
 
     async def batch_trigger(self, requests: Iterable[TriggerRequest]) -> list[TriggerResult]:
         """Trigger several jobs at once: all are accepted, or none.
@@ -485,92 +487,7 @@ class Keyflow:
                 raise
         if not prepared:
             return []
-        return (await self._commit(prepared)).results
-
-    async def _chained_trigger(
-        self, job: str, input: JSONObject | None, options: TriggerOptions
-    ) -> TriggerResult:
-        """``ctx.trigger``: taken during a stop's grace too (part of its run's work)."""
-        accepted = self._accept_options("trigger", job, input, options, chained=True)
-        if isinstance(accepted, TriggerResult):
-            return accepted
-        return (await self._commit([accepted], chained=True)).results[0]
-
-    def _accept_options(
-        self,
-        caller: str,
-        job: str,
-        input: JSONObject | None,
-        options: TriggerOptions,
-        *,
-        chained: bool = False,
-    ) -> TriggerResult | PreparedTrigger:
-        """:meth:`Core.accept` of a trigger whose options came as ``**options``."""
-        unknown = set(options) - TRIGGER_OPTIONS
-        if unknown:
-            raise TypeError(f"{caller}() got unexpected options: {', '.join(sorted(unknown))}")
-        return self._core.accept(
-            self._jobs,
-            job,
-            input,
-            options.get("concurrency_key", DEFAULT),
-            options.get("coalesce", DEFAULT),
-            options.get("idempotency_key"),
-            options.get("labels"),
-            options.get("delay", 0.0),
-            options.get("parent_run_id"),
-            chained,
-        )
-
-    async def _commit(
-        self, prepared: list[PreparedTrigger], *, wait: bool = False, chained: bool = False
-    ) -> Txn:
-        core = self._core
-        stored: dict[int, str] = {}
-        for trig in prepared:
-            if trig.idempotency_key is not None:
-                stored = await self._stored_idempotency(prepared)
-                if not (core.accepting or (chained and core.accepting_chained)):
-                    self._refuse_trigger()  # a stop may have begun meanwhile
-                break
-        txn = Txn(wait=wait)
-        results = txn.results
-        try:
-            for trig in prepared:
-                found = stored.get(id(trig)) if stored else None
-                if found is None:
-                    core.apply_trigger(trig, txn)
-                else:
-                    results.append(
-                        TriggerResult(found, Disposition.IDEMPOTENT, trig.job.name, trig.key)
-                    )
-                    if txn.covered is not None:
-                        txn.covered.append(None)
-        except BaseException:
-            core.roll_back(txn)
-            raise
-        if txn.created or txn.joined:
-            touched = txn.touched
-            if not core.pipeline.commit_now(txn, touched):
-                await core.pipeline.commit(txn, touched)
-        elif any(not _settled(core.records.get(r.run_id)) for r in results):
-            # Found by idempotency key, but its creation is not durable yet: wait for it.
-            await core.pipeline.commit(txn, [])
-        else:
-            core.settle(txn)
-        return txn
-
-    async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
-        """Run ids of idempotency keys known to storage but no longer in memory."""
-        found: dict[int, str] = {}
-        for trig in prepared:
-            key = trig.idempotency_key
-            if key is None or (trig.job.name, key) in self._core.idempotency:
-                continue
-            run_id = await self._backend.find_idempotent(trig.job.name, key)
-            if run_id is not None:
-                found[id(trig)] = run_id
-        return found
+        return (await self._core.commit(prepared)).results
 
     async def trigger_and_wait(
         self,
@@ -592,12 +509,12 @@ class Keyflow:
                 :meth:`trigger`.
         """
         timeout = optional_seconds(timeout, "timeout")
-        accepted = self._accept_options("trigger_and_wait", job, input, options)
+        accepted = self._core.accept_options("trigger_and_wait", job, input, options)
         if isinstance(accepted, TriggerResult):  # decided now: nothing ran meanwhile
             run_id = accepted.run_id
             waiter = self._core.waiters.covering_waiter(self._core.records.get(run_id))
         else:
-            txn = await self._commit([accepted], wait=True)
+            txn = await self._core.commit([accepted], wait=True)
             run_id = txn.results[0].run_id
             waiter = txn.waiters[0]
         if waiter is None:  # known only to storage (idempotency): finished already
@@ -997,10 +914,6 @@ def _lane_limit(option: int | Callable[[str], int]) -> Callable[[str], int]:
 
 def _waits_for_delay(record: RunRecord) -> bool:
     return record.status is RunStatus.SCHEDULED and record.attempt == 0
-
-
-def _settled(record: RunRecord | None) -> bool:
-    return record is None or (record.durable and record.unsettled == 0)
 
 
 def _check_run_id(run_id: object) -> None:

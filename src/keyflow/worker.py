@@ -43,13 +43,12 @@ from .jsonvalue import (
     storable_text,
 )
 from .records import RunRecord
-from .runs import AttemptError, RunStatus
+from .runs import AttemptError, JSONObject, RunStatus
 from .state import PENDING, RUNNING
 
 if TYPE_CHECKING:
     from .core import Core
     from .jobs import Job
-    from .scheduler import Keyflow
 
 logger = logging.getLogger("keyflow.worker")
 
@@ -82,7 +81,7 @@ class WorkerPool:
         jobs: Mapping[str, Job],
         size: int,
         *,
-        keyflow: Keyflow,
+        new_context: Callable[[RunRecord, JSONObject], RunContext],
         rng: random.Random,
         cancel_grace: float,
         durable_start: bool,
@@ -90,7 +89,7 @@ class WorkerPool:
     ) -> None:
         self._core = core
         self._jobs = jobs
-        self._keyflow = keyflow
+        self._new_context = new_context
         self._rng = rng
         self._cancel_grace = cancel_grace
         self._durable_start = durable_start
@@ -254,7 +253,7 @@ class WorkerPool:
                 if durable_start and not mark_start(slot, record):
                     await pipeline.until_written(record)
                 data = copy_json_dict(record.input)
-                ctx = RunContext(self._keyflow, core, record, data)
+                ctx = self._new_context(record, data)
                 if job.timeout is None:
                     output = await job.handler(ctx, data)
                 else:
