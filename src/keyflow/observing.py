@@ -1,0 +1,143 @@
+"""The scheduler's gauges: lanes, statistics, pauses, events and change watches.
+
+A layer of :class:`keyflow.Keyflow` (see :mod:`keyflow.scheduler`).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from .errors import ConfigurationError
+from .events import Subscription
+from .jobs import check_name
+from .jsonvalue import safe_repr
+from .options import count
+from .runs import RunStatus
+from .stats import LaneSnapshot, Paused, Statistics, TriggerCounts
+from .triggering import Triggering
+from .watch import ChangeWatch
+
+
+class Observing(Triggering):
+    """Shows lanes and counters, pauses and resumes, publishes events."""
+
+    def keys(self, prefix: str | None = None) -> list[LaneSnapshot]:
+        """Lane snapshots, sorted by key: every key with unfinished runs, and recent idle ones."""
+        core = self._core
+        return [core.lane_snapshot(k) for k in self.key_names(prefix)]
+
+    def key_names(self, prefix: str | None = None) -> list[str]:
+        """The keys :meth:`keys` would return, sorted, without building their snapshots."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a string or None, got {safe_repr(prefix)}")
+        core = self._core
+        names = set(core.lanes) | set(core.key_coalesced)
+        if prefix:
+            names = {k for k in names if k.startswith(prefix)}
+        return sorted(names)
+
+    def lane_states(self) -> dict[str, int]:
+        """How many of the :meth:`keys` are ``idle``, ``running`` and ``running+queued``."""
+        core = self._core
+        states = [lane.state for lane in core.lanes.values()]  # state.lane_state's rule
+        running = states.count("running")
+        queued = states.count("running+queued")
+        idle = len(set(core.lanes) | set(core.key_coalesced)) - running - queued
+        return {"idle": idle, "running": running, "running+queued": queued}
+
+    def lane(self, key: str) -> LaneSnapshot:
+        """The snapshot of one key's lane (idle when it has no unfinished run)."""
+        return self._core.lane_snapshot(key)
+
+    def statistics(self) -> Statistics:
+        """Counters and gauges, as a frozen snapshot."""
+        core = self._core
+        c = core.counters
+        unfinished = {
+            s.value: core.status_counts[s.ordinal]
+            for s in (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
+        }
+        error = core.pipeline.last_error
+        return Statistics(
+            triggers=TriggerCounts(c.created, c.queued, c.coalesced, c.idempotent),
+            unfinished=MappingProxyType(unfinished),
+            started=c.started,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            retried=c.retried,
+            interrupted=c.interrupted,
+            lanes=len(core.lanes),
+            lanes_busy=sum(1 for lane in core.lanes.values() if lane.holders),
+            workers=self._pool.size,
+            workers_busy=self._pool.busy,
+            events_published=self._hub.published,
+            events_dropped=self._hub.dropped,
+            storage_batches=core.pipeline.batches_written,
+            storage_error=None if error is None else repr(error),
+            paused=self.paused(),
+        )
+
+    async def pause(self, *, job: str | None = None, key: str | None = None) -> None:
+        """Pause a job or a lane: none of its runs starts until :meth:`resume`.
+
+        Triggers are accepted and coalesce as usual (a paused lane gathers its follow-up
+        run); runs already executing go on. A run of a paused job that reaches the head
+        of its lane holds the lane (order and exclusion hold). Written to storage: a
+        restart keeps the pause. Give exactly one of ``job`` and ``key``.
+
+        Raises:
+            ConfigurationError: neither or both of ``job`` and ``key``, or not a name.
+            ReadOnlyError: the storage is open read-only.
+            SchedulerNotRunningError: not started, or stopped.
+        """
+        await self._set_paused(job, key, paused=True)
+
+    async def resume(self, *, job: str | None = None, key: str | None = None) -> None:
+        """Undo :meth:`pause` (the same arguments); held-back runs start again.
+
+        Raises:
+            ConfigurationError: neither or both of ``job`` and ``key``, or not a name.
+            ReadOnlyError: the storage is open read-only.
+            SchedulerNotRunningError: not started, or stopped.
+        """
+        await self._set_paused(job, key, paused=False)
+
+    async def _set_paused(self, job: str | None, key: str | None, *, paused: bool) -> None:
+        if (job is None) == (key is None):
+            raise ConfigurationError("give exactly one of job= and key=")
+        kind, name = ("job", job) if job is not None else ("key", key)
+        check_name(name, kind)
+        self._check_accepting()
+        assert name is not None
+        self._core.set_paused(kind, name, paused)
+        await self._core.pipeline.barrier()
+
+    def paused(self) -> Paused:
+        """The jobs and lanes paused now."""
+        core = self._core
+        return Paused(frozenset(core.paused_jobs), frozenset(core.paused_keys))
+
+    def events(self, buffer: int | None = None) -> Subscription:
+        """Subscribe to events from now on (an async iterator; ``async with`` closes it).
+
+        Args:
+            buffer: events kept for a slow reader before the oldest are dropped.
+
+        After ``stop()`` the subscription is closed at once (iteration ends).
+
+        Raises:
+            ConfigurationError: ``buffer`` is not an integer >= 1.
+        """
+        if buffer is not None:
+            count(buffer, "buffer", minimum=1, maximum=10_000_000)
+        return self._hub.subscribe(buffer)
+
+    def changes(self) -> ChangeWatch:
+        """Watch for changes without events: ``async for changes in kf.changes()``.
+
+        Each :class:`~keyflow.watch.Changes` says which keys had runs change, and
+        whether a trigger was coalesced, since the previous one; cheap for the scheduler
+        whatever the rate (no event is built). ``async with`` (or ``close()``) ends it.
+        """
+        return self._hub.watch()
