@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 from .errors import StorageError
-from .storage_backends.base import StorageBackend, WriteBatch
+from .storage_backends.base import Refusals, StorageBackend, WriteBatch
 
 if TYPE_CHECKING:
     from .records import Coalescence, RunRecord
@@ -48,7 +48,16 @@ class Txn:
             can start, so none can finish (and be pruned) unheard.
     """
 
-    __slots__ = ("covered", "created", "idempotency", "joined", "results", "victims", "waiters")
+    __slots__ = (
+        "covered",
+        "created",
+        "error",
+        "idempotency",
+        "joined",
+        "results",
+        "victims",
+        "waiters",
+    )
 
     def __init__(self, *, wait: bool = False) -> None:
         self.created: list[RunRecord] = []
@@ -61,6 +70,8 @@ class Txn:
         """With ``wait``: the run covering each result (None: known only to storage)."""
         self.waiters: list[asyncio.Future[Run] | None] = []
         """With ``wait``: a waiter per result, made when the transaction settled."""
+        self.error: StorageError | None = None
+        """Set when storage refused a run of this transaction (it was rolled back)."""
 
     @property
     def touched(self) -> list[RunRecord]:
@@ -196,11 +207,13 @@ class CommitPipeline:
                 self._settle(txn)
                 return True
             self._write_alone(txn, records)
-            return True
-        batch.txns.append(txn)
-        for record in records:
-            batch.records[record.id] = record
-        self._write_sync()
+        else:
+            batch.txns.append(txn)
+            for record in records:
+                batch.records[record.id] = record
+            self._write_sync()
+        if txn.error is not None:
+            raise txn.error
         return True
 
     async def commit(self, txn: Txn, records: list[RunRecord]) -> None:
@@ -222,6 +235,8 @@ class CommitPipeline:
             self._wake_retry()  # a trigger does not wait out the retry pause: it fails fast
         # shield: a cancelled caller must not cancel the batch its neighbours wait on.
         await asyncio.shield(batch.waiter())
+        if txn.error is not None:
+            raise txn.error
 
     async def until_written(self, record: RunRecord) -> None:
         """Return once the latest change of ``record`` is durable.
@@ -329,7 +344,7 @@ class CommitPipeline:
             records, [(j, k, r.id) for j, k, r in idempotency] if idempotency else []
         )
         try:
-            self._backend.write_sync(write)
+            refused = self._backend.write_sync(write)
         except Exception as exc:
             batch = _Batch()
             batch.txns.append(txn)
@@ -338,25 +353,30 @@ class CommitPipeline:
             raise self._fail(batch, exc) from exc
         self._recovered()
         self.batches_written += 1
-        self._settle(txn)
+        if refused:
+            batch = _Batch()
+            batch.txns.append(txn)
+            self._refused(batch, refused)
+        if txn.error is None:
+            self._settle(txn)
 
     def _write_sync(self) -> None:
         batch, write = self._seal()
         try:
-            self._backend.write_sync(write)
+            refused = self._backend.write_sync(write)
         except Exception as exc:
             self._inflight = None
             raise self._fail(batch, exc) from exc
-        self._written(batch)
+        self._written(batch, refused)
 
     async def _write_open_batch(self) -> None:
         batch, write = self._seal()
         try:
-            await self._backend.write(write)
+            refused = await self._backend.write(write)
         except Exception as exc:
             self._inflight = None
             raise self._fail(batch, exc) from exc
-        self._written(batch)
+        self._written(batch, refused)
 
     def _recovered(self) -> None:
         if self._failures:
@@ -364,17 +384,44 @@ class CommitPipeline:
             self._failures = 0
             self.last_error = None
 
-    def _written(self, batch: _Batch) -> None:
+    def _written(self, batch: _Batch, refused: Refusals | None = None) -> None:
         self._inflight = None
         self._recovered()
         self.batches_written += 1
+        if refused:
+            self._refused(batch, refused)
         for txn in batch.txns:
+            if txn.error is not None:
+                continue  # refused and rolled back: its caller hears why
             try:
                 self._settle(txn)
             except Exception:  # a bug: the batch is durable, its waiters must hear so
                 logger.exception("keyflow failed to settle a durable transaction")
         if batch.future is not None and not batch.future.done():
             batch.future.set_result(None)
+
+    def _refused(self, batch: _Batch, refused: Refusals) -> None:
+        """Storage stored ``batch`` but the runs in ``refused``: undo what needs them.
+
+        Every transaction that made or joined a refused run is rolled back (newest
+        first, as later ones may depend on earlier ones) and told why; its neighbours
+        stand. A refused execution change is written again with the next batch.
+        """
+        rolled_back: set[str] = set()
+        for txn in reversed(batch.txns):
+            touched = [r.id for r in txn.created] + [join[0].id for join in txn.joined]
+            reason = next((run_id for run_id in touched if run_id in refused), None)
+            if reason is None:
+                continue
+            logger.warning("storage refused run %s: %r", reason, refused[reason])
+            txn.error = StorageError(f"storage refused run {reason}: {refused[reason]}")
+            self._roll_back(txn)
+            rolled_back.update(r.id for r in txn.created)
+        for run_id in refused:
+            record = batch.records.get(run_id)
+            if record is not None and run_id not in rolled_back:
+                self._open.records.setdefault(run_id, record)
+                self._start_flushing()
 
     def _fail(self, batch: _Batch, exc: Exception) -> StorageError:
         self._failures += 1

@@ -8,6 +8,13 @@ Contract for :meth:`StorageBackend.write`:
 
 * a batch is atomic: all of it is durable when ``write`` returns, none of it when it
   raises (wrap the backend's own errors in :class:`~keyflow.errors.StorageError`);
+* except for runs it *refuses*: ``write`` may return :data:`Refusals`, the ids of runs
+  it did not store (each with the reason), having stored everything else of the batch
+  but those runs' rows and idempotency entries. The scheduler then fails only the
+  triggers that made or joined a refused run (one refused run does not fail its batch
+  neighbours) and writes a refused execution change again with the next batch. A
+  backend over a shared database refuses e.g. a run whose idempotency key another
+  process took first; returning None (the usual case) means all was stored;
 * batches arrive one at a time, in order; ``write`` must read the records' fields before
   its first ``await``, because the scheduler keeps changing them afterwards (what it read
   is exactly the state the batch stands for);
@@ -31,6 +38,9 @@ from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
 if TYPE_CHECKING:
     from ..records import RunRecord
+
+Refusals = Mapping[str, Exception]
+"""Runs a backend did not store, by id, with why (see :meth:`StorageBackend.write`)."""
 
 
 class WriteBatch:
@@ -166,8 +176,10 @@ class StorageBackend(ABC):
     """True when :meth:`write_sync` works: the write needs no I/O wait, so the scheduler
     can commit a trigger without suspending (the in-memory backend)."""
 
-    def write_sync(self, batch: WriteBatch) -> None:
+    def write_sync(self, batch: WriteBatch) -> Refusals | None:
         """Persist ``batch`` without awaiting; only for ``synchronous`` backends.
+
+        Returns what :meth:`write` returns.
 
         Raises:
             StorageError: nothing of the batch was stored.
@@ -231,8 +243,11 @@ class StorageBackend(ABC):
         """Flush and release resources. Idempotent."""
 
     @abstractmethod
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> Refusals | None:
         """Persist ``batch`` atomically (see the module docstring for the contract).
+
+        Returns None when all of it was stored, or the runs it refused (the rest of the
+        batch stored).
 
         Raises:
             StorageError: nothing of the batch was stored.

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run, RunStatus
-from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
+from .base import Refusals, RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
 from .lockfile import WriterLock
 from .rows import Row, check_row, dumps, encode_rows, record_row, row_record, row_run
@@ -297,7 +297,7 @@ class JSONFileBackend(StorageBackend):
 
     # -- writing -----------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> Refusals | None:
         """Append the batch as one journal line and fsync it; compact when due.
 
         Raises:
@@ -349,6 +349,7 @@ class JSONFileBackend(StorageBackend):
                     MIN_COMPACT_BYTES, self._journal_size // 4
                 )
                 logger.warning("%s; compaction will be tried again later", exc)
+        return None
 
     async def _cut(self, journal: JournalFile) -> bool:
         # Cut the journal back to its last good line, so a failed append leaves nothing

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from mypy_extensions import mypyc_attr
 
 from ..runs import Run
-from .base import RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
+from .base import Refusals, RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .rows import dumps, record_row
 from .summaries import RunFacts, RunTiming, StoreSummary, summarize
 
@@ -60,11 +60,11 @@ class MemoryBackend(StorageBackend):
         self._keys_of_run.clear()
         self._paused.clear()
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> Refusals | None:
         """Register new records and retire finished ones beyond the retention."""
-        self.write_sync(batch)
+        return self.write_sync(batch)
 
-    def write_sync(self, batch: WriteBatch) -> None:
+    def write_sync(self, batch: WriteBatch) -> Refusals | None:
         """Register new records and retire finished ones beyond the retention."""
         runs = self._runs
         finished = self._finished
@@ -86,6 +86,7 @@ class MemoryBackend(StorageBackend):
         excess = len(finished) - self.retention
         if excess > 0:
             self._prune(excess)
+        return None
 
     def write_new_sync(self, record: RunRecord) -> None:
         """Register a new run (it cannot be finished yet: nothing to retire)."""

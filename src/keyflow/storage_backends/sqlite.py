@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import StorageCorruptError, StorageError
 from ..runs import Run, RunStatus
 from . import sqlite_schema as schema
-from .base import RunQuery, StorageBackend, StoredState, WriteBatch
+from .base import Refusals, RunQuery, StorageBackend, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import encode_row, loads_row, record_row, row_record, row_run
 from .sqlite_schema import (
@@ -227,7 +227,7 @@ class SQLiteBackend(StorageBackend):
 
     # -- writing -----------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> Refusals | None:
         """Upsert the batch's runs and idempotency keys in one transaction.
 
         Raises:
@@ -272,6 +272,7 @@ class SQLiteBackend(StorageBackend):
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"writing to {self.path} failed: {_reason(exc)}") from exc
         self._finished = pruned
+        return None
 
     def _check_identity(self) -> None:
         # A database deleted (or replaced) under us would take every later commit with
