@@ -114,6 +114,30 @@ class StorageBackendContract(ABC):
         finally:
             await backend.close()
 
+    async def test_due_times_are_queryable(self, tmp_path: Path) -> None:
+        """Waiting runs come back by due time; others never do."""
+        backend = await self.opened(tmp_path)
+        try:
+            waiting = []
+            for n, due_in in ((1, 50.0), (2, 10.0), (3, 30.0), (4, 10.0)):
+                run = record(n, status=RunStatus.SCHEDULED)
+                run.due_at = T0 + due_in
+                waiting.append(run)
+            queued = record(5)  # due already, but not waiting for a time
+            done = finish(record(6, status=RunStatus.SCHEDULED))
+            await backend.write(WriteBatch([*waiting, queued, done]))
+            due = await backend.due_runs(T0 + 30.0)
+            assert [r.id for r in due] == ["run-0002", "run-0004", "run-0003"]
+            assert [r.id for r in await backend.due_runs(T0 + 30.0, limit=1)] == ["run-0002"]
+            assert await backend.due_runs(T0) == []
+            everything = await backend.due_runs(T0 + 1e6)
+            assert [r.id for r in everything] == ["run-0002", "run-0004", "run-0003", "run-0001"]
+            waiting[0].status = RunStatus.QUEUED  # run-0001 became due and left the wait
+            await backend.write(WriteBatch([waiting[0]]))
+            assert "run-0001" not in [r.id for r in await backend.due_runs(T0 + 1e6)]
+        finally:
+            await backend.close()
+
     async def test_queries_filter_and_page_newest_first(self, tmp_path: Path) -> None:
         """Queries filter and page newest first."""
         backend = await self.opened(tmp_path)

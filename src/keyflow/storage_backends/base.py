@@ -290,6 +290,18 @@ class StorageBackend(ABC):
         runs = await self.list_runs(RunQuery(job=job, created_after=since, limit=limit))
         return [RunTiming.of(r) for r in runs]
 
+    async def due_runs(self, until: float, *, limit: int = 100) -> list[Run]:
+        """Runs waiting for a time (a delay, a retry's backoff) that comes by ``until``.
+
+        Earliest due first (then oldest), at most ``limit``. Due times are kept in the
+        store, not only in one process's timers: a coordinator over a shared database
+        claims what is due with this question. The default reads every waiting run.
+        """
+        waiting = await self.list_runs(RunQuery(status=RunStatus.SCHEDULED, limit=10**9))
+        due = [run for run in waiting if run.due_at <= until]
+        due.sort(key=lambda run: (run.due_at, run.created_at))
+        return due[:limit]
+
     async def change_token(self) -> Hashable:
         """Something that changes whenever what is stored changes (and rarely else).
 

@@ -370,6 +370,23 @@ class SQLiteBackend(StorageBackend):
             raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
         return [row_run(loads_row(data, str(self.path))) for data in rows]
 
+    async def due_runs(self, until: float, *, limit: int = 100) -> list[Run]:
+        """Waiting runs due by ``until``, earliest first (from the status index)."""
+        statement = (
+            select(runs_table.c.data)
+            .where(runs_table.c.status == RunStatus.SCHEDULED.value)
+            .where(runs_table.c.due_at <= until)
+            .order_by(runs_table.c.due_at, runs_table.c.created_at, ROWID)
+            .limit(limit)
+        )
+        try:
+            async with self._reading() as conn:
+                result = await conn.execute(statement)
+                rows = [data for (data,) in result]
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"reading {self.path} failed: {_reason(exc)}") from exc
+        return [row_run(loads_row(data, str(self.path))) for data in rows]
+
     async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
         """How many runs match (stopping at ``at_most``)."""
         if at_most is None:
