@@ -26,32 +26,26 @@ import contextlib
 import json
 import logging
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 from ..errors import StorageCorruptError, StorageError
-from ..runs import Run, RunStatus
-from .base import Refusals, RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
+from .base import Refusals, StoredState, WriteBatch
 from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
+from .jsonfile_rows import JOURNAL_FORMAT, SNAPSHOT_FORMAT, TERMINAL, VERSION, JSONRows
 from .lockfile import WriterLock
-from .rows import Row, check_row, dumps, encode_rows, record_row, row_record, row_run
-from .summaries import RunFacts, RunTiming, StoreSummary, summarize
+from .rows import dumps, encode_rows, record_row, row_record
 
 logger = logging.getLogger("keyflow.storage")
 
-SNAPSHOT_FORMAT = "keyflow-snapshot"
-JOURNAL_FORMAT = "keyflow-journal"
-VERSION = 1
 MIN_COMPACT_BYTES = 1 << 20
 """The journal is folded into the snapshot once it is larger than this and the snapshot."""
 REFRESH_SECONDS = 0.5
 """A read-only open reloads the files at most this often."""
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-class JSONFileBackend(StorageBackend):
+class JSONFileBackend(JSONRows):
     """Runs in a JSON snapshot file and its append-only journal."""
 
     journal_file: Callable[[Path], JournalFile] = JournalFile
@@ -61,17 +55,11 @@ class JSONFileBackend(StorageBackend):
     def __init__(self, path: str | Path, *, retention: int = 10_000, read_only: bool = False):
         if retention < 0:
             raise ValueError("retention must be >= 0")
+        super().__init__(retention)
         self.path = Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
-        self.retention = retention
         self.read_only = read_only
         self._lock = WriterLock(self.path)
-        self._runs: dict[str, Row] = {}
-        """Every stored run, in creation order."""
-        self._finished: OrderedDict[str, None] = OrderedDict()
-        """Finished runs, oldest first (an insertion-ordered set)."""
-        self._idempotency: dict[tuple[str, str], str] = {}
-        self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
         self._generation = 0
         self._journal: JournalFile | None = None
         self._journal_size = 0
@@ -83,11 +71,9 @@ class JSONFileBackend(StorageBackend):
         self._snapshot_size = 0
         self._snapshot_id: tuple[int, int, int] | None = None
         self._closed = False
-        self._paused: set[tuple[str, str]] = set()
         self._ops: set[asyncio.Future[Any]] = set()
         """Blocking file operations running in a thread now (see close())."""
         self._compact_at = MIN_COMPACT_BYTES
-        self._to_prune: list[str] = []
         self._seen: tuple[float, int, float, int] | None = None  # read-only: file stats
         self._loaded_at = 0.0
         self.refresh_seconds = REFRESH_SECONDS
@@ -124,7 +110,7 @@ class JSONFileBackend(StorageBackend):
             unfinished = [
                 row_record(row, str(self.path))
                 for row in self._runs.values()
-                if row["status"] not in _TERMINAL
+                if row["status"] not in TERMINAL
             ]
         except BaseException:
             await self.close()
@@ -149,101 +135,6 @@ class JSONFileBackend(StorageBackend):
         self._snapshot_id = identity(self.path)
         self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
         self._apply_retention()
-
-    def _load(self) -> int | None:
-        """Read both files into memory; return the journal bytes to keep (None: none)."""
-        self._runs.clear()
-        self._finished.clear()
-        self._idempotency.clear()
-        self._paused.clear()
-        self._keys_of_run.clear()
-        if not self.path.exists():
-            if self.journal_path.exists():
-                raise StorageCorruptError(
-                    f"{self.journal_path} exists but its snapshot {self.path} does not"
-                )
-            self._generation = 0
-            return None
-        raw = self.path.read_bytes()
-        self._snapshot_size = len(raw)
-        try:
-            snapshot = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StorageCorruptError(f"{self.path}: not JSON ({exc})") from None
-        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise StorageCorruptError(f"{self.path} is not a keyflow snapshot; refusing to use it")
-        self._check_version(snapshot, self.path)
-        try:
-            self._generation = int(snapshot["generation"])
-            for row in snapshot["runs"]:
-                self._put(check_row(row, f"{self.path}: malformed snapshot"))
-            for job, key, run_id in snapshot["idempotency"]:
-                self._remember_key(job, key, run_id)
-            for kind, name in snapshot.get("paused", ()):  # (format 1 files may lack it)
-                self._paused.add((str(kind), str(name)))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StorageCorruptError(f"{self.path}: malformed snapshot ({exc!r})") from None
-        if not self.journal_path.exists():
-            return None
-        return self._replay(self.journal_path.read_bytes())
-
-    def _replay(self, data: bytes) -> int | None:
-        lines = data.split(b"\n")
-        # Every complete line ends with "\n"; what follows the last one is a torn append.
-        complete, torn = lines[:-1], lines[-1]
-        if not complete:  # not even the header was written whole
-            return None
-        try:
-            header = json.loads(complete[0])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
-        if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
-            raise StorageCorruptError(f"{self.journal_path}:1: not a keyflow journal header")
-        self._check_version(header, self.journal_path)
-        generation = header.get("generation")
-        if generation != self._generation:
-            if isinstance(generation, int) and generation < self._generation:
-                return None  # already folded into the snapshot
-            raise StorageCorruptError(
-                f"{self.journal_path}:1: generation {generation!r} does not follow the "
-                f"snapshot's ({self._generation})"
-            )
-        kept = len(complete[0]) + 1
-        for number, line in enumerate(complete[1:], start=2):
-            try:
-                entry = json.loads(line)
-                self._apply_entry(entry)
-            except (KeyError, TypeError, ValueError, AttributeError):  # JSON errors included
-                if number == len(complete) and not torn:
-                    break  # the last line, cut short by a crash before its newline landed
-                raise StorageCorruptError(
-                    f"{self.journal_path}:{number}: unreadable journal entry"
-                ) from None
-            kept += len(line) + 1
-        return kept
-
-    def _check_version(self, document: dict[str, Any], path: Path) -> None:
-        version = document.get("version")
-        if version != VERSION:
-            raise StorageCorruptError(
-                f"{path} has format version {version!r}; this keyflow reads version {VERSION}"
-            )
-
-    def _apply_pauses(self, pauses: Iterable[Any]) -> None:
-        for kind, name, paused in pauses:
-            if paused:
-                self._paused.add((str(kind), str(name)))
-            else:
-                self._paused.discard((str(kind), str(name)))
-
-    def _apply_entry(self, entry: dict[str, Any]) -> None:
-        self._apply_pauses(entry.get("pauses", ()))
-        for row in entry["runs"]:
-            self._put(check_row(row, str(self.journal_path)))
-        for job, key, run_id in entry["idempotency"]:
-            self._remember_key(job, key, run_id)
-        for run_id in entry["pruned"]:
-            self._forget(run_id)
 
     async def close(self) -> None:
         """Close the journal and release the lock. Idempotent.
@@ -457,36 +348,8 @@ class JSONFileBackend(StorageBackend):
         if self._closed or (self._journal is None and not self._needs_journal):
             raise StorageError(f"{self.path} is not open")
 
-    # -- the runs in memory ------------------------------------------------------
-
-    def _put(self, row: Row) -> None:
-        run_id = row["id"]
-        self._runs[run_id] = row
-        if row["status"] in _TERMINAL:
-            self._finished[run_id] = None
-
-    def _remember_key(self, job: str, key: str, run_id: str) -> None:
-        self._idempotency[job, key] = run_id
-        self._keys_of_run.setdefault(run_id, []).append((job, key))
-
-    def _forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
-        self._finished.pop(run_id, None)
-        for job_and_key in self._keys_of_run.pop(run_id, ()):
-            self._idempotency.pop(job_and_key, None)
-
-    def _apply_retention(self) -> None:
-        # Pruned at once in memory; the next journal line makes it durable.
-        excess = len(self._finished) - self.retention
-        if excess > 0:
-            victims = [self._finished.popitem(last=False)[0] for _ in range(excess)]
-            for run_id in victims:
-                self._forget(run_id)
-            self._to_prune.extend(victims)
-
-    # -- reading -----------------------------------------------------------------
-
     async def _refresh(self) -> None:
+        """Read-only: reload the files if the writer changed them."""
         # Read-only: reload when the writer changed a file since the last look (at most
         # every REFRESH_SECONDS: a reload reads everything).
         if not self.read_only:
@@ -512,81 +375,9 @@ class JSONFileBackend(StorageBackend):
                 if attempt == 2:
                     raise
 
-    def _matching(self, query: RunQuery) -> Iterator[Row]:
-        text = query.text.lower() if query.text else None
-        for row in reversed(self._runs.values()):
-            if not query.matches(
-                row["job"],
-                row["status"],
-                row["key"],
-                row["created_at"],
-                row["finished_at"],
-                row["labels"],
-            ):
-                continue
-            if text is not None and text not in dumps(row).lower():
-                continue
-            yield row
-
-    async def get_run(self, run_id: str) -> Run | None:
-        """The stored run, or None."""
-        await self._refresh()
-        row = self._runs.get(run_id)
-        return None if row is None else row_run(row)
-
-    async def list_runs(self, query: RunQuery) -> list[Run]:
-        """Matching runs, newest first."""
-        await self._refresh()
-        return [row_run(row) for row in page_of(self._matching(query), query)]
-
-    async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
-        """How many runs match (stopping at ``at_most``)."""
-        await self._refresh()
-        return count_of(self._matching(query), at_most)
-
-    async def summary(self) -> StoreSummary:
-        """Keys, jobs and coalesced triggers of every stored run."""
-        await self._refresh()
-        return summarize(
-            RunFacts(r["key"], r["job"], r["status"], r["trigger_count"], r["created_at"])
-            for r in self._runs.values()
-        )
-
-    async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
-        """The runs of ``job`` created at ``since`` or later, newest first."""
-        await self._refresh()
-        out: list[RunTiming] = []
-        for r in reversed(self._runs.values()):
-            if len(out) >= limit:
-                break
-            if r["job"] == job and r["created_at"] >= since:
-                out.append(
-                    RunTiming(
-                        r["id"],
-                        RunStatus(r["status"]),
-                        r["created_at"],
-                        r["due_at"],
-                        r["started_at"],
-                        r["finished_at"],
-                        r["attempt"],
-                        r["trigger_count"],
-                    )
-                )
-        return out
-
     async def change_token(self) -> Hashable:
         """The files' generation and journal length (a reader: their sizes and times)."""
         if self.read_only:
             await self._refresh()
             return self._seen
         return (self._generation, self._journal_size)
-
-    async def paused(self) -> frozenset[tuple[str, str]]:
-        """What is paused now."""
-        await self._refresh()
-        return frozenset(self._paused)
-
-    async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
-        """The run an earlier trigger with that key made, while it is retained."""
-        await self._refresh()
-        return self._idempotency.get((job, idempotency_key))
