@@ -14,7 +14,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from .coalesce import Coalesce
-from .commit import Txn
 from .errors import InvalidInputError
 from .jsonvalue import NotJSONError, check_size, copy_json_dict, json_object_copy, may_be_large
 from .live import _QUEUED
@@ -23,6 +22,7 @@ from .runs import Disposition, JSONObject, TriggerResult
 from .runtime import Runtime
 from .state import QUEUED, SCHEDULED, join_target, new_run_disposition, plan_trigger
 from .triggers import PreparedTrigger, prepare_trigger
+from .txn import Txn
 
 if TYPE_CHECKING:
     pass

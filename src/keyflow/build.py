@@ -15,6 +15,7 @@ HOT_PATH_MODULES = (
     "core",
     "triggers",
     "jsonvalue",
+    "txn",
     "commit",
     "worker",
     "storage_backends.memory",

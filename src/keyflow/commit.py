@@ -19,64 +19,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 from .errors import StorageError
 from .storage_backends.base import Refusals, StorageBackend, WriteBatch
+from .txn import Txn
 
 if TYPE_CHECKING:
-    from .records import Coalescence, RunRecord
-    from .runs import JSONObject, Run, TriggerResult
+    from .records import RunRecord
 
 logger = logging.getLogger("keyflow.commit")
 
 RETRY_DELAYS = (0.01, 0.05, 0.2, 1.0, 5.0)
 """Seconds between retries of a failed write of execution changes."""
-
-
-Join: TypeAlias = "tuple[RunRecord, JSONObject, float, Coalescence | None, Coalescence]"
-"""A trigger joined a run: ``(run, old_input, old_due_at, evicted, entry)``, what to
-restore if it is rolled back (a plain tuple: one is made per coalesced trigger)."""
-
-
-class Txn:
-    """The in-memory effects of one trigger (or one batch_trigger), pending durability.
-
-    Args:
-        wait: the caller will wait for the covering runs to end (``trigger_and_wait``):
-            waiters are registered when the transaction settles, before any of its runs
-            can start, so none can finish (and be pruned) unheard.
-    """
-
-    __slots__ = (
-        "covered",
-        "created",
-        "error",
-        "idempotency",
-        "joined",
-        "results",
-        "victims",
-        "waiters",
-    )
-
-    def __init__(self, *, wait: bool = False) -> None:
-        self.created: list[RunRecord] = []
-        self.joined: list[Join] = []
-        self.idempotency: list[tuple[str, str, RunRecord]] = []
-        self.victims: list[RunRecord] = []
-        """Runs to cancel once the transaction is durable (``coalesce="cancel"``)."""
-        self.results: list[TriggerResult] = []
-        self.covered: list[RunRecord | None] | None = [] if wait else None
-        """With ``wait``: the run covering each result (None: known only to storage)."""
-        self.waiters: list[asyncio.Future[Run] | None] = []
-        """With ``wait``: a waiter per result, made when the transaction settled."""
-        self.error: StorageError | None = None
-        """Set when storage refused a run of this transaction (it was rolled back)."""
-
-    @property
-    def touched(self) -> list[RunRecord]:
-        """The runs this transaction created or joined."""
-        return self.created + [join[0] for join in self.joined]
 
 
 class _Batch:

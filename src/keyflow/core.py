@@ -19,7 +19,6 @@ Everything is synchronous and runs on the event loop thread; the commit pipeline
 from __future__ import annotations
 
 from .admission import Admission
-from .commit import Txn
 from .jobs import DEFAULT
 from .live import Counters
 from .options_types import TRIGGER_OPTIONS, TriggerOptions
@@ -27,6 +26,7 @@ from .runs import Disposition, JSONObject, TriggerResult
 from .state import PENDING, RUNNING, SCHEDULED
 from .stats import LaneSnapshot
 from .triggers import PreparedTrigger
+from .txn import Txn
 
 __all__ = ["Core", "Counters"]
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from .commit import CommitPipeline, Txn
+from .commit import CommitPipeline
 from .errors import ConfigurationError
 from .hub import EventHub
 from .records import RunIds, RunRecord
 from .runs import RunStatus
 from .state import BECOME_DUE, PENDING, PROMOTE, QUEUED, RESUME, SCHEDULED, Lane
+from .txn import Txn
 from .waiters import Waiters
 
 if TYPE_CHECKING:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .commit import Txn
     from .options_types import TriggerOptions
     from .records import RunRecord
     from .runs import JSONObject, LogEntry, Progress, TriggerResult
     from .triggers import PreparedTrigger
+    from .txn import Txn
 
 
 class TriggerPort(Protocol):
