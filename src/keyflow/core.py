@@ -20,6 +20,7 @@ from .commit import CommitPipeline, Txn
 from .errors import ConfigurationError, InvalidInputError
 from .hub import EventHub
 from .jsonvalue import NotJSONError, check_size, copy_json_dict, json_object_copy, may_be_large
+from .lane_view import lane_snapshot
 from .records import MAX_COALESCED_KEPT, Coalescence, RunIds, RunRecord
 from .runs import (
     AttemptError,
@@ -834,19 +835,10 @@ class Core:
         lane = self.lanes.get(key)
         paused = key in self.paused_keys
         if lane is None:
-            return LaneSnapshot(
-                key, "idle", self.limit_of(key, strict=False), (), (), (), coalesced, paused
-            )
-        members = lane.members.values()
-        return LaneSnapshot(
-            key=key,
-            state=lane.state,
-            limit=lane.limit,
-            running=tuple(r.id for r in members if r.holds_slot),
-            waiting=tuple(r.id for r in lane.waiting),
-            scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
-            coalesced=coalesced,
-            paused=paused,
+            limit = self.limit_of(key, strict=False)
+            return lane_snapshot(key, limit, (), (), coalesced=coalesced, paused=paused)
+        return lane_snapshot(
+            key, lane.limit, lane.members.values(), lane.waiting, coalesced=coalesced, paused=paused
         )
 
 

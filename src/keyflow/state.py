@@ -126,6 +126,16 @@ def next_status(status: RunStatus, action: Action) -> RunStatus:
     return target
 
 
+def slot_held(status: RunStatus, attempt: int) -> bool:
+    """Does a run in ``status`` after ``attempt`` started attempts hold its lane's slot?
+
+    Running, about to run (pending), or in the backoff before a retry (scheduled after
+    an attempt): a run takes its slot when it first starts and keeps it until it ends.
+    The one rule: live lanes and lanes rebuilt from stored runs both ask it.
+    """
+    return status is PENDING or status is RUNNING or (status is SCHEDULED and attempt > 0)
+
+
 class RunState:
     """The part of a run the state machine looks at.
 
@@ -165,9 +175,8 @@ class RunState:
 
     @property
     def holds_slot(self) -> bool:
-        """True while the run occupies one of its lane's slots."""
-        s = self.status
-        return s is PENDING or s is RUNNING or (s is SCHEDULED and self.attempt > 0)
+        """True while the run occupies one of its lane's slots (see :func:`slot_held`)."""
+        return slot_held(self.status, self.attempt)
 
     def apply(self, action: Action) -> RunStatus:
         """Move this run by ``action`` (see :func:`next_status`); return the old status."""
