@@ -25,7 +25,6 @@ from ..scheduler import Keyflow
 from ..stats import LaneSnapshot, Paused
 from ..storage_backends.summaries import RunTiming
 from ..watch import Changes
-from .broadcast import Broadcast
 from .instants import format_instant
 from .natural import NaturalOrder
 
@@ -275,7 +274,6 @@ class KeyflowSource(DashboardSource):
         self.kf = kf
         self.read_only = read_only
         self._clock = clock or scheduler_clock(kf)
-        self._broadcast = Broadcast(kf)
         self._order = NaturalOrder()
 
     def now(self) -> float:
@@ -374,9 +372,16 @@ class KeyflowSource(DashboardSource):
         return self.kf.paused()
 
     async def changes(self) -> AsyncIterator[Changes]:
-        """What changed, batched: whatever happened while the last batch was used."""
-        async for changes in self._broadcast.listen():
-            yield changes
+        """What changed, batched: whatever happened while the last batch was used.
+
+        One :meth:`Keyflow.changes` watch per stream: the scheduler's hub is the one
+        fan-out (it gathers the changed keys once, whatever the number of watches, and
+        hands them to each watch once per turn of the loop). Ends when the scheduler
+        stops, or when the stream is closed (which closes its watch).
+        """
+        async with self.kf.changes() as watch:
+            async for changes in watch:
+                yield changes
 
     async def trigger(
         self, job: str, input: JSONObject, key: str | None, coalesce: str | None
