@@ -288,12 +288,12 @@ class KeyflowSource(DashboardSource):
     async def counts(self) -> Counts:
         """Counters straight from the scheduler (finished runs: since it started)."""
         kf = self.kf
-        stats = kf.statistics()
+        stats = await kf.get_statistics()
         by_status = dict(stats.unfinished)
         by_status.update(completed=stats.completed, failed=stats.failed, cancelled=stats.cancelled)
         return Counts(
             by_status=by_status,
-            lanes_by_state=kf.lane_states(),
+            lanes_by_state=await kf.get_lane_states(),
             finished_total=stats.completed + stats.failed + stats.cancelled,
             coalesced_total=stats.triggers.coalesced,
             workers=(stats.workers_busy, stats.workers),
@@ -304,11 +304,14 @@ class KeyflowSource(DashboardSource):
     ) -> tuple[list[LaneRow], int]:
         """Lanes from memory; the running and oldest waiting runs looked up per row."""
         kf = self.kf
-        names = self._order.sorted(kf.key_names(filters.prefix or None))
-        if filters.state is None and filters.sort == "key":
-            page = [kf.lane(key) for key in names[offset : offset + limit]]
+        prefix = filters.prefix or None
+        if filters.state is None and filters.sort == "key":  # a page: only its snapshots
+            names = self._order.sorted(kf.key_names(prefix))
+            page = [await kf.get_lane(key) for key in names[offset : offset + limit]]
             return [await self._row(lane) for lane in page], len(names)
-        lanes = [kf.lane(key) for key in names]
+        lanes = await kf.list_lanes(prefix)
+        natural = self._order.key
+        lanes.sort(key=lambda lane: natural(lane.key))
         if filters.state is not None:
             lanes = [lane for lane in lanes if lane.state == filters.state]
         if filters.sort == "coalesced":
@@ -337,12 +340,12 @@ class KeyflowSource(DashboardSource):
         return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
-        """The lane, from memory."""
-        return self.kf.lane(key)
+        """The lane (from memory, for the scheduler in this process)."""
+        return await self.kf.get_lane(key)
 
     async def has_key(self, key: str) -> bool:
         """A lane in memory, a pause of it, or runs in storage."""
-        lane = self.kf.lane(key)
+        lane = await self.kf.get_lane(key)
         if lane.running or lane.waiting or lane.scheduled or lane.coalesced or lane.paused:
             return True
         return bool(await self.kf.list_runs(concurrency_key=key, limit=1))
