@@ -41,7 +41,6 @@ def test_one_pure_decision_is_applied_by_admission_alone() -> None:
     assert _callers("plan_trigger") == {"admission.py"}
     assert _callers("new_run_disposition") == {"admission.py"}
     assert _callers("join_target") <= {"admission.py", "state.py"}
-    assert _callers("lane_state") <= {"state.py", "web/storage_source.py", "stats.py"}
 
 
 @pytest.mark.skipif(not (PACKAGE / "jobs.py").exists(), reason="an installed wheel: no sources")

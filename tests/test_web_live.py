@@ -166,3 +166,31 @@ async def test_sse_over_uvicorn_streams_named_widget_events_and_cleans_up(
         await asyncio.wait_for(let_go.wait(), 10)  # the client left: its stream stopped
     gate.release(first.run_id)
     await kf.run_until_idle()
+
+
+async def test_every_stream_of_a_dashboard_hears_the_changes_and_ends_with_the_scheduler(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    gate = Gate()
+    kf = make_keyflow(workers=2)
+    kf.job("process")(gate.handler)
+    await kf.start()
+    source = KeyflowSource(kf)
+    streams = [source.changes(), source.changes()]
+    first = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    run = await kf.trigger("process", {}, concurrency_key="k")
+    await gate.any_started.wait()  # the streams' first reads were ready before the handler
+    gate.release(run.run_id)
+    await kf.run_until_idle()
+    for heard in first:
+        assert "k" in (await asyncio.wait_for(heard, 5)).keys
+    left, stays = streams
+    await left.aclose()  # type: ignore[attr-defined]  # a page closed: the other goes on
+    gate.open()
+    await kf.trigger("process", {}, concurrency_key="j")
+    await kf.run_until_idle()
+    assert "j" in (await asyncio.wait_for(anext(stays), 5)).keys
+    await kf.stop()
+    rest = [c async for c in stays]  # the scheduler stopped: the stream ends
+    assert all(c.keys == {"j"} for c in rest)  # (after the last of what it kept, if any)
+    assert [c async for c in source.changes()] == []  # and one opened afterwards at once

@@ -6,6 +6,7 @@ import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 
 HOT_PATH_MODULES = (
+    "transitions",
     "state",
     "records",
     "live",

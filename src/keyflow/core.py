@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .admission import Admission
 from .jobs import DEFAULT
+from .lane_view import lane_snapshot
 from .live import Counters
 from .options_types import TRIGGER_OPTIONS, TriggerOptions
 from .runs import Disposition, JSONObject, TriggerResult
@@ -150,17 +151,8 @@ class Core(Admission):
         lane = self.lanes.get(key)
         paused = key in self.paused_keys
         if lane is None:
-            return LaneSnapshot(
-                key, "idle", self.limit_of(key, strict=False), (), (), (), coalesced, paused
-            )
-        members = lane.members.values()
-        return LaneSnapshot(
-            key=key,
-            state=lane.state,
-            limit=lane.limit,
-            running=tuple(r.id for r in members if r.holds_slot),
-            waiting=tuple(r.id for r in lane.waiting),
-            scheduled=tuple(r.id for r in members if r.status is SCHEDULED and not r.holds_slot),
-            coalesced=coalesced,
-            paused=paused,
+            limit = self.limit_of(key, strict=False)
+            return lane_snapshot(key, limit, (), (), coalesced=coalesced, paused=paused)
+        return lane_snapshot(
+            key, lane.limit, lane.members.values(), lane.waiting, coalesced=coalesced, paused=paused
         )

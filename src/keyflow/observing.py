@@ -141,3 +141,41 @@ class Observing(Triggering):
         whatever the rate (no event is built). ``async with`` (or ``close()``) ends it.
         """
         return self._hub.watch()
+
+    # -- async reads -------------------------------------------------------------
+    # The lane and counter reads a coordinator over a shared database answers from the
+    # database (see docs/architecture.md). Today's single-process coordinator answers
+    # them from memory, exactly as the synchronous reads above do.
+
+    async def list_lanes(
+        self, prefix: str | None = None, *, limit: int | None = None
+    ) -> list[LaneSnapshot]:
+        """Lane snapshots sorted by key: :meth:`keys`, awaitable, at most ``limit`` of them.
+
+        Args:
+            prefix: only keys starting with it (None or ``""``: every key).
+            limit: at most this many lanes, the first in key order (None: all).
+
+        Raises:
+            ConfigurationError: ``prefix`` is not a string, or ``limit`` is not an
+                integer >= 0.
+        """
+        if limit is not None:
+            count(limit, "limit", minimum=0)
+        names = self.key_names(prefix)
+        if limit is not None:
+            names = names[:limit]
+        core = self._core
+        return [core.lane_snapshot(k) for k in names]
+
+    async def get_lane(self, key: str) -> LaneSnapshot:
+        """One key's lane (idle when it has no unfinished run): :meth:`lane`, awaitable."""
+        return self.lane(key)
+
+    async def get_lane_states(self) -> dict[str, int]:
+        """How many lanes are in each state: :meth:`lane_states`, awaitable."""
+        return self.lane_states()
+
+    async def get_statistics(self) -> Statistics:
+        """Counters and gauges as a frozen snapshot: :meth:`statistics`, awaitable."""
+        return self.statistics()

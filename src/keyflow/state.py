@@ -6,9 +6,9 @@ table.
 
 Two layers:
 
-* :data:`TRANSITIONS` says which :class:`Action` moves a run from which status to which.
-  :func:`next_status` applies it, or raises :class:`IllegalTransitionError` and changes
-  nothing.
+* :data:`TRANSITIONS` says which :class:`Action` moves a run from which status to which
+  (:mod:`keyflow.transitions`, re-exported here). :func:`next_status` applies it, or
+  raises :class:`IllegalTransitionError` and changes nothing.
 * :class:`Lane` holds the unfinished runs of one concurrency key and decides what a
   trigger does (:func:`plan_trigger`), which waiting run takes a free slot, and what a
   finished run frees. A lane is ``idle → running → running+queued`` and back.
@@ -21,13 +21,27 @@ it is terminal. So at most ``limit`` runs of a key ever execute at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final, Literal, NamedTuple, TypeAlias
 
 from .coalesce import Coalesce
 from .errors import IllegalTransitionError
 from .runs import Disposition, RunStatus
+from .transitions import BECOME_DUE as BECOME_DUE
+from .transitions import CANCEL as CANCEL
+from .transitions import COMPLETE as COMPLETE
+from .transitions import FAIL as FAIL
+from .transitions import INTERRUPT as INTERRUPT
+from .transitions import PROMOTE as PROMOTE
+from .transitions import REJECT as REJECT
+from .transitions import REQUEUE as REQUEUE
+from .transitions import RESUME as RESUME
+from .transitions import RETRY as RETRY
+from .transitions import START as START
+from .transitions import TRANSITIONS as TRANSITIONS
+from .transitions import Action as Action
+from .transitions import by_action
+from .transitions import next_status as next_status
 
 S = RunStatus
 # The statuses the hot paths compare with, bound here as Final: a compiled build reads
@@ -38,92 +52,19 @@ PENDING: Final = RunStatus.PENDING
 RUNNING: Final = RunStatus.RUNNING
 
 
-class Action(StrEnum):
-    """Something that happens to a run."""
-
-    BECOME_DUE = "become_due"
-    """A delayed run's time came: it enters its lane's queue."""
-    RESUME = "resume"
-    """A retry backoff ended: the run still holds its slot and waits for a worker."""
-    PROMOTE = "promote"
-    """A queued run takes a free slot of its lane."""
-    START = "start"
-    """A worker starts an attempt."""
-    COMPLETE = "complete"
-    """The handler returned."""
-    FAIL = "fail"
-    """The handler failed and no retry is left."""
-    RETRY = "retry"
-    """The handler failed; another attempt follows a backoff (the slot is kept)."""
-    INTERRUPT = "interrupt"
-    """A stop or crash interrupted the attempt; the run goes back to the head of its lane."""
-    CANCEL = "cancel"
-    """The run was cancelled (a running one once its task has stopped)."""
-    REQUEUE = "requeue"
-    """A restart found more runs holding slots than the lane's (lowered) limit: a run
-    over it gives its slot back and waits at the head of the queue."""
-    REJECT = "reject"
-    """The run cannot execute here (its job is not registered): it fails unrun."""
+# Moved by action, one table-indexed lookup per change (see RunState.apply): the table
+# bound here as Final, a C static in a compiled build.
+_BY_ACTION: Final = by_action()
 
 
-# Aliases of the members for hot paths (see runs.py: class attribute reads are slow).
-BECOME_DUE: Final = Action.BECOME_DUE
-RESUME: Final = Action.RESUME
-PROMOTE: Final = Action.PROMOTE
-START: Final = Action.START
-COMPLETE: Final = Action.COMPLETE
-FAIL: Final = Action.FAIL
-RETRY: Final = Action.RETRY
-INTERRUPT: Final = Action.INTERRUPT
-CANCEL: Final = Action.CANCEL
-REQUEUE: Final = Action.REQUEUE
-REJECT: Final = Action.REJECT
+def slot_held(status: RunStatus, attempt: int) -> bool:
+    """Does a run in ``status`` after ``attempt`` started attempts hold its lane's slot?
 
-TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
-    (S.SCHEDULED, Action.BECOME_DUE): S.QUEUED,
-    (S.SCHEDULED, Action.RESUME): S.PENDING,
-    (S.SCHEDULED, Action.CANCEL): S.CANCELLED,
-    (S.QUEUED, Action.PROMOTE): S.PENDING,
-    (S.QUEUED, Action.CANCEL): S.CANCELLED,
-    (S.PENDING, Action.START): S.RUNNING,
-    (S.PENDING, Action.CANCEL): S.CANCELLED,
-    (S.RUNNING, Action.COMPLETE): S.COMPLETED,
-    (S.RUNNING, Action.FAIL): S.FAILED,
-    (S.RUNNING, Action.RETRY): S.SCHEDULED,
-    (S.RUNNING, Action.INTERRUPT): S.PENDING,
-    (S.RUNNING, Action.CANCEL): S.CANCELLED,
-    (S.PENDING, Action.REQUEUE): S.QUEUED,
-    (S.SCHEDULED, Action.REJECT): S.FAILED,
-    (S.QUEUED, Action.REJECT): S.FAILED,
-    (S.PENDING, Action.REJECT): S.FAILED,
-    (S.RUNNING, Action.REJECT): S.FAILED,
-}
-"""Every legal ``(status, action) → status``; any pair not listed is illegal."""
-
-
-def _by_action() -> dict[str, list[RunStatus | None]]:
-    # TRANSITIONS re-indexed for speed: action value -> list indexed by status ordinal.
-    table: dict[str, list[RunStatus | None]] = {a._value_: [None] * len(S) for a in Action}
-    for (status, action), target in TRANSITIONS.items():
-        table[action._value_][status.ordinal] = target
-    return table
-
-
-_BY_ACTION: Final = _by_action()
-
-
-def next_status(status: RunStatus, action: Action) -> RunStatus:
-    """Return the status ``action`` leads to from ``status``.
-
-    Raises:
-        IllegalTransitionError: the pair is not in :data:`TRANSITIONS`.
+    Running, about to run (pending), or in the backoff before a retry (scheduled after
+    an attempt): a run takes its slot when it first starts and keeps it until it ends.
+    The one rule: live lanes and lanes rebuilt from stored runs both ask it.
     """
-    target = _BY_ACTION[action._value_][status.ordinal]
-    if target is None:
-        raise IllegalTransitionError(
-            f"illegal transition: {action.value!r} from status {status.value!r}"
-        )
-    return target
+    return status is PENDING or status is RUNNING or (status is SCHEDULED and attempt > 0)
 
 
 class RunState:
@@ -165,9 +106,8 @@ class RunState:
 
     @property
     def holds_slot(self) -> bool:
-        """True while the run occupies one of its lane's slots."""
-        s = self.status
-        return s is PENDING or s is RUNNING or (s is SCHEDULED and self.attempt > 0)
+        """True while the run occupies one of its lane's slots (see :func:`slot_held`)."""
+        return slot_held(self.status, self.attempt)
 
     def apply(self, action: Action) -> RunStatus:
         """Move this run by ``action`` (see :func:`next_status`); return the old status."""

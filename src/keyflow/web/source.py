@@ -25,7 +25,6 @@ from ..scheduler import Keyflow
 from ..stats import LaneSnapshot, Paused
 from ..storage_backends.summaries import RunTiming
 from ..watch import Changes
-from .broadcast import Broadcast
 from .instants import format_instant
 from .natural import NaturalOrder
 
@@ -275,7 +274,6 @@ class KeyflowSource(DashboardSource):
         self.kf = kf
         self.read_only = read_only
         self._clock = clock or scheduler_clock(kf)
-        self._broadcast = Broadcast(kf)
         self._order = NaturalOrder()
 
     def now(self) -> float:
@@ -290,12 +288,12 @@ class KeyflowSource(DashboardSource):
     async def counts(self) -> Counts:
         """Counters straight from the scheduler (finished runs: since it started)."""
         kf = self.kf
-        stats = kf.statistics()
+        stats = await kf.get_statistics()
         by_status = dict(stats.unfinished)
         by_status.update(completed=stats.completed, failed=stats.failed, cancelled=stats.cancelled)
         return Counts(
             by_status=by_status,
-            lanes_by_state=kf.lane_states(),
+            lanes_by_state=await kf.get_lane_states(),
             finished_total=stats.completed + stats.failed + stats.cancelled,
             coalesced_total=stats.triggers.coalesced,
             workers=(stats.workers_busy, stats.workers),
@@ -306,11 +304,14 @@ class KeyflowSource(DashboardSource):
     ) -> tuple[list[LaneRow], int]:
         """Lanes from memory; the running and oldest waiting runs looked up per row."""
         kf = self.kf
-        names = self._order.sorted(kf.key_names(filters.prefix or None))
-        if filters.state is None and filters.sort == "key":
-            page = [kf.lane(key) for key in names[offset : offset + limit]]
+        prefix = filters.prefix or None
+        if filters.state is None and filters.sort == "key":  # a page: only its snapshots
+            names = self._order.sorted(kf.key_names(prefix))
+            page = [await kf.get_lane(key) for key in names[offset : offset + limit]]
             return [await self._row(lane) for lane in page], len(names)
-        lanes = [kf.lane(key) for key in names]
+        lanes = await kf.list_lanes(prefix)
+        natural = self._order.key
+        lanes.sort(key=lambda lane: natural(lane.key))
         if filters.state is not None:
             lanes = [lane for lane in lanes if lane.state == filters.state]
         if filters.sort == "coalesced":
@@ -339,12 +340,12 @@ class KeyflowSource(DashboardSource):
         return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
-        """The lane, from memory."""
-        return self.kf.lane(key)
+        """The lane (from memory, for the scheduler in this process)."""
+        return await self.kf.get_lane(key)
 
     async def has_key(self, key: str) -> bool:
         """A lane in memory, a pause of it, or runs in storage."""
-        lane = self.kf.lane(key)
+        lane = await self.kf.get_lane(key)
         if lane.running or lane.waiting or lane.scheduled or lane.coalesced or lane.paused:
             return True
         return bool(await self.kf.list_runs(concurrency_key=key, limit=1))
@@ -374,9 +375,16 @@ class KeyflowSource(DashboardSource):
         return self.kf.paused()
 
     async def changes(self) -> AsyncIterator[Changes]:
-        """What changed, batched: whatever happened while the last batch was used."""
-        async for changes in self._broadcast.listen():
-            yield changes
+        """What changed, batched: whatever happened while the last batch was used.
+
+        One :meth:`Keyflow.changes` watch per stream: the scheduler's hub is the one
+        fan-out (it gathers the changed keys once, whatever the number of watches, and
+        hands them to each watch once per turn of the loop). Ends when the scheduler
+        stops, or when the stream is closed (which closes its watch).
+        """
+        async with self.kf.changes() as watch:
+            async for changes in watch:
+                yield changes
 
     async def trigger(
         self, job: str, input: JSONObject, key: str | None, coalesce: str | None

@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
+from ..lane_view import stored_lane_snapshot
 from ..runs import Run, RunStatus
-from ..state import lane_state
+from ..state import lane_state, slot_held
 from ..stats import LaneSnapshot, Paused
 from ..storage_backends import RunQuery, StorageBackend
 from ..storage_backends.summaries import RunTiming
@@ -34,7 +35,14 @@ from .source import (
 
 
 class StorageSource(DashboardSource):
-    """A storage file another process writes: read-only, refreshed by polling."""
+    """A storage file another process writes: read-only, refreshed by polling.
+
+    Its lanes are rebuilt from the stored unfinished runs by
+    :func:`~keyflow.lane_view.stored_lane_snapshot`, the function the scheduler's own
+    snapshots share. Storage does not keep the writer's ``lane_limit``: a lane's limit
+    shows :func:`~keyflow.lane_view.stored_lane_limit`'s guess, the number of its runs
+    holding a slot (at least 1).
+    """
 
     read_only = True
     RECHECK_SECONDS = 60.0
@@ -50,6 +58,8 @@ class StorageSource(DashboardSource):
         self.catalog = StorageCatalog(backend)
         self._files = storage_files(backend)
         self._cache: tuple[Hashable, float, dict[str, list[Run]]] | None = None
+        self._unfinished_counts: dict[str, int] = {}
+        """Unfinished runs by status, keyless ones too, as of the latest scan."""
         self._order = NaturalOrder()
         self._derived: dict[str, object] = {}
         """Computed from one read of storage (sorted keys, counts); emptied at the next."""
@@ -90,16 +100,18 @@ class StorageSource(DashboardSource):
         if self._cache is not None and self._fresh(token):
             return self._cache[2]
         unfinished: list[Run] = []
+        counts: dict[str, int] = {}
         for status in UNFINISHED:
-            unfinished.extend(await self.backend.list_runs(RunQuery(status=status, limit=10**9)))
+            found = await self.backend.list_runs(RunQuery(status=status, limit=10**9))
+            counts[status.value] = len(found)
+            unfinished.extend(found)
         await self.catalog.refresh(unfinished)
         by_key: dict[str, list[Run]] = {}
         for run in unfinished:
             if run.concurrency_key is not None:
                 by_key.setdefault(run.concurrency_key, []).append(run)
-        for runs in by_key.values():
-            runs.sort(key=lambda r: (r.created_at, r.id))
         self._cache = (token, time.monotonic(), by_key)
+        self._unfinished_counts = counts
         self._derived = {}
         return by_key
 
@@ -114,20 +126,9 @@ class StorageSource(DashboardSource):
         """Catch up with the file (once per change, shared by every page and widget)."""
         await self._unfinished_by_key()
 
-    def _lane(self, key: str, runs: list[Run]) -> LaneSnapshot:
-        holding = [r for r in runs if _holds_slot(r)]
-        queued = [r for r in runs if r.status is RunStatus.QUEUED]
-        waiting = sorted(queued, key=lambda r: (r.due_at, r.created_at))
-        scheduled = [r for r in runs if r.status is RunStatus.SCHEDULED and r.attempt == 0]
-        return LaneSnapshot(
-            key=key,
-            state=lane_state(len(holding), len(waiting)),
-            limit=max(1, len(holding)),
-            running=tuple(r.id for r in holding),
-            waiting=tuple(r.id for r in waiting),
-            scheduled=tuple(r.id for r in scheduled),
-            coalesced=self.catalog.key_coalesced.get(key, 0),
-        )
+    def _lane(self, key: str, runs: list[Run], paused: Paused) -> LaneSnapshot:
+        coalesced = self.catalog.key_coalesced.get(key, 0)
+        return stored_lane_snapshot(key, runs, coalesced=coalesced, paused=key in paused.keys)
 
     async def counts(self) -> Counts:
         """Counts from storage (read again only when the files changed)."""
@@ -135,8 +136,11 @@ class StorageSource(DashboardSource):
         found = self._derived.get("counts")
         if isinstance(found, Counts):
             return found
-        by_status = {
-            s.value: await self.backend.count_runs(RunQuery(status=s)) for s in ALL_STATUSES
+        by_status = {  # the unfinished ones as the scan found them; the finished counted
+            s.value: self._unfinished_counts[s.value]
+            if s in UNFINISHED
+            else await self.backend.count_runs(RunQuery(status=s))
+            for s in ALL_STATUSES
         }
         states = dict.fromkeys(LANE_STATES, 0)
         for runs in by_key.values():
@@ -152,16 +156,17 @@ class StorageSource(DashboardSource):
     ) -> tuple[list[LaneRow], int]:
         """Lanes rebuilt from the unfinished runs in storage."""
         by_key = await self._unfinished_by_key()
+        paused = await self.paused()
         keys = [k for k in await self._sorted_keys() if k.startswith(filters.prefix)]
         if filters.state is None and filters.sort == "key":
-            page = [self._row(key, by_key.get(key, [])) for key in keys[offset : offset + limit]]
-            return page, len(keys)
+            page = keys[offset : offset + limit]
+            return [self._row(key, by_key.get(key, []), paused) for key in page], len(keys)
         every = self._derived.get("rows")
         if not isinstance(every, dict):
             every = self._derived["rows"] = {}
         for key in keys:  # each row built once per change of the file
             if key not in every:
-                every[key] = self._row(key, by_key.get(key, []))
+                every[key] = self._row(key, by_key.get(key, []), paused)
         rows: list[LaneRow] = [every[key] for key in keys]
         if filters.state is not None:
             rows = [row for row in rows if row.lane.state == filters.state]
@@ -171,8 +176,8 @@ class StorageSource(DashboardSource):
             rows.sort(key=lambda row: row.oldest_waiting_since or float("inf"))
         return rows[offset : offset + limit], len(rows)
 
-    def _row(self, key: str, runs: list[Run]) -> LaneRow:
-        lane = self._lane(key, runs)
+    def _row(self, key: str, runs: list[Run], paused: Paused) -> LaneRow:
+        lane = self._lane(key, runs, paused)
         by_id = {r.id: r for r in runs}
         running = tuple(by_id[i] for i in lane.running)
         if not lane.waiting:
@@ -181,8 +186,9 @@ class StorageSource(DashboardSource):
         return LaneRow(lane, running, following.created_at, following.job)
 
     async def lane(self, key: str) -> LaneSnapshot:
-        """One lane rebuilt from storage."""
-        return self._lane(key, (await self._unfinished_by_key()).get(key, []))
+        """One lane rebuilt from storage (paused as stored)."""
+        runs = (await self._unfinished_by_key()).get(key, [])
+        return self._lane(key, runs, await self.paused())
 
     async def has_key(self, key: str) -> bool:
         """Any run of ``key`` in storage, or a stored pause of it."""
@@ -251,19 +257,9 @@ class StorageSource(DashboardSource):
                 yield Changes(everything=True)
 
 
-def _holds_slot(run: Run) -> bool:
-    """Running, about to run, or in a retry backoff (which keeps the lane's slot)."""
-    status = run.status
-    return (
-        status is RunStatus.PENDING
-        or status is RunStatus.RUNNING
-        or (status is RunStatus.SCHEDULED and run.attempt > 0)
-    )
-
-
 def _state(runs: list[Run]) -> str:
-    """The lane state of a key's unfinished runs (what :meth:`StorageSource._lane` says)."""
-    holding = sum(1 for r in runs if _holds_slot(r))
+    """The lane state of a key's unfinished runs, without building its snapshot."""
+    holding = sum(1 for r in runs if slot_held(r.status, r.attempt))
     return lane_state(holding, sum(1 for r in runs if r.status is RunStatus.QUEUED))
 
 
