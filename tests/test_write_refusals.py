@@ -167,3 +167,32 @@ async def test_a_refused_execution_change_is_written_again(tmp_path: Path) -> No
         stored = await again.get_run(result.run_id)
         assert stored is not None
         assert stored.status == "completed"
+
+
+class AnswersJunk(SQLiteBackend):
+    """SQLite whose write() returns something that is no answer (a backend bug), once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.junk_left = 1
+
+    async def write(self, batch: WriteBatch) -> Refusals | None:
+        await super().write(batch)
+        if self.junk_left:
+            self.junk_left -= 1
+            return True  # type: ignore[return-value]  # the bug under test
+        return None
+
+
+async def test_a_write_that_returns_junk_counts_as_failed(tmp_path: Path) -> None:
+    kf = Keyflow(AnswersJunk(tmp_path / "runs.db"))
+    kf.job("work")(_noop)
+    async with kf:
+        with pytest.raises(StorageError, match="must return None or a mapping"):
+            await kf.trigger("work", concurrency_key="k")
+        assert kf.lane("k").state == "idle"  # rolled back
+        result = await kf.trigger("work", concurrency_key="k")  # storage takes work again
+        await kf.run_until_idle()
+        run = await kf.get_run(result.run_id)
+        assert run is not None
+        assert run.status == "completed"

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .errors import StorageError
+from .jsonvalue import safe_repr
 from .storage_backends.base import Refusals, StorageBackend, WriteBatch
 from .txn import Txn
 
@@ -299,7 +300,7 @@ class CommitPipeline:
             records, [(j, k, r.id) for j, k, r in idempotency] if idempotency else []
         )
         try:
-            refused = self._backend.write_sync(write)
+            refused = _refusals(self._backend.write_sync(write))
         except Exception as exc:
             batch = _Batch()
             batch.txns.append(txn)
@@ -318,7 +319,7 @@ class CommitPipeline:
     def _write_sync(self) -> None:
         batch, write = self._seal()
         try:
-            refused = self._backend.write_sync(write)
+            refused = _refusals(self._backend.write_sync(write))
         except Exception as exc:
             self._inflight = None
             raise self._fail(batch, exc) from exc
@@ -327,7 +328,7 @@ class CommitPipeline:
     async def _write_open_batch(self) -> None:
         batch, write = self._seal()
         try:
-            refused = await self._backend.write(write)
+            refused = _refusals(await self._backend.write(write))
         except Exception as exc:
             self._inflight = None
             raise self._fail(batch, exc) from exc
@@ -403,3 +404,18 @@ class CommitPipeline:
         retry.pauses = {**batch.pauses, **pending.pauses}
         self._open = retry
         return error
+
+
+def _refusals(result: object) -> Refusals | None:
+    """What a backend's ``write`` returned, checked: None or a mapping of refused runs.
+
+    Raises:
+        StorageError: anything else (a backend bug): the write counts as failed, so its
+            triggers are rolled back and its execution changes written again.
+    """
+    if result is None or isinstance(result, Mapping):
+        return result
+    raise StorageError(
+        f"storage backend's write() returned {safe_repr(result)[:80]}; it must return None "
+        "or a mapping of refused run ids"
+    )
