@@ -10,6 +10,7 @@ snapshots; at the end guarantees 1 (exclusion), 2 (trailing edge), 3 (bound) and
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
@@ -66,6 +67,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.seen = Observed()
         self.gates: dict[str, asyncio.Future[str]] = {}
         self.run_key: dict[str, str] = {}
+        self.handled = sys.exc_info()[1]
+        """The exception being handled around the example, if any (not a failure of it)."""
         asyncio.set_event_loop(self.loop)  # the disk-like fake makes an Event
         self.storage_option = self.storage()
         asyncio.set_event_loop(None)
@@ -266,12 +269,40 @@ class SchedulerMachine(RuleBasedStateMachine):
                     and r.id in self.seen.created_by_queue
                 ]
                 assert len(waiting) <= MAX_QUEUED[job], (key, job, waiting)
+        self._check_lanes(runs)
+
+    def _check_lanes(self, runs: list[keyflow.Run]) -> None:
+        # Every unfinished run is in its lane, where its status says (after a restart,
+        # the lanes are what recovery rebuilt from storage).
+        lanes = {lane.key: lane for lane in self.kf.keys()}  # noqa: SIM118  # not a dict
+        placed: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for lane in lanes.values():
+            placed["running", lane.key] = set(lane.running)
+            placed["waiting", lane.key] = set(lane.waiting)
+            placed["scheduled", lane.key] = set(lane.scheduled)
+        expected: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for run in runs:
+            if run.is_terminal or run.concurrency_key is None:
+                continue
+            if run.status is RunStatus.QUEUED:
+                where = "waiting"
+            elif run.status is RunStatus.SCHEDULED and run.attempt == 0:
+                where = "scheduled"  # delayed, not due yet
+            else:
+                where = "running"  # holds a slot: pending, running, or a retry backoff
+            expected[where, run.concurrency_key].add(run.id)
+        for place in expected.keys() | placed.keys():
+            assert expected[place] == placed[place], (place, expected[place], placed[place])
 
     def teardown(self) -> None:
         if not hasattr(self, "events"):
             self.loop.close()
             return
         try:
+            if sys.exc_info()[1] not in (None, self.handled):
+                # A step failed (hypothesis tears down in a ``finally``): report that
+                # failure, not the drain's of a broken scheduler, and fast.
+                return
             for _ in range(1000):
                 for gate in list(self.gates.values()):
                     if not gate.done():
