@@ -3,8 +3,15 @@
 Triggers of two jobs sharing two keys with every strategy (some delayed), completions,
 failures with retries, explicit retries, cancels and clock jumps. After every step the
 decisions are compared with DESIGN.md §3's table, evaluated independently on public
-snapshots; at the end guarantees 1 (exclusion), 2 (trailing edge), 3 (bound) and
-5 (order) are checked on what the handlers and the event stream saw.
+snapshots, and every unfinished run must sit in its lane; at the end guarantees
+1 (exclusion), 2 (trailing edge), 3 (bound) and 5 (order) are checked on what the
+handlers and the event stream saw.
+
+On the SQLite and JSON files the machine also restarts in the middle of a sequence: a
+stop (one that interrupts every running handler, or one whose grace lets them all end)
+and a new scheduler on the same file. Guarantee 4 there: every unfinished run survives
+with its triggers (count, joined triggers, input), an interrupted run runs again as the
+same attempt, and the checks above span both schedulers' handlers and events.
 """
 
 from __future__ import annotations
