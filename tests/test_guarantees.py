@@ -375,10 +375,6 @@ class FileMachine(SchedulerMachine):
 
     backend = "sqlite"
 
-    def __init__(self) -> None:
-        self.restarts = 0
-        super().__init__()
-
     def storage(self) -> str | keyflow.StorageBackend:
         self.directory = tempfile.TemporaryDirectory(prefix="keyflow-guarantees-")
         return storage_url_for(self.backend, Path(self.directory.name))
@@ -424,7 +420,6 @@ class FileMachine(SchedulerMachine):
         self.events = self.kf.events()  # before the start: recovery's events too
         self.run(self.kf.start())
         self.watcher = self.loop.create_task(self._watch(self.events))
-        self.restarts += 1
         self.run(self._settle())
 
         after = self.run(self._unfinished())
