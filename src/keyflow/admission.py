@@ -54,6 +54,9 @@ class Admission(Runtime):
         """Check one trigger (see ``Keyflow.trigger``); decide it at once if storage allows.
 
         Returns the result, or the prepared trigger to :meth:`~keyflow.core.Core.commit`.
+        The arguments are typed ``object`` on purpose: a compiled build checks declared
+        types on entry and would raise a bare TypeError, where ``prepare_trigger``'s
+        checks raise the error that names the problem.
 
         Raises:
             SchedulerNotRunningError: not accepting triggers (from ``refuse``).

@@ -28,8 +28,8 @@ from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING
 
 from .records import RunRecord
-from .runs import PENDING, QUEUED, RUNNING, SCHEDULED, AttemptError
-from .state import FAIL, Lane
+from .runs import AttemptError
+from .state import FAIL, PENDING, QUEUED, RUNNING, SCHEDULED, Lane
 
 if TYPE_CHECKING:
     from .core import Core

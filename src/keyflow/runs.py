@@ -44,17 +44,6 @@ for _ordinal, _status in enumerate(RunStatus):
     _status.is_terminal = _status in TERMINAL_STATUSES
 
 
-# Module-level aliases of the members, for hot paths: reading an Enum member through
-# its class costs ~0.1 µs, a global ~0.01 µs. They are constants, like the members.
-SCHEDULED = RunStatus.SCHEDULED
-QUEUED = RunStatus.QUEUED
-PENDING = RunStatus.PENDING
-RUNNING = RunStatus.RUNNING
-COMPLETED = RunStatus.COMPLETED
-FAILED = RunStatus.FAILED
-CANCELLED = RunStatus.CANCELLED
-
-
 class Disposition(StrEnum):
     """What a trigger did.
 

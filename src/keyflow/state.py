@@ -112,7 +112,7 @@ class RunState:
     def apply(self, action: Action) -> RunStatus:
         """Move this run by ``action`` (see :func:`next_status`); return the old status."""
         old = self.status
-        target = _BY_ACTION[action._value_][old.ordinal]
+        target = _BY_ACTION[action][old.ordinal]
         if target is None:
             next_status(old, action)  # raises IllegalTransitionError
         self.status = target  # type: ignore[assignment]  # None was excluded above

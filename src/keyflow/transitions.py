@@ -80,11 +80,11 @@ TRANSITIONS: Mapping[tuple[RunStatus, Action], RunStatus] = {
 """Every legal ``(status, action) → status``; any pair not listed is illegal."""
 
 
-def by_action() -> dict[str, list[RunStatus | None]]:
-    """:data:`TRANSITIONS` re-indexed for speed: action value → targets by status ordinal."""
-    table: dict[str, list[RunStatus | None]] = {a._value_: [None] * len(S) for a in Action}
+def by_action() -> dict[Action, list[RunStatus | None]]:
+    """:data:`TRANSITIONS` re-indexed for speed: action → targets by status ordinal."""
+    table: dict[Action, list[RunStatus | None]] = {a: [None] * len(S) for a in Action}
     for (status, action), target in TRANSITIONS.items():
-        table[action._value_][status.ordinal] = target
+        table[action][status.ordinal] = target
     return table
 
 
@@ -97,7 +97,7 @@ def next_status(status: RunStatus, action: Action) -> RunStatus:
     Raises:
         IllegalTransitionError: the pair is not in :data:`TRANSITIONS`.
     """
-    target = _BY_ACTION[action._value_][status.ordinal]
+    target = _BY_ACTION[action][status.ordinal]
     if target is None:
         raise IllegalTransitionError(
             f"illegal transition: {action.value!r} from status {status.value!r}"
