@@ -40,10 +40,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnClause
 
+from .sql_runs import TERMINAL as TERMINAL
+
 SCHEMA_VERSION = 3
 """The schema this version writes; older ones are migrated at open."""
-
-TERMINAL = ("cancelled", "completed", "failed")
 
 metadata = MetaData()
 schema_table = Table("keyflow_schema", metadata, Column("version", Integer, nullable=False))
