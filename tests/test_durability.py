@@ -16,6 +16,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.records import RunRecord
 from keyflow.storage_backends import WriteBatch, open_backend
 from keyflow.storage_backends.sqlite import SQLiteBackend
@@ -178,7 +179,7 @@ async def test_a_second_writer_is_refused_and_a_reader_is_welcome(
     with pytest.raises(keyflow.StorageLockedError, match="in use by another keyflow process"):
         await rival.start()
 
-    reader = open_backend(storage_url + "?mode=ro", retention=100)
+    reader = open_backend(read_only_url(storage_url), retention=100)
     await reader.open()
     try:
         run = await reader.get_run(done.run_id)

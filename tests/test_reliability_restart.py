@@ -16,6 +16,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
 from .conftest import MakeKeyflow, storage_url_for
@@ -156,7 +157,7 @@ def test_a_handler_that_kills_its_process_is_failed_as_a_poison_pill(
     assert log.read_text().split() == ["1", "2", "3"]
 
     async def stored() -> list[keyflow.Run]:
-        reader = open_backend(url + "?mode=ro", retention=100)
+        reader = open_backend(read_only_url(url), retention=100)
         await reader.open()
         try:
             return await reader.list_runs(keyflow.storage_backends.RunQuery())

@@ -20,6 +20,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
 from .conftest import MakeKeyflow, storage_url_for
@@ -518,7 +519,7 @@ async def test_the_storage_of_a_read_only_file_system_can_be_read(tmp_path: Path
             made = await kf.trigger_and_wait("work", {}, timeout=5)
         remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,ro", str(disk))
         assert await remount.wait() == 0
-        reader = open_backend(url + "?mode=ro", retention=10)
+        reader = open_backend(read_only_url(url), retention=10)
         await reader.open()
         try:
             run = await reader.get_run(made.id)

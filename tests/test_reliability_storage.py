@@ -21,6 +21,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
 from .conftest import MakeKeyflow, storage_url_for
@@ -39,7 +40,7 @@ def path_of(url: str) -> Path:
 
 async def stored_runs(url: str) -> dict[str, keyflow.Run]:
     """What a fresh reader of the files finds."""
-    reader = open_backend(url + "?mode=ro", retention=1000)
+    reader = open_backend(read_only_url(url), retention=1000)
     await reader.open()
     try:
         runs = await reader.list_runs(keyflow.storage_backends.RunQuery(limit=1000))
@@ -65,7 +66,7 @@ async def test_a_read_only_scheduler_never_executes_recovers_or_writes(
     await writer.list_runs()  # read your writes: everything above is on disk
 
     reader_handler = Recorder()
-    reader = keyflow.Keyflow(storage=storage_url + "?mode=ro", workers=2)
+    reader = keyflow.Keyflow(storage=read_only_url(storage_url), workers=2)
     reader.job("work")(reader_handler.handler)
     await asyncio.wait_for(reader.start(), timeout=10)  # no crash count to write, no hang
     try:

@@ -18,6 +18,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.demo.sim import SimConfig, Simulation
 from keyflow.demo.simtime import SimTime
 from keyflow.demo.world import World, WorldConfig
@@ -73,7 +74,7 @@ async def test_a_stop_lets_crawls_trigger_process_and_requeues_the_cut_ones_unha
     time.sleeping[10.0].set()  # ... but this crawl ends in its grace and triggers process
     await stopping
 
-    reader = open_backend(storage_url + "?mode=ro", retention=100)
+    reader = open_backend(read_only_url(storage_url), retention=100)
     await reader.open()
     try:
         runs = await reader.list_runs(keyflow.storage_backends.RunQuery())
