@@ -32,6 +32,8 @@ def clock() -> VirtualClock:
 
 
 BACKENDS = ("memory", "sqlite", "json", "postgresql")
+DURABLE = ("sqlite", "json", "postgresql")
+"""The backends whose runs survive a restart."""
 
 
 def storage_url_for(backend: str, directory: Path) -> str:
@@ -49,12 +51,26 @@ def storage_url_for(backend: str, directory: Path) -> str:
     return f"{backend}:///{directory / f'runs.{suffix}'}"
 
 
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def fresh_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fixture's body: the URL of ``request.param`` in ``tmp_path``, cleaned up after.
+
+    A module's own ``storage_url`` fixture (over other backends) yields from it.
+    """
     url = storage_url_for(request.param, tmp_path)
     yield url
     if request.param == "postgresql":
         drop_schemas(schema_of(url))
+
+
+def files_only(url: str, what: str) -> None:
+    """Skip a test of storage files (paths, file locks, disks) on a database: ``what`` says."""
+    if url.startswith("postgresql"):
+        pytest.skip(f"{what}: a matter of storage files, which PostgreSQL has none of")
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 @pytest.fixture(scope="session", autouse=True)

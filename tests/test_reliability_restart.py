@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,14 @@ from keyflow import RunStatus
 from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url, storage_url_for
 from .fakes import DiskLikeBackend
 from .test_durability import Recorder, stored_run, write_records
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_a_lower_lane_limit_after_a_restart_keeps_exclusion(

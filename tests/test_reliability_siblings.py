@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from keyflow import RunStatus
 from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url, storage_url_for
 from .fakes import DiskLikeBackend
 from .test_durability import Recorder, stored_run, write_records
 
@@ -279,9 +280,9 @@ async def test_runs_a_crash_cut_short_wait_their_turn_without_holding_workers(
 # -- abandoned handlers, locks and cancels across stops and restarts ------------------
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_storage_stays_locked_while_an_abandoned_handler_runs(durable_url: str) -> None:

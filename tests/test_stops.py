@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from keyflow.demo.world import World, WorldConfig
 from keyflow.storage_backends import open_backend
 from keyflow.testing import VirtualClock
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url
 
 
 class GatedTime(SimTime):
@@ -46,9 +47,9 @@ class GatedTime(SimTime):
         raise NotImplementedError  # the test drives the story itself
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_a_stop_lets_crawls_trigger_process_and_requeues_the_cut_ones_unharmed(

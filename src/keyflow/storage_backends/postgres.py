@@ -163,8 +163,8 @@ class PostgreSQLBackend(SQLReads):
         await conn.commit()  # a session lock: it outlives the transaction
         if not locked:
             raise StorageLockedError(
-                f"another process writes {self.place} (it holds advisory lock "
-                f"{self.lock_key}); only one may, open it with ?mode=ro to read"
+                f"{self.place} is in use by another keyflow process (it holds advisory "
+                f"lock {self.lock_key}); only one may write it (open it with ?mode=ro to watch)"
             )
 
     async def _load(self, conn: AsyncConnection) -> StoredState:
@@ -283,17 +283,14 @@ class PostgreSQLBackend(SQLReads):
                 await conn.execute(
                     update(schema.schema_table).values(writes=schema.schema_table.c.writes + 1)
                 )
-                finished = await prune_finished(
-                    conn,
-                    self.tables,
-                    self._finished + newly_finished,
-                    self.retention,
-                    self._prune_slack,
-                )
+                finished = await self._prune(conn, self._finished + newly_finished)
         except FAILURES as exc:
             raise StorageError(f"writing to {self.place} failed: {driver_reason(exc)}") from exc
         self._finished = finished
         return refused or None
+
+    async def _prune(self, conn: AsyncConnection, finished: int) -> int:
+        return await prune_finished(conn, self.tables, finished, self.retention, self._prune_slack)
 
     async def _pause(self, conn: AsyncConnection, kind: str, name: str, paused: bool) -> None:
         table = schema.pauses_table
