@@ -20,23 +20,20 @@ database from version ``v`` to ``v + 1``, in one transaction at open.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    Float,
     Identity,
     Index,
     Integer,
     MetaData,
     String,
     Table,
-    Text,
 )
 
 from .sql_runs import RunTables
+from .sql_tables import Step, run_columns, side_tables
 
 SCHEMA_VERSION = 1
 """The schema this version writes; older ones are migrated at open."""
@@ -55,46 +52,15 @@ schema_table = Table(
 runs_table = Table(
     "keyflow_runs",
     metadata,
-    Column("id", _Text, primary_key=True),
-    Column("seq", BigInteger, Identity(always=False), nullable=False, unique=True),
-    Column("job", _Text, nullable=False),
-    Column("concurrency_key", _Text),
-    Column("status", _Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("finished_at", Float),
-    Column("data", Text, nullable=False),
-    Column("due_at", Float),
-    Column("started_at", Float),
-    Column("attempt", Integer, nullable=False, server_default="0"),
-    Column("trigger_count", Integer, nullable=False, server_default="1"),
+    *run_columns(_Text),
+    Column("seq", BigInteger, Identity(), nullable=False, unique=True),
     Index("keyflow_runs_status", "status", "due_at"),
     Index("keyflow_runs_job", "job", "created_at"),
     Index("keyflow_runs_key", "concurrency_key", "created_at"),
     Index("keyflow_runs_created", "created_at", "seq"),
     Index("keyflow_runs_finished", "finished_at"),
 )
-idempotency_table = Table(
-    "keyflow_idempotency",
-    metadata,
-    Column("job", _Text, primary_key=True),
-    Column("idempotency_key", _Text, primary_key=True),
-    Column("run_id", _Text, nullable=False),
-    Index("keyflow_idempotency_run", "run_id"),
-)
-labels_table = Table(
-    "keyflow_labels",
-    metadata,
-    Column("run_id", _Text, primary_key=True),
-    Column("name", _Text, primary_key=True),
-    Column("value", _Text, nullable=False),
-    Index("keyflow_labels_name_value", "name", "value"),
-)
-pauses_table = Table(
-    "keyflow_pauses",
-    metadata,
-    Column("kind", _Text, primary_key=True),
-    Column("name", _Text, primary_key=True),
-)
+idempotency_table, labels_table, pauses_table = side_tables(metadata, _Text)
 
 TABLES = RunTables(runs_table, idempotency_table, labels_table, pauses_table, runs_table.c.seq)
 """PostgreSQL's run tables; ``seq`` is creation order."""
@@ -102,9 +68,8 @@ TABLES = RunTables(runs_table, idempotency_table, labels_table, pauses_table, ru
 RUN_UPDATED = ("status", "finished_at", "data", "due_at", "started_at", "attempt", "trigger_count")
 """What a later write of a run changes (id, seq, job, key and creation time never change)."""
 
-Step = str | Callable[[Connection], None]
-"""One step of a migration: SQL text (tables unqualified: the connection's schema is
-first on its search path), or a function of the (synchronous) connection."""
+# A migration's SQL text names tables unqualified: the connection's search path is the
+# schema it was opened on.
 
 
 def create(conn: Connection) -> None:

@@ -27,6 +27,7 @@ from .base import Refusals, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import count_finished, driver_reason, prune_finished
+from .sql_tables import migrate
 from .sqlite_reads import TABLES, SQLiteReads, register_functions
 from .sqlite_schema import (
     INSERT_IDEMPOTENCY,
@@ -176,15 +177,7 @@ class SQLiteBackend(SQLiteReads):
                 await conn.execute(schema_table.insert().values(version=schema.SCHEMA_VERSION))
             else:
                 version = await self._schema_version(conn)
-                target = schema.SCHEMA_VERSION
-                for step in range(version, target):
-                    for action in schema.MIGRATIONS[step]:
-                        if isinstance(action, str):
-                            await conn.exec_driver_sql(action)
-                        else:
-                            await conn.run_sync(action)
-                if version != target:
-                    await conn.execute(schema_table.update().values(version=target))
+                await migrate(conn, schema.MIGRATIONS, version, schema.SCHEMA_VERSION, schema_table)
             await conn.exec_driver_sql("COMMIT")
         except BaseException:
             await _roll_back(conn)
