@@ -93,6 +93,23 @@ async def test_the_writer_holds_its_advisory_lock_while_open(url: str) -> None:
         assert await conn.fetchval(query, low) == 0
 
 
+async def test_a_writer_whose_session_ended_locks_again_before_it_writes(url: str) -> None:
+    holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1"
+    async with opened(url) as backend, sql() as conn:
+        low = backend.lock_key & 0xFFFFFFFF
+        await conn.execute("SELECT pg_terminate_backend($1)", await conn.fetchval(holder, low))
+        with pytest.raises(keyflow.StorageError):  # the session is gone, and the lock too
+            await backend.write(WriteBatch([record(1)]))
+        rival = open_backend(url, retention=100)
+        await rival.open()  # took the lock meanwhile
+        with pytest.raises(keyflow.StorageLockedError):
+            await backend.write(WriteBatch([record(2)]))
+        await rival.close()
+        await backend.write(WriteBatch([record(3)]))  # a new session, locked again
+        assert await conn.fetchval(holder, low) is not None
+        assert [r.id for r in await backend.list_runs(RunQuery())] == ["run-0003"]
+
+
 # -- NUL characters: refused one run at a time ---------------------------------------
 
 

@@ -37,6 +37,7 @@ from . import postgres_schema as schema
 from .base import Refusals, RunQuery, StoredState, WriteBatch
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
+from .sql_tables import migrate
 from .summaries import RunTiming
 
 logger = logging.getLogger("keyflow.storage")
@@ -102,6 +103,7 @@ class PostgreSQLBackend(SQLReads):
         """The advisory lock the writer holds (a 64-bit key made from the schema name)."""
         self._engine: AsyncEngine | None = None
         self._writer: AsyncConnection | None = None
+        self._locked = False  # the writer's session holds the lock (a new session does not)
         self._reads = 0  # reads in flight: close() waits for them
         self._reads_done = asyncio.Event()
         self._reads_done.set()
@@ -135,7 +137,7 @@ class PostgreSQLBackend(SQLReads):
             raise
 
     async def _open(self) -> StoredState:
-        settings = {"search_path": self._quoted}
+        settings = {"search_path": self._quoted, "application_name": "keyflow"}
         if self.read_only:
             settings["default_transaction_read_only"] = "on"
         engine = self._engine = create_async_engine(
@@ -161,6 +163,7 @@ class PostgreSQLBackend(SQLReads):
     async def _lock(self, conn: AsyncConnection) -> None:
         locked = (await conn.execute(select(func.pg_try_advisory_lock(self.lock_key)))).scalar()
         await conn.commit()  # a session lock: it outlives the transaction
+        self._locked = bool(locked)
         if not locked:
             raise StorageLockedError(
                 f"{self.place} is in use by another keyflow process (it holds advisory "
@@ -209,14 +212,7 @@ class PostgreSQLBackend(SQLReads):
             await conn.run_sync(schema.create)
             await conn.execute(schema.schema_table.insert().values(version=target))
             return
-        for step in range(version, target):
-            for action in schema.MIGRATIONS[step]:
-                if isinstance(action, str):
-                    await conn.exec_driver_sql(action)
-                else:
-                    await conn.run_sync(action)
-        if version != target:
-            await conn.execute(update(schema.schema_table).values(version=target))
+        await migrate(conn, schema.MIGRATIONS, version, target, schema.schema_table)
 
     async def close(self) -> None:
         """Release the lock and close the connections. Idempotent.
@@ -271,6 +267,12 @@ class PostgreSQLBackend(SQLReads):
         pauses = list(batch.pauses)
         conn = self._writable()
         try:
+            if conn.invalidated or not self._locked:
+                # The session ended (a restarted server, a terminated backend): the lock
+                # went with it. The next statement opens a new session: lock it again
+                # before writing, or refuse to write if another writer came meanwhile.
+                self._locked = False
+                await self._lock(conn)
             async with conn.begin():
                 if rows:
                     await conn.execute(_UPSERT_RUN, rows)
