@@ -26,6 +26,7 @@ from keyflow.testing import VirtualClock
 
 from .conftest import storage_url_for
 from .fakes import DiskLikeBackend
+from .pg import drop_schemas, schema_for
 
 JOBS = ("a", "b")
 KEYS = ("k1", "k2")
@@ -337,6 +338,18 @@ class JSONFileMachine(FileMachine):
     backend = "json"
 
 
+class PostgreSQLMachine(FileMachine):
+    """The same on PostgreSQL (a fresh schema per example, dropped after it)."""
+
+    backend = "postgresql"
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            drop_schemas(schema_for(Path(self.directory.name)))
+
+
 SETTINGS = settings(
     max_examples=150,
     stateful_step_count=30,
@@ -352,3 +365,5 @@ TestGuaranteesSQLite = SQLiteMachine.TestCase
 TestGuaranteesSQLite.settings = FILE_SETTINGS
 TestGuaranteesJSONFile = JSONFileMachine.TestCase
 TestGuaranteesJSONFile.settings = FILE_SETTINGS
+TestGuaranteesPostgreSQL = PostgreSQLMachine.TestCase
+TestGuaranteesPostgreSQL.settings = settings(FILE_SETTINGS, max_examples=20)  # a server hop a write

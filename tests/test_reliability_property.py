@@ -30,7 +30,7 @@ import keyflow
 from keyflow import Coalesce, RunStatus
 from keyflow.cli import read_only_url
 
-from .conftest import storage_url_for
+from .conftest import BACKENDS, storage_url_for
 
 JOBS = ("a", "b")
 KEYS = ("k1", "k2")
@@ -184,7 +184,7 @@ async def play(url: str, triggers: list[tuple[str, str, str | None, tuple[str, s
         assert len(stored) == len(runs) + 1
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "json"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(
     max_examples=25,
     deadline=None,
