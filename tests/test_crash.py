@@ -19,12 +19,14 @@ CYCLES = int(os.environ.get("KEYFLOW_CRASH_CYCLES", "20"))
 
 @pytest.mark.parametrize("backend", ["sqlite", "json", "postgresql"])
 def test_sigkill_loses_no_acknowledged_trigger(backend: str, tmp_path: Path) -> None:
+    # PostgreSQL's checks are the same; half the kills keep the suite's time in bounds.
+    cycles = CYCLES // 2 if backend == "postgresql" else CYCLES
     try:
-        report, problems = crash_test(backend, CYCLES, seed=20261128, directory=tmp_path)
+        report, problems = crash_test(backend, cycles, seed=20261128, directory=tmp_path)
     finally:
         if backend == "postgresql":
             drop_schemas(schema_for(tmp_path))
-    assert len(report.boots) == CYCLES + 1
-    assert len(report.triggers) > 15 * CYCLES  # the children did real work before dying
+    assert len(report.boots) == cycles + 1
+    assert len(report.triggers) > 15 * cycles  # the children did real work before dying
     assert report.poison_run is not None  # the self-killing handler was in the mix
     assert problems == []
