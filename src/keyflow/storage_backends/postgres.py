@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import delete, func, select, update
@@ -55,11 +56,13 @@ FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *DRIVER_ERRORS)
 
 _NUL = "\x00"
 
-KEEPALIVE = {
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-}
+KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
+)
 """The server probes our idle sessions: a writer whose machine died without closing its
 connection loses its session, and so its lock, within about 25 s (not the operating
 system's default of hours). Over TCP only."""
