@@ -284,6 +284,8 @@ class PostgreSQLBackend(SQLReads):
                 # went with it. The next statement opens a new session: lock it again
                 # before writing, or refuse to write if another writer came meanwhile.
                 self._locked = False
+                with contextlib.suppress(*FAILURES):  # a transaction the failure left open
+                    await conn.rollback()
                 await self._lock(conn)
             async with conn.begin():
                 if rows:
