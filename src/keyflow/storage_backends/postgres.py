@@ -152,8 +152,11 @@ class PostgreSQLBackend(SQLReads):
         settings = {"search_path": self._quoted, "application_name": "keyflow", **KEEPALIVE}
         if self.read_only:
             settings["default_transaction_read_only"] = "on"
+        # Reads run one statement each, in autocommit: no BEGIN and ROLLBACK around
+        # them. The writer's connection makes transactions.
         engine = self._engine = create_async_engine(
             self.url,
+            isolation_level="AUTOCOMMIT",
             connect_args={"timeout": self.connect_timeout, "server_settings": settings},
         )
         try:
@@ -162,7 +165,7 @@ class PostgreSQLBackend(SQLReads):
             raise StorageError(f"cannot connect to {self.place}: {driver_reason(exc)}") from exc
         try:
             if not self.read_only:
-                self._writer = conn
+                self._writer = await conn.execution_options(isolation_level="READ COMMITTED")
                 await self._lock(conn)
             state = await self._load(conn)
         except FAILURES as exc:
