@@ -1,13 +1,17 @@
 """Shared fixtures: a factory for schedulers on every backend, and a virtual clock.
 
 ``make_keyflow`` builds on ``storage_url``, which is parametrised over the in-memory,
-SQLite and JSON-file backends: every scheduler-level test is the storage contract too.
-A module that needs one particular storage overrides ``storage_url``.
+SQLite, JSON-file and PostgreSQL backends: every scheduler-level test is the storage
+contract too. A module that needs one particular storage overrides ``storage_url``.
+
+PostgreSQL is the one at ``$KEYFLOW_TEST_POSTGRES`` (the machine's own by default); each
+test gets a schema of its own, dropped after it. Where none is reachable, the PostgreSQL
+cases skip, saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,8 @@ import pytest
 import keyflow
 from keyflow.testing import VirtualClock
 
+from .pg import drop_schemas, postgres_url, schema_of
+
 MakeKeyflow = Callable[..., keyflow.Keyflow]
 
 
@@ -25,20 +31,53 @@ def clock() -> VirtualClock:
     return VirtualClock()
 
 
-BACKENDS = ("memory", "sqlite", "json")
+BACKENDS = ("memory", "sqlite", "json", "postgresql")
+DURABLE = ("sqlite", "json", "postgresql")
+"""The backends whose runs survive a restart."""
 
 
 def storage_url_for(backend: str, directory: Path) -> str:
-    """A fresh storage URL of ``backend`` in ``directory``."""
+    """A fresh storage URL of ``backend`` in ``directory``.
+
+    For ``postgresql``: a schema named after ``directory`` (the same directory, the same
+    schema: a reopen finds what was written); skips the test when PostgreSQL is not
+    reachable.
+    """
     if backend == "memory":
         return "memory://"
+    if backend == "postgresql":
+        return postgres_url(directory)
     suffix = "db" if backend == "sqlite" else "json"
     return f"{backend}:///{directory / f'runs.{suffix}'}"
 
 
+def fresh_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fixture's body: the URL of ``request.param`` in ``tmp_path``, cleaned up after.
+
+    A module's own ``storage_url`` fixture (over other backends) yields from it.
+    """
+    url = storage_url_for(request.param, tmp_path)
+    yield url
+    if request.param == "postgresql":
+        drop_schemas(schema_of(url))
+
+
+def files_only(url: str, what: str) -> None:
+    """Skip a test of storage files (paths, file locks, disks) on a database: ``what`` says."""
+    if url.startswith("postgresql"):
+        pytest.skip(f"{what}: a matter of storage files, which PostgreSQL has none of")
+
+
 @pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schemas_left() -> Iterator[None]:
+    """Schemas tests made without ``storage_url`` (a hypothesis example's): gone at the end."""
+    yield
+    drop_schemas()
 
 
 @pytest.fixture

@@ -300,8 +300,13 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
 
 def crash_test(backend: str, cycles: int, seed: int, directory: Path) -> tuple[Report, list[str]]:
     """Run the whole crash test; return what the log said and the problems found."""
-    suffix = "db" if backend == "sqlite" else "json"
-    url = f"{backend}:///{directory / f'runs.{suffix}'}"
+    if backend == "postgresql":
+        from .pg import postgres_url
+
+        url = postgres_url(directory)
+    else:
+        suffix = "db" if backend == "sqlite" else "json"
+        url = f"{backend}:///{directory / f'runs.{suffix}'}"
     log_path = directory / "workload.log"
     run_cycles(url, log_path, cycles, random.Random(seed))
     report = read_log(log_path)
@@ -318,7 +323,7 @@ def main() -> None:
     child_args.add_argument("--seed", type=int, default=0)
     child_args.add_argument("--drain", action="store_true")
     child_args.add_argument("--poison", action="store_true")
-    parser.add_argument("--backend", choices=("sqlite", "json"), default="sqlite")
+    parser.add_argument("--backend", choices=("sqlite", "json", "postgresql"), default="sqlite")
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from keyflow.backend_contract import StorageBackendContract
-from keyflow.storage_backends import MemoryBackend, StorageBackend
+from keyflow.storage_backends import MemoryBackend, StorageBackend, open_backend
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
+
+from .pg import drop_schemas, need_postgres, postgres_url, schema_for
 
 
 class TestMemoryBackend(StorageBackendContract):
@@ -25,3 +30,14 @@ class TestSQLiteBackend(StorageBackendContract):
 class TestJSONFileBackend(StorageBackendContract):
     def make_backend(self, place: Path, retention: int) -> StorageBackend:
         return JSONFileBackend(place / "runs.json", retention=retention)
+
+
+class TestPostgreSQLBackend(StorageBackendContract):
+    @pytest.fixture(autouse=True)
+    def _schema(self, tmp_path: Path) -> Iterator[None]:
+        need_postgres()
+        yield
+        drop_schemas(schema_for(tmp_path))
+
+    def make_backend(self, place: Path, retention: int) -> StorageBackend:
+        return open_backend(postgres_url(place), retention=retention)

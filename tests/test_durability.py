@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.records import RunRecord
 from keyflow.storage_backends import WriteBatch, open_backend
+from keyflow.storage_backends.postgres import PostgreSQLBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
 from keyflow.testing import VirtualClock
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url
 from .fakes import FaultyJSON
+from .pg import schema_of
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 class Recorder:
@@ -178,7 +183,7 @@ async def test_a_second_writer_is_refused_and_a_reader_is_welcome(
     with pytest.raises(keyflow.StorageLockedError, match="in use by another keyflow process"):
         await rival.start()
 
-    reader = open_backend(storage_url + "?mode=ro", retention=100)
+    reader = open_backend(read_only_url(storage_url), retention=100)
     await reader.open()
     try:
         run = await reader.get_run(done.run_id)
@@ -217,7 +222,20 @@ class FailingJSON(FaultyJSON):
         self.faults.append = value
 
 
-def failing_backend(url: str) -> FailingSQLite | FailingJSON:
+class FailingPostgreSQL(PostgreSQLBackend):
+    """PostgreSQL whose transactions fail after writing, like a server whose disk filled up."""
+
+    failing = False
+
+    async def _prune(self, conn: Any, finished: int) -> int:
+        if self.failing:  # the rows are in the transaction already: it must roll back
+            raise asyncpg.DiskFullError("could not extend file: No space left on device")
+        return await super()._prune(conn, finished)
+
+
+def failing_backend(url: str) -> FailingSQLite | FailingJSON | FailingPostgreSQL:
+    if url.startswith("postgresql"):
+        return FailingPostgreSQL(url.partition("?")[0], schema=schema_of(url))
     path = url.split(":///", 1)[1]
     return FailingSQLite(path) if url.startswith("sqlite") else FailingJSON(path)
 

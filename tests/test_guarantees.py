@@ -35,6 +35,7 @@ from keyflow.testing import VirtualClock
 
 from .conftest import storage_url_for
 from .fakes import DiskLikeBackend
+from .pg import drop_schemas, need_postgres, schema_for
 
 JOBS = ("a", "b")
 KEYS = ("k1", "k2")
@@ -496,6 +497,22 @@ class JSONFileMachine(FileMachine):
     backend = "json"
 
 
+class PostgreSQLMachine(FileMachine):
+    """The same on PostgreSQL (a fresh schema per example, dropped after it)."""
+
+    backend = "postgresql"
+
+    def storage(self) -> str | keyflow.StorageBackend:
+        need_postgres()  # before a directory is made: a skip leaves nothing behind
+        return super().storage()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            drop_schemas(schema_for(Path(self.directory.name)))
+
+
 SETTINGS = settings(
     max_examples=150,
     stateful_step_count=30,
@@ -511,3 +528,5 @@ TestGuaranteesSQLite = SQLiteMachine.TestCase
 TestGuaranteesSQLite.settings = FILE_SETTINGS
 TestGuaranteesJSONFile = JSONFileMachine.TestCase
 TestGuaranteesJSONFile.settings = FILE_SETTINGS
+TestGuaranteesPostgreSQL = PostgreSQLMachine.TestCase
+TestGuaranteesPostgreSQL.settings = settings(FILE_SETTINGS, max_examples=20)  # a server hop a write

@@ -15,6 +15,7 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
 from .conftest import MakeKeyflow
@@ -205,7 +206,7 @@ async def test_stop_is_bounded_by_a_handler_that_swallows_cancellation(
     if storage_url == "memory://":
         run = await kf.get_run(result.run_id)
     else:
-        reader = open_backend(storage_url + "?mode=ro", retention=100)
+        reader = open_backend(read_only_url(storage_url), retention=100)
         await reader.open()
         run = await reader.get_run(result.run_id)
         await reader.close()

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 import keyflow
 from keyflow import Coalesce, RunStatus
+from keyflow.cli import read_only_url
 
-from .conftest import storage_url_for
+from .conftest import BACKENDS, storage_url_for
 
 JOBS = ("a", "b")
 KEYS = ("k1", "k2")
@@ -173,7 +174,7 @@ async def play(url: str, triggers: list[tuple[str, str, str | None, tuple[str, s
     finally:
         await kf.stop(grace=1)
     if url != "memory://":  # what storage holds agrees: every run terminal
-        reader = keyflow.storage_backends.open_backend(url + "?mode=ro", retention=1000)
+        reader = keyflow.storage_backends.open_backend(read_only_url(url), retention=1000)
         await reader.open()
         try:
             stored = await reader.list_runs(keyflow.storage_backends.RunQuery(limit=1000))
@@ -183,7 +184,7 @@ async def play(url: str, triggers: list[tuple[str, str, str | None, tuple[str, s
         assert len(stored) == len(runs) + 1
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "json"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(
     max_examples=25,
     deadline=None,

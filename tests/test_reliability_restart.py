@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,17 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url, storage_url_for
 from .fakes import DiskLikeBackend
 from .test_durability import Recorder, stored_run, write_records
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_a_lower_lane_limit_after_a_restart_keeps_exclusion(
@@ -156,7 +158,7 @@ def test_a_handler_that_kills_its_process_is_failed_as_a_poison_pill(
     assert log.read_text().split() == ["1", "2", "3"]
 
     async def stored() -> list[keyflow.Run]:
-        reader = open_backend(url + "?mode=ro", retention=100)
+        reader = open_backend(read_only_url(url), retention=100)
         await reader.open()
         try:
             return await reader.list_runs(keyflow.storage_backends.RunQuery())

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url, storage_url_for
 from .fakes import DiskLikeBackend
 from .test_durability import Recorder, stored_run, write_records
 
@@ -278,9 +280,9 @@ async def test_runs_a_crash_cut_short_wait_their_turn_without_holding_workers(
 # -- abandoned handlers, locks and cancels across stops and restarts ------------------
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_storage_stays_locked_while_an_abandoned_handler_runs(durable_url: str) -> None:
@@ -518,7 +520,7 @@ async def test_the_storage_of_a_read_only_file_system_can_be_read(tmp_path: Path
             made = await kf.trigger_and_wait("work", {}, timeout=5)
         remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,ro", str(disk))
         assert await remount.wait() == 0
-        reader = open_backend(url + "?mode=ro", retention=10)
+        reader = open_backend(read_only_url(url), retention=10)
         await reader.open()
         try:
             run = await reader.get_run(made.id)

@@ -21,16 +21,17 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.storage_backends import open_backend
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, files_only, fresh_storage_url, storage_url_for
 from .fakes import DiskLikeBackend
 from .test_durability import Recorder, stored_run, write_records
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 def path_of(url: str) -> Path:
@@ -39,7 +40,7 @@ def path_of(url: str) -> Path:
 
 async def stored_runs(url: str) -> dict[str, keyflow.Run]:
     """What a fresh reader of the files finds."""
-    reader = open_backend(url + "?mode=ro", retention=1000)
+    reader = open_backend(read_only_url(url), retention=1000)
     await reader.open()
     try:
         runs = await reader.list_runs(keyflow.storage_backends.RunQuery(limit=1000))
@@ -65,7 +66,7 @@ async def test_a_read_only_scheduler_never_executes_recovers_or_writes(
     await writer.list_runs()  # read your writes: everything above is on disk
 
     reader_handler = Recorder()
-    reader = keyflow.Keyflow(storage=storage_url + "?mode=ro", workers=2)
+    reader = keyflow.Keyflow(storage=read_only_url(storage_url), workers=2)
     reader.job("work")(reader_handler.handler)
     await asyncio.wait_for(reader.start(), timeout=10)  # no crash count to write, no hang
     try:
@@ -135,6 +136,7 @@ def backend_of(url: str) -> str:
 async def test_a_full_disk_refuses_triggers_cleanly_and_recovers_when_space_frees(
     storage_url: str, tmp_path: Path, make_keyflow: MakeKeyflow
 ) -> None:
+    files_only(storage_url, "a full disk")
     with small_disk(tmp_path) as disk:
         url = storage_url_for(backend_of(storage_url), disk)
         kf = make_keyflow(storage=url)
@@ -168,6 +170,7 @@ async def test_a_full_disk_refuses_triggers_cleanly_and_recovers_when_space_free
 async def test_deleting_the_files_under_a_running_scheduler_fails_writes_loudly(
     make_keyflow: MakeKeyflow, storage_url: str, victim: str
 ) -> None:
+    files_only(storage_url, "files deleted under the writer")
     path = path_of(storage_url)
     kf = make_keyflow()
     kf.job("work")(Recorder().handler)
@@ -259,6 +262,7 @@ async def test_a_sqlite_run_stored_as_a_json_list_is_reported_not_raised_raw(
 
 
 async def test_a_directory_as_the_path_is_named(storage_url: str) -> None:
+    files_only(storage_url, "a directory as the path")
     path_of(storage_url).mkdir()
     kf = keyflow.Keyflow(storage=storage_url)
     with pytest.raises(keyflow.StorageError, match="is a directory"):
@@ -268,6 +272,7 @@ async def test_a_directory_as_the_path_is_named(storage_url: str) -> None:
 async def test_a_read_only_directory_is_a_storage_error_naming_the_file(
     storage_url: str, tmp_path: Path
 ) -> None:
+    files_only(storage_url, "a read-only directory")
     with small_disk(tmp_path, options=",ro") as disk:
         url = storage_url_for(backend_of(storage_url), disk)
         kf = keyflow.Keyflow(storage=url)

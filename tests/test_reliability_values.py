@@ -364,7 +364,9 @@ ODD_LABELS = [
 ]
 
 
-async def test_label_filters_find_any_name_and_value(make_keyflow: MakeKeyflow) -> None:
+async def test_label_filters_find_any_name_and_value(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
     kf = make_keyflow()
 
     @kf.job()
@@ -372,9 +374,14 @@ async def test_label_filters_find_any_name_and_value(make_keyflow: MakeKeyflow) 
         return None
 
     await kf.start()
-    made = [(await job.trigger({}, labels=labels)).run_id for labels in ODD_LABELS]
+    odd = ODD_LABELS
+    if storage_url.startswith("postgresql"):  # its text holds no NUL: that run is refused
+        odd = [labels for labels in ODD_LABELS if "\x00" not in labels.get("nul", "")]
+        with pytest.raises(keyflow.StorageError, match="NUL"):
+            await job.trigger({}, labels={"nul": "a\x00b"})
+    made = [(await job.trigger({}, labels=labels)).run_id for labels in odd]
     await kf.run_until_idle(timeout=5)
-    for run_id, labels in zip(made, ODD_LABELS, strict=True):
+    for run_id, labels in zip(made, odd, strict=True):
         found = await kf.list_runs(labels=labels)
         assert [r.id for r in found] == [run_id], labels
         assert await kf.count_runs(labels=labels) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import pytest
 
 import keyflow
 from keyflow import RunStatus
+from keyflow.cli import read_only_url
 from keyflow.demo.sim import SimConfig, Simulation
 from keyflow.demo.simtime import SimTime
 from keyflow.demo.world import World, WorldConfig
 from keyflow.storage_backends import open_backend
 from keyflow.testing import VirtualClock
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url
 
 
 class GatedTime(SimTime):
@@ -45,9 +47,9 @@ class GatedTime(SimTime):
         raise NotImplementedError  # the test drives the story itself
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_a_stop_lets_crawls_trigger_process_and_requeues_the_cut_ones_unharmed(
@@ -73,7 +75,7 @@ async def test_a_stop_lets_crawls_trigger_process_and_requeues_the_cut_ones_unha
     time.sleeping[10.0].set()  # ... but this crawl ends in its grace and triggers process
     await stopping
 
-    reader = open_backend(storage_url + "?mode=ro", retention=100)
+    reader = open_backend(read_only_url(storage_url), retention=100)
     await reader.open()
     try:
         runs = await reader.list_runs(keyflow.storage_backends.RunQuery())

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,13 +21,13 @@ from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.web import create_app
 from keyflow.web.storage_source import opened
 
-from .conftest import MakeKeyflow, storage_url_for
+from .conftest import DURABLE, MakeKeyflow, fresh_storage_url
 from .webkit import Gate, client, free_port
 
 
-@pytest.fixture(params=("sqlite", "json"))
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return storage_url_for(request.param, tmp_path)
+@pytest.fixture(params=DURABLE)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_storage_url(request, tmp_path)
 
 
 async def test_a_storage_dashboard_follows_the_writer(

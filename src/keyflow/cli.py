@@ -66,7 +66,9 @@ def _is_loopback(host: str) -> bool:
 def read_only_url(url: str) -> str:
     """``url`` with ``mode=ro`` (a dashboard never writes)."""
     if url.startswith("memory:"):
-        raise KeyflowError("memory:// lives inside its process: give a sqlite:// or json:// URL")
+        raise KeyflowError(
+            "memory:// lives inside its process: give a sqlite://, json:// or postgresql:// URL"
+        )
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise KeyflowError(f"storage URL {url!r} has no scheme: sqlite:///{url} or json:///{url}?")

@@ -1,7 +1,8 @@
 """Storage backends, chosen by URL scheme.
 
-``memory://`` is built in. Durable backends (``sqlite:///…``, ``json:///…``) are added
-in their own modules and imported only when their scheme is used.
+``memory://`` is built in. Durable backends (``sqlite:///…``, ``json:///…``,
+``postgresql://…``) are added in their own modules and imported only when their scheme
+is used.
 """
 
 from __future__ import annotations
@@ -59,9 +60,37 @@ def open_backend(storage: str | StorageBackend, *, retention: int) -> StorageBac
         read_only = _read_only(storage, options)
         _no_more(storage, options)
         return JSONFileBackend(path, retention=retention, read_only=read_only)
+    if scheme in ("postgresql", "postgresql+asyncpg"):
+        return _postgres(storage, rest, retention)
     raise ConfigurationError(
-        f"unknown storage scheme {scheme!r} in {storage!r}; "
-        "available: 'memory://', 'sqlite:///path.db', 'json:///path.json'"
+        f"unknown storage scheme {scheme!r} in {storage!r}; available: 'memory://', "
+        "'sqlite:///path.db', 'json:///path.json', 'postgresql://user@host:port/db'"
+    )
+
+
+def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
+    """``postgresql://user@host:port/db?schema=name&mode=ro`` (also ``postgresql+asyncpg``)."""
+    from urllib.parse import parse_qsl
+
+    from ..errors import ConfigurationError
+
+    try:
+        from .postgres import PostgreSQLBackend
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{url.partition('://')[0]}:// storage needs asyncpg ({exc}): "
+            "pip install 'keyflow-scheduler[postgres]'"
+        ) from None
+    location, _, query = rest.partition("?")
+    user, at, host = location.rpartition("@")
+    if ":" in user:  # messages never show a password
+        url = url.replace(location, f"{user.partition(':')[0]}:***{at}{host}", 1)
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    schema = options.pop("schema", "public")
+    read_only = _read_only(url, options)
+    _no_more(url, options)
+    return PostgreSQLBackend(
+        f"postgresql+asyncpg://{location}", schema=schema, retention=retention, read_only=read_only
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -26,16 +26,16 @@ from . import sqlite_schema as schema
 from .base import Refusals, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import encode_row, loads_row, record_row, row_record
-from .sqlite_reads import SQLiteReads, driver_reason, register_functions
+from .sql_runs import count_finished, driver_reason, prune_finished
+from .sql_tables import migrate
+from .sqlite_reads import TABLES, SQLiteReads, register_functions
 from .sqlite_schema import (
     INSERT_IDEMPOTENCY,
     INSERT_LABELS,
     ROWID,
     TERMINAL,
     UPSERT_RUN,
-    idempotency_table,
     insert_pause,
-    labels_table,
     pauses_table,
     runs_table,
     schema_table,
@@ -142,7 +142,7 @@ class SQLiteBackend(SQLiteReads):
                     select(pauses_table.c.kind, pauses_table.c.name)
                 )
             )
-            self._finished = await self._count_finished(conn)
+            self._finished = await count_finished(conn, TABLES)
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageCorruptError(
                 f"{self.path} cannot be opened as a keyflow database: {exc}"
@@ -177,15 +177,7 @@ class SQLiteBackend(SQLiteReads):
                 await conn.execute(schema_table.insert().values(version=schema.SCHEMA_VERSION))
             else:
                 version = await self._schema_version(conn)
-                target = schema.SCHEMA_VERSION
-                for step in range(version, target):
-                    for action in schema.MIGRATIONS[step]:
-                        if isinstance(action, str):
-                            await conn.exec_driver_sql(action)
-                        else:
-                            await conn.run_sync(action)
-                if version != target:
-                    await conn.execute(schema_table.update().values(version=target))
+                await migrate(conn, schema.MIGRATIONS, version, schema.SCHEMA_VERSION, schema_table)
             await conn.exec_driver_sql("COMMIT")
         except BaseException:
             await _roll_back(conn)
@@ -287,28 +279,7 @@ class SQLiteBackend(SQLiteReads):
             )
 
     async def _prune(self, conn: AsyncConnection, finished: int) -> int:
-        # Counted exactly only when the estimate is past the slack: O(1) per commit.
-        if finished <= self.retention + self._prune_slack:
-            return finished
-        finished = await self._count_finished(conn)
-        excess = finished - self.retention
-        if excess <= 0:
-            return finished
-        oldest = (
-            select(runs_table.c.id)
-            .where(runs_table.c.status.in_(TERMINAL))
-            .order_by(runs_table.c.finished_at)
-            .limit(excess)
-            .scalar_subquery()
-        )
-        await conn.execute(delete(idempotency_table).where(idempotency_table.c.run_id.in_(oldest)))
-        await conn.execute(delete(labels_table).where(labels_table.c.run_id.in_(oldest)))
-        await conn.execute(delete(runs_table).where(runs_table.c.id.in_(oldest)))
-        return finished - excess
-
-    async def _count_finished(self, conn: AsyncConnection) -> int:
-        query = select(func.count()).where(runs_table.c.status.in_(TERMINAL))
-        return int((await conn.execute(query)).scalar_one())
+        return await prune_finished(conn, TABLES, finished, self.retention, self._prune_slack)
 
     def _writable(self) -> AsyncConnection:
         if self.read_only:

@@ -20,19 +20,16 @@ in one transaction at open.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
     Column,
     Connection,
-    Float,
     Index,
     Integer,
     MetaData,
     String,
     Table,
-    Text,
     insert,
     literal_column,
     select,
@@ -40,56 +37,26 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnClause
 
+from .sql_runs import TERMINAL as TERMINAL
+from .sql_tables import Step as Step
+from .sql_tables import run_columns, side_tables
+
 SCHEMA_VERSION = 3
 """The schema this version writes; older ones are migrated at open."""
-
-TERMINAL = ("cancelled", "completed", "failed")
 
 metadata = MetaData()
 schema_table = Table("keyflow_schema", metadata, Column("version", Integer, nullable=False))
 runs_table = Table(
     "keyflow_runs",
     metadata,
-    Column("id", String, primary_key=True),
-    Column("job", String, nullable=False),
-    Column("concurrency_key", String),
-    Column("status", String, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("finished_at", Float),
-    Column("data", Text, nullable=False),
-    Column("due_at", Float),
-    Column("started_at", Float),
-    Column("attempt", Integer, nullable=False, server_default="0"),
-    Column("trigger_count", Integer, nullable=False, server_default="1"),
+    *run_columns(String()),
     Index("keyflow_runs_status", "status"),
     Index("keyflow_runs_job", "job", "created_at"),
     Index("keyflow_runs_key", "concurrency_key", "created_at"),
     Index("keyflow_runs_created", "created_at"),
     Index("keyflow_runs_finished", "finished_at"),
 )
-idempotency_table = Table(
-    "keyflow_idempotency",
-    metadata,
-    Column("job", String, primary_key=True),
-    Column("idempotency_key", String, primary_key=True),
-    Column("run_id", String, nullable=False),
-    Index("keyflow_idempotency_run", "run_id"),
-)
-labels_table = Table(
-    "keyflow_labels",
-    metadata,
-    Column("run_id", String, primary_key=True),
-    Column("name", String, primary_key=True),
-    Column("value", String, nullable=False),
-    Index("keyflow_labels_name_value", "name", "value"),
-)
-
-pauses_table = Table(
-    "keyflow_pauses",
-    metadata,
-    Column("kind", String, primary_key=True),
-    Column("name", String, primary_key=True),
-)
+idempotency_table, labels_table, pauses_table = side_tables(metadata, String())
 
 ROWID: ColumnClause[int] = literal_column("rowid", Integer)
 
@@ -137,9 +104,6 @@ INSERT_LABELS = _insert_sql(labels_table, ("run_id", "name", "value"), "DO NOTHI
 """Insert ``(run_id, name, value)`` tuples; a run's labels never change."""
 
 insert_pause = sqlite_insert(pauses_table).on_conflict_do_nothing()
-
-Step = str | Callable[[Connection], None]
-"""One step of a migration: SQL text, or a function of the (synchronous) connection."""
 
 
 def _backfill_labels(conn: Connection) -> None:

@@ -1,9 +1,10 @@
-"""``keyflow dashboard --storage URL``: the dashboard of a file another process writes.
+"""``keyflow dashboard --storage URL``: the dashboard of storage another process writes.
 
 Read-only; live by polling, incrementally: each poll first asks whether the files
-changed at all (:func:`~.catalog.file_token`), and only then re-reads the unfinished runs
-and the runs created since (:class:`~.catalog.StorageCatalog`), once for every widget and
-page. An idle file costs a few ``stat`` calls a second, and no render.
+changed at all (:func:`~.catalog.file_token`; a database's backend answers its
+``change_token()``), and only then re-reads the unfinished runs and the runs created
+since (:class:`~.catalog.StorageCatalog`), once for every widget and page. An idle file
+costs a few ``stat`` calls a second, and no render.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
+from ..errors import StorageError
 from ..lane_view import stored_lane_snapshot
 from ..runs import Run, RunStatus
 from ..state import lane_state, slot_held
@@ -57,6 +59,10 @@ class StorageSource(DashboardSource):
         """Measure ages against the newest time in storage, not the wall clock."""
         self.catalog = StorageCatalog(backend)
         self._files = storage_files(backend)
+        self._asks_token = (
+            not self._files and type(backend).change_token is not StorageBackend.change_token
+        )
+        """No files to watch, but the backend tells a change cheaply (a database)."""
         self._cache: tuple[Hashable, float, dict[str, list[Run]]] | None = None
         self._unfinished_counts: dict[str, int] = {}
         """Unfinished runs by status, keyless ones too, as of the latest scan."""
@@ -81,22 +87,29 @@ class StorageSource(DashboardSource):
         """True until the storage is closed."""
         return not self.closed
 
-    def _token(self) -> Hashable:
-        """Changes whenever the storage files do (a new object each time when unknown)."""
-        return file_token(self._files) if self._files else object()
+    async def _token(self) -> Hashable:
+        """Changes whenever the storage does (a new object each time when unknown)."""
+        if self._files:
+            return file_token(self._files)
+        if self._asks_token:
+            try:
+                return await self.backend.change_token()
+            except StorageError:
+                return object()  # the scan that follows tells what is wrong
+        return object()
 
     def _fresh(self, token: Hashable) -> bool:
         if self._cache is None:
             return False
         cached_token, at, _ = self._cache
         age = time.monotonic() - at
-        if not self._files:
+        if not self._files and not self._asks_token:
             return age < self.poll_seconds / 2  # cannot tell: one scan per half poll
         return cached_token == token and age < self.RECHECK_SECONDS
 
     async def _unfinished_by_key(self) -> dict[str, list[Run]]:
         # One scan per change of the files, shared by every widget that asks meanwhile.
-        token = self._token()
+        token = await self._token()
         if self._cache is not None and self._fresh(token):
             return self._cache[2]
         unfinished: list[Run] = []
@@ -247,11 +260,11 @@ class StorageSource(DashboardSource):
 
     async def changes(self) -> AsyncIterator[Changes]:
         """A poll: every ``poll_seconds``, "everything" when the files changed."""
-        seen = self._token()
+        seen = await self._token()
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.poll_seconds)  # polling a file another process writes
-            token = self._token()
+            token = await self._token()
             if token != seen or time.monotonic() - last >= self.RECHECK_SECONDS:
                 seen, last = token, time.monotonic()
                 yield Changes(everything=True)
