@@ -8,12 +8,15 @@ with StorageError; their neighbours in the same batch stand.
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keyflow import Disposition, Keyflow, RunContext, StorageError, TriggerResult
 from keyflow.runs import JSONObject
+from keyflow.storage_backends import MemoryBackend
 from keyflow.storage_backends.base import Refusals, WriteBatch
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
@@ -196,3 +199,172 @@ async def test_a_write_that_returns_junk_counts_as_failed(tmp_path: Path) -> Non
         run = await kf.get_run(result.run_id)
         assert run is not None
         assert run.status == "completed"
+
+
+class RefusingInputs(SQLiteBackend):
+    """SQLite that refuses runs whose input says ``refuse``."""
+
+    async def write(self, batch: WriteBatch) -> Refusals | None:
+        refused: dict[str, Exception] = {
+            r.id: ValueError("input says refuse") for r in batch.runs if r.input.get("refuse")
+        }
+        kept = WriteBatch(
+            [r for r in batch.runs if r.id not in refused],
+            [entry for entry in batch.idempotency if entry[2] not in refused],
+            batch.pauses,
+        )
+        await super().write(kept)
+        return refused or None
+
+
+class GatedRefusingInputs(RefusingInputs):
+    """RefusingInputs whose writes wait at a gate, to interleave triggers."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def write(self, batch: WriteBatch) -> Refusals | None:
+        if batch.runs:
+            self.writing.set()
+            await self.gate.wait()
+        return await super().write(batch)
+
+
+async def test_a_key_whose_run_storage_refuses_is_free_again(tmp_path: Path) -> None:
+    backend = GatedRefusingInputs(tmp_path / "runs.db")
+    kf = Keyflow(backend)
+    kf.job("work")(_noop)
+    async with kf:
+        first = asyncio.ensure_future(kf.trigger("work", {"refuse": True}, idempotency_key="a"))
+        await backend.writing.wait()  # decided, its write in flight
+        second = asyncio.ensure_future(kf.trigger("work", {"n": 2}, idempotency_key="a"))
+        backend.gate.set()
+        with pytest.raises(StorageError, match="refused"):
+            await first
+        result = await second  # it never leant on the refused run: it made its own
+        assert result.disposition is Disposition.CREATED
+        await kf.run_until_idle()
+        runs = await kf.list_runs()
+        assert [(r.id, r.input, r.status) for r in runs] == [(result.run_id, {"n": 2}, "completed")]
+
+
+async def test_a_trigger_replacing_a_refused_run_stands_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kf = Keyflow(RefusingInputs(tmp_path / "runs.db"))
+    kf.job("work")(_noop)
+    async with kf:
+        refused, replacing = await asyncio.gather(
+            kf.trigger("work", {"refuse": True}, concurrency_key="k"),
+            kf.trigger("work", {}, concurrency_key="k", coalesce="cancel"),
+            return_exceptions=True,
+        )
+        assert isinstance(refused, StorageError)
+        assert isinstance(replacing, TriggerResult)  # nothing left to replace: it stands
+        await kf.run_until_idle()
+        assert kf.statistics().cancelled == 0
+        run = await kf.get_run(replacing.run_id)
+        assert run is not None
+        assert run.status == "completed"
+        assert await kf.count_runs() == 1
+    assert "failed to settle" not in caplog.text
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_every_acknowledged_trigger_is_stored_and_runs(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    kf = Keyflow(RefusingInputs(tmp_path / "runs.db"))
+    kf.job("work")(_noop)
+    async with kf:
+        for _ in range(5):
+            calls = []
+            for _ in range(50):
+                options: dict[str, Any] = {
+                    "concurrency_key": f"k{rng.randrange(4)}",
+                    "coalesce": rng.choice([None, "skip", "queue", "cancel"]),
+                }
+                if rng.random() < 0.3:
+                    options["idempotency_key"] = f"i{rng.randrange(10)}"
+                calls.append(kf.trigger("work", {"refuse": rng.random() < 0.3}, **options))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            await kf.run_until_idle()
+            for result in results:
+                if isinstance(result, TriggerResult):
+                    run = await kf.get_run(result.run_id)
+                    assert run is not None, result
+                    assert run.status in ("completed", "cancelled"), (result, run.status)
+                else:
+                    assert isinstance(result, StorageError), result
+        assert await kf.count_runs(status="queued") == 0
+
+
+class RefusesOneForever(MemoryBackend):
+    """The in-memory fake, refusing every write of one finished run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.victim: str | None = None
+        self.refusals = 0
+        self.refused_twice = asyncio.Event()
+
+    def write_sync(self, batch: WriteBatch) -> Refusals | None:
+        self.writes += 1
+        refused = {r.id: ValueError("never") for r in batch.runs if r.id == self.victim}
+        self.refusals += len(refused)
+        if self.refusals >= 2:
+            self.refused_twice.set()
+        super().write_sync(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        return refused or None
+
+
+class RefusesOneForeverSQLite(SQLiteBackend):
+    """SQLite refusing every write of one finished run."""
+
+    writes = 0
+    victim: str | None = None
+    refusals = 0
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.refused_twice = asyncio.Event()
+
+    async def write(self, batch: WriteBatch) -> Refusals | None:
+        self.writes += 1
+        refused = {r.id: ValueError("never") for r in batch.runs if r.id == self.victim}
+        self.refusals += len(refused)
+        if self.refusals >= 2:
+            self.refused_twice.set()
+        await super().write(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        return refused or None
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_change_refused_forever_is_retried_with_pauses_and_stop_ends(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyflow.lifecycle
+
+    monkeypatch.setattr(keyflow.lifecycle, "STOP_FLUSH_SECONDS", 0.5)
+    backend: RefusesOneForever | RefusesOneForeverSQLite = (
+        RefusesOneForever() if kind == "memory" else RefusesOneForeverSQLite(tmp_path / "r.db")
+    )
+    kf = Keyflow(backend)
+    finished = asyncio.Event()
+
+    @kf.job
+    async def work(ctx: RunContext, input: JSONObject) -> None:
+        backend.victim = ctx.run_id  # its finish is what storage will refuse
+        finished.set()
+
+    await kf.start()
+    await kf.trigger("work")
+    await finished.wait()
+    await backend.refused_twice.wait()  # refused, and refused again when retried
+    assert "refused" in (kf.statistics().storage_error or "")
+    before = backend.writes
+    await asyncio.wait_for(kf.stop(grace=0), 5)  # bounded, the loop never blocked
+    # Paced by the retry pauses (0.01 s, 0.05 s, ...), not thousands of writes a second.
+    assert backend.writes - before < 100

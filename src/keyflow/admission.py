@@ -190,7 +190,7 @@ class Admission(Runtime):
             txn.waiters = [self.waiters.covering_waiter(record) for record in txn.covered]
         if txn.victims:
             for victim in txn.victims:
-                if not victim.status.is_terminal:
+                if not victim.status.is_terminal and victim.id in self.records:
                     self.cancel(victim)
         if self.waiters.changes:
             self.waiters.changed()

@@ -283,7 +283,11 @@ class CommitPipeline:
         if batch.pauses:
             write.pauses = [(kind, name, on) for (kind, name), on in batch.pauses.items()]
         for txn in batch.txns:
+            if txn.error is not None:
+                continue  # failed before its write (it joined a run storage refused)
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
+            if len(txn.created) + len(txn.joined) > 1:
+                write.groups.append(tuple(_leant_on(txn)))
         return batch, write
 
     def write_new_failed(self, exc: Exception) -> StorageError:
@@ -342,10 +346,9 @@ class CommitPipeline:
 
     def _written(self, batch: _Batch, refused: Refusals | None = None) -> None:
         self._inflight = None
-        self._recovered()
         self.batches_written += 1
-        if refused:
-            self._refused(batch, refused)
+        if not (refused and self._refused(batch, refused)):
+            self._recovered()  # (a refused execution change is not a recovery)
         for txn in batch.txns:
             if txn.error is not None:
                 continue  # refused and rolled back: its caller hears why
@@ -356,28 +359,52 @@ class CommitPipeline:
         if batch.future is not None and not batch.future.done():
             batch.future.set_result(None)
 
-    def _refused(self, batch: _Batch, refused: Refusals) -> None:
+    def _refused(self, batch: _Batch, refused: Refusals) -> bool:
         """Storage stored ``batch`` but the runs in ``refused``: undo what needs them.
 
-        Every transaction that made or joined a refused run is rolled back (newest
-        first, as later ones may depend on earlier ones) and told why; its neighbours
-        stand. A refused execution change is written again with the next batch.
+        A transaction fails, and is rolled back and told why, when it made or joined a
+        refused run; its own new runs then count as refused for the transactions after
+        it (in this batch or the next) that joined them. (A backend refuses the runs of one transaction together:
+        ``WriteBatch.groups``.) The others stand. A refused execution change is
+        written again, after the retry pause of a failed write.
         """
-        rolled_back: set[str] = set()
-        for txn in reversed(batch.txns):
-            touched = [r.id for r in txn.created] + [join[0].id for join in txn.joined]
-            reason = next((run_id for run_id in touched if run_id in refused), None)
+        dead: dict[str, Exception] = dict(refused)
+        failed: list[Txn] = []
+        # In decision order, this batch's and then those decided since (the open
+        # batch): a later transaction may have joined a run an earlier one made.
+        for txn in (*batch.txns, *self._open.txns):
+            reason = next((run_id for run_id in _leant_on(txn) if run_id in dead), None)
             if reason is None:
                 continue
-            logger.warning("storage refused run %s: %r", reason, refused[reason])
-            txn.error = StorageError(f"storage refused run {reason}: {refused[reason]}")
+            logger.warning("storage refused run %s: %r", reason, dead[reason])
+            txn.error = StorageError(f"storage refused run {reason}: {dead[reason]}")
+            failed.append(txn)
+            for record in txn.created:
+                dead.setdefault(record.id, txn.error)
+        rolled_back: set[str] = set()
+        for txn in reversed(failed):
             self._roll_back(txn)
             rolled_back.update(r.id for r in txn.created)
-        for run_id in refused:
-            record = batch.records.get(run_id)
-            if record is not None and run_id not in rolled_back:
-                self._open.records.setdefault(run_id, record)
-                self._start_flushing()
+        for run_id in rolled_back:
+            self._open.records.pop(run_id, None)  # never to be written
+        retried = [
+            kept
+            for run_id in refused
+            if (kept := batch.records.get(run_id)) is not None and run_id not in rolled_back
+        ]
+        if not retried:
+            return False
+            # Storage keeps refusing an execution change: pause like after a failed write,
+        # so a backend that always refuses cannot spin the loop.
+        error = StorageError(f"storage refused run {retried[0].id}: {refused[retried[0].id]}")
+        self._failures += 1
+        self.last_error = error
+        logger.error("storage refused %d execution change(s): %r", len(retried), error)
+        for record in retried:
+            self._open.records.setdefault(record.id, record)
+        if self._flush_task is None and not self._closed:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        return True
 
     def _fail(self, batch: _Batch, exc: Exception) -> StorageError:
         self._failures += 1
@@ -404,6 +431,15 @@ class CommitPipeline:
         retry.pauses = {**batch.pauses, **pending.pauses}
         self._open = retry
         return error
+
+
+def _leant_on(txn: Txn) -> list[str]:
+    """The runs a transaction's outcome depends on: those it made or joined.
+
+    (A run it found by idempotency key was durable before it was found; a run it
+    replaces and that storage refused needs no cancel.)
+    """
+    return [*(record.id for record in txn.created), *(join[0].id for join in txn.joined)]
 
 
 def _refusals(result: object) -> Refusals | None:

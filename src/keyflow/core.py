@@ -23,6 +23,7 @@ from .jobs import DEFAULT
 from .lane_view import lane_snapshot
 from .live import Counters
 from .options_types import TRIGGER_OPTIONS, TriggerOptions
+from .records import RunRecord
 from .runs import Disposition, JSONObject, TriggerResult
 from .state import PENDING, RUNNING, SCHEDULED
 from .stats import LaneSnapshot
@@ -86,7 +87,12 @@ class Core(Admission):
         stored: dict[int, str] = {}
         for trig in prepared:
             if trig.idempotency_key is not None:
-                stored = await self._stored_idempotency(prepared)
+                while True:  # until nothing is awaited between the lookups and the decision
+                    stored = await self._stored_idempotency(prepared)
+                    waiting = self._found_not_durable(prepared)
+                    if waiting is None:
+                        break
+                    await self.pipeline.until_written(waiting)
                 if not (self.accepting or (chained and self.accepting_chained)):
                     self._refuse()  # a stop may have begun meanwhile
                 break
@@ -117,6 +123,19 @@ class Core(Admission):
         else:
             self.settle(txn)
         return txn
+
+    def _found_not_durable(self, prepared: list[PreparedTrigger]) -> RunRecord | None:
+        """A run these triggers' keys find in memory that is not durable yet, if any.
+
+        A trigger that finds a run by its key is acknowledged with that run: it must
+        not lean on a run storage may still refuse (then the key is free again).
+        """
+        for trig in prepared:
+            key = trig.idempotency_key
+            found = None if key is None else self.idempotency.get((trig.job.name, key))
+            if found is not None and not found.durable:
+                return found
+        return None
 
     async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
         """Run ids of idempotency keys known to storage but no longer in memory."""

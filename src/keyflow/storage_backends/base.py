@@ -10,7 +10,8 @@ Contract for :meth:`StorageBackend.write`:
   raises (wrap the backend's own errors in :class:`~keyflow.errors.StorageError`);
 * except for runs it *refuses*: ``write`` may return :data:`Refusals`, the ids of runs
   it did not store (each with the reason), having stored everything else of the batch
-  but those runs' rows and idempotency entries. The scheduler then fails only the
+  but those runs' rows and idempotency entries. Runs named together in
+  ``batch.groups`` are refused together. The scheduler then fails only the
   triggers that made or joined a refused run (one refused run does not fail its batch
   neighbours) and writes a refused execution change again with the next batch. A
   backend over a shared database refuses e.g. a run whose idempotency key another
@@ -51,9 +52,10 @@ class WriteBatch:
         idempotency: new ``(job, idempotency_key, run_id)`` entries.
         pauses: ``(kind, name, paused)`` changes: ``("job", "process", True)`` pauses
             the job ``process``; ``("key", "k", False)`` resumes the lane ``k``.
+        groups: runs refused together, if at all (see :meth:`StorageBackend.write`).
     """
 
-    __slots__ = ("idempotency", "pauses", "runs")
+    __slots__ = ("groups", "idempotency", "pauses", "runs")
 
     def __init__(
         self,
@@ -64,6 +66,9 @@ class WriteBatch:
         self.runs: list[RunRecord] = [] if runs is None else runs
         self.idempotency: list[tuple[str, str, str]] = [] if idempotency is None else idempotency
         self.pauses: list[tuple[str, str, bool]] = [] if pauses is None else pauses
+        self.groups: list[tuple[str, ...]] = []
+        """Ids of runs that stand or fall together (those one ``batch_trigger`` made or
+        joined): a backend that refuses one of them refuses them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +235,12 @@ class StorageBackend(ABC):
         """Persist one new, unfinished run without awaiting (:meth:`write_sync` of it alone).
 
         Raises:
-            StorageError: nothing was stored.
+            StorageError: nothing was stored (also when :meth:`write_sync` refused it).
         """
-        self.write_sync(WriteBatch([record]))
+        refused = self.write_sync(WriteBatch([record]))
+        if refused:
+            reason = refused.get(record.id, next(iter(refused.values())))
+            raise StorageError(f"storage refused run {record.id}: {reason}")
 
     @abstractmethod
     async def open(self) -> StoredState:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from mypy_extensions import mypyc_attr
 
+from ..errors import StorageError
 from ..runs import Run
 from .base import Refusals, RunQuery, StorageBackend, StoredState, WriteBatch, count_of, page_of
 from .rows import dumps, record_row
@@ -41,6 +42,8 @@ class MemoryBackend(StorageBackend):
         self._keys_of_run: dict[str, list[tuple[str, str]]] = {}
         self._paused: set[tuple[str, str]] = set()
         self._writes = 0
+        self._own_writes = type(self).write_sync is MemoryBackend.write_sync
+        """False in a subclass with its own ``write_sync``: new runs go through it too."""
 
     async def open(self) -> StoredState:
         """Start empty, or with what an earlier ``open`` in this process left."""
@@ -89,7 +92,19 @@ class MemoryBackend(StorageBackend):
         return None
 
     def write_new_sync(self, record: RunRecord) -> None:
-        """Register a new run (it cannot be finished yet: nothing to retire)."""
+        """Register a new run (it cannot be finished yet: nothing to retire).
+
+        A subclass that overrides :meth:`write_sync` sees new runs there too (and may
+        refuse them, see :meth:`StorageBackend.write`).
+
+        Raises:
+            StorageError: the subclass's ``write_sync`` refused the run.
+        """
+        if not self._own_writes:
+            refused = self.write_sync(WriteBatch([record]))
+            if refused:
+                raise StorageError(f"storage refused run {record.id}: {refused.get(record.id)}")
+            return
         self._runs[record.id] = record
         self._writes += 1
 
