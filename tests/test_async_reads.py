@@ -95,3 +95,13 @@ async def test_list_lanes_refuses_a_prefix_keys_refuses(make_keyflow: MakeKeyflo
     with pytest.raises(keyflow.ConfigurationError) as async_error:
         await kf.list_lanes(3)  # type: ignore[arg-type]
     assert str(async_error.value) == str(sync_error.value)
+
+
+@pytest.mark.parametrize("key", [1, None, b"k", ("k",)])
+async def test_a_lane_key_must_be_a_string(key: object) -> None:
+    kf = keyflow.Keyflow()
+    async with kf:
+        with pytest.raises(keyflow.ConfigurationError, match="key must be a string"):
+            kf.lane(key)  # type: ignore[arg-type]
+        with pytest.raises(keyflow.ConfigurationError, match="key must be a string"):
+            await kf.get_lane(key)  # type: ignore[arg-type]

@@ -368,3 +368,28 @@ async def test_a_change_refused_forever_is_retried_with_pauses_and_stop_ends(
     await asyncio.wait_for(kf.stop(grace=0), 5)  # bounded, the loop never blocked
     # Paced by the retry pauses (0.01 s, 0.05 s, ...), not thousands of writes a second.
     assert backend.writes - before < 100
+
+
+class RefusingFake(MemoryBackend):
+    """The in-memory fake, refusing new runs whose input says ``refuse``."""
+
+    def write_sync(self, batch: WriteBatch) -> Refusals | None:
+        refused = {r.id: ValueError("no") for r in batch.runs if r.input.get("refuse")}
+        super().write_sync(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        return refused or None
+
+
+async def test_a_memory_fake_with_its_own_write_sync_can_refuse_new_runs() -> None:
+    kf = Keyflow(RefusingFake())
+    ran: list[str] = []
+
+    @kf.job
+    async def work(ctx: RunContext, input: JSONObject) -> None:
+        ran.append(ctx.run_id)
+
+    async with kf:
+        with pytest.raises(StorageError, match="refused"):
+            await kf.trigger("work", {"refuse": True})
+        kept = await kf.trigger("work", {})
+        await kf.run_until_idle()
+    assert ran == [kept.run_id]

@@ -364,9 +364,10 @@ class CommitPipeline:
 
         A transaction fails, and is rolled back and told why, when it made or joined a
         refused run; its own new runs then count as refused for the transactions after
-        it (in this batch or the next) that joined them. (A backend refuses the runs of one transaction together:
-        ``WriteBatch.groups``.) The others stand. A refused execution change is
-        written again, after the retry pause of a failed write.
+        it (in this batch or the next) that joined them. (A backend refuses the runs
+        of one transaction together: ``WriteBatch.groups``.) The others stand. A
+        refused execution change is written again, after the retry pause of a failed
+        write.
         """
         dead: dict[str, Exception] = dict(refused)
         failed: list[Txn] = []

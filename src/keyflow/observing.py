@@ -46,7 +46,13 @@ class Observing(Triggering):
         return {"idle": idle, "running": running, "running+queued": queued}
 
     def lane(self, key: str) -> LaneSnapshot:
-        """The snapshot of one key's lane (idle when it has no unfinished run)."""
+        """The snapshot of one key's lane (idle when it has no unfinished run).
+
+        Raises:
+            ConfigurationError: ``key`` is not a string.
+        """
+        if not isinstance(key, str):
+            raise ConfigurationError(f"key must be a string, got {safe_repr(key)}")
         return self._core.lane_snapshot(key)
 
     def statistics(self) -> Statistics:
