@@ -321,3 +321,18 @@ async def test_a_driver_error_is_said_in_the_drivers_words(url: str, tmp_path: P
         assert await backend.get_run("run-0001") is None  # the batch rolled back whole
         await backend.write(WriteBatch([record(1)]))  # the connection still writes
         assert await backend.get_run("run-0001") is not None
+
+
+async def test_a_batch_trigger_with_one_nul_run_is_refused_whole(url: str) -> None:
+    kf = keyflow.Keyflow(storage=url, workers=2)
+    kf.job("work")(_noop)
+    async with kf:
+        with pytest.raises(keyflow.StorageError, match="NUL"):
+            await kf.batch_trigger(
+                [
+                    keyflow.TriggerRequest("work", concurrency_key="fine"),
+                    keyflow.TriggerRequest("work", concurrency_key="bad\x00key"),
+                ]
+            )
+        await kf.run_until_idle()
+        assert await kf.count_runs() == 0  # all or nothing, as batch_trigger promises

@@ -19,6 +19,7 @@ records built by :func:`record`; they need nothing but pytest's ``tmp_path``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,20 @@ class StorageBackendContract(ABC):
             assert done.status is RunStatus.COMPLETED
             assert done.output == {"done": "run-0001"}
             assert done.finished_at == T0 + 2
+        finally:
+            await backend.close()
+
+    async def test_a_storable_batch_is_stored_whole(self, tmp_path: Path) -> None:
+        """``write`` answers None (or no refusals) for runs it can store."""
+        backend = await self.opened(tmp_path)
+        try:
+            runs = [record(1), record(2, labels={"a": "b"}), finish(record(3))]
+            batch = WriteBatch(runs, [("crawl", "key-1", "run-0001")])
+            batch.groups.append(("run-0001", "run-0002"))
+            result = await backend.write(batch)
+            assert result is None or (isinstance(result, Mapping) and not result), result
+            assert await backend.count_runs(RunQuery()) == 3
+            assert await backend.find_idempotent("crawl", "key-1") == "run-0001"
         finally:
             await backend.close()
 

@@ -266,6 +266,11 @@ class PostgreSQLBackend(SQLReads):
         for job, key, run_id in batch.idempotency:
             if _NUL in job or _NUL in key:
                 refused.setdefault(run_id, _nul_error(run_id, "idempotency key"))
+        for group in batch.groups:  # runs refused together (one batch_trigger's)
+            reason = next((refused[run_id] for run_id in group if run_id in refused), None)
+            if reason is not None:
+                for run_id in group:
+                    refused.setdefault(run_id, reason)
         rows = [_columns(record) for record in batch.runs if record.id not in refused]
         keys = [
             {"job": job, "idempotency_key": key, "run_id": run_id}
