@@ -23,7 +23,7 @@ keyflow: an asyncio job scheduler with per-key trigger coalescing that never los
 trailing trigger.
 
   keyflow demo        the crawl -> process story, live, with its dashboard
-  keyflow dashboard   a read-only dashboard over a storage file another process writes
+  keyflow dashboard   a read-only dashboard over storage another process writes
 
 Run "keyflow demo --help" or "keyflow dashboard --help" for their options.
 """
@@ -350,12 +350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _demo_parser(commands)
     dash = commands.add_parser(
         "dashboard",
-        help="a read-only dashboard over a storage file another process writes",
-        description="Serve the dashboard of a storage file that another keyflow process "
-        "writes: read-only, live by re-reading the file.",
+        help="a read-only dashboard over storage another process writes",
+        description="Serve the dashboard of storage (a file or a database) that another "
+        "keyflow process writes: read-only, live by re-reading it.",
     )
     dash.add_argument(
-        "--storage", required=True, help="sqlite:///runs.db or json:///runs.json (required)"
+        "--storage",
+        required=True,
+        help="sqlite:///runs.db, json:///runs.json or postgresql://… (required)",
     )
     dash.add_argument("--host", default="127.0.0.1", help=_with_default("address", "127.0.0.1"))
     dash.add_argument(
