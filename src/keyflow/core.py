@@ -89,12 +89,12 @@ class Core(Admission):
             if trig.idempotency_key is not None:
                 while True:  # until nothing is awaited between the lookups and the decision
                     stored = await self._stored_idempotency(prepared)
+                    if not (self.accepting or (chained and self.accepting_chained)):
+                        self._refuse()  # a stop may have begun meanwhile
                     waiting = self._found_not_durable(prepared)
                     if waiting is None:
                         break
                     await self.pipeline.until_written(waiting)
-                if not (self.accepting or (chained and self.accepting_chained)):
-                    self._refuse()  # a stop may have begun meanwhile
                 break
         txn = Txn(wait=wait)
         results = txn.results
