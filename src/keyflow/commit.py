@@ -374,6 +374,8 @@ class CommitPipeline:
         # In decision order, this batch's and then those decided since (the open
         # batch): a later transaction may have joined a run an earlier one made.
         for txn in (*batch.txns, *self._open.txns):
+            if txn.error is not None:
+                continue  # failed (and rolled back) already
             reason = next((run_id for run_id in _leant_on(txn) if run_id in dead), None)
             if reason is None:
                 continue
@@ -395,7 +397,7 @@ class CommitPipeline:
         ]
         if not retried:
             return False
-            # Storage keeps refusing an execution change: pause like after a failed write,
+        # Storage keeps refusing an execution change: pause like after a failed write,
         # so a backend that always refuses cannot spin the loop.
         error = StorageError(f"storage refused run {retried[0].id}: {refused[retried[0].id]}")
         self._failures += 1
@@ -419,8 +421,9 @@ class CommitPipeline:
         pending = self._open
         rolled_back: set[str] = set()
         for txn in reversed(batch.txns + pending.txns):
-            self._roll_back(txn)
-            rolled_back.update(r.id for r in txn.created)
+            if txn.error is None:  # (one storage refused is rolled back already)
+                self._roll_back(txn)
+                rolled_back.update(r.id for r in txn.created)
         for waiting in (batch, pending):
             if waiting.future is not None and not waiting.future.done():
                 waiting.future.set_exception(error)
