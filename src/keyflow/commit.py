@@ -287,7 +287,7 @@ class CommitPipeline:
                 continue  # failed before its write (it joined a run storage refused)
             write.idempotency.extend((job, key, rec.id) for job, key, rec in txn.idempotency)
             if len(txn.created) + len(txn.joined) > 1:
-                write.groups.append(tuple(_leant_on(txn)))
+                write.groups.append(tuple(txn.leant_on()))
         return batch, write
 
     def write_new_failed(self, exc: Exception) -> StorageError:
@@ -376,7 +376,7 @@ class CommitPipeline:
         for txn in (*batch.txns, *self._open.txns):
             if txn.error is not None:
                 continue  # failed (and rolled back) already
-            reason = next((run_id for run_id in _leant_on(txn) if run_id in dead), None)
+            reason = next((run_id for run_id in txn.leant_on() if run_id in dead), None)
             if reason is None:
                 continue
             logger.warning("storage refused run %s: %r", reason, dead[reason])
@@ -435,15 +435,6 @@ class CommitPipeline:
         retry.pauses = {**batch.pauses, **pending.pauses}
         self._open = retry
         return error
-
-
-def _leant_on(txn: Txn) -> list[str]:
-    """The runs a transaction's outcome depends on: those it made or joined.
-
-    (A run it found by idempotency key was durable before it was found; a run it
-    replaces and that storage refused needs no cancel.)
-    """
-    return [*(record.id for record in txn.created), *(join[0].id for join in txn.joined)]
 
 
 def _refusals(result: object) -> Refusals | None:

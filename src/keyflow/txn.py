@@ -58,6 +58,14 @@ class Txn:
         self.error: StorageError | None = None
         """Set when storage refused a run of this transaction (it was rolled back)."""
 
+    def leant_on(self) -> list[str]:
+        """The runs this transaction's outcome depends on: those it made or joined.
+
+        (A run it found by idempotency key was durable before it was found; a run it
+        replaces and that storage refused needs no cancel.)
+        """
+        return [*(record.id for record in self.created), *(join[0].id for join in self.joined)]
+
     @property
     def touched(self) -> list[RunRecord]:
         """The runs this transaction created or joined."""
