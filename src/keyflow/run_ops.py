@@ -118,7 +118,16 @@ class RunOps(Lifecycle):
                 raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
             if run is not None:
                 return run
-        waiter = self._core.waiters.run_waiter(run_id)
+        return await self._await_end(run_id, self._core.waiters.run_waiter(run_id), timeout)
+
+    async def _await_end(
+        self, run_id: str, waiter: asyncio.Future[Run], timeout: float | None
+    ) -> Run:
+        """The run ``waiter`` resolves with; the waiter is dropped however this ends.
+
+        Raises:
+            WaitTimeoutError: it did not finish within ``timeout`` seconds.
+        """
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:

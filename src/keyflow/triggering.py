@@ -7,12 +7,11 @@ its arguments and hands them to the core (:meth:`keyflow.core.Core.accept`, then
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Unpack
 
 from .coalesce import CoalesceOption
-from .errors import ConfigurationError, RunNotFoundError, WaitTimeoutError
+from .errors import ConfigurationError, RunNotFoundError
 from .jobs import DEFAULT, Default
 from .options import optional_seconds
 from .options_types import TriggerOptions
@@ -127,12 +126,7 @@ class Triggering(RunOps):
             waiter = txn.waiters[0]
         if waiter is None:  # known only to storage (idempotency): finished already
             return await self.wait(run_id, timeout=timeout)
-        try:
-            return await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
-        finally:
-            self._core.waiters.forget_waiter(run_id, waiter)
+        return await self._await_end(run_id, waiter, timeout)
 
     async def retrigger(self, run_id: str) -> TriggerResult:
         """Trigger the job of a run again with the same input, key and labels.
