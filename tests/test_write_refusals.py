@@ -21,6 +21,16 @@ from keyflow.storage_backends.base import Refusals, WriteBatch
 from keyflow.storage_backends.sqlite import SQLiteBackend
 
 
+def _without(batch: WriteBatch, refused: Refusals) -> WriteBatch:
+    """``batch`` less the refused runs and their idempotency keys: what a refusing
+    backend stores."""
+    return WriteBatch(
+        [r for r in batch.runs if r.id not in refused],
+        [entry for entry in batch.idempotency if entry[2] not in refused],
+        batch.pauses,
+    )
+
+
 class RefusingSQLite(SQLiteBackend):
     """SQLite that refuses to store runs labelled ``refuse`` (as a shared database
     might refuse a run whose idempotency key another process took first)."""
@@ -34,11 +44,7 @@ class RefusingSQLite(SQLiteBackend):
         refused: dict[str, Exception] = {
             r.id: ValueError("labelled refuse") for r in batch.runs if r.labels.get("refuse")
         }
-        kept = WriteBatch(
-            [r for r in batch.runs if r.id not in refused],
-            [entry for entry in batch.idempotency if entry[2] not in refused],
-            batch.pauses,
-        )
+        kept = _without(batch, refused)
         self.batches.append(len(batch.runs))
         await super().write(kept)
         return refused or None
@@ -150,7 +156,7 @@ class RefusesFirstFinish(SQLiteBackend):
             if r.status.is_terminal and r.id not in self.refused
         }
         self.refused.extend(refused)
-        await super().write(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        await super().write(_without(batch, refused))
         return refused or None
 
 
@@ -208,11 +214,7 @@ class RefusingInputs(SQLiteBackend):
         refused: dict[str, Exception] = {
             r.id: ValueError("input says refuse") for r in batch.runs if r.input.get("refuse")
         }
-        kept = WriteBatch(
-            [r for r in batch.runs if r.id not in refused],
-            [entry for entry in batch.idempotency if entry[2] not in refused],
-            batch.pauses,
-        )
+        kept = _without(batch, refused)
         await super().write(kept)
         return refused or None
 
@@ -316,7 +318,7 @@ class RefusesOneForever(MemoryBackend):
         self.refusals += len(refused)
         if self.refusals >= 2:
             self.refused_twice.set()
-        super().write_sync(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        super().write_sync(_without(batch, refused))
         return refused or None
 
 
@@ -337,7 +339,7 @@ class RefusesOneForeverSQLite(SQLiteBackend):
         self.refusals += len(refused)
         if self.refusals >= 2:
             self.refused_twice.set()
-        await super().write(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        await super().write(_without(batch, refused))
         return refused or None
 
 
@@ -375,7 +377,7 @@ class RefusingFake(MemoryBackend):
 
     def write_sync(self, batch: WriteBatch) -> Refusals | None:
         refused = {r.id: ValueError("no") for r in batch.runs if r.input.get("refuse")}
-        super().write_sync(WriteBatch([r for r in batch.runs if r.id not in refused]))
+        super().write_sync(_without(batch, refused))
         return refused or None
 
 
