@@ -107,7 +107,7 @@ class Admission(Runtime):
             old_input = record.input
             kept = record.coalesced
             evicted = kept[0] if kept is not None and len(kept) == MAX_COALESCED_KEPT else None
-            old_due, entry = self._join(record, trig, coalesce, now)
+            old_due, entry = join_run(record, trig, coalesce, now)
             record.unsettled += 1
             txn.joined.append((record, old_input, old_due, evicted, entry))
             disposition = D_COALESCED
@@ -116,7 +116,7 @@ class Admission(Runtime):
             disposition = new_run_disposition(lane, victims, due=due)
             if key is not None and lane is None:
                 lane = self.lanes[key] = self.new_lane(key)  # may raise: nothing changed yet
-            record = self._new_record(trig, now, due, durable=False)
+            record = new_record(self.ids.next(), trig, now, durable=False)
             self.records[record.id] = record
             self.status_counts[record.status.ordinal] += 1
             if lane is not None:
@@ -132,29 +132,6 @@ class Admission(Runtime):
         if txn.covered is not None:
             txn.covered.append(record)
         return result
-
-    def _join(
-        self, target: RunRecord, trig: PreparedTrigger, coalesce: Coalesce, now: float
-    ) -> tuple[float, Coalescence]:
-        """Join ``target`` in memory; return its old due time and the stored entry."""
-        old_input = target.input
-        if target.attempt == 0:  # a run that started keeps its input
-            policy = coalesce.input
-            if policy == "latest":
-                target.input = trig.input
-            elif policy != "first":
-                target.input = _merge(policy, old_input, trig.input, trig.job.name)
-        entry = (now, trig.input, trig.parent_run_id)
-        kept = target.coalesced
-        if kept is None:
-            kept = target.coalesced = deque(maxlen=MAX_COALESCED_KEPT)
-        kept.append(entry)
-        target.trigger_count += 1
-        old_due = target.due_at
-        due_at = now + trig.delay
-        if due_at < old_due and target.status is SCHEDULED and target.attempt == 0:
-            target.due_at = due_at  # the run covers this trigger no later than it asked
-        return old_due, entry
 
     def settle(self, txn: Txn) -> None:
         """``txn`` is durable: let its runs start, arm timers, publish events."""
@@ -210,26 +187,6 @@ class Admission(Runtime):
         if self.hub.active:
             self.hub.trigger_coalesced(run, entry)
 
-    def _new_record(
-        self, trig: PreparedTrigger, now: float, due: bool, *, durable: bool
-    ) -> RunRecord:
-        coalesce = trig.coalesce
-        return RunRecord(
-            self.ids.next(),
-            trig.job.name,
-            trig.key,
-            QUEUED if due else SCHEDULED,
-            trig.input,
-            now,
-            now + trig.delay,
-            trig.job.retries + 1,
-            trig.labels,
-            trig.idempotency_key,
-            trig.parent_run_id,
-            coalesce is not None and coalesce.strategy == "queue",
-            durable,
-        )
-
     def trigger_now(self, trig: PreparedTrigger) -> TriggerResult | None:
         """The fast path of a single trigger, when storage needs nothing awaited.
 
@@ -255,7 +212,7 @@ class Admission(Runtime):
             target = join_target(lane, job, coalesce)
             if target is not None:
                 record = self.records[target.id]
-                old_due_at, entry = self._join(record, trig, coalesce, self.now())
+                old_due_at, entry = join_run(record, trig, coalesce, self.now())
                 self._joined(record, old_due_at, entry)
                 if self.waiters.changes:
                     self.waiters.changed()
@@ -267,7 +224,7 @@ class Admission(Runtime):
             created_lane = False
         now = self.now()
         due = trig.delay <= 0
-        record = self._new_record(trig, now, due, durable=True)
+        record = new_record(self.ids.next(), trig, now, durable=True)
         try:
             self._write_new(record)  # the backend's own write: one call on the hot path
         except Exception as exc:
@@ -321,6 +278,57 @@ class Admission(Runtime):
                     self.dispatch(lane.remove_new(record))
                     if lane.is_empty:
                         del self.lanes[record.key]
+
+
+def join_run(
+    target: RunRecord, trig: PreparedTrigger, coalesce: Coalesce, now: float
+) -> tuple[float, Coalescence]:
+    """Join ``trig`` into ``target`` (the plan's JOIN); return its old due time and the entry.
+
+    The input follows the coalesce policy unless the run started (it keeps its input);
+    the trigger is counted and kept; a delay shorter than the run's pulls it forward.
+
+    Raises:
+        InvalidInputError: a merge function failed; ``target`` is unchanged.
+    """
+    old_input = target.input
+    if target.attempt == 0:  # a run that started keeps its input
+        policy = coalesce.input
+        if policy == "latest":
+            target.input = trig.input
+        elif policy != "first":
+            target.input = _merge(policy, old_input, trig.input, trig.job.name)
+    entry = (now, trig.input, trig.parent_run_id)
+    kept = target.coalesced
+    if kept is None:
+        kept = target.coalesced = deque(maxlen=MAX_COALESCED_KEPT)
+    kept.append(entry)
+    target.trigger_count += 1
+    old_due = target.due_at
+    due_at = now + trig.delay
+    if due_at < old_due and target.status is SCHEDULED and target.attempt == 0:
+        target.due_at = due_at  # the run covers this trigger no later than it asked
+    return old_due, entry
+
+
+def new_record(run_id: str, trig: PreparedTrigger, now: float, *, durable: bool) -> RunRecord:
+    """The run a trigger creates: queued when due now, else scheduled."""
+    coalesce = trig.coalesce
+    return RunRecord(
+        run_id,
+        trig.job.name,
+        trig.key,
+        QUEUED if trig.delay <= 0 else SCHEDULED,
+        trig.input,
+        now,
+        now + trig.delay,
+        trig.job.retries + 1,
+        trig.labels,
+        trig.idempotency_key,
+        trig.parent_run_id,
+        coalesce is not None and coalesce.strategy == "queue",
+        durable,
+    )
 
 
 def _merge(

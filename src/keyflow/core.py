@@ -84,6 +84,11 @@ class Core(Admission):
             InvalidInputError: a merge function failed; nothing changed.
             StorageError: the write failed; nothing of the transaction remains.
         """
+        remote = self.remote
+        if remote is not None:  # shared storage: decided in the database
+            if not (self.accepting or (chained and self.accepting_chained)):
+                self._refuse()
+            return await remote.commit(prepared, wait)
         stored: dict[int, str] = {}
         for trig in prepared:
             if trig.idempotency_key is not None:

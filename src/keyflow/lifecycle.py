@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from .clock import Clock
 from .core import Core
@@ -26,10 +26,16 @@ from .runs import RunStatus
 from .storage_backends import StorageBackend
 from .worker import WorkerPool
 
+if TYPE_CHECKING:
+    from .shared.service import SharedService
+
 logger = logging.getLogger("keyflow.scheduler")
 
 STOP_FLUSH_SECONDS = 10.0
 """How long ``stop()`` waits for storage to take the last changes before giving up."""
+
+SHARED_IDLE_POLL_SECONDS = 0.05
+"""On shared storage, ``run_until_idle`` asks the database at least this often."""
 
 Phase = Literal["new", "starting", "running", "stopping", "stopped"]
 
@@ -45,6 +51,8 @@ class Lifecycle:
     _hub: EventHub
     _core: Core
     _pool: WorkerPool
+    _shared: SharedService | None
+    """Shared storage's background work (claims, leases, due times), or None."""
     _grace: float
     _phase: Phase
     _stopping: asyncio.Task[None] | None
@@ -88,6 +96,8 @@ class Lifecycle:
             await self._backend.close()
             raise
         self._pool.start()
+        if self._shared is not None:
+            self._shared.start()
         self._phase = "running"
         self._core.accepting = self._core.accepting_chained = True
         logger.info(
@@ -132,6 +142,8 @@ class Lifecycle:
 
     async def _stop(self, grace: float, was_running: bool) -> None:
         if was_running:
+            if self._shared is not None:
+                self._shared.stop_claiming()
             await self._pool.stop(grace)
             self._core.accepting_chained = False  # no handler runs any more
             for handle in self._core.timers.values():
@@ -147,6 +159,8 @@ class Lifecycle:
                     "keyflow stopped with changes not written to storage: %s",
                     self._core.pipeline.last_error,
                 )
+        if self._shared is not None:
+            await self._shared.stop()
         self._core.pipeline.close()  # what an abandoned handler still changes is dropped
         self._hub.close()
         abandoned = self._pool.abandoned_tasks
@@ -248,6 +262,9 @@ class Lifecycle:
             ) from None
 
     async def _until_idle(self) -> None:
+        if self._shared is not None:
+            await self._until_shared_idle(self._shared)
+            return
         core = self._core
         while True:
             if not core.records or core.only_paused_left:
@@ -258,6 +275,24 @@ class Lifecycle:
             if core.only_timers_left and self._clock.jump():
                 continue
             await core.waiters.change_waiter()
+
+    async def _until_shared_idle(self, shared: SharedService) -> None:
+        # The database is idle: no run due, pending or running in any process.
+        core = self._core
+        coordinator = shared.coordinator
+        while True:
+            if not core.records or core.only_paused_left:
+                await core.pipeline.flush()
+                if not core.records and await coordinator.busy(core.now()) == 0:
+                    due = await coordinator.next_due()
+                    if due is None:
+                        return
+                    shared.arm_next_due(due)
+                    if self._clock.jump():
+                        continue
+            elif core.only_timers_left and self._clock.jump():
+                continue
+            await shared.wait_change(SHARED_IDLE_POLL_SECONDS)
 
     # -- internals ---------------------------------------------------------------
 

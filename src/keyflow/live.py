@@ -26,9 +26,13 @@ from .state import BECOME_DUE, PENDING, PROMOTE, QUEUED, RESUME, SCHEDULED, Lane
 from .txn import Txn
 from .waiters import Waiters
 
+ADOPTED_LANE_LIMIT: Final = 1_000_000_000
+"""The local lane of leased runs holds any number (see :meth:`LiveState.adopt`)."""
+
 if TYPE_CHECKING:
     from .clock import Clock, TimerHandle
     from .jobs import Job
+    from .port import RemoteTriggers
     from .storage_backends.base import StorageBackend
 
 logger = logging.getLogger("keyflow.core")
@@ -109,6 +113,8 @@ class LiveState:
         """Pending runs a pause holds back (in the order workers met them); they keep
         their lane slots, so the lane's order and exclusion hold."""
         self.waiters = Waiters()
+        self.remote: RemoteTriggers | None = None
+        """Shared storage: triggers are decided in the database (see ``Core.commit``)."""
         self.pipeline = CommitPipeline(backend, settle=self.settle, roll_back=self.roll_back)
         self._write_new = backend.write_new_sync
         # A backend holding our records needs to hear only of new and finished runs.
@@ -181,6 +187,26 @@ class LiveState:
                 self._wake_worker()
         if self.waiters.changes:
             self.waiters.changed()
+
+    def adopt(self, record: RunRecord) -> None:
+        """Execute a pending run leased from shared storage (it holds its slot there).
+
+        Its local lane only mirrors the runs this process leases: the database keeps
+        each lane's limit and order, so the local one never holds a run back.
+        """
+        self.records[record.id] = record
+        self.status_counts[_PENDING] += 1
+        key = record.key
+        if key is not None:
+            lane = self.lanes.get(key)
+            if lane is None:
+                lane = self.lanes[key] = Lane(key, ADOPTED_LANE_LIMIT)
+            lane.restore(record)
+        if self.hub.active:
+            self.hub.run_changed(record, None, self.now())
+        if self.waiters.changes:
+            self.waiters.changed()
+        self._dispatch_one(record)
 
     def promote_keyless(self, record: RunRecord) -> None:
         """A new due run without a key has no lane to wait in: it is pending at once."""

@@ -54,6 +54,14 @@ class TriggerPort(Protocol):
         ...
 
 
+class RemoteTriggers(Protocol):
+    """Where triggers are decided when that is not in memory (shared storage)."""
+
+    async def commit(self, prepared: list[PreparedTrigger], wait: bool) -> Txn:
+        """Decide ``prepared`` in one transaction; return it once durable."""
+        ...
+
+
 class RunPort(TriggerPort, Protocol):
     """A running handler's port: triggers, plus reports on its own run."""
 

@@ -6,8 +6,9 @@ A layer of :class:`keyflow.Keyflow` (see :mod:`keyflow.scheduler`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from math import isfinite
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 from .errors import ConfigurationError, RunNotFoundError, WaitTimeoutError
 from .jsonvalue import NotJSONError, check_text, safe_repr
@@ -16,6 +17,9 @@ from .options import count, optional_seconds
 from .queries import RunFilters, build_query
 from .runs import Run
 from .storage_backends.summaries import RunTiming
+
+if TYPE_CHECKING:
+    from .shared.service import SharedService
 
 READ_ONLY_POLL_SECONDS = 0.5
 """How often ``wait()`` on a read-only scheduler looks at storage again."""
@@ -109,7 +113,7 @@ class RunOps(Lifecycle):
         timeout = optional_seconds(timeout, "timeout")
         _check_run_id(run_id)
         if run_id not in self._core.records:
-            if self._read_only:
+            if self._read_only or self._shared is not None:  # it executes elsewhere
                 return await self._poll_until_terminal(run_id, timeout)
             try:
                 async with asyncio.timeout(timeout):
@@ -164,7 +168,10 @@ class RunOps(Lifecycle):
                         raise RunNotFoundError(f"no run with id {run_id!r}")
                     if run.is_terminal:
                         return run
-                    await asyncio.sleep(READ_ONLY_POLL_SECONDS)
+                    if self._shared is not None:
+                        await self._shared.wait_change(READ_ONLY_POLL_SECONDS)
+                    else:
+                        await asyncio.sleep(READ_ONLY_POLL_SECONDS)
         except TimeoutError:
             raise WaitTimeoutError(f"run {run_id} did not finish within {timeout}s") from None
 
@@ -185,6 +192,8 @@ class RunOps(Lifecycle):
         if self._read_only:
             self._refuse_trigger()
         record = self._core.records.get(run_id)
+        if record is None and self._shared is not None:
+            return await self._cancel_shared(run_id, self._shared)
         if record is None:
             await self._fresh()
             run = await self._backend.get_run(run_id)
@@ -198,6 +207,17 @@ class RunOps(Lifecycle):
                 return record.snapshot()
         await self._core.pipeline.barrier()
         return record.snapshot()
+
+    async def _cancel_shared(self, run_id: str, shared: SharedService) -> Run:
+        """Cancel a run this process does not execute: in the database, or by asking."""
+        outcome = await shared.coordinator.cancel_run(run_id, shared.limit_of, self._clock.now())
+        if outcome == "requested":
+            with contextlib.suppress(WaitTimeoutError):
+                return await self._poll_until_terminal(run_id, self._pool.cancel_grace + 1.0)
+        run = await self._backend.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return run
 
 
 def _check_run_id(run_id: object) -> None:

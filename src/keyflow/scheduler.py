@@ -44,7 +44,8 @@ class Keyflow(Observing):
 
     Args:
         storage: a storage URL (``"memory://"``, the default) or a backend instance.
-        workers: how many runs may execute at once in this process.
+        workers: how many runs may execute at once in this process; 0: it only
+            triggers (on shared storage, other processes execute the runs).
         retention: how many finished runs to keep (oldest dropped first).
         lane_limit: how many runs of one concurrency key may execute at once: a number
             for every key, or a function of the key.
@@ -80,7 +81,7 @@ class Keyflow(Observing):
         grace: float = 10.0,
         cancel_grace: float = 5.0,
     ) -> None:
-        count(workers, "workers", minimum=1, maximum=100_000)
+        count(workers, "workers", minimum=0, maximum=100_000)
         count(retention, "retention", minimum=0)
         count(event_buffer, "event_buffer", minimum=1, maximum=10_000_000)
         self._grace = seconds(grace, "grace")
@@ -105,6 +106,7 @@ class Keyflow(Observing):
             on_cancel_running=self._cancel_task,
             refuse=self._refuse_trigger,
         )
+        coordinator = getattr(self._backend, "coordinator", None)
         self._pool = WorkerPool(
             self._core,
             self._jobs,
@@ -112,9 +114,17 @@ class Keyflow(Observing):
             new_context=partial(RunContext, self, self._core),
             rng=self._rng,
             cancel_grace=cancel_grace,
-            durable_start=self._backend.durable,
+            # On shared storage the claim itself writes the start (see keyflow.shared).
+            durable_start=self._backend.durable and coordinator is None,
             mark_start=self._backend.mark_start,
         )
+        self._shared = None
+        if coordinator is not None:
+            from .shared.service import SharedService
+
+            self._shared = SharedService(coordinator, self._core, self._jobs, workers)
+            self._core.remote = self._shared
+            self._backend.limit_of = self._shared.limit_of  # type: ignore[attr-defined]
         self._phase = "new"
         self._stopping: asyncio.Task[None] | None = None
         self._storage_closing: asyncio.Task[None] | None = None

@@ -87,11 +87,47 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         url = url.replace(location, f"{user.partition(':')[0]}:***{at}{host}", 1)
     options = dict(parse_qsl(query, keep_blank_values=True))
     schema = options.pop("schema", "public")
-    read_only = _read_only(url, options)
+    mode = options.pop("mode", "shared")
+    if mode not in ("shared", "single", "ro"):
+        raise ConfigurationError(
+            f"mode must be 'shared' (many processes, the default), 'single' (one writing "
+            f"process) or 'ro' (read only) in {url!r}, got {mode!r}"
+        )
+    lease = options.pop("lease", None)
+    pool = options.pop("pool", None)
     _no_more(url, options)
-    return PostgreSQLBackend(
-        f"postgresql+asyncpg://{location}", schema=schema, retention=retention, read_only=read_only
+    dsn = f"postgresql+asyncpg://{location}"
+    if mode != "shared":
+        if lease is not None or pool is not None:
+            raise ConfigurationError(f"lease= and pool= apply to mode=shared only, in {url!r}")
+        return PostgreSQLBackend(dsn, schema=schema, retention=retention, read_only=mode == "ro")
+    from ..shared.backend import SharedPostgreSQLBackend
+
+    return SharedPostgreSQLBackend(
+        dsn,
+        schema=schema,
+        retention=retention,
+        lease_seconds=_positive(url, "lease", lease, 30.0),
+        pool_size=int(_positive(url, "pool", pool, 10, integer=True)),
     )
+
+
+def _positive(
+    url: str, name: str, text: str | None, default: float, *, integer: bool = False
+) -> float:
+    """A URL option that must be a positive number (an integer with ``integer``)."""
+    from ..errors import ConfigurationError
+
+    if text is None:
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = -1
+    if not (0 < value < 1e9):
+        kind = "a positive integer" if integer else "a positive number of seconds"
+        raise ConfigurationError(f"{name} must be {kind} in {url!r}, got {text!r}")
+    return value
 
 
 def _file_url(url: str, rest: str) -> tuple[str, dict[str, str]]:

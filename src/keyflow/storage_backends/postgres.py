@@ -271,7 +271,7 @@ class PostgreSQLBackend(SQLReads):
             if reason is not None:
                 for run_id in group:
                     refused.setdefault(run_id, reason)
-        rows = [_columns(record) for record in batch.runs if record.id not in refused]
+        rows = [row_columns(record) for record in batch.runs if record.id not in refused]
         keys = [
             {"job": job, "idempotency_key": key, "run_id": run_id}
             for job, key, run_id in batch.idempotency
@@ -398,7 +398,8 @@ def _nul_in_query(query: RunQuery) -> bool:
     )
 
 
-def _columns(record: RunRecord) -> dict[str, Any]:
+def row_columns(record: RunRecord) -> dict[str, Any]:
+    """A run's column values, ``data`` (its JSON) included."""
     row, text = encode_row(record_row(record))
     return {
         "id": row["id"],

@@ -10,11 +10,16 @@ choice (``?schema=``; ``public`` by default), which other tables may share:
 * ``keyflow_labels``: ``(run_id, name, value)``;
 * ``keyflow_pauses``: the paused jobs and lanes;
 * ``keyflow_schema``: one row: the version, checked at every open, and ``writes``, bumped
-  by every write (the change token).
+  by every write of the single-writer mode (its change token);
+* ``keyflow_lanes`` (version 2): one row per concurrency key, the lock a shared-mode
+  decision about the key holds (``SELECT … FOR UPDATE``, see ``keyflow.shared``);
+* a run's lease (version 2): ``lease_owner`` (the process executing it), ``lease_until``
+  (the database's clock) and ``generation``, bumped by each claim and reclaim, which
+  fences a worker whose lease was taken from it.
 
 Text columns compare in code point order (``COLLATE "C"``), as SQLite does, so that a key
 prefix is an index range whatever the database's locale. Columns for several processes
-(leases, lanes) come with a later version, by migration: :data:`MIGRATIONS` takes a
+(leases, lanes) came with version 2, by migration: :data:`MIGRATIONS` takes a
 database from version ``v`` to ``v + 1``, in one transaction at open.
 """
 
@@ -24,6 +29,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    DateTime,
     Identity,
     Index,
     Integer,
@@ -35,7 +41,7 @@ from sqlalchemy import (
 from .sql_runs import RunTables
 from .sql_tables import Step, run_columns, side_tables
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this version writes; older ones are migrated at open."""
 
 _Text = String(collation="C")
@@ -54,6 +60,9 @@ runs_table = Table(
     metadata,
     *run_columns(_Text),
     Column("seq", BigInteger, Identity(), nullable=False, unique=True),
+    Column("lease_owner", _Text),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("generation", BigInteger, nullable=False, server_default="0"),
     Index("keyflow_runs_status", "status", "due_at"),
     Index("keyflow_runs_job", "job", "created_at"),
     Index("keyflow_runs_key", "concurrency_key", "created_at"),
@@ -61,6 +70,11 @@ runs_table = Table(
     Index("keyflow_runs_finished", "finished_at"),
 )
 idempotency_table, labels_table, pauses_table = side_tables(metadata, _Text)
+lanes_table = Table(
+    "keyflow_lanes",
+    metadata,
+    Column("key", _Text, primary_key=True),
+)
 
 TABLES = RunTables(runs_table, idempotency_table, labels_table, pauses_table, runs_table.c.seq)
 """PostgreSQL's run tables; ``seq`` is creation order."""
@@ -72,10 +86,35 @@ RUN_UPDATED = ("status", "finished_at", "data", "due_at", "started_at", "attempt
 # schema it was opened on.
 
 
+_V2_INDEXES = [
+    # Claims: the pending runs nobody leases, oldest first.
+    "CREATE INDEX keyflow_runs_claimable ON keyflow_runs (seq) "
+    "WHERE status = 'pending' AND lease_owner IS NULL",
+    # Lane rebuilds: a key's unfinished runs.
+    "CREATE INDEX keyflow_runs_unfinished ON keyflow_runs (concurrency_key, seq) "
+    "WHERE status IN ('scheduled', 'queued', 'pending', 'running')",
+    # Reclaims and heartbeats.
+    "CREATE INDEX keyflow_runs_leased ON keyflow_runs (lease_until) WHERE lease_owner IS NOT NULL",
+    # Due times of delayed runs (and of retries whose lease was reclaimed).
+    "CREATE INDEX keyflow_runs_due ON keyflow_runs (due_at) "
+    "WHERE status = 'scheduled' AND lease_owner IS NULL",
+]
+
+
 def create(conn: Connection) -> None:
     """The whole schema, in a schema without keyflow's tables."""
     metadata.create_all(conn)
+    for index in _V2_INDEXES:
+        conn.exec_driver_sql(index)
 
 
-MIGRATIONS: dict[int, list[Step]] = {}
+MIGRATIONS: dict[int, list[Step]] = {
+    1: [
+        'ALTER TABLE keyflow_runs ADD COLUMN lease_owner VARCHAR COLLATE "C"',
+        "ALTER TABLE keyflow_runs ADD COLUMN lease_until TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE keyflow_runs ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+        'CREATE TABLE keyflow_lanes (key VARCHAR COLLATE "C" NOT NULL PRIMARY KEY)',
+        *_V2_INDEXES,
+    ],
+}
 """The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""

@@ -1,0 +1,317 @@
+"""The shared coordinator's connection to PostgreSQL: a pool, transactions, notices.
+
+Every process using a schema in shared mode opens one :class:`SharedDatabase`: an
+asyncpg pool for its decisions and claims, and one more connection listening (``LISTEN``)
+on the schema's channel. A transaction that changes what other processes should act on
+sends one ``NOTIFY`` with a :class:`Notice`, delivered at its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+from ..errors import StorageError
+from ..records import RunRecord
+from ..storage_backends.postgres import DRIVER_ERRORS, KEEPALIVE, row_columns
+from ..storage_backends.rows import loads_row, row_record
+from ..storage_backends.sql_runs import driver_reason
+from . import sql
+
+logger = logging.getLogger("keyflow.shared")
+
+RETRIED: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+"""Errors after which a transaction is tried again (it changed nothing)."""
+
+TRIES: Final = 5
+
+
+@dataclass
+class Notice:
+    """What one committed transaction tells the other processes."""
+
+    work: bool = False
+    """Runs became pending: claimers look."""
+    changed: list[str] = field(default_factory=list)
+    """Runs that changed (waits and event streams look)."""
+    cancel: list[str] = field(default_factory=list)
+    """Running runs asked to cancel: the processes leasing them stop their handlers."""
+    due: float | None = None
+    """The earliest due time among scheduled runs this transaction made or moved."""
+
+    def __bool__(self) -> bool:
+        return self.work or bool(self.changed) or bool(self.cancel) or self.due is not None
+
+    def add_due(self, due_at: float) -> None:
+        """Note a scheduled run's due time."""
+        if self.due is None or due_at < self.due:
+            self.due = due_at
+
+    def encode(self) -> str:
+        """The NOTIFY payload (under PostgreSQL's 8000 bytes: long lists are cut)."""
+        data: dict[str, Any] = {}
+        if self.work:
+            data["w"] = 1
+        if self.changed:
+            data["e"] = self.changed[:100]
+        if self.cancel:
+            data["c"] = self.cancel[:100]
+        if self.due is not None:
+            data["d"] = self.due
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text) > 7900:  # ids are short; a huge batch just says "look"
+            return json.dumps({"w": 1, "d": self.due} if self.due is not None else {"w": 1})
+        return text
+
+    @classmethod
+    def decode(cls, payload: str) -> Notice:
+        """A notice from a payload; anything unreadable means "look at everything"."""
+        try:
+            data = json.loads(payload)
+            return cls(
+                work=bool(data.get("w")),
+                changed=[str(x) for x in data.get("e", ())],
+                cancel=[str(x) for x in data.get("c", ())],
+                due=float(data["d"]) if data.get("d") is not None else None,
+            )
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return cls(work=True)
+
+
+class Leased:
+    """A run read under lock, with its lease (``owner`` None: nobody leases it)."""
+
+    __slots__ = ("generation", "owner", "record")
+
+    def __init__(self, record: RunRecord, generation: int, owner: str | None) -> None:
+        self.record = record
+        self.generation = generation
+        self.owner = owner
+
+
+class SharedDatabase:
+    """A pool of connections to keyflow's schema, and its notice channel."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        place: str,
+        *,
+        connect_timeout: float = 10.0,
+        pool_size: int = 10,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.place = place
+        self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        """This process's name on the leases it holds."""
+        self.channel = "keyflow_" + hashlib.sha256(schema.encode()).hexdigest()[:20]
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self.on_notice: list[Callable[[Notice], None]] = []
+        """Called for every notice heard (from this process too)."""
+
+    def _settings(self) -> dict[str, str]:
+        quoted = '"' + self.schema.replace('"', '""') + '"'
+        return {"search_path": quoted, "application_name": "keyflow", **KEEPALIVE}
+
+    async def open_pool(self) -> None:
+        """Connect the pool and the listener.
+
+        Raises:
+            StorageError: the database cannot be reached.
+        """
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                server_settings=self._settings(),
+            )
+            await self._listen()
+        except DRIVER_ERRORS as exc:
+            await self.close_pool()
+            raise StorageError(f"cannot connect to {self.place}: {driver_reason(exc)}") from exc
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(
+            self.dsn, timeout=self.connect_timeout, server_settings=self._settings()
+        )
+        await conn.add_listener(self.channel, self._heard)
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.deliver(Notice.decode(payload))
+
+    def deliver(self, notice: Notice) -> None:
+        """Hand a notice to every callback (one that raises is logged)."""
+        for callback in list(self.on_notice):
+            try:
+                callback(notice)
+            except Exception:
+                logger.exception("a keyflow notice callback failed")
+
+    def _listener_lost(self, _conn: object) -> None:
+        self._listener = None
+        self.deliver(Notice(work=True))  # whatever was missed: look
+
+    @property
+    def listening(self) -> bool:
+        """The listener connection is up."""
+        listener = self._listener
+        return listener is not None and not listener.is_closed()
+
+    async def relisten(self) -> None:
+        """Connect the listener again after it was lost (quietly; the poll covers it)."""
+        if self._pool is None or self.listening:
+            return
+        with contextlib.suppress(*DRIVER_ERRORS):
+            await self._listen()
+            self.deliver(Notice(work=True))
+
+    async def close_pool(self) -> None:
+        """Close the listener and the pool. Idempotent."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await listener.close(timeout=2)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await asyncio.wait_for(pool.close(), 5)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction; driver errors become :class:`StorageError`."""
+        pool = self._pool
+        if pool is None:
+            raise StorageError(f"{self.place} is not open")
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                yield conn
+        except RETRIED:
+            raise
+        except DRIVER_ERRORS as exc:
+            raise StorageError(f"{what} in {self.place} failed: {driver_reason(exc)}") from exc
+
+    async def fetchval(self, query: str, *args: object) -> Any:
+        """One value, outside any transaction."""
+        pool = self._pool
+        if pool is None:
+            raise StorageError(f"{self.place} is not open")
+        try:
+            return await pool.fetchval(query, *args, timeout=self.connect_timeout * 3)
+        except DRIVER_ERRORS as exc:
+            raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Rows, outside any transaction."""
+        pool = self._pool
+        if pool is None:
+            raise StorageError(f"{self.place} is not open")
+        try:
+            return list(await pool.fetch(query, *args, timeout=self.connect_timeout * 3))
+        except DRIVER_ERRORS as exc:
+            raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
+
+    # -- helpers for transactions --------------------------------------------------
+
+    def decode(self, data: str) -> RunRecord:
+        """A run from its stored JSON."""
+        return row_record(loads_row(data, self.place), self.place)
+
+    async def lock_lanes(self, conn: asyncpg.Connection, keys: Iterable[str]) -> None:
+        """Lock these keys' lanes, in key order."""
+        ordered = sorted(set(keys))
+        if ordered:
+            await conn.execute(sql.LOCK_LANES, ordered)
+
+    async def lane_runs(
+        self, conn: asyncpg.Connection, keys: Iterable[str]
+    ) -> dict[str, list[Leased]]:
+        """The unfinished runs of these (locked) keys, by key, in creation order, locked."""
+        found: dict[str, list[Leased]] = {key: [] for key in keys}
+        if not found:
+            return found
+        for data, generation, owner in await conn.fetch(sql.LANE_RUNS, list(found)):
+            record = self.decode(data)
+            if record.key is not None:
+                found.setdefault(record.key, []).append(Leased(record, generation, owner))
+        return found
+
+    async def write_runs(
+        self,
+        conn: asyncpg.Connection,
+        new: Iterable[RunRecord] = (),
+        changed: Iterable[RunRecord] = (),
+    ) -> None:
+        """Insert the new runs (with their labels) and update the changed ones."""
+        inserts = [_params(record) for record in new]
+        if inserts:
+            await conn.executemany(sql.INSERT_RUN, inserts)
+            labels = [
+                (record.id, name, value)
+                for record in new
+                if record.labels
+                for name, value in record.labels.items()
+            ]
+            if labels:
+                ids, names, values = (list(column) for column in zip(*labels, strict=True))
+                await conn.execute(sql.INSERT_LABELS, ids, names, values)
+        updates = [_params(record, update=True) for record in changed]
+        if updates:
+            await conn.executemany(sql.UPDATE_RUN, updates)
+
+    async def notify(self, conn: asyncpg.Connection, notice: Notice) -> None:
+        """Send ``notice`` when the transaction commits (nothing if it is empty)."""
+        if notice:
+            await conn.execute(sql.NOTIFY, self.channel, notice.encode())
+
+
+def _params(record: RunRecord, *, update: bool = False) -> tuple[Any, ...]:
+    c: Mapping[str, Any] = row_columns(record)
+    if update:
+        return (
+            c["id"],
+            c["status"],
+            c["finished_at"],
+            c["data"],
+            c["due_at"],
+            c["started_at"],
+            c["attempt"],
+            c["trigger_count"],
+        )
+    return (
+        c["id"],
+        c["job"],
+        c["concurrency_key"],
+        c["status"],
+        c["created_at"],
+        c["finished_at"],
+        c["data"],
+        c["due_at"],
+        c["started_at"],
+        c["attempt"],
+        c["trigger_count"],
+    )
+
+
+def update_params(record: RunRecord) -> tuple[Any, ...]:
+    """The parameters of :data:`sql.UPDATE_RUN` (and the first eight of the lease writes)."""
+    return _params(record, update=True)

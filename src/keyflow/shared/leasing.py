@@ -1,0 +1,330 @@
+"""Leases in the shared database: claim, write back fenced, renew, reclaim.
+
+A process executes a run only under a lease: ``lease_owner`` (the process),
+``lease_until`` (the database's clock) and ``generation``. A claim starts the run in
+the same transaction (its start is durable before the handler's first line). Every
+later write by the worker is fenced: ``WHERE generation = $g AND lease_owner = $me``;
+a worker whose lease expired and was reclaimed (it was paused, cut off, too slow to
+renew) changes nothing, and its late writes are logged and dropped. Expired leases are
+reclaimed by any process: the run goes back to the head of its lane as a new attempt,
+counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASHES`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+import asyncpg
+
+from ..records import RunRecord
+from ..recovery import MAX_CRASHES
+from ..runs import AttemptError, LogEntry, RunStatus
+from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING, START
+from ..storage_backends.base import WriteBatch
+from ..storage_backends.postgres import row_columns
+from . import sql
+from .database import RETRIED, TRIES, Notice, update_params
+from .decide import promote_after
+from .deciding import Deciding, LimitOf, note_change
+
+logger = logging.getLogger("keyflow.shared")
+
+RECLAIM_BATCH = 100
+
+
+class Leasing(Deciding):
+    """Claims, fenced writes, renewals and reclaims (see the module)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        place: str,
+        *,
+        connect_timeout: float = 10.0,
+        pool_size: int = 10,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        super().__init__(dsn, schema, place, connect_timeout=connect_timeout, pool_size=pool_size)
+        self.lease_seconds = lease_seconds
+        """How long a lease lasts without renewal (heartbeats renew it every third)."""
+        self.leases: dict[str, int] = {}
+        """Runs this process leases: id → the lease's generation."""
+        self._fresh: set[str] = set()
+        """Leased runs whose start the claim wrote: their first running write is skipped."""
+
+    async def claim(self, jobs: Collection[str], limit: int, now: float) -> list[RunRecord]:
+        """Lease and start up to ``limit`` pending runs of ``jobs``; oldest first.
+
+        Returns each run as it was before its start (the caller's core starts it again,
+        in memory: the same attempt, already durable).
+
+        Raises:
+            StorageError: the database failed; nothing was claimed.
+        """
+        if limit <= 0 or not jobs:
+            return []
+        for _ in range(TRIES):
+            try:
+                return await self._claim(list(jobs), limit, now)
+            except RETRIED:
+                continue
+        return []
+
+    async def _claim(self, jobs: list[str], limit: int, now: float) -> list[RunRecord]:
+        async with self.transaction("a claim") as conn:
+            rows = await conn.fetch(sql.CLAIM, jobs, limit)
+            if not rows:
+                return []
+            before: list[RunRecord] = []
+            ids: list[str] = []
+            datas: list[str] = []
+            started: list[float] = []
+            attempts: list[int] = []
+            for run_id, data, _generation in rows:
+                before.append(self.decode(data))
+                record = self.decode(data)
+                _start(record, now)
+                params = row_columns(record)
+                ids.append(run_id)
+                datas.append(params["data"])
+                started.append(now)
+                attempts.append(record.attempt)
+            taken = await conn.fetch(
+                sql.TAKE_LEASES, ids, datas, started, self.owner, self.lease_seconds, attempts
+            )
+            for run_id, generation in taken:
+                self.leases[run_id] = generation
+                self._fresh.add(run_id)
+        return before
+
+    async def save(self, batch: WriteBatch, limit_of: LimitOf) -> list[str]:
+        """Write what this process's workers changed, fenced by their leases.
+
+        Returns the ids of runs whose lease was lost (their changes were dropped).
+
+        Raises:
+            StorageError: the database failed; nothing was stored.
+        """
+        runs: dict[str, RunRecord] = {}
+        for record in batch.runs:
+            run_id = record.id
+            if run_id in self._fresh and record.status is RUNNING:
+                self._fresh.discard(run_id)  # the claim wrote this start
+                continue
+            runs[run_id] = record
+        if not runs:
+            return []
+        for attempt in range(TRIES):
+            try:
+                return await self._save(runs, limit_of)
+            except RETRIED:
+                if attempt == TRIES - 1:
+                    raise
+        return []
+
+    async def _save(self, runs: dict[str, RunRecord], limit_of: LimitOf) -> list[str]:
+        lost: list[str] = []
+        ending = {r.key for r in runs.values() if r.key is not None and not _keeps(r)}
+        notice = Notice()
+        async with self.transaction("writing runs") as conn:
+            await self.lock_lanes(conn, ending)
+            for run_id, data, generation, owner, _key in await conn.fetch(
+                sql.RUNS_BY_ID, list(runs)
+            ):
+                record = runs[run_id]
+                held = self.leases.get(run_id)
+                if held is None or held != generation or owner != self.owner:
+                    lost.append(run_id)
+                    continue
+                _merge_triggers(record, self.decode(data))
+                keep = _keeps(record)
+                status = await conn.execute(
+                    sql.SAVE_LEASED,
+                    *update_params(record),
+                    keep,
+                    generation,
+                    self.owner,
+                )
+                if status.endswith(" 0"):
+                    lost.append(run_id)
+                    continue
+                notice.changed.append(run_id)
+                if not keep:
+                    self.leases.pop(run_id, None)
+                    if record.status is PENDING:
+                        notice.work = True
+            lanes = await self.lane_runs(conn, ending)
+            changed: list[RunRecord] = []
+            for key, leased in lanes.items():
+                changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
+            for run in changed:
+                note_change(notice, run)
+            await self.write_runs(conn, changed=changed)
+            await self.notify(conn, notice)
+        for run_id in lost:
+            self.leases.pop(run_id, None)
+            self._fresh.discard(run_id)
+            logger.error(
+                "run %s: this process lost its lease (it expired and the run was reclaimed); "
+                "its late write is refused",
+                run_id,
+            )
+        return lost
+
+    async def renew(self) -> list[str]:
+        """Extend every lease this process holds; return the runs whose lease was lost.
+
+        Raises:
+            StorageError: the database failed (the leases run on until they expire).
+        """
+        if not self.leases:
+            return []
+        ids = list(self.leases)
+        generations = [self.leases[run_id] for run_id in ids]
+        kept = {
+            row[0]
+            for row in await self.fetch(sql.RENEW, self.owner, ids, generations, self.lease_seconds)
+        }
+        lost = [run_id for run_id in ids if run_id not in kept and run_id in self.leases]
+        for run_id in lost:
+            if self.leases.get(run_id) is not None:
+                del self.leases[run_id]
+                self._fresh.discard(run_id)
+                logger.error(
+                    "run %s: this process lost its lease (expired and reclaimed elsewhere); "
+                    "what its handler still does is not written",
+                    run_id,
+                )
+        return lost
+
+    async def reclaim(self, limit_of: LimitOf, now: float) -> int:
+        """Take back expired leases (see the module); return how many runs came back.
+
+        Raises:
+            StorageError: the database failed; nothing changed.
+        """
+        total = 0
+        while True:
+            rows = await self.fetch(sql.EXPIRED, RECLAIM_BATCH)
+            if not rows:
+                return total
+            try:
+                total += await self._reclaim(rows, limit_of, now)
+            except RETRIED:
+                continue
+            if len(rows) < RECLAIM_BATCH:
+                return total
+
+    async def _reclaim(self, rows: list[asyncpg.Record], limit_of: LimitOf, now: float) -> int:
+        keys = {key for _id, key in rows if key is not None}
+        notice = Notice(work=True)
+        released: list[RunRecord] = []
+        async with self.transaction("a reclaim") as conn:
+            await self.lock_lanes(conn, keys)
+            for _id, data, _generation, _owner, _key in await conn.fetch(
+                sql.EXPIRED_LOCKED, [run_id for run_id, _key in rows]
+            ):
+                record = self.decode(data)
+                _reclaimed(record, now)
+                released.append(record)
+                note_change(notice, record)
+            for record in released:
+                await conn.execute(sql.RELEASE, *update_params(record))
+            ended = {r.key for r in released if r.key is not None and r.status.is_terminal}
+            lanes = await self.lane_runs(conn, ended)
+            changed: list[RunRecord] = []
+            for key, leased in lanes.items():
+                changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
+            for run in changed:
+                note_change(notice, run)
+            await self.write_runs(conn, changed=changed)
+            await self.notify(conn, notice)
+        return len(released)
+
+
+def _keeps(record: RunRecord) -> bool:
+    """Does the worker keep its lease after this write (the run is still its own)?"""
+    status = record.status
+    if status.is_terminal:
+        return False
+    return not (status is PENDING and record.stop_interrupted)
+
+
+def _start(record: RunRecord, now: float) -> None:
+    # What Runtime.start does to the run itself (the core does it again in memory).
+    record.apply(START)
+    record.starts += 1
+    if record.stop_interrupted:
+        record.stop_interrupted = False
+    else:
+        record.attempt += 1
+    record.started_at = now
+
+
+def _merge_triggers(record: RunRecord, stored: RunRecord) -> None:
+    """Triggers elsewhere may have joined ``record`` or asked to cancel it: keep that."""
+    record.trigger_count = max(record.trigger_count, stored.trigger_count)
+    if stored.coalesced:
+        record.coalesced = stored.coalesced
+    if record.attempt == 0:
+        record.input = stored.input
+    if stored.cancel_requested:
+        record.cancel_requested = True
+
+
+def _reclaimed(record: RunRecord, now: float) -> None:
+    status: RunStatus = record.status
+    if status is not RUNNING:
+        return  # pending or in a retry backoff: only the lease goes
+    record.interruptions += 1
+    if record.cancel_requested:
+        record.apply(CANCEL)  # it was asked to cancel: it is not run again
+        record.finished_at = now
+        return
+    record.crashes += 1
+    if record.crashes >= MAX_CRASHES:
+        logger.error(
+            "run %s (job %r, key %r): its process stopped renewing the lease while it ran, "
+            "%d times: it is failed as a poison pill",
+            record.id,
+            record.job,
+            record.key,
+            record.crashes,
+        )
+        record.add_error(
+            AttemptError(
+                attempt=record.attempt,
+                type="Crashed",
+                message=(
+                    f"the process running it died or stalled {record.crashes} times (its "
+                    "lease expired): it is failed as a poison pill"
+                ),
+                traceback="",
+                at=now,
+            )
+        )
+        record.apply(FAIL)
+        record.finished_at = now
+        return
+    logger.warning(
+        "run %s (job %r, key %r): its lease expired while it ran (crash %d of %d): it "
+        "runs again, as a new attempt",
+        record.id,
+        record.job,
+        record.key,
+        record.crashes,
+        MAX_CRASHES,
+    )
+    record.apply(INTERRUPT)
+    record.add_log(
+        LogEntry(
+            now,
+            "warning",
+            f"its process died or stalled (lease expired; crash {record.crashes}): it runs "
+            "again, as a new attempt",
+            {},
+            record.attempt,
+        )
+    )

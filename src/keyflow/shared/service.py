@@ -1,0 +1,253 @@
+"""A scheduler's background work in shared mode: claims, heartbeats, reclaims, due times.
+
+One :class:`SharedService` per :class:`~keyflow.Keyflow` whose storage is shared:
+
+* triggers go to the database (:meth:`commit`, which :meth:`keyflow.core.Core.commit`
+  hands them to): decided there under their keys' locks;
+* the claimer leases pending runs while this process has idle workers and hands them
+  to the core (:meth:`~keyflow.live.LiveState.adopt`), woken by notices (a run became
+  pending anywhere), by its own runs ending, and by a slow poll (the safety net for a
+  notice lost with a connection);
+* the heartbeat renews this process's leases; a lease lost cancels its handler;
+* the keeper reclaims expired leases (of any process) and makes delayed runs due.
+
+A database that cannot be reached is retried with a growing pause (up to
+:data:`MAX_BACKOFF` seconds); runs already leased go on, and their writes wait in the
+commit pipeline, which retries too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Final
+
+from ..clock import TimerHandle
+from ..errors import StorageError
+from ..runs import Disposition
+from ..state import SCHEDULED
+from ..txn import Txn
+from .database import Notice
+
+if TYPE_CHECKING:
+    from ..core import Core
+    from ..triggers import PreparedTrigger
+    from .coordinator import SharedCoordinator
+
+logger = logging.getLogger("keyflow.shared")
+
+POLL_SECONDS: Final = 1.0
+"""The safety-net poll: claims, due times and waits look at least this often."""
+
+MAX_BACKOFF: Final = 5.0
+"""The longest pause between two tries while the database cannot be reached."""
+
+
+class SharedService:
+    """The shared-mode background work of one scheduler (see the module)."""
+
+    def __init__(
+        self,
+        coordinator: SharedCoordinator,
+        core: Core,
+        jobs: Collection[str],
+        workers: int,
+    ) -> None:
+        self.coordinator = coordinator
+        self._core = core
+        self._jobs = jobs
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._work = asyncio.Event()
+        self._due = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._claiming = False
+        self._due_timer: TimerHandle | None = None
+        coordinator.on_notice.append(self._heard)
+
+    def limit_of(self, key: str) -> int:
+        """A key's lane limit, as this process configures it."""
+        return self._core.limit_of(key, strict=False)
+
+    # -- triggers ------------------------------------------------------------------
+
+    async def commit(self, prepared: list[PreparedTrigger], wait: bool) -> Txn:
+        """Decide ``prepared`` in the database; a transaction holding the results.
+
+        Raises:
+            StorageError: the database failed; nothing was stored.
+            InvalidInputError: a merge function failed; nothing was stored.
+        """
+        core = self._core
+        results = await self.coordinator.trigger(prepared, self.limit_of, core.ids.next, core.now)
+        txn = Txn(wait=wait)
+        txn.results.extend(results)
+        if wait:
+            txn.waiters = [None] * len(results)  # waits read the database
+        counters = core.counters
+        for result in results:
+            disposition = result.disposition
+            if disposition is Disposition.CREATED:
+                counters.created += 1
+            elif disposition is Disposition.QUEUED:
+                counters.queued += 1
+            elif disposition is Disposition.COALESCED:
+                counters.coalesced += 1
+            else:
+                counters.idempotent += 1
+        self._work.set()  # our own notice comes too; a claim now is sooner
+        return txn
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start claiming (if this process has workers), renewing and keeping."""
+        loop = asyncio.get_running_loop()
+        self._claiming = self._workers > 0
+        if self._claiming:
+            self._tasks.append(loop.create_task(self._claimer(), name="keyflow-claimer"))
+        self._tasks.append(loop.create_task(self._heartbeat(), name="keyflow-heartbeat"))
+        self._tasks.append(loop.create_task(self._keeper(), name="keyflow-keeper"))
+
+    def stop_claiming(self) -> None:
+        """Lease nothing more (a stop began)."""
+        self._claiming = False
+        self._work.set()
+
+    async def stop(self) -> None:
+        """End the background tasks (the leases still held expire, or were handed back)."""
+        self._claiming = False
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(ValueError):
+            self.coordinator.on_notice.remove(self._heard)
+
+    # -- notices ---------------------------------------------------------------------
+
+    def _heard(self, notice: Notice) -> None:
+        if notice.work:
+            self._work.set()
+        if notice.due is not None:
+            self._due.set()
+        if notice.cancel:
+            core = self._core
+            for run_id in notice.cancel:
+                record = core.records.get(run_id)
+                if record is not None and not record.status.is_terminal:
+                    core.cancel(record)
+        self._changed.set()
+        waiters = self._core.waiters
+        if waiters.changes:
+            waiters.changed()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return at the next notice heard, or after ``timeout`` seconds."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # -- claims ------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        core = self._core
+        busy = len(core.records) - core.status_counts[SCHEDULED.ordinal]
+        return self._workers - busy
+
+    async def _claimer(self) -> None:
+        core = self._core
+        backoff = 0.0
+        while True:
+            self._work.clear()
+            free = self._free() if self._claiming else 0
+            if free > 0:
+                try:
+                    records = await self.coordinator.claim(self._jobs, free, core.now())
+                except StorageError as exc:
+                    backoff = _next_backoff(backoff)
+                    logger.warning("claiming runs failed (%s); again in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                for record in records:
+                    if self._claiming:
+                        core.adopt(record)
+                if len(records) == free:
+                    continue  # there may be more: look again once workers free up
+            change = core.waiters.change_waiter()
+            work: asyncio.Future[bool] = asyncio.ensure_future(self._work.wait())
+            try:
+                await asyncio.wait(
+                    (change, work), timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                work.cancel()
+                if not change.done():
+                    change.cancel()
+                    with contextlib.suppress(ValueError):
+                        core.waiters.changes.remove(change)
+
+    # -- heartbeat and keeper ------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.coordinator.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await self.coordinator.renew()
+            except StorageError as exc:
+                logger.warning("renewing leases failed (%s); again in %.1fs", exc, interval)
+                continue
+            core = self._core
+            for run_id in lost:
+                record = core.records.get(run_id)
+                if record is not None and not record.status.is_terminal:
+                    core.cancel(record)  # its end is refused anyway: stop the handler
+
+    async def _keeper(self) -> None:
+        coordinator = self.coordinator
+        core = self._core
+        reclaim_every = max(coordinator.lease_seconds / 2, 0.05)
+        backoff = 0.0
+        next_reclaim = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due.clear()
+            try:
+                if loop.time() >= next_reclaim:
+                    await coordinator.relisten()
+                    await coordinator.reclaim(self.limit_of, core.now())
+                    next_reclaim = loop.time() + reclaim_every
+                await coordinator.sweep_due(self.limit_of, core.now())
+                due = await coordinator.next_due()
+            except StorageError as exc:
+                backoff = _next_backoff(backoff)
+                logger.warning("keeping shared runs failed (%s); again in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            wait = min(POLL_SECONDS, reclaim_every, max(next_reclaim - loop.time(), 0.0))
+            if due is not None:
+                self._arm(due)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), wait)
+
+    def _arm(self, due: float) -> None:
+        """Wake the keeper at ``due`` by the scheduler's clock (a virtual one too)."""
+        old = self._due_timer
+        if old is not None:
+            old.cancel()
+        self._due_timer = self._core.clock.call_at(due, self._due.set)
+
+    def arm_next_due(self, due: float) -> None:
+        """Make the next due time a timer of the clock (``run_until_idle`` jumps to it)."""
+        self._arm(due)
+
+
+def _next_backoff(previous: float) -> float:
+    return min(max(previous * 2, 0.1), MAX_BACKOFF)

@@ -1,0 +1,144 @@
+"""The SQL the shared PostgreSQL coordinator sends (tables of ``postgres_schema.py``).
+
+Statements name tables unqualified: every connection's search path is keyflow's
+schema. SQL here only locks, reads and writes; what a trigger, an end or a due time
+does to a key's runs is decided in Python (:mod:`keyflow.shared.decide`).
+
+Locks are always taken in one order, so no two transactions wait for each other in a
+circle: idempotency keys (sorted), then lanes (sorted by key), then runs (by ``seq``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UNFINISHED: Final = "('scheduled', 'queued', 'pending', 'running')"
+
+LOCK_LANES: Final = (
+    "INSERT INTO keyflow_lanes (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k "
+    "ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key"
+)
+"""Lock the lanes of these keys (made if missing), in key order."""
+
+LOCK_IDEMPOTENCY: Final = (
+    "SELECT pg_advisory_xact_lock(hashtextextended(j || chr(1) || k, 0)) "
+    "FROM unnest($1::text[], $2::text[]) AS t(j, k) ORDER BY j, k"
+)
+"""Serialize triggers carrying the same ``(job, idempotency_key)``."""
+
+FIND_IDEMPOTENT: Final = (
+    "SELECT i.job, i.idempotency_key, r.id, r.concurrency_key FROM keyflow_idempotency i "
+    "JOIN keyflow_runs r ON r.id = i.run_id AND r.status IN " + UNFINISHED + " "
+    "WHERE (i.job, i.idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+)
+"""The unfinished runs these idempotency keys name (a finished run's key is free)."""
+
+LANE_RUNS: Final = (
+    "SELECT data, generation, lease_owner FROM keyflow_runs "
+    "WHERE concurrency_key = ANY($1::text[]) AND status IN " + UNFINISHED + " "
+    "ORDER BY seq FOR UPDATE"
+)
+"""The unfinished runs of these keys, in creation order, locked."""
+
+RUNS_BY_ID: Final = (
+    "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
+    "WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE"
+)
+
+COLUMNS: Final = (
+    "id, job, concurrency_key, status, created_at, finished_at, data, due_at, started_at, "
+    "attempt, trigger_count"
+)
+
+INSERT_RUN: Final = (
+    f"INSERT INTO keyflow_runs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+
+UPDATE_RUN: Final = (
+    "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
+    "started_at = $6, attempt = $7, trigger_count = $8 WHERE id = $1"
+)
+"""A run's fields after a change decided under its lane's lock (its lease untouched)."""
+
+SAVE_LEASED: Final = (
+    "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
+    "started_at = $6, attempt = $7, trigger_count = $8, "
+    "lease_owner = CASE WHEN $9::boolean THEN lease_owner END, "
+    "lease_until = CASE WHEN $9::boolean THEN lease_until END, "
+    "generation = generation + CASE WHEN $9::boolean THEN 0 ELSE 1 END "
+    "WHERE id = $1 AND generation = $10 AND lease_owner = $11"
+)
+"""A leased run's change by its worker, fenced by the lease's generation; ``$9`` says
+whether the worker keeps the lease (False: an end, or a stop handing the run back)."""
+
+UPSERT_IDEMPOTENCY: Final = (
+    "INSERT INTO keyflow_idempotency (job, idempotency_key, run_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "ON CONFLICT (job, idempotency_key) DO UPDATE SET run_id = EXCLUDED.run_id"
+)
+
+INSERT_LABELS: Final = (
+    "INSERT INTO keyflow_labels (run_id, name, value) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING"
+)
+
+NOTIFY: Final = "SELECT pg_notify($1, $2)"
+
+CLAIM: Final = (
+    "SELECT id, data, generation FROM keyflow_runs r "
+    "WHERE status = 'pending' AND lease_owner IS NULL AND job = ANY($1::text[]) "
+    "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
+    "OR (p.kind = 'key' AND p.name = r.concurrency_key)) "
+    "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
+"""Pending runs nobody leases, of jobs this process registers, not paused, oldest first."""
+
+TAKE_LEASES: Final = (
+    "UPDATE keyflow_runs AS r SET status = 'running', data = t.data, started_at = t.started, "
+    "attempt = t.attempt, lease_owner = $4, "
+    "lease_until = clock_timestamp() + make_interval(secs => $5), generation = generation + 1 "
+    "FROM unnest($1::text[], $2::text[], $3::float8[], $6::int[]) AS t(id, data, started, attempt) "
+    "WHERE r.id = t.id RETURNING r.id, r.generation"
+)
+
+RENEW: Final = (
+    "UPDATE keyflow_runs AS r SET lease_until = clock_timestamp() + make_interval(secs => $4) "
+    "FROM unnest($2::text[], $3::bigint[]) AS t(id, generation) "
+    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $1 RETURNING r.id"
+)
+
+EXPIRED_LOCKED: Final = (
+    "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
+    "WHERE id = ANY($1::text[]) AND lease_owner IS NOT NULL AND lease_until < clock_timestamp() "
+    "ORDER BY seq FOR UPDATE"
+)
+"""Of these runs, those whose lease has expired (checked again under lock), locked."""
+
+EXPIRED: Final = (
+    "SELECT id, concurrency_key FROM keyflow_runs "
+    "WHERE lease_owner IS NOT NULL AND lease_until < clock_timestamp() "
+    "ORDER BY lease_until LIMIT $1"
+)
+
+RELEASE: Final = (
+    "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
+    "started_at = $6, attempt = $7, trigger_count = $8, lease_owner = NULL, "
+    "lease_until = NULL, generation = generation + 1 WHERE id = $1"
+)
+"""A reclaimed run: its fields, and no lease (a new generation fences the old worker)."""
+
+DUE: Final = (
+    "SELECT id, concurrency_key FROM keyflow_runs "
+    "WHERE status = 'scheduled' AND lease_owner IS NULL AND due_at <= $1 "
+    "ORDER BY due_at LIMIT $2"
+)
+
+NEXT_DUE: Final = (
+    "SELECT min(due_at) FROM keyflow_runs WHERE status = 'scheduled' AND lease_owner IS NULL"
+)
+
+BUSY: Final = (
+    "SELECT count(*) FROM keyflow_runs WHERE status IN ('queued', 'pending', 'running') "
+    "OR (status = 'scheduled' AND (lease_owner IS NOT NULL OR due_at <= $1))"
+)
+"""Unfinished runs that are due (or leased): the database is not idle while any are."""
