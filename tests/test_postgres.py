@@ -1,5 +1,6 @@
-"""What the PostgreSQL backend promises beyond the contract: one writer, NUL refusals,
-schema versions, read-only opens, URLs and clear errors (against the real server)."""
+"""What the PostgreSQL backend promises beyond the contract in its single-writer mode
+(``mode=single``): one writer, NUL refusals, schema versions, read-only opens, URLs and
+clear errors (against the real server). Shared mode: ``test_shared_*.py``."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from .pg import POSTGRES, drop_schemas, postgres_url, schema_for
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    """A fresh schema's URL, dropped after the test."""
-    found = postgres_url(tmp_path)
+    """A fresh schema's URL in the single-writer mode, dropped after the test."""
+    found = postgres_url(tmp_path) + "&mode=single"
     yield found
     drop_schemas(schema_for(tmp_path))
 

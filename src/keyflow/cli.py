@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import KeyflowError
 from .storage_backends import open_backend
+from .worker_cli import add_worker_parser, run_worker
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 TOKEN_VARIABLE = "KEYFLOW_DASHBOARD_TOKEN"
@@ -348,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(commands)
+    add_worker_parser(commands)
     dash = commands.add_parser(
         "dashboard",
         help="a read-only dashboard over storage another process writes",
@@ -379,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: wall)",
     )
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return run_worker(args)
     if args.command == "demo":
         if not _is_loopback(args.host):
             parser.error(f"--host {args.host} is reachable by others: the demo binds loopback only")

@@ -223,6 +223,10 @@ class Job:
         self.__doc__ = handler.__doc__
         self.__wrapped__ = handler
 
+    def bind(self, port: TriggerPort) -> None:
+        """Trigger through ``port`` from now on (see :meth:`keyflow.Keyflow.use`)."""
+        self._port = port
+
     def __repr__(self) -> str:
         return f"<Job {self.name!r}>"
 

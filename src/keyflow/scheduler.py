@@ -25,7 +25,7 @@ from .clock import Clock, SystemClock
 from .coalesce import CoalesceOption
 from .context import RunContext
 from .core import Core
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SchedulerNotRunningError
 from .hub import EventHub
 from .jobs import Backoff, BackoffOption, Handler, Job, KeyOption, job_definer
 from .jsonvalue import safe_repr
@@ -91,12 +91,21 @@ class Keyflow(Observing):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | str)):
             raise ConfigurationError(f"seed must be an integer or None, got {safe_repr(seed)}")
         self._limit_of = _lane_limit(lane_limit)
-        self._backend = open_backend(storage, retention=retention)
-        self._read_only = self._backend.read_only
+        self._retention = retention
+        self._cancel_grace = cancel_grace
         self._clock = clock or SystemClock()
         self._rng = random.Random(seed)
         self._jobs: dict[str, Job] = {}
         self._hub = EventHub(event_buffer)
+        self._assemble(storage, workers)
+        self._phase = "new"
+        self._stopping: asyncio.Task[None] | None = None
+        self._storage_closing: asyncio.Task[None] | None = None
+
+    def _assemble(self, storage: str | StorageBackend, workers: int) -> None:
+        """Open ``storage`` (not connected yet) and build the core and the workers on it."""
+        self._backend = open_backend(storage, retention=self._retention)
+        self._read_only = self._backend.read_only
         self._core = Core(
             backend=self._backend,
             jobs=self._jobs,
@@ -113,7 +122,7 @@ class Keyflow(Observing):
             workers,
             new_context=partial(RunContext, self, self._core),
             rng=self._rng,
-            cancel_grace=cancel_grace,
+            cancel_grace=self._cancel_grace,
             # On shared storage the claim itself writes the start (see keyflow.shared).
             durable_start=self._backend.durable and coordinator is None,
             mark_start=self._backend.mark_start,
@@ -125,9 +134,30 @@ class Keyflow(Observing):
             self._shared = SharedService(coordinator, self._core, self._jobs, workers)
             self._core.remote = self._shared
             self._backend.limit_of = self._shared.limit_of  # type: ignore[attr-defined]
-        self._phase = "new"
-        self._stopping: asyncio.Task[None] | None = None
-        self._storage_closing: asyncio.Task[None] | None = None
+        for job in self._jobs.values():
+            job.bind(self._core)
+
+    def use(
+        self, storage: str | StorageBackend | None = None, *, workers: int | None = None
+    ) -> None:
+        """Change the storage or the number of workers, before :meth:`start`.
+
+        For a program that builds its ``Keyflow`` (and registers its jobs) at import and
+        runs it elsewhere with other settings: ``keyflow worker --app module:kf
+        --storage URL --workers N`` calls this. Jobs stay registered.
+
+        Raises:
+            SchedulerNotRunningError: it was started already.
+            ConfigurationError: a bad storage URL or worker count.
+        """
+        if self._phase != "new":
+            raise SchedulerNotRunningError("use() changes a Keyflow before its start only")
+        if workers is not None:
+            count(workers, "workers", minimum=0, maximum=100_000)
+        self._assemble(
+            self._backend if storage is None else storage,
+            self._pool.size if workers is None else workers,
+        )
 
     # -- jobs --------------------------------------------------------------------
 

@@ -81,24 +81,28 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         return StoredState(unfinished=[], paused=state.paused)
 
     async def _lock(self, conn: AsyncConnection) -> None:
-        # No session lock: many processes write. Creating or migrating the schema is
-        # serialized by a transaction lock instead (see _create_or_migrate).
+        # No lock held while open: many processes write. Creating or migrating the
+        # schema takes the lock for that moment only (see _create_or_migrate).
         self._locked = True
-
-    async def _create_or_migrate(self, conn: AsyncConnection, version: int | None) -> None:
-        await conn.execute(select(func.pg_advisory_xact_lock(self.lock_key)))
-        version = await self._schema_version(conn)  # another process may have done it
-        await super()._create_or_migrate(conn, version)
 
     async def _load(self, conn: AsyncConnection) -> StoredState:
         # Only the pauses: unfinished runs stay in the database, for any process.
-        async with conn.begin():
-            version = await self._schema_version(conn)
-            await self._create_or_migrate(conn, version)
-            pauses = await conn.execute(
-                select(self.tables.pauses.c.kind, self.tables.pauses.c.name)
-            )
-            paused = frozenset((str(kind), str(name)) for kind, name in pauses)
+        # Creating or migrating the schema is one process's at a time: a session lock,
+        # taken before the transaction that looks (a transaction begun earlier could
+        # go on seeing the schema as it was before it waited).
+        await conn.execute(select(func.pg_advisory_lock(self.lock_key)))
+        await conn.commit()
+        try:
+            async with conn.begin():
+                version = await self._schema_version(conn)
+                await self._create_or_migrate(conn, version)
+                pauses = await conn.execute(
+                    select(self.tables.pauses.c.kind, self.tables.pauses.c.name)
+                )
+                paused = frozenset((str(kind), str(name)) for kind, name in pauses)
+        finally:
+            await conn.execute(select(func.pg_advisory_unlock(self.lock_key)))
+            await conn.commit()
         return StoredState(unfinished=[], paused=paused)
 
     async def close(self) -> None:

@@ -50,7 +50,7 @@ class Deciding(SharedDatabase):
         """
         for attempt in range(TRIES):
             try:
-                return await self._trigger(prepared, limit_of, new_id, now())
+                return await self._trigger(prepared, limit_of, new_id, now)
             except RETRIED:
                 if attempt == TRIES - 1:
                     raise StorageError(f"triggers in {self.place} kept conflicting") from None
@@ -61,7 +61,7 @@ class Deciding(SharedDatabase):
         prepared: list[PreparedTrigger],
         limit_of: LimitOf,
         new_id: Callable[[], str],
-        now: float,
+        clock: Callable[[], float],
     ) -> list[TriggerResult]:
         keys = {t.key for t in prepared if t.key is not None}
         idem = sorted({(t.job.name, t.idempotency_key) for t in prepared if t.idempotency_key})
@@ -81,6 +81,9 @@ class Deciding(SharedDatabase):
                 key: [leased.record for leased in runs]
                 for key, runs in (await self.lane_runs(conn, keys)).items()
             }
+            # Read under the locks, after the runs: a key's runs are made in time order,
+            # and a start this decision saw happened before it.
+            now = clock()
             new: list[RunRecord] = []
             changed: dict[str, RunRecord] = {}
             idem_rows: list[tuple[str, str, str]] = []

@@ -13,10 +13,11 @@ counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASH
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import asyncpg
 
+from ..errors import StorageError
 from ..records import RunRecord
 from ..recovery import MAX_CRASHES
 from ..runs import AttemptError, LogEntry, RunStatus
@@ -51,10 +52,15 @@ class Leasing(Deciding):
         """How long a lease lasts without renewal (heartbeats renew it every third)."""
         self.leases: dict[str, int] = {}
         """Runs this process leases: id → the lease's generation."""
-        self._fresh: set[str] = set()
-        """Leased runs whose start the claim wrote: their first running write is skipped."""
+        self._saving: set[str] = set()
+        """Runs whose write is in flight (a renewal that misses one has not lost it)."""
+        self._fresh: dict[str, float] = {}
+        """Leased runs whose start the claim wrote, with its time: their first running
+        write is skipped, and the start is the claim's (when the database saw it)."""
 
-    async def claim(self, jobs: Collection[str], limit: int, now: float) -> list[RunRecord]:
+    async def claim(
+        self, jobs: Collection[str], limit: int, clock: Callable[[], float]
+    ) -> list[RunRecord]:
         """Lease and start up to ``limit`` pending runs of ``jobs``; oldest first.
 
         Returns each run as it was before its start (the caller's core starts it again,
@@ -67,16 +73,19 @@ class Leasing(Deciding):
             return []
         for _ in range(TRIES):
             try:
-                return await self._claim(list(jobs), limit, now)
+                return await self._claim(list(jobs), limit, clock)
             except RETRIED:
                 continue
         return []
 
-    async def _claim(self, jobs: list[str], limit: int, now: float) -> list[RunRecord]:
+    async def _claim(
+        self, jobs: list[str], limit: int, clock: Callable[[], float]
+    ) -> list[RunRecord]:
         async with self.transaction("a claim") as conn:
             rows = await conn.fetch(sql.CLAIM, jobs, limit)
             if not rows:
                 return []
+            now = clock()  # the runs are ours from here: their start
             before: list[RunRecord] = []
             ids: list[str] = []
             datas: list[str] = []
@@ -94,9 +103,9 @@ class Leasing(Deciding):
             taken = await conn.fetch(
                 sql.TAKE_LEASES, ids, datas, started, self.owner, self.lease_seconds, attempts
             )
-            for run_id, generation in taken:
-                self.leases[run_id] = generation
-                self._fresh.add(run_id)
+        for run_id, generation in taken:  # committed: the leases are ours
+            self.leases[run_id] = generation
+            self._fresh[run_id] = now
         return before
 
     async def save(self, batch: WriteBatch, limit_of: LimitOf) -> list[str]:
@@ -108,24 +117,32 @@ class Leasing(Deciding):
             StorageError: the database failed; nothing was stored.
         """
         runs: dict[str, RunRecord] = {}
+        fresh = self._fresh
         for record in batch.runs:
             run_id = record.id
-            if run_id in self._fresh and record.status is RUNNING:
-                self._fresh.discard(run_id)  # the claim wrote this start
-                continue
+            claimed = fresh.pop(run_id, None)
+            if claimed is not None:
+                record.started_at = claimed  # the start the database saw
+                if record.status is RUNNING:
+                    continue  # and wrote
             runs[run_id] = record
         if not runs:
             return []
-        for attempt in range(TRIES):
-            try:
-                return await self._save(runs, limit_of)
-            except RETRIED:
-                if attempt == TRIES - 1:
-                    raise
-        return []
+        self._saving.update(runs)
+        try:
+            for attempt in range(TRIES):
+                try:
+                    return await self._save(runs, limit_of)
+                except RETRIED:
+                    if attempt == TRIES - 1:
+                        raise StorageError(f"writes to {self.place} kept conflicting") from None
+            return []
+        finally:
+            self._saving.difference_update(runs)
 
     async def _save(self, runs: dict[str, RunRecord], limit_of: LimitOf) -> list[str]:
         lost: list[str] = []
+        released: list[str] = []
         ending = {r.key for r in runs.values() if r.key is not None and not _keeps(r)}
         notice = Notice()
         async with self.transaction("writing runs") as conn:
@@ -152,7 +169,7 @@ class Leasing(Deciding):
                     continue
                 notice.changed.append(run_id)
                 if not keep:
-                    self.leases.pop(run_id, None)
+                    released.append(run_id)
                     if record.status is PENDING:
                         notice.work = True
             lanes = await self.lane_runs(conn, ending)
@@ -163,9 +180,11 @@ class Leasing(Deciding):
                 note_change(notice, run)
             await self.write_runs(conn, changed=changed)
             await self.notify(conn, notice)
+        for run_id in released:  # committed: the leases are given up
+            self.leases.pop(run_id, None)
         for run_id in lost:
             self.leases.pop(run_id, None)
-            self._fresh.discard(run_id)
+            self._fresh.pop(run_id, None)
             logger.error(
                 "run %s: this process lost its lease (it expired and the run was reclaimed); "
                 "its late write is refused",
@@ -187,16 +206,21 @@ class Leasing(Deciding):
             row[0]
             for row in await self.fetch(sql.RENEW, self.owner, ids, generations, self.lease_seconds)
         }
-        lost = [run_id for run_id in ids if run_id not in kept and run_id in self.leases]
+        lost = [
+            run_id
+            for run_id, generation in zip(ids, generations, strict=True)
+            if run_id not in kept
+            and run_id not in self._saving
+            and self.leases.get(run_id) == generation
+        ]
         for run_id in lost:
-            if self.leases.get(run_id) is not None:
-                del self.leases[run_id]
-                self._fresh.discard(run_id)
-                logger.error(
-                    "run %s: this process lost its lease (expired and reclaimed elsewhere); "
-                    "what its handler still does is not written",
-                    run_id,
-                )
+            del self.leases[run_id]
+            self._fresh.pop(run_id, None)
+            logger.error(
+                "run %s: this process lost its lease (expired and reclaimed elsewhere); "
+                "what its handler still does is not written",
+                run_id,
+            )
         return lost
 
     async def reclaim(self, limit_of: LimitOf, now: float) -> int:

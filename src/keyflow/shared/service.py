@@ -167,7 +167,7 @@ class SharedService:
             free = self._free() if self._claiming else 0
             if free > 0:
                 try:
-                    records = await self.coordinator.claim(self._jobs, free, core.now())
+                    records = await self.coordinator.claim(self._jobs, free, core.now)
                 except StorageError as exc:
                     backoff = _next_backoff(backoff)
                     logger.warning("claiming runs failed (%s); again in %.1fs", exc, backoff)

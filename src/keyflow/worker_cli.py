@@ -1,0 +1,141 @@
+"""``keyflow worker``: a process that executes the jobs of an application's ``Keyflow``.
+
+``keyflow worker --app myapp.jobs:kf --storage postgresql://… --workers 8`` imports
+``myapp.jobs``, takes its ``kf`` (a :class:`~keyflow.Keyflow`, or a function returning
+one), moves it to the storage and worker count given (:meth:`Keyflow.use`), starts it,
+and runs until SIGTERM or SIGINT: then it stops gracefully (running handlers get
+``--grace`` seconds, then go back to their lanes for another process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from .errors import ConfigurationError, KeyflowError
+from .options import seconds
+from .scheduler import Keyflow
+
+logger = logging.getLogger("keyflow.worker")
+
+WORKER_DESCRIPTION = (
+    "Execute the jobs of an application's Keyflow in this process, until SIGTERM or "
+    "SIGINT (then stop gracefully). With shared storage (postgresql://…) run as many of "
+    "these, on as many machines, as you like."
+)
+
+
+def add_worker_parser(commands: Any) -> None:
+    """Add ``keyflow worker`` to the command's subparsers."""
+    worker = commands.add_parser(
+        "worker",
+        help="execute an application's jobs (many processes share postgresql:// storage)",
+        description=WORKER_DESCRIPTION,
+    )
+    worker.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:NAME",
+        help="where the Keyflow is: a module and the name of the Keyflow in it (or of a "
+        "function returning one), e.g. myapp.jobs:kf (required)",
+    )
+    worker.add_argument(
+        "--storage",
+        help="the storage to use instead of the one the application gives, e.g. "
+        "postgresql://user@host/db (default: the application's)",
+    )
+    worker.add_argument(
+        "--workers",
+        type=int,
+        help="runs this process executes at once (default: the application's)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        help="seconds running handlers get at a stop before their runs go back to their "
+        "lanes (default: the application's)",
+    )
+    worker.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="what keyflow logs to stderr (default: INFO)",
+    )
+
+
+def load_app(spec: str) -> Keyflow:
+    """The ``Keyflow`` named by ``module:name`` (the current directory is importable).
+
+    Raises:
+        ConfigurationError: the module or the name cannot be found, or is no Keyflow.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"--app must be MODULE:NAME (e.g. myapp.jobs:kf), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r} for --app: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"{module_name!r} has no {attribute!r} (--app {spec})"
+            ) from None
+    if not isinstance(found, Keyflow) and callable(found):
+        found = found()
+    if not isinstance(found, Keyflow):
+        raise ConfigurationError(
+            f"--app {spec} is a {type(found).__name__}, not a keyflow.Keyflow (nor a function "
+            "returning one)"
+        )
+    return found
+
+
+async def serve(kf: Keyflow, grace: float | None) -> None:
+    """Run ``kf`` until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await kf.start()
+        logger.info(
+            "keyflow worker %d: jobs %s; stop with SIGTERM or Ctrl-C",
+            os.getpid(),
+            ", ".join(sorted(kf.jobs)) or "(none)",
+        )
+        await stop.wait()
+        logger.info("keyflow worker %d: stopping", os.getpid())
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await kf.stop(grace)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """``keyflow worker``: returns the exit status."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        grace = None if args.grace is None else seconds(args.grace, "--grace")
+        kf = load_app(args.app)
+        if args.storage is not None or args.workers is not None:
+            kf.use(args.storage, workers=args.workers)
+        asyncio.run(serve(kf, grace))
+    except KeyflowError as exc:
+        print(f"keyflow worker: {exc}", file=sys.stderr)
+        return 2
+    return 0

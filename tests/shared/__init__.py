@@ -1,0 +1,1 @@
+"""Programs the multi-process tests of shared PostgreSQL storage start as processes."""

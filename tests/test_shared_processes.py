@@ -1,0 +1,202 @@
+"""Many processes on one shared PostgreSQL schema, for real: ``keyflow worker`` processes
+and producer processes, checked from the database (its clock for starts and ends)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import keyflow
+
+from .pg import POSTGRES, drop_schemas, postgres_url, run_aside, schema_for
+
+REPO = Path(__file__).resolve().parent.parent
+BOUNDS = {"queue1": 1, "queue3": 3}
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    """A fresh schema (with the log table the test app writes), short leases."""
+    found = postgres_url(tmp_path) + "&lease=3"
+    schema = schema_for(tmp_path)
+
+    async def prepare() -> None:
+        conn = await asyncpg.connect(POSTGRES)
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET search_path TO "{schema}"')
+            from tests.shared.app import LOG_TABLE
+
+            await conn.execute(LOG_TABLE)
+        finally:
+            await conn.close()
+
+    run_aside(prepare)
+    yield found
+    drop_schemas(schema)
+
+
+def _env(url: str) -> dict[str, str]:
+    schema = url.split("schema=")[1].split("&")[0]
+    return {
+        **os.environ,
+        "KF_TEST_SCHEMA": schema,
+        "KF_TEST_DSN": POSTGRES,
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def start_workers(url: str, count: int, workers: int = 4) -> list[subprocess.Popen[bytes]]:
+    """``count`` ``keyflow worker`` processes running the test app."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "keyflow",
+                "worker",
+                "--app",
+                "tests.shared.app:kf",
+                "--storage",
+                url,
+                "--workers",
+                str(workers),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=REPO,
+            env=_env(url),
+        )
+        for _ in range(count)
+    ]
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM each process; their exit statuses."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return [process.wait(timeout=60) for process in processes]
+
+
+async def until_idle(url: str, timeout: float = 120.0) -> None:
+    """Wait until no run of the schema is due, pending or running, in any process."""
+    async with keyflow.Keyflow(url, workers=0) as watcher:
+        await watcher.run_until_idle(timeout=timeout)
+
+
+async def read(url: str) -> tuple[list[dict[str, Any]], list[asyncpg.Record]]:
+    """Every stored run (its JSON, and its ``seq``), and the log, in time order."""
+    schema = url.split("schema=")[1].split("&")[0]
+    conn = await asyncpg.connect(POSTGRES, server_settings={"search_path": schema})
+    try:
+        runs = [
+            {**json.loads(data), "seq": seq}
+            for data, seq in await conn.fetch("SELECT data, seq FROM keyflow_runs ORDER BY seq")
+        ]
+        log = await conn.fetch(
+            "SELECT run_id, job, key, attempt, event, pid, extract(epoch FROM at) AS at "
+            "FROM kf_log ORDER BY at"
+        )
+    finally:
+        await conn.close()
+    return runs, log
+
+
+def check_exclusion(log: list[asyncpg.Record]) -> None:
+    """No two attempts of one key ever run at once (every lane's limit is 1)."""
+    inside: dict[str, str] = {}
+    for row in log:
+        key = row["key"]
+        if row["event"] == "start":
+            assert key not in inside, f"{row['run_id']} started while {inside[key]} ran ({key})"
+            inside[key] = row["run_id"]
+        elif inside.get(key) == row["run_id"]:
+            del inside[key]
+        else:  # a handler cancelled before its start line was sent logs its end only
+            assert row["run_id"] not in inside.values(), f"{row['run_id']} ended twice"
+    assert not inside, f"attempts never ended: {inside}"
+
+
+def check_order(runs: list[dict[str, Any]]) -> None:
+    """A key's runs start in the order they were made (the lanes are first in, first out)."""
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run.get("started_at") is not None:
+            by_key[run["key"]].append(run)
+    for key, started in by_key.items():
+        starts = [run["started_at"] for run in sorted(started, key=lambda r: r["seq"])]
+        assert starts == sorted(starts), f"lane {key} started runs out of creation order"
+
+
+def check_bound(runs: list[dict[str, Any]]) -> None:
+    """A queue job never holds more unstarted runs in a lane than its ``max_queued``."""
+    events: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    for run in runs:
+        bound = BOUNDS.get(run["job"])
+        if bound is None:
+            continue
+        lane = (run["job"], run["key"])
+        events[lane].append((run["created_at"], 1))
+        first = run.get("started_at") if run.get("attempt", 0) <= 1 else None
+        end = first if first is not None else run.get("finished_at")
+        if end is not None:
+            events[lane].append((end, -1))
+    for (job, key), moments in events.items():
+        waiting = 0
+        for _at, change in sorted(moments, key=lambda m: (m[0], m[1])):
+            waiting += change
+            assert waiting <= BOUNDS[job], f"{job} held {waiting} unstarted runs in {key}"
+
+
+def check_trailing_edge(triggers: list[dict[str, Any]], log: list[asyncpg.Record]) -> None:
+    """Every acknowledged "queue" trigger is followed by a start of the run it got."""
+    starts: dict[str, list[float]] = defaultdict(list)
+    for row in log:
+        if row["event"] == "start":
+            starts[row["run_id"]].append(float(row["at"]))
+    for trigger in triggers:
+        if trigger["job"] in BOUNDS:
+            after = [at for at in starts[trigger["run_id"]] if at >= trigger["at"]]
+            assert after, f"trigger {trigger} was acknowledged, then nothing ran for it"
+
+
+def test_four_workers_and_four_producers_keep_every_guarantee(url: str, tmp_path: Path) -> None:
+    workers = start_workers(url, 4)
+    try:
+        outs = [tmp_path / f"producer{n}.jsonl" for n in range(4)]
+        producers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.shared.producer", url, str(n), "150", str(out)],
+                cwd=REPO,
+                env=_env(url),
+            )
+            for n, out in enumerate(outs)
+        ]
+        assert [p.wait(timeout=180) for p in producers] == [0, 0, 0, 0]
+        run_aside(lambda: until_idle(url))
+    finally:
+        statuses = stop(workers)
+    assert statuses == [0, 0, 0, 0]
+    triggers = [json.loads(line) for out in outs for line in out.read_text().splitlines()]
+    assert len(triggers) == 600
+    runs, log = run_aside(lambda: read(url))
+    assert {run["status"] for run in runs} <= {"completed", "cancelled"}
+    assert len({row["pid"] for row in log}) > 1, "the runs were not spread over the workers"
+    dispositions = {t["disposition"] for t in triggers}
+    assert {"created", "queued", "coalesced"} <= dispositions
+    check_exclusion(list(log))
+    check_order(runs)
+    check_bound(runs)
+    check_trailing_edge(triggers, list(log))
