@@ -300,10 +300,12 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
 
 def crash_test(backend: str, cycles: int, seed: int, directory: Path) -> tuple[Report, list[str]]:
     """Run the whole crash test; return what the log said and the problems found."""
-    if backend == "postgresql":
+    if backend.startswith("postgresql"):
         from .pg import postgres_url
 
-        url = postgres_url(directory)
+        # Shared mode's leases are short here: a dead process's runs come back at once.
+        mode = "&lease=1" if backend == "postgresql-shared" else "&mode=single"
+        url = postgres_url(directory) + mode
     else:
         suffix = "db" if backend == "sqlite" else "json"
         url = f"{backend}:///{directory / f'runs.{suffix}'}"
@@ -323,7 +325,7 @@ def main() -> None:
     child_args.add_argument("--seed", type=int, default=0)
     child_args.add_argument("--drain", action="store_true")
     child_args.add_argument("--poison", action="store_true")
-    parser.add_argument("--backend", choices=("sqlite", "json", "postgresql"), default="sqlite")
+    parser.add_argument("--backend", choices=("sqlite", "json", "postgresql", "postgresql-shared"), default="sqlite")
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

@@ -33,6 +33,9 @@ class TestJSONFileBackend(StorageBackendContract):
 
 
 class TestPostgreSQLBackend(StorageBackendContract):
+    """The store's contract, on the single-writer mode: the shared mode reads through the
+    same code, and writes through its coordinator (``tests/test_shared*.py``)."""
+
     @pytest.fixture(autouse=True)
     def _schema(self, tmp_path: Path) -> Iterator[None]:
         need_postgres()
@@ -40,4 +43,4 @@ class TestPostgreSQLBackend(StorageBackendContract):
         drop_schemas(schema_for(tmp_path))
 
     def make_backend(self, place: Path, retention: int) -> StorageBackend:
-        return open_backend(postgres_url(place), retention=retention)
+        return open_backend(postgres_url(place) + "&mode=single", retention=retention)

@@ -17,14 +17,14 @@ from .pg import drop_schemas, schema_for
 CYCLES = int(os.environ.get("KEYFLOW_CRASH_CYCLES", "20"))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "json", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "json", "postgresql", "postgresql-shared"])
 def test_sigkill_loses_no_acknowledged_trigger(backend: str, tmp_path: Path) -> None:
     # PostgreSQL's checks are the same; half the kills keep the suite's time in bounds.
-    cycles = CYCLES // 2 if backend == "postgresql" else CYCLES
+    cycles = CYCLES // 2 if backend.startswith("postgresql") else CYCLES
     try:
         report, problems = crash_test(backend, cycles, seed=20261128, directory=tmp_path)
     finally:
-        if backend == "postgresql":
+        if backend.startswith("postgresql"):
             drop_schemas(schema_for(tmp_path))
     assert len(report.boots) == cycles + 1
     assert len(report.triggers) > 15 * cycles  # the children did real work before dying

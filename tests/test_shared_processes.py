@@ -3,6 +3,7 @@ and producer processes, checked from the database (its clock for starts and ends
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -200,3 +201,136 @@ def test_four_workers_and_four_producers_keep_every_guarantee(url: str, tmp_path
     check_order(runs)
     check_bound(runs)
     check_trailing_edge(triggers, list(log))
+
+
+async def _log_rows(url: str, run_id: str) -> list[asyncpg.Record]:
+    schema = url.split("schema=")[1].split("&")[0]
+    conn = await asyncpg.connect(POSTGRES, server_settings={"search_path": schema})
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT event, pid, attempt FROM kf_log WHERE run_id = $1 ORDER BY at", run_id
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _db_now() -> float:
+    conn = await asyncpg.connect(POSTGRES)
+    try:
+        return float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())"))
+    finally:
+        await conn.close()
+
+
+async def _until_started(url: str, run_id: str, timeout: float = 30.0) -> int:
+    """The pid of the process that logged the start of ``run_id`` (waits for it)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            rows = await _log_rows(url, run_id)
+            if rows:
+                return int(rows[0]["pid"])
+            await asyncio.sleep(0.05)  # another process: nothing here to await but the log
+
+
+async def _trigger_hold(url: str, key: str, seconds: float, count: int = 1) -> list[str]:
+    until = await _db_now() + seconds
+    async with keyflow.Keyflow(url, workers=0) as producer:
+        producer.job("hold")(_never)
+        results = [
+            await producer.trigger(
+                "hold",
+                {"key": key, "hold_until": until, "n": n},
+                concurrency_key=key,
+                coalesce="queue",
+            )
+            for n in range(count)
+        ]
+    return [r.run_id for r in results]
+
+
+async def _never(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    raise AssertionError("a producer without workers runs nothing")
+
+
+async def _final(url: str, run_id: str) -> keyflow.Run:
+    async with keyflow.Keyflow(url, workers=0) as watcher:
+        return await watcher.wait(run_id, timeout=60)
+
+
+def test_a_killed_workers_run_is_reclaimed_after_its_lease_and_completes(url: str) -> None:
+    first = start_workers(url, 1)
+    second: list[subprocess.Popen[bytes]] = []
+    try:
+        (run_id,) = run_aside(lambda: _trigger_hold(url, "kill", 1.0))
+        killed_pid = run_aside(lambda: _until_started(url, run_id))
+        assert killed_pid == first[0].pid
+        (follow_up,) = run_aside(lambda: _trigger_hold(url, "kill", 0.0))  # queued behind it
+        first[0].send_signal(signal.SIGKILL)  # mid-run: its lease is never renewed again
+        first[0].wait(timeout=30)
+        second = start_workers(url, 1)
+        run = run_aside(lambda: _final(url, run_id))
+        after = run_aside(lambda: _final(url, follow_up))
+    finally:
+        stop(second)
+    assert run.status is keyflow.RunStatus.COMPLETED
+    assert run.attempt == 2  # the crash was a new attempt
+    assert run.interruptions == 1
+    assert after.status is keyflow.RunStatus.COMPLETED
+    assert after.started_at is not None
+    assert run.finished_at is not None
+    assert after.started_at >= run.finished_at  # the follow-up waited for the reclaimed run
+    rows = run_aside(lambda: _log_rows(url, run_id))
+    assert [(r["event"], r["pid"]) for r in rows] == [
+        ("start", killed_pid),
+        ("start", second[0].pid),
+        ("end", second[0].pid),
+    ]
+
+
+def test_a_paused_workers_late_writes_are_refused_after_its_lease_moved(
+    url: str, tmp_path: Path
+) -> None:
+    errors = tmp_path / "stalled.err"
+    with errors.open("wb") as sink:
+        stalled = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "keyflow",
+                "worker",
+                "--app",
+                "tests.shared.app:kf",
+                "--storage",
+                url,
+                "--workers",
+                "2",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=REPO,
+            env=_env(url),
+            stderr=sink,
+        )
+    others: list[subprocess.Popen[bytes]] = []
+    try:
+        (run_id,) = run_aside(lambda: _trigger_hold(url, "stall", 6.0))
+        assert run_aside(lambda: _until_started(url, run_id)) == stalled.pid
+        stalled.send_signal(signal.SIGSTOP)  # its lease (3 s) runs out while it sleeps
+        others = start_workers(url, 1)
+        run = run_aside(lambda: _final(url, run_id))  # the other process ran it again
+        stalled.send_signal(signal.SIGCONT)
+        statuses = stop([stalled])
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+        stop([stalled])
+        stop(others)
+    assert statuses == [0]
+    assert run.status is keyflow.RunStatus.COMPLETED
+    assert run.attempt == 2
+    rows = run_aside(lambda: _log_rows(url, run_id))
+    assert (rows[1]["event"], rows[1]["pid"]) == ("start", others[0].pid)
+    again = run_aside(lambda: _final(url, run_id))
+    assert again == run  # the stalled worker's late end changed nothing
+    assert "lost its lease" in errors.read_text()

@@ -59,9 +59,18 @@ class Leasing(Deciding):
         write is skipped, and the start is the claim's (when the database saw it)."""
 
     async def claim(
-        self, jobs: Collection[str], limit: int, clock: Callable[[], float]
+        self,
+        jobs: Collection[str],
+        limit: int,
+        clock: Callable[[], float],
+        *,
+        suspects: int = 1,
     ) -> list[RunRecord]:
         """Lease and start up to ``limit`` pending runs of ``jobs``; oldest first.
+
+        At most ``suspects`` of them may be runs a crash cut short before: such runs
+        execute one at a time (a run that kills its process must not take others down
+        with it), so one is taken only when this process runs none.
 
         Returns each run as it was before its start (the caller's core starts it again,
         in memory: the same attempt, already durable).
@@ -73,13 +82,13 @@ class Leasing(Deciding):
             return []
         for _ in range(TRIES):
             try:
-                return await self._claim(list(jobs), limit, clock)
+                return await self._claim(list(jobs), limit, clock, suspects)
             except RETRIED:
                 continue
         return []
 
     async def _claim(
-        self, jobs: list[str], limit: int, clock: Callable[[], float]
+        self, jobs: list[str], limit: int, clock: Callable[[], float], suspects: int
     ) -> list[RunRecord]:
         async with self.transaction("a claim") as conn:
             rows = await conn.fetch(sql.CLAIM, jobs, limit)
@@ -92,14 +101,20 @@ class Leasing(Deciding):
             started: list[float] = []
             attempts: list[int] = []
             for run_id, data, _generation in rows:
-                before.append(self.decode(data))
                 record = self.decode(data)
+                if record.crashes > 0:
+                    if suspects <= 0:
+                        continue  # left pending (its row lock ends with this claim)
+                    suspects -= 1
+                before.append(self.decode(data))
                 _start(record, now)
                 params = row_columns(record)
                 ids.append(run_id)
                 datas.append(params["data"])
                 started.append(now)
                 attempts.append(record.attempt)
+            if not ids:
+                return []
             taken = await conn.fetch(
                 sql.TAKE_LEASES, ids, datas, started, self.owner, self.lease_seconds, attempts
             )

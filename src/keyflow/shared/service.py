@@ -167,7 +167,10 @@ class SharedService:
             free = self._free() if self._claiming else 0
             if free > 0:
                 try:
-                    records = await self.coordinator.claim(self._jobs, free, core.now)
+                    suspects = 0 if any(r.crashes for r in core.records.values()) else 1
+                    records = await self.coordinator.claim(
+                        self._jobs, free, core.now, suspects=suspects
+                    )
                 except StorageError as exc:
                     backoff = _next_backoff(backoff)
                     logger.warning("claiming runs failed (%s); again in %.1fs", exc, backoff)
