@@ -46,7 +46,9 @@ def storage_url_for(backend: str, directory: Path) -> str:
     if backend == "memory":
         return "memory://"
     if backend == "postgresql":
-        return postgres_url(directory)
+        # The scheduler suite's single-process semantics: the single-writer mode. Shared
+        # mode (many processes) has suites of its own, tests/test_shared*.py.
+        return postgres_url(directory) + "&mode=single"
     suffix = "db" if backend == "sqlite" else "json"
     return f"{backend}:///{directory / f'runs.{suffix}'}"
 

@@ -325,7 +325,9 @@ def main() -> None:
     child_args.add_argument("--seed", type=int, default=0)
     child_args.add_argument("--drain", action="store_true")
     child_args.add_argument("--poison", action="store_true")
-    parser.add_argument("--backend", choices=("sqlite", "json", "postgresql", "postgresql-shared"), default="sqlite")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "json", "postgresql", "postgresql-shared"), default="sqlite"
+    )
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

@@ -202,8 +202,6 @@ class LiveState:
             if lane is None:
                 lane = self.lanes[key] = Lane(key, ADOPTED_LANE_LIMIT)
             lane.restore(record)
-        if self.hub.active:
-            self.hub.run_changed(record, None, self.now())
         if self.waiters.changes:
             self.waiters.changed()
         self._dispatch_one(record)

@@ -5,6 +5,7 @@ A layer of :class:`keyflow.Keyflow` (see :mod:`keyflow.scheduler`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 from .errors import ConfigurationError
@@ -168,6 +169,17 @@ class Observing(Triggering):
         """
         if limit is not None:
             count(limit, "limit", minimum=0)
+        shared = self._shared
+        if shared is not None:
+            from .shared import reads
+
+            if prefix is not None and not isinstance(prefix, str):
+                raise ConfigurationError(
+                    f"prefix must be a string or None, got {safe_repr(prefix)}"
+                )
+            keys = await reads.active_keys(shared.coordinator, prefix)
+            keys = keys if limit is None else keys[:limit]
+            return await reads.lanes(shared.coordinator, keys, shared.limit_of)
         names = self.key_names(prefix)
         if limit is not None:
             names = names[:limit]
@@ -175,13 +187,51 @@ class Observing(Triggering):
         return [core.lane_snapshot(k) for k in names]
 
     async def get_lane(self, key: str) -> LaneSnapshot:
-        """One key's lane (idle when it has no unfinished run): :meth:`lane`, awaitable."""
-        return self.lane(key)
+        """One key's lane (idle when it has no unfinished run): :meth:`lane`, awaitable.
+
+        On shared storage: the lane as the database holds it, every process's runs.
+        """
+        shared = self._shared
+        if shared is None:
+            return self.lane(key)
+        from .shared import reads
+
+        if not isinstance(key, str):
+            raise ConfigurationError(f"key must be a string, got {safe_repr(key)}")
+        (snapshot,) = await reads.lanes(shared.coordinator, [key], shared.limit_of)
+        return snapshot
 
     async def get_lane_states(self) -> dict[str, int]:
-        """How many lanes are in each state: :meth:`lane_states`, awaitable."""
-        return self.lane_states()
+        """How many lanes are in each state: :meth:`lane_states`, awaitable.
+
+        On shared storage: every lane of the database (idle ones: every key ever used).
+        """
+        shared = self._shared
+        if shared is None:
+            return self.lane_states()
+        from .shared import reads
+
+        return await reads.lane_states(shared.coordinator)
 
     async def get_statistics(self) -> Statistics:
-        """Counters and gauges as a frozen snapshot: :meth:`statistics`, awaitable."""
-        return self.statistics()
+        """Counters and gauges as a frozen snapshot: :meth:`statistics`, awaitable.
+
+        On shared storage the gauges (unfinished runs, lanes, pauses) are the
+        database's, every process's; the counters are this process's.
+        """
+        local = self.statistics()
+        shared = self._shared
+        if shared is None:
+            return local
+        from .shared import reads
+
+        db = shared.coordinator
+        states = await reads.lane_states(db)
+        jobs, keys = await reads.paused(db)
+        return replace(
+            local,
+            unfinished=MappingProxyType(await reads.status_counts(db)),
+            lanes=states["running"] + states["running+queued"],
+            lanes_busy=states["running"] + states["running+queued"],
+            paused=Paused(jobs, keys),
+        )

@@ -13,6 +13,7 @@ counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASH
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 
 import asyncpg
@@ -32,6 +33,7 @@ from .deciding import Deciding, LimitOf, note_change
 logger = logging.getLogger("keyflow.shared")
 
 RECLAIM_BATCH = 100
+RELEASED_KEPT = 10_000
 
 
 class Leasing(Deciding):
@@ -52,6 +54,8 @@ class Leasing(Deciding):
         """How long a lease lasts without renewal (heartbeats renew it every third)."""
         self.leases: dict[str, int] = {}
         """Runs this process leases: id → the lease's generation."""
+        self.released: OrderedDict[str, None] = OrderedDict()
+        """Runs whose lease this process gave up lately (their ends are its own news)."""
         self._saving: set[str] = set()
         """Runs whose write is in flight (a renewal that misses one has not lost it)."""
         self._fresh: dict[str, float] = {}
@@ -197,6 +201,9 @@ class Leasing(Deciding):
             await self.notify(conn, notice)
         for run_id in released:  # committed: the leases are given up
             self.leases.pop(run_id, None)
+            self.released[run_id] = None
+        while len(self.released) > RELEASED_KEPT:
+            self.released.popitem(last=False)
         for run_id in lost:
             self.leases.pop(run_id, None)
             self._fresh.pop(run_id, None)

@@ -30,6 +30,7 @@ from ..runs import Disposition
 from ..state import SCHEDULED
 from ..txn import Txn
 from .database import Notice
+from .relay import EventRelay
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -65,7 +66,11 @@ class SharedService:
         self._changed = asyncio.Event()
         self._claiming = False
         self._due_timer: TimerHandle | None = None
+        self._relay = EventRelay(coordinator, core.hub, self._is_local, core.now)
         coordinator.on_notice.append(self._heard)
+
+    def _is_local(self, run_id: str) -> bool:
+        return run_id in self._core.records or run_id in self.coordinator.released
 
     def limit_of(self, key: str) -> int:
         """A key's lane limit, as this process configures it."""
@@ -127,6 +132,7 @@ class SharedService:
                 await task
         with contextlib.suppress(ValueError):
             self.coordinator.on_notice.remove(self._heard)
+        await self._relay.close()
 
     # -- notices ---------------------------------------------------------------------
 
@@ -141,6 +147,8 @@ class SharedService:
                 record = core.records.get(run_id)
                 if record is not None and not record.status.is_terminal:
                     core.cancel(record)
+        if notice.changed:
+            self._relay.heard(notice.changed)
         self._changed.set()
         waiters = self._core.waiters
         if waiters.changes:

@@ -138,7 +138,9 @@ NEXT_DUE: Final = (
 )
 
 BUSY: Final = (
-    "SELECT count(*) FROM keyflow_runs WHERE status IN ('queued', 'pending', 'running') "
-    "OR (status = 'scheduled' AND (lease_owner IS NOT NULL OR due_at <= $1))"
+    "SELECT count(*) FROM keyflow_runs r WHERE status = 'running' OR lease_owner IS NOT NULL "
+    "OR ((status IN ('queued', 'pending') OR (status = 'scheduled' AND due_at <= $1)) "
+    "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
+    "OR (p.kind = 'key' AND p.name = r.concurrency_key)))"
 )
 """Unfinished runs that are due (or leased): the database is not idle while any are."""

@@ -1,0 +1,97 @@
+"""Events of runs other processes changed, told to this process's subscribers.
+
+On shared storage a run is created, promoted, started and ended by whichever process
+decides or executes it. A process publishes to its ``events()`` subscriptions and
+``changes()`` watches what its own core does; the :class:`EventRelay` adds what the
+database's notices say happened elsewhere: it reads the changed runs (in one query per
+burst of notices, only while someone listens) and publishes each status change it had
+not seen, and each coalesced trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+from ..errors import StorageError
+from ..records import RunRecord
+from ..runs import RunStatus
+
+if TYPE_CHECKING:
+    from ..hub import EventHub
+    from .coordinator import SharedCoordinator
+
+logger = logging.getLogger("keyflow.shared")
+
+SEEN_KEPT: Final = 10_000
+"""Runs whose last status the relay remembers (the oldest are forgotten)."""
+
+READ_RUNS: Final = "SELECT data FROM keyflow_runs WHERE id = ANY($1::text[])"
+
+
+class EventRelay:
+    """Publishes the changes other processes made (see the module)."""
+
+    def __init__(
+        self,
+        coordinator: SharedCoordinator,
+        hub: EventHub,
+        is_local: Callable[[str], bool],
+        now: Callable[[], float],
+    ) -> None:
+        self._coordinator = coordinator
+        self._hub = hub
+        self._is_local = is_local
+        self._now = now
+        self._seen: OrderedDict[str, tuple[RunStatus, int]] = OrderedDict()
+        self._pending: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def heard(self, run_ids: Iterable[str]) -> None:
+        """A notice named these runs: read and publish them soon (if anyone listens)."""
+        if not self._hub.active:
+            return
+        self._pending.update(run_ids)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._relay())
+
+    async def close(self) -> None:
+        """Stop relaying."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _relay(self) -> None:
+        while self._pending:
+            ids = [run_id for run_id in self._pending if not self._is_local(run_id)]
+            self._pending.clear()
+            if not ids:
+                continue
+            try:
+                rows = await self._coordinator.fetch(READ_RUNS, ids)
+            except StorageError as exc:
+                logger.warning("reading runs changed elsewhere failed: %s", exc)
+                return
+            for (data,) in rows:
+                self._publish(self._coordinator.decode(data))
+
+    def _publish(self, record: RunRecord) -> None:
+        if self._is_local(record.id):
+            return  # this process's core tells its own changes
+        seen = self._seen.pop(record.id, None)
+        previous = None if seen is None else seen[0]
+        hub = self._hub
+        if seen is not None and record.trigger_count > seen[1] and record.coalesced:
+            hub.trigger_coalesced(record, record.coalesced[-1])
+        if record.status is not previous:
+            hub.run_changed(record, previous, self._now())
+        if not record.status.is_terminal:
+            self._seen[record.id] = (record.status, record.trigger_count)
+            while len(self._seen) > SEEN_KEPT:
+                self._seen.popitem(last=False)

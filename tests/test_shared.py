@@ -1,0 +1,224 @@
+"""Shared PostgreSQL storage with several schedulers at once (in one test process, each
+with its own connections, as separate processes would have): decisions, leases, waits,
+cancels, pauses, reads and events across them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import keyflow
+from keyflow import Coalesce, Disposition, RunStatus
+from keyflow.events import RunChanged
+from keyflow.shared.backend import SharedPostgreSQLBackend
+
+from .pg import drop_schemas, postgres_url, schema_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    """A fresh schema in shared mode, short leases."""
+    found = postgres_url(tmp_path) + "&lease=2"
+    yield found
+    drop_schemas(schema_for(tmp_path))
+
+
+class Gate:
+    """Handlers that wait for the test to let them end, and record who ran what."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.started = asyncio.Event()
+        self.running: dict[str, int] = {}
+        self.overlaps: list[str] = []
+        self.ran: list[tuple[str, str]] = []
+
+    def register(self, kf: keyflow.Keyflow, name: str) -> None:
+        @kf.job("work", concurrency_key=lambda i: str(i["key"]), coalesce="queue")
+        async def work(ctx: keyflow.RunContext, input: dict[str, Any]) -> str:
+            key = str(input["key"])
+            self.running[key] = self.running.get(key, 0) + 1
+            if self.running[key] > 1:
+                self.overlaps.append(key)
+            self.ran.append((name, ctx.run_id))
+            self.started.set()
+            try:
+                await self.open.wait()
+            finally:
+                self.running[key] -= 1
+            return name
+
+
+@pytest.fixture
+async def pair(url: str) -> AsyncIterator[tuple[keyflow.Keyflow, keyflow.Keyflow, Gate]]:
+    """Two schedulers on one schema (the second only triggers) and their gate."""
+    gate = Gate()
+    async with AsyncExitStack() as stack:
+        a = keyflow.Keyflow(url, workers=4)
+        b = keyflow.Keyflow(url, workers=0)
+        gate.register(a, "a")
+        gate.register(b, "b")
+        await stack.enter_async_context(a)
+        await stack.enter_async_context(b)
+        yield a, b, gate
+        gate.open.set()
+
+
+def test_postgresql_urls_are_shared_by_default(url: str) -> None:
+    backend = keyflow.Keyflow(url)._backend
+    assert isinstance(backend, SharedPostgreSQLBackend)
+    assert backend.coordinator.lease_seconds == 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [("lease=0", "lease must be"), ("lease=x", "lease must be"), ("pool=1.5", "pool must be")],
+)
+def test_bad_shared_options_are_refused(url: str, option: str, problem: str) -> None:
+    with pytest.raises(keyflow.ConfigurationError, match=problem):
+        keyflow.Keyflow(url.replace("lease=2", option))
+
+
+async def test_a_run_triggered_in_one_scheduler_runs_in_another(pair: Any) -> None:
+    _a, b, gate = pair
+    result = await b.trigger("work", {"key": "k"})
+    await gate.started.wait()
+    gate.open.set()
+    run = await b.wait(result.run_id, timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert run.output == "a"  # the scheduler with workers ran it
+    assert gate.ran == [("a", result.run_id)]
+
+
+async def test_concurrent_triggers_from_two_schedulers_queue_one_follow_up(pair: Any) -> None:
+    a, b, gate = pair
+    first = await b.trigger("work", {"key": "k"})
+    await gate.started.wait()  # the first run holds the lane
+    results = await asyncio.gather(
+        *(kf.trigger("work", {"key": "k", "n": n}) for n in range(20) for kf in (a, b))
+    )
+    follow_ups = {r.run_id for r in results}
+    assert len(follow_ups) == 1  # every later trigger joined the one follow-up
+    assert sorted(r.disposition for r in results).count(Disposition.QUEUED) == 1
+    gate.open.set()
+    await a.run_until_idle(timeout=30)
+    runs = await b.list_runs(concurrency_key="k")
+    assert sorted(r.id for r in runs) == sorted({first.run_id, *follow_ups})
+    assert {r.status for r in runs} == {RunStatus.COMPLETED}
+    (follow_up,) = [r for r in runs if r.id in follow_ups]
+    assert follow_up.trigger_count == 40
+    assert gate.overlaps == []
+
+
+async def test_an_idempotency_key_makes_one_run_whoever_triggers_it(pair: Any) -> None:
+    a, b, gate = pair
+    results = await asyncio.gather(
+        *(
+            kf.trigger("work", {"key": f"k{n}"}, idempotency_key="once")
+            for n in range(5)
+            for kf in (a, b)
+        )
+    )
+    assert len({r.run_id for r in results}) == 1
+    assert [r.disposition for r in results].count(Disposition.IDEMPOTENT) == 9
+    gate.open.set()
+
+
+async def test_a_cancel_reaches_the_run_whichever_scheduler_runs_it(pair: Any) -> None:
+    a, b, gate = pair
+    running = await b.trigger("work", {"key": "k"})
+    await gate.started.wait()
+    waiting = await b.trigger("work", {"key": "k"})
+    assert waiting.disposition is Disposition.QUEUED
+    cancelled = await b.cancel(waiting.run_id)  # waiting: cancelled in the database
+    assert cancelled.status is RunStatus.CANCELLED
+    stopped = await b.cancel(running.run_id)  # running in the other scheduler: asked
+    assert stopped.status is RunStatus.CANCELLED
+    assert (await a.get_run(running.run_id)) == stopped
+
+
+async def test_a_pause_in_one_scheduler_holds_the_runs_of_every_other(pair: Any) -> None:
+    a, b, gate = pair
+    gate.open.set()
+    await b.pause(job="work")
+    held = await b.trigger("work", {"key": "k"})
+    await b.run_until_idle(timeout=30)  # a paused run does not keep it busy
+    assert (await b.get_run(held.run_id)).status is RunStatus.PENDING
+    assert (await a.get_statistics()).paused.jobs == frozenset({"work"})
+    await b.resume(job="work")
+    assert (await b.wait(held.run_id, timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_a_delayed_run_is_made_due_by_the_database(pair: Any) -> None:
+    _a, b, gate = pair
+    gate.open.set()
+    result = await b.trigger("work", {"key": "k"}, delay=0.3)
+    assert (await b.get_run(result.run_id)).status is RunStatus.SCHEDULED
+    run = await b.wait(result.run_id, timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert run.started_at is not None
+    assert run.started_at >= run.due_at
+
+
+async def test_the_async_reads_show_every_schedulers_runs(pair: Any) -> None:
+    _a, b, gate = pair
+    await b.trigger("work", {"key": "k"})
+    await gate.started.wait()
+    await b.trigger("work", {"key": "k"})
+    lane = await b.get_lane("k")  # b runs nothing: it sees a's run in the database
+    assert lane.state == "running+queued"
+    assert len(lane.running) == 1
+    assert len(lane.waiting) == 1
+    assert [snapshot.key for snapshot in await b.list_lanes()] == ["k"]
+    assert (await b.get_lane_states())["running+queued"] == 1
+    stats = await b.get_statistics()
+    assert stats.unfinished["running"] == 1
+    assert stats.unfinished["queued"] == 1
+    gate.open.set()
+
+
+async def test_events_tell_a_trigger_only_scheduler_of_runs_executed_elsewhere(
+    pair: Any,
+) -> None:
+    _a, b, gate = pair
+    gate.open.set()
+    async with b.events() as events:
+        result = await b.trigger("work", {"key": "k"})
+        seen: list[RunStatus] = []
+        async for event in events:
+            if isinstance(event, RunChanged) and event.run.id == result.run_id:
+                seen.append(event.run.status)
+                if event.run.status.is_terminal:
+                    break
+    assert seen[0] in (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
+    assert seen[-1] is RunStatus.COMPLETED
+
+
+async def test_a_trigger_only_scheduler_runs_nothing_and_waits_for_others(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=0) as alone:
+
+        @alone.job
+        async def idle(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            raise AssertionError("nothing runs in a scheduler without workers")
+
+        result = await alone.trigger("idle", concurrency_key="k", coalesce=Coalesce("queue"))
+        with pytest.raises(keyflow.WaitTimeoutError):
+            await alone.wait(result.run_id, timeout=0.3)
+        assert (await alone.get_run(result.run_id)).status is RunStatus.PENDING
+
+
+async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None:
+    _a, b, gate = pair
+    with pytest.raises(keyflow.StorageError):
+        await b.trigger("work", {"key": "bad\x00key"})
+    assert await b.list_runs() == []  # nothing half-written
+    gate.open.set()
+    ok = await b.trigger("work", {"key": "k"})
+    assert (await b.wait(ok.run_id, timeout=30)).status is RunStatus.COMPLETED
