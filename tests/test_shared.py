@@ -222,3 +222,57 @@ async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None
     gate.open.set()
     ok = await b.trigger("work", {"key": "k"})
     assert (await b.wait(ok.run_id, timeout=30)).status is RunStatus.COMPLETED
+
+
+async def _terminate_keyflow_connections(times: int, every: float) -> int:
+    """Cut every keyflow session of the server ``times`` times; how many were cut."""
+    import asyncpg
+
+    from .pg import POSTGRES
+
+    cut = 0
+    conn = await asyncpg.connect(POSTGRES)
+    try:
+        for _ in range(times):
+            await asyncio.sleep(every)  # load runs meanwhile: these cuts land mid-work
+            cut += int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'keyflow' AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await conn.close()
+    return cut
+
+
+async def test_cut_connections_during_load_leave_nothing_half_written(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=4) as kf:
+
+        @kf.job
+        async def noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            await asyncio.sleep(0.001)
+
+        acknowledged: list[str] = []
+        refused = 0
+
+        async def produce() -> None:
+            nonlocal refused
+            for n in range(300):
+                try:
+                    result = await kf.trigger("noop", {"n": n}, concurrency_key=f"k{n % 7}")
+                except keyflow.StorageError:
+                    refused += 1
+                else:
+                    acknowledged.append(result.run_id)
+
+        cuts, _ = await asyncio.gather(_terminate_keyflow_connections(4, 0.15), produce())
+        assert cuts > 0
+        await kf.run_until_idle(timeout=60)  # the workers came back and finished the rest
+        runs = {run.id: run for run in await kf.list_runs(limit=1000)}
+    assert len(acknowledged) + refused == 300
+    assert set(acknowledged) <= set(runs)  # every acknowledged trigger is stored
+    assert {run.status for run in runs.values()} == {RunStatus.COMPLETED}
+    # A refused trigger may have been stored all the same (its answer was lost with
+    # the connection), never in part: every stored run is whole and ran.
+    assert len(runs) <= 300

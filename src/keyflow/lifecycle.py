@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from .clock import Clock
 from .core import Core
-from .errors import ReadOnlyError, SchedulerNotRunningError, WaitTimeoutError
+from .errors import ReadOnlyError, SchedulerNotRunningError, StorageError, WaitTimeoutError
 from .hub import EventHub
 from .jobs import Job
 from .options import optional_seconds, seconds
@@ -283,8 +283,14 @@ class Lifecycle:
         while True:
             if not core.records or core.only_paused_left:
                 await core.pipeline.flush()
-                if not core.records and await coordinator.busy(core.now()) == 0:
-                    due = await coordinator.next_due()
+                try:
+                    busy = await coordinator.busy(core.now())
+                    due = None if busy else await coordinator.next_due()
+                except StorageError as exc:  # the database is away: ask again soon
+                    logger.warning("run_until_idle cannot ask the database: %s", exc)
+                    await shared.wait_change(SHARED_IDLE_POLL_SECONDS * 10)
+                    continue
+                if not core.records and not busy:
                     if due is None:
                         return
                     shared.arm_next_due(due)

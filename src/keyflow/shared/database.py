@@ -36,6 +36,10 @@ RETRIED: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 TRIES: Final = 5
 
+FAILED: Final = (*DRIVER_ERRORS, asyncpg.InternalClientError)
+"""What a request to the database can fail with: the driver's and the network's errors,
+and asyncpg's own state errors on a connection cut in the middle of a request."""
+
 
 @dataclass
 class Notice:
@@ -207,7 +211,7 @@ class SharedDatabase:
                 yield conn
         except RETRIED:
             raise
-        except DRIVER_ERRORS as exc:
+        except FAILED as exc:
             raise StorageError(f"{what} in {self.place} failed: {driver_reason(exc)}") from exc
 
     async def fetchval(self, query: str, *args: object) -> Any:
@@ -217,7 +221,7 @@ class SharedDatabase:
             raise StorageError(f"{self.place} is not open")
         try:
             return await pool.fetchval(query, *args, timeout=self.connect_timeout * 3)
-        except DRIVER_ERRORS as exc:
+        except FAILED as exc:
             raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
@@ -227,7 +231,7 @@ class SharedDatabase:
             raise StorageError(f"{self.place} is not open")
         try:
             return list(await pool.fetch(query, *args, timeout=self.connect_timeout * 3))
-        except DRIVER_ERRORS as exc:
+        except FAILED as exc:
             raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
 
     # -- helpers for transactions --------------------------------------------------
