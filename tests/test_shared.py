@@ -5,6 +5,7 @@ cancels, pauses, reads and events across them."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -224,8 +225,8 @@ async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None
     assert (await b.wait(ok.run_id, timeout=30)).status is RunStatus.COMPLETED
 
 
-async def _terminate_keyflow_connections(times: int, every: float) -> int:
-    """Cut every keyflow session of the server ``times`` times; how many were cut."""
+async def _terminate_sessions(name: str, times: int, every: float) -> int:
+    """Cut the sessions named ``name`` ``times`` times; how many were cut."""
     import asyncpg
 
     from .pg import POSTGRES
@@ -238,7 +239,8 @@ async def _terminate_keyflow_connections(times: int, every: float) -> int:
             cut += int(
                 await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'keyflow' AND pid <> pg_backend_pid()"
+                    "WHERE application_name = $1",
+                    name,
                 )
             )
     finally:
@@ -247,7 +249,8 @@ async def _terminate_keyflow_connections(times: int, every: float) -> int:
 
 
 async def test_cut_connections_during_load_leave_nothing_half_written(url: str) -> None:
-    async with keyflow.Keyflow(url, workers=4) as kf:
+    name = f"keyflow-cut-{os.getpid()}"
+    async with keyflow.Keyflow(url + f"&application_name={name}", workers=4) as kf:
 
         @kf.job
         async def noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
@@ -266,7 +269,7 @@ async def test_cut_connections_during_load_leave_nothing_half_written(url: str) 
                 else:
                     acknowledged.append(result.run_id)
 
-        cuts, _ = await asyncio.gather(_terminate_keyflow_connections(4, 0.15), produce())
+        cuts, _ = await asyncio.gather(_terminate_sessions(name, 4, 0.15), produce())
         assert cuts > 0
         await kf.run_until_idle(timeout=60)  # the workers came back and finished the rest
         runs = {run.id: run for run in await kf.list_runs(limit=1000)}

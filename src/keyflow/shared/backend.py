@@ -33,6 +33,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         connect_timeout: float = 10.0,
         lease_seconds: float = 30.0,
         pool_size: int = 10,
+        application_name: str = "keyflow",
     ) -> None:
         """A backend over the schema ``schema`` of the database at ``url``.
 
@@ -44,6 +45,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
             lease_seconds: how long a worker's lease on a run lasts unrenewed; a
                 process that dies loses its runs to others after this long.
             pool_size: connections this process opens at most (plus one listening).
+            application_name: how its sessions are named in ``pg_stat_activity``.
 
         Raises:
             ConfigurationError: the URL or the schema name is not valid.
@@ -59,6 +61,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
             lease_seconds=lease_seconds,
         )
         """Decides, claims and writes in the database (see :mod:`keyflow.shared`)."""
+        self.application_name = self.coordinator.application_name = application_name
         self.limit_of: LimitOf = lambda _key: 1
         """The lanes' limits: the scheduler sets its ``lane_limit`` here."""
 

@@ -121,6 +121,8 @@ class SharedDatabase:
         self.place = place
         self.connect_timeout = connect_timeout
         self.pool_size = pool_size
+        self.application_name = "keyflow"
+        """How its sessions are named in ``pg_stat_activity``."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         """This process's name on the leases it holds."""
         self.channel = "keyflow_" + hashlib.sha256(schema.encode()).hexdigest()[:20]
@@ -131,7 +133,7 @@ class SharedDatabase:
 
     def _settings(self) -> dict[str, str]:
         quoted = '"' + self.schema.replace('"', '""') + '"'
-        return {"search_path": quoted, "application_name": "keyflow", **KEEPALIVE}
+        return {"search_path": quoted, "application_name": self.application_name, **KEEPALIVE}
 
     async def open_pool(self) -> None:
         """Connect the pool and the listener.

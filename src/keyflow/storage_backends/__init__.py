@@ -95,6 +95,9 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         )
     lease = options.pop("lease", None)
     pool = options.pop("pool", None)
+    name = options.pop("application_name", "keyflow")
+    if not name or "\x00" in name or len(name.encode()) > 63:
+        raise ConfigurationError(f"application_name must be 1 to 63 bytes in {url!r}")
     _no_more(url, options)
     dsn = f"postgresql+asyncpg://{location}"
     if mode != "shared":
@@ -109,6 +112,7 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         retention=retention,
         lease_seconds=_positive(url, "lease", lease, 30.0),
         pool_size=int(_positive(url, "pool", pool, 10, integer=True)),
+        application_name=name,
     )
 
 

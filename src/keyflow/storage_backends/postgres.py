@@ -111,6 +111,8 @@ class PostgreSQLBackend(SQLReads):
         self.retention = retention
         self.read_only = read_only
         self.connect_timeout = connect_timeout
+        self.application_name = "keyflow"
+        """How its sessions are named in ``pg_stat_activity``."""
         self.lock_key = advisory_key(schema)
         """The advisory lock the writer holds (a 64-bit key made from the schema name)."""
         self._engine: AsyncEngine | None = None
@@ -149,7 +151,11 @@ class PostgreSQLBackend(SQLReads):
             raise
 
     async def _open(self) -> StoredState:
-        settings = {"search_path": self._quoted, "application_name": "keyflow", **KEEPALIVE}
+        settings = {
+            "search_path": self._quoted,
+            "application_name": self.application_name,
+            **KEEPALIVE,
+        }
         if self.read_only:
             settings["default_transaction_read_only"] = "on"
         # Reads run one statement each, in autocommit: no BEGIN and ROLLBACK around
