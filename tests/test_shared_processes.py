@@ -263,7 +263,7 @@ def test_a_killed_workers_run_is_reclaimed_after_its_lease_and_completes(url: st
     first = start_workers(url, 1)
     second: list[subprocess.Popen[bytes]] = []
     try:
-        (run_id,) = run_aside(lambda: _trigger_hold(url, "kill", 1.0))
+        (run_id,) = run_aside(lambda: _trigger_hold(url, "kill", 5.0))
         killed_pid = run_aside(lambda: _until_started(url, run_id))
         assert killed_pid == first[0].pid
         (follow_up,) = run_aside(lambda: _trigger_hold(url, "kill", 0.0))  # queued behind it

@@ -117,13 +117,12 @@ class Deciding(SharedDatabase):
                 if trig.key is not None:
                     lanes[trig.key] = [r for r in runs if not r.status.is_terminal]
             created_ids = {record.id for record in new}
-            await self.write_runs(
-                conn, new, [r for r in changed.values() if r.id not in created_ids]
-            )
             if idem_rows:
                 columns = [list(column) for column in zip(*idem_rows, strict=True)]
                 await conn.execute(sql.UPSERT_IDEMPOTENCY, *columns)
-            await self.notify(conn, notice)
+            await self.write_runs(
+                conn, new, [r for r in changed.values() if r.id not in created_ids], notice
+            )
         return results
 
     async def cancel_run(self, run_id: str, limit_of: LimitOf, now: float) -> str | None:
@@ -175,8 +174,7 @@ class Deciding(SharedDatabase):
             record.finished_at = now
             for run in changed:
                 note_change(notice, run)
-            await self.write_runs(conn, changed=changed)
-            await self.notify(conn, notice)
+            await self.write_runs(conn, changed=changed, notice=notice)
         return "cancelled"
 
     async def sweep_due(self, limit_of: LimitOf, now: float) -> int:
@@ -223,8 +221,7 @@ class Deciding(SharedDatabase):
                             changed[c.id] = c
             for run in changed.values():
                 note_change(notice, run)
-            await self.write_runs(conn, changed=list(changed.values()))
-            await self.notify(conn, notice)
+            await self.write_runs(conn, changed=list(changed.values()), notice=notice)
         return len(changed)
 
     async def next_due(self) -> float | None:

@@ -197,8 +197,7 @@ class Leasing(Deciding):
                 changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
             for run in changed:
                 note_change(notice, run)
-            await self.write_runs(conn, changed=changed)
-            await self.notify(conn, notice)
+            await self.write_runs(conn, changed=changed, notice=notice)
         for run_id in released:  # committed: the leases are given up
             self.leases.pop(run_id, None)
             self.released[run_id] = None
@@ -285,8 +284,7 @@ class Leasing(Deciding):
                 changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
             for run in changed:
                 note_change(notice, run)
-            await self.write_runs(conn, changed=changed)
-            await self.notify(conn, notice)
+            await self.write_runs(conn, changed=changed, notice=notice)
         return len(released)
 
 

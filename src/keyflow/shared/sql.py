@@ -54,11 +54,25 @@ INSERT_RUN: Final = (
     f"INSERT INTO keyflow_runs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 
+INSERT_RUN_NOTIFY: Final = (
+    f"WITH made AS (INSERT INTO keyflow_runs ({COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id) "
+    "SELECT pg_notify($12, $13)"
+)
+"""One new run and the transaction's notice, in one statement."""
+
 UPDATE_RUN: Final = (
     "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
     "started_at = $6, attempt = $7, trigger_count = $8 WHERE id = $1"
 )
 """A run's fields after a change decided under its lane's lock (its lease untouched)."""
+
+UPDATE_RUN_NOTIFY: Final = (
+    "WITH changed AS (UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, "
+    "due_at = $5, started_at = $6, attempt = $7, trigger_count = $8 WHERE id = $1 "
+    "RETURNING id) SELECT pg_notify($9, $10)"
+)
+"""One run's change and the transaction's notice, in one statement."""
 
 SAVE_LEASED: Final = (
     "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
