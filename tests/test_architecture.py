@@ -37,9 +37,13 @@ def _callers(function: str) -> set[str]:
 
 
 @pytest.mark.skipif(not (PACKAGE / "state.py").exists(), reason="an installed wheel: no sources")
-def test_one_pure_decision_is_applied_by_admission_alone() -> None:
-    assert _callers("plan_trigger") == {"admission.py"}
-    assert _callers("new_run_disposition") == {"admission.py"}
+def test_one_pure_decision_is_applied_by_the_two_coordinators_alone() -> None:
+    # The single-process core (admission.py) and the shared database's decisions
+    # (shared/decide.py, inside a transaction holding the key's lock) apply the same
+    # pure rules; nothing else decides, and no rule is written twice.
+    coordinators = {"admission.py", "shared/decide.py"}
+    assert _callers("plan_trigger") == coordinators
+    assert _callers("new_run_disposition") == coordinators
     assert _callers("join_target") <= {"admission.py", "state.py"}
 
 

@@ -212,7 +212,9 @@ async def test_a_trigger_only_scheduler_runs_nothing_and_waits_for_others(url: s
         result = await alone.trigger("idle", concurrency_key="k", coalesce=Coalesce("queue"))
         with pytest.raises(keyflow.WaitTimeoutError):
             await alone.wait(result.run_id, timeout=0.3)
-        assert (await alone.get_run(result.run_id)).status is RunStatus.PENDING
+        stored = await alone.get_run(result.run_id)
+        assert stored is not None
+        assert stored.status is RunStatus.PENDING
 
 
 async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None:
@@ -279,3 +281,19 @@ async def test_cut_connections_during_load_leave_nothing_half_written(url: str) 
     # A refused trigger may have been stored all the same (its answer was lost with
     # the connection), never in part: every stored run is whole and ran.
     assert len(runs) <= 300
+
+
+async def test_finished_runs_beyond_retention_are_pruned(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=2, retention=5) as kf:
+
+        @kf.job
+        async def noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            return None
+
+        for n in range(12):
+            await kf.trigger("noop", {"n": n})
+        await kf.run_until_idle(timeout=30)
+        backend = kf._backend
+        assert isinstance(backend, SharedPostgreSQLBackend)
+        await backend.prune()  # what the keeper does every few seconds
+        assert await kf.count_runs() == 5

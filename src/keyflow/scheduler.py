@@ -131,7 +131,8 @@ class Keyflow(Observing):
         if coordinator is not None:
             from .shared.service import SharedService
 
-            self._shared = SharedService(coordinator, self._core, self._jobs, workers)
+            prune = getattr(self._backend, "prune", None)
+            self._shared = SharedService(coordinator, self._core, self._jobs, workers, prune)
             self._core.remote = self._shared
             self._backend.limit_of = self._shared.limit_of  # type: ignore[attr-defined]
         for job in self._jobs.values():

@@ -15,8 +15,10 @@ from collections.abc import Hashable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..errors import StorageError
 from ..storage_backends.base import Refusals, StoredState, WriteBatch
-from ..storage_backends.postgres import PostgreSQLBackend
+from ..storage_backends.postgres import FAILURES, PostgreSQLBackend, advisory_key
+from ..storage_backends.sql_runs import driver_reason, prune_finished
 from .coordinator import SharedCoordinator
 from .deciding import LimitOf
 
@@ -62,6 +64,8 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         )
         """Decides, claims and writes in the database (see :mod:`keyflow.shared`)."""
         self.application_name = self.coordinator.application_name = application_name
+        self.prune_key = advisory_key(f"{schema} (pruning)")
+        """The advisory lock a pruning process holds (the others skip their turn)."""
         self.limit_of: LimitOf = lambda _key: 1
         """The lanes' limits: the scheduler sets its ``lane_limit`` here."""
 
@@ -107,6 +111,27 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
             await conn.execute(select(func.pg_advisory_unlock(self.lock_key)))
             await conn.commit()
         return StoredState(unfinished=[], paused=paused)
+
+    async def prune(self) -> None:
+        """Delete the oldest finished runs beyond ``retention`` (one process at a time).
+
+        Raises:
+            StorageError: the database failed; nothing was deleted.
+        """
+        conn = self._writable()
+        try:
+            async with conn.begin():
+                turn = select(func.pg_try_advisory_xact_lock(self.prune_key))
+                if (await conn.execute(turn)).scalar():
+                    self._finished = await prune_finished(
+                        conn,
+                        self.tables,
+                        self.retention + self._prune_slack + 1,
+                        self.retention,
+                        self._prune_slack,
+                    )
+        except FAILURES as exc:
+            raise StorageError(f"pruning {self.place} failed: {driver_reason(exc)}") from exc
 
     async def close(self) -> None:
         """Close the coordinator's connections, then the reading ones. Idempotent."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Final
 
 from ..clock import TimerHandle
@@ -42,6 +42,9 @@ logger = logging.getLogger("keyflow.shared")
 POLL_SECONDS: Final = 1.0
 """The safety-net poll: claims, due times and waits look at least this often."""
 
+PRUNE_SECONDS: Final = 10.0
+"""How often finished runs beyond ``retention`` are deleted."""
+
 MAX_BACKOFF: Final = 5.0
 """The longest pause between two tries while the database cannot be reached."""
 
@@ -55,8 +58,10 @@ class SharedService:
         core: Core,
         jobs: Collection[str],
         workers: int,
+        prune: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self._prune = prune
         self._core = core
         self._jobs = jobs
         self._workers = workers
@@ -226,6 +231,7 @@ class SharedService:
         reclaim_every = max(coordinator.lease_seconds / 2, 0.05)
         backoff = 0.0
         next_reclaim = 0.0
+        next_prune = 0.0
         loop = asyncio.get_running_loop()
         while True:
             self._due.clear()
@@ -234,6 +240,9 @@ class SharedService:
                     await coordinator.relisten()
                     await coordinator.reclaim(self.limit_of, core.now())
                     next_reclaim = loop.time() + reclaim_every
+                if self._prune is not None and loop.time() >= next_prune:
+                    await self._prune()  # retention: one process at a time does it
+                    next_prune = loop.time() + PRUNE_SECONDS
                 await coordinator.sweep_due(self.limit_of, core.now())
                 due = await coordinator.next_due()
             except StorageError as exc:
