@@ -334,3 +334,68 @@ def test_a_paused_workers_late_writes_are_refused_after_its_lease_moved(
     again = run_aside(lambda: _final(url, run_id))
     assert again == run  # the stalled worker's late end changed nothing
     assert "lost its lease" in errors.read_text()
+
+
+async def _dashboard_cancels(url: str, port: int, run_id: str) -> tuple[int, str, int]:
+    """Through the dashboard: the lanes page, and a cancel of ``run_id``."""
+    import httpx
+
+    from .webkit import csrf_of
+
+    bearer = {"Authorization": "Bearer s3cret"}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=10, headers=bearer
+    ) as http:
+        async with asyncio.timeout(30):
+            while True:  # the banner comes just before uvicorn listens
+                try:
+                    lanes = await http.get("/lanes")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+        token = await csrf_of(http)
+        cancel = await http.post(f"/runs/{run_id}/cancel", headers={"X-CSRF-Token": token})
+    return lanes.status_code, lanes.text, cancel.status_code
+
+
+def test_a_dashboard_with_a_token_acts_on_runs_executed_elsewhere(url: str) -> None:
+    from .webkit import free_port
+
+    workers = start_workers(url, 1)
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keyflow",
+            "dashboard",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+            "--token",
+            "s3cret",
+            "--app",
+            "tests.shared.app:kf",
+        ],
+        cwd=REPO,
+        env=_env(url),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        (run_id,) = run_aside(lambda: _trigger_hold(url, "watched", 30.0))
+        assert run_aside(lambda: _until_started(url, run_id)) == workers[0].pid
+        assert dashboard.stdout is not None
+        assert "with actions" in dashboard.stdout.readline()
+        status, page, cancelled = run_aside(lambda: _dashboard_cancels(url, port, run_id))
+        run = run_aside(lambda: _final(url, run_id))
+    finally:
+        stop([dashboard])
+        stop(workers)
+        if dashboard.stdout is not None:
+            dashboard.stdout.close()
+    assert status == 200
+    assert "watched" in page  # the lane of a run another process executes
+    assert cancelled in (200, 303)
+    assert run.status is keyflow.RunStatus.CANCELLED

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import KeyflowError
 from .storage_backends import open_backend
-from .worker_cli import add_worker_parser, run_worker
+from .worker_cli import add_worker_parser, is_shared, run_worker, serve_shared_dashboard
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 TOKEN_VARIABLE = "KEYFLOW_DASHBOARD_TOKEN"
@@ -373,6 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dash.add_argument("--token-file", help="a file whose first line is the token (default: none)")
     dash.add_argument(
+        "--app",
+        metavar="MODULE:NAME",
+        help="shared PostgreSQL storage with a token: the application's Keyflow, whose "
+        "jobs the dashboard's actions may trigger (default: none; cancels and pauses work "
+        "without it)",
+    )
+    dash.add_argument(
         "--clock",
         choices=("wall", "stored"),
         default="wall",
@@ -403,6 +410,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         try:
             stored = args.clock == "stored"
+            if token and is_shared(args.storage):  # any process may act: with actions
+                asyncio.run(
+                    serve_shared_dashboard(
+                        args.storage,
+                        args.host,
+                        args.port,
+                        token,
+                        args.app,
+                        allowed_hosts(args.host),
+                    )
+                )
+                return 0
             asyncio.run(
                 serve_dashboard(args.storage, args.host, args.port, token, stored_clock=stored)
             )

@@ -59,6 +59,15 @@ class Lifecycle:
     _storage_closing: asyncio.Task[None] | None
 
     @property
+    def shared(self) -> bool:
+        """True on storage many processes share (PostgreSQL).
+
+        Then the async reads (``get_lane``, ``list_lanes``, ``get_statistics``…) show
+        every process's runs; the synchronous ones this process's own.
+        """
+        return self._shared is not None
+
+    @property
     def running(self) -> bool:
         """True between start() and stop()."""
         return self._phase == "running"

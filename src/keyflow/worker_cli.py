@@ -122,6 +122,51 @@ async def serve(kf: Keyflow, grace: float | None) -> None:
         await kf.stop(grace)
 
 
+def is_shared(url: str) -> bool:
+    """Is ``url`` shared PostgreSQL storage (where any process may act on runs)?"""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgresql+asyncpg"):
+        return False
+    query = rest.partition("?")[2]
+    return not any(option in ("mode=ro", "mode=single") for option in query.split("&"))
+
+
+async def serve_shared_dashboard(
+    url: str,
+    host: str,
+    port: int,
+    token: str,
+    app_spec: str | None,
+    allowed_hosts: list[str] | None,
+) -> None:
+    """Serve the dashboard of shared storage with its actions, until interrupted.
+
+    A scheduler without workers takes the actions (cancel, retrigger, trigger, pause);
+    with ``app_spec`` (``MODULE:NAME``) it knows the application's jobs, so runs of them
+    can be triggered and retriggered from the dashboard.
+
+    Raises:
+        KeyflowError: the port is taken, the storage cannot be opened, or the app is bad.
+    """
+    import uvicorn
+
+    from .demo.serve import bind, url_of
+    from .web import create_app, token_authorizer
+
+    if app_spec is not None:
+        kf = load_app(app_spec)
+        kf.use(url, workers=0)
+    else:
+        kf = Keyflow(url, workers=0)
+    sock = bind(host, port)
+    with sock:
+        async with kf:
+            app = create_app(kf, authorize=token_authorizer(token), allowed_hosts=allowed_hosts)
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+            print(f"keyflow dashboard (with actions) for {url} on {url_of(sock)}?token={token}")
+            await server.serve(sockets=[sock])
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """``keyflow worker``: returns the exit status."""
     logging.basicConfig(

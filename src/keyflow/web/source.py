@@ -305,7 +305,7 @@ class KeyflowSource(DashboardSource):
         """Lanes from memory; the running and oldest waiting runs looked up per row."""
         kf = self.kf
         prefix = filters.prefix or None
-        if filters.state is None and filters.sort == "key":  # a page: only its snapshots
+        if filters.state is None and filters.sort == "key" and not kf.shared:  # a page only
             names = self._order.sorted(kf.key_names(prefix))
             page = [await kf.get_lane(key) for key in names[offset : offset + limit]]
             return [await self._row(lane) for lane in page], len(names)
@@ -371,7 +371,9 @@ class KeyflowSource(DashboardSource):
         return self._order.sorted(self.kf.jobs)
 
     async def paused(self) -> Paused:
-        """What the scheduler holds back now."""
+        """What the scheduler holds back now (on shared storage: every process's pauses)."""
+        if self.kf.shared:
+            return (await self.kf.get_statistics()).paused
         return self.kf.paused()
 
     async def changes(self) -> AsyncIterator[Changes]:
