@@ -297,3 +297,21 @@ async def test_finished_runs_beyond_retention_are_pruned(url: str) -> None:
         assert isinstance(backend, SharedPostgreSQLBackend)
         await backend.prune()  # what the keeper does every few seconds
         assert await kf.count_runs() == 5
+
+
+async def test_a_failed_attempt_retries_after_its_backoff_under_the_same_lease(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=2) as kf:
+        attempts: list[int] = []
+
+        @kf.job(retries=2, backoff=0.05)
+        async def flaky(ctx: keyflow.RunContext, input: dict[str, Any]) -> int:
+            attempts.append(ctx.attempt)
+            if ctx.attempt < 3:
+                raise RuntimeError("not yet")
+            return ctx.attempt
+
+        run = await kf.trigger_and_wait("flaky", concurrency_key="k", timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert run.output == 3
+    assert attempts == [1, 2, 3]
+    assert [error.attempt for error in run.errors] == [1, 2]

@@ -26,9 +26,6 @@ from .state import BECOME_DUE, PENDING, PROMOTE, QUEUED, RESUME, SCHEDULED, Lane
 from .txn import Txn
 from .waiters import Waiters
 
-ADOPTED_LANE_LIMIT: Final = 1_000_000_000
-"""The local lane of leased runs holds any number (see :meth:`LiveState.adopt`)."""
-
 if TYPE_CHECKING:
     from .clock import Clock, TimerHandle
     from .jobs import Job
@@ -192,7 +189,8 @@ class LiveState:
         """Execute a pending run leased from shared storage (it holds its slot there).
 
         Its local lane only mirrors the runs this process leases: the database keeps
-        each lane's limit and order, so the local one never holds a run back.
+        each lane's limit and order, and the local lane never holds a run back (a run
+        restored into it takes a slot whatever the limit).
         """
         self.records[record.id] = record
         self.status_counts[_PENDING] += 1
@@ -200,7 +198,7 @@ class LiveState:
         if key is not None:
             lane = self.lanes.get(key)
             if lane is None:
-                lane = self.lanes[key] = Lane(key, ADOPTED_LANE_LIMIT)
+                lane = self.lanes[key] = self.new_lane(key, strict=False)
             lane.restore(record)
         if self.waiters.changes:
             self.waiters.changed()
