@@ -27,6 +27,9 @@ def test_sigkill_loses_no_acknowledged_trigger(backend: str, tmp_path: Path) -> 
         if backend.startswith("postgresql"):
             drop_schemas(schema_for(tmp_path))
     assert len(report.boots) == cycles + 1
-    assert len(report.triggers) > 15 * cycles  # the children did real work before dying
+    # The children did real work before dying (on shared storage each trigger is a
+    # database transaction of its own, and a restart waits out its predecessor's leases).
+    per_cycle = 5 if backend == "postgresql-shared" else 15
+    assert len(report.triggers) > per_cycle * cycles
     assert report.poison_run is not None  # the self-killing handler was in the mix
     assert problems == []

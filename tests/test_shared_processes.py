@@ -391,7 +391,8 @@ def test_a_dashboard_with_a_token_acts_on_runs_executed_elsewhere(url: str) -> N
         status, page, cancelled = run_aside(lambda: _dashboard_cancels(url, port, run_id))
         run = run_aside(lambda: _final(url, run_id))
     finally:
-        stop([dashboard])
+        dashboard.send_signal(signal.SIGTERM)
+        dashboard.wait(timeout=60)
         stop(workers)
         if dashboard.stdout is not None:
             dashboard.stdout.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,7 +125,8 @@ def test_bad_job_definitions(make_keyflow: MakeKeyflow) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"workers": 0}, "workers"),
+        ({"workers": -1}, "workers"),
+        ({"workers": 1.5}, "workers"),
         ({"retention": -1}, "retention"),
         ({"lane_limit": 0}, "lane_limit"),
         ({"storage": "redis://localhost"}, "unknown storage scheme 'redis'"),
@@ -153,3 +155,17 @@ async def test_job_level_key_function_and_defaults(make_keyflow: MakeKeyflow) ->
         await process.trigger({"no-org": True})
     explicit = await process.trigger({"org": "acme"}, concurrency_key=None, coalesce=None)
     assert explicit.concurrency_key is None
+
+
+async def test_a_scheduler_without_workers_triggers_and_runs_nothing(tmp_path: Path) -> None:
+    async with keyflow.Keyflow(f"sqlite:///{tmp_path / 'runs.db'}", workers=0) as kf:
+
+        @kf.job
+        async def later(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            raise AssertionError("a scheduler without workers runs nothing")
+
+        result = await kf.trigger("later")
+        assert kf.statistics().workers == 0
+        stored = await kf.get_run(result.run_id)
+        assert stored is not None
+        assert stored.status is keyflow.RunStatus.PENDING

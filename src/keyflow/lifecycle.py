@@ -226,6 +226,8 @@ class Lifecycle:
         await self._backend.close()
 
     async def _drain_due_work(self) -> None:
+        if self._pool.size == 0:
+            return  # nothing executes here: the runs wait for a process with workers
         core = self._core
         while any(
             not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
