@@ -149,42 +149,53 @@ def _started_unrecorded(record: RunRecord, marked: int) -> None:
         record.attempt += 1
 
 
+def count_crash(record: RunRecord, at: float, cause: str) -> bool:
+    """A crash cut ``record``'s attempt short: count it; True if it is a poison pill now.
+
+    A poison pill (:data:`MAX_CRASHES` crashes) gets its ``Crashed`` error here; the
+    caller fails it. Otherwise the caller puts it back at the head of its lane. Both
+    are logged, with ``cause`` saying what happened ("the process died", ...).
+    """
+    record.crashes += 1
+    if record.crashes < MAX_CRASHES:
+        logger.warning(
+            "run %s (job %r, key %r): %s while it ran (crash %d of %d): it runs again, as a "
+            "new attempt",
+            record.id,
+            record.job,
+            record.key,
+            cause,
+            record.crashes,
+            MAX_CRASHES,
+        )
+        return False
+    logger.error(
+        "run %s (job %r, key %r): %s while it ran, %d times: it is failed as a poison pill",
+        record.id,
+        record.job,
+        record.key,
+        cause,
+        record.crashes,
+    )
+    record.add_error(
+        AttemptError(
+            attempt=record.attempt,
+            type="Crashed",
+            message=f"{cause} while the run was running, {record.crashes} times: it is "
+            "failed as a poison pill",
+            traceback="",
+            at=at,
+        )
+    )
+    return True
+
+
 def _recover_crashed(core: Core, record: RunRecord) -> None:
     if record.cancel_requested:
         core.cancelled(record)
         return
-    record.crashes += 1
-    if record.crashes >= MAX_CRASHES:
-        logger.error(
-            "run %s (job %r, key %r) was running when the process died, %d times: it is "
-            "failed as a poison pill",
-            record.id,
-            record.job,
-            record.key,
-            record.crashes,
-        )
-        record.add_error(
-            AttemptError(
-                attempt=record.attempt,
-                type="Crashed",
-                message=(
-                    f"the process died while the run was running, {record.crashes} "
-                    "times: it is failed as a poison pill"
-                ),
-                traceback="",
-                at=core.clock.now(),
-            )
-        )
+    if count_crash(record, core.clock.now(), "the process died"):
         core.counters.failed += 1
         core.finish(record, FAIL, RUNNING)
         return
-    logger.warning(
-        "run %s (job %r, key %r) was running when the process died (crash %d of %d): "
-        "it runs again, as a new attempt",
-        record.id,
-        record.job,
-        record.key,
-        record.crashes,
-        MAX_CRASHES,
-    )
     core.interrupt(record, crashed=True)

@@ -21,7 +21,7 @@ from ..state import CANCEL, RUNNING, SCHEDULED
 from ..triggers import PreparedTrigger
 from . import sql
 from .database import RETRIED, TRIES, Notice, SharedDatabase
-from .decide import become_due, decide_trigger, lane_from_runs
+from .decide import become_due, decide_trigger, lane_from_runs, promote_after
 
 logger = logging.getLogger("keyflow.shared")
 
@@ -223,6 +223,17 @@ class Deciding(SharedDatabase):
                 note_change(notice, run)
             await self.write_runs(conn, changed=list(changed.values()), notice=notice)
         return len(changed)
+
+    async def promote_lanes(
+        self, conn: asyncpg.Connection, keys: set[str], limit_of: LimitOf, notice: Notice
+    ) -> None:
+        """Runs of these (locked) keys ended: give their slots to the next runs; notify."""
+        changed: list[RunRecord] = []
+        for key, leased in (await self.lane_runs(conn, keys)).items():
+            changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
+        for run in changed:
+            note_change(notice, run)
+        await self.write_runs(conn, changed=changed, notice=notice)
 
     async def next_due(self) -> float | None:
         """The earliest due time of a scheduled run nobody leases, or None."""

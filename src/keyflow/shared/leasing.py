@@ -20,14 +20,13 @@ import asyncpg
 
 from ..errors import StorageError
 from ..records import RunRecord
-from ..recovery import MAX_CRASHES
-from ..runs import AttemptError, LogEntry, RunStatus
+from ..recovery import count_crash
+from ..runs import LogEntry, RunStatus
 from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING, START
 from ..storage_backends.base import WriteBatch
 from ..storage_backends.postgres import row_columns
 from . import sql
 from .database import RETRIED, TRIES, Notice, update_params
-from .decide import promote_after
 from .deciding import Deciding, LimitOf, note_change
 
 logger = logging.getLogger("keyflow.shared")
@@ -191,13 +190,7 @@ class Leasing(Deciding):
                     released.append(run_id)
                     if record.status is PENDING:
                         notice.work = True
-            lanes = await self.lane_runs(conn, ending)
-            changed: list[RunRecord] = []
-            for key, leased in lanes.items():
-                changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
-            for run in changed:
-                note_change(notice, run)
-            await self.write_runs(conn, changed=changed, notice=notice)
+            await self.promote_lanes(conn, ending, limit_of, notice)
         for run_id in released:  # committed: the leases are given up
             self.leases.pop(run_id, None)
             self.released[run_id] = None
@@ -278,13 +271,7 @@ class Leasing(Deciding):
             for record in released:
                 await conn.execute(sql.RELEASE, *update_params(record))
             ended = {r.key for r in released if r.key is not None and r.status.is_terminal}
-            lanes = await self.lane_runs(conn, ended)
-            changed: list[RunRecord] = []
-            for key, leased in lanes.items():
-                changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
-            for run in changed:
-                note_change(notice, run)
-            await self.write_runs(conn, changed=changed, notice=notice)
+            await self.promote_lanes(conn, ended, limit_of, notice)
         return len(released)
 
 
@@ -327,40 +314,11 @@ def _reclaimed(record: RunRecord, now: float) -> None:
         record.apply(CANCEL)  # it was asked to cancel: it is not run again
         record.finished_at = now
         return
-    record.crashes += 1
-    if record.crashes >= MAX_CRASHES:
-        logger.error(
-            "run %s (job %r, key %r): its process stopped renewing the lease while it ran, "
-            "%d times: it is failed as a poison pill",
-            record.id,
-            record.job,
-            record.key,
-            record.crashes,
-        )
-        record.add_error(
-            AttemptError(
-                attempt=record.attempt,
-                type="Crashed",
-                message=(
-                    f"the process running it died or stalled {record.crashes} times (its "
-                    "lease expired): it is failed as a poison pill"
-                ),
-                traceback="",
-                at=now,
-            )
-        )
+    cause = "its process died or stalled (its lease expired)"
+    if count_crash(record, now, cause):
         record.apply(FAIL)
         record.finished_at = now
         return
-    logger.warning(
-        "run %s (job %r, key %r): its lease expired while it ran (crash %d of %d): it "
-        "runs again, as a new attempt",
-        record.id,
-        record.job,
-        record.key,
-        record.crashes,
-        MAX_CRASHES,
-    )
     record.apply(INTERRUPT)
     record.add_log(
         LogEntry(
