@@ -198,7 +198,8 @@ async def test_events_tell_a_trigger_only_scheduler_of_runs_executed_elsewhere(
                 seen.append(event.run.status)
                 if event.run.status.is_terminal:
                     break
-    assert seen[0] in (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING)
+    assert seen[0] in (RunStatus.QUEUED, RunStatus.PENDING)
+    assert RunStatus.RUNNING in seen  # its start, in the other scheduler, was told too
     assert seen[-1] is RunStatus.COMPLETED
 
 
@@ -315,3 +316,101 @@ async def test_a_failed_attempt_retries_after_its_backoff_under_the_same_lease(u
     assert run.output == 3
     assert attempts == [1, 2, 3]
     assert [error.attempt for error in run.errors] == [1, 2]
+
+
+async def _sql(url: str, statement: str, *args: Any) -> Any:
+    """Run one statement on the test schema, behind keyflow's back."""
+    import asyncpg
+
+    from .pg import POSTGRES
+
+    schema = url.split("schema=")[1].split("&")[0]
+    conn = await asyncpg.connect(POSTGRES, server_settings={"search_path": schema})
+    try:
+        return await conn.fetchval(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def test_a_cancel_whose_notice_was_missed_arrives_with_the_heartbeat(
+    pair: Any, url: str
+) -> None:
+    _a, b, gate = pair
+    result = await b.trigger("work", {"key": "k"})
+    await gate.started.wait()
+    # What a cancel from a process whose NOTIFY never arrived leaves: the flag alone.
+    await _sql(
+        url,
+        "UPDATE keyflow_runs SET data = jsonb_set(data::jsonb, '{cancel_requested}', "
+        "'true')::text WHERE id = $1 RETURNING id",
+        result.run_id,
+    )
+    run = await b.wait(result.run_id, timeout=30)
+    assert run.status is RunStatus.CANCELLED
+
+
+async def test_a_worker_that_lost_a_lease_stops_retrying_the_run(url: str) -> None:
+    attempts: list[tuple[str, int]] = []
+    first = asyncio.Event()
+    lost = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        schedulers = []
+        for name in ("a", "b"):
+            kf = keyflow.Keyflow(url, workers=2)
+
+            @kf.job(retries=1, backoff=4.0)  # a's heartbeat learns of the loss well before
+            async def flaky(
+                ctx: keyflow.RunContext, input: dict[str, Any], name: str = name
+            ) -> None:
+                attempts.append((name, ctx.attempt))
+                first.set()
+                raise RuntimeError("again")
+
+            schedulers.append(kf)
+        a, b = schedulers
+        backend = a._backend
+        assert isinstance(backend, SharedPostgreSQLBackend)
+        backend.coordinator.on_lost.append(lambda ids: lost.set())
+        await stack.enter_async_context(a)  # only a runs at first
+        result = await a.trigger("flaky")
+        await first.wait()
+        # Its lease runs out behind its back (as if it had stalled): b takes the run.
+        await _sql(
+            url,
+            "UPDATE keyflow_runs SET lease_until = now() - interval '1 second' "
+            "WHERE id = $1 RETURNING id",
+            result.run_id,
+        )
+        await stack.enter_async_context(b)
+        await lost.wait()  # a's heartbeat told it
+        run = await b.wait(result.run_id, timeout=60)
+    assert run.status is RunStatus.FAILED
+    assert run.attempt == 2
+    # Attempt 2 ran once, under a new lease: a's own retry timer, from the lost lease,
+    # was stopped when a learned of the loss.
+    assert sorted(attempt for _, attempt in attempts) == [1, 2]
+
+
+async def test_a_pause_made_elsewhere_holds_a_retry_this_worker_already_holds(url: str) -> None:
+    attempts: list[int] = []
+    failed_once = asyncio.Event()
+    async with keyflow.Keyflow(url, workers=2) as a, keyflow.Keyflow(url, workers=0) as b:
+
+        @a.job(retries=1, backoff=0.5)
+        async def flaky(ctx: keyflow.RunContext, input: dict[str, Any]) -> int:
+            attempts.append(ctx.attempt)
+            if ctx.attempt == 1:
+                failed_once.set()
+                raise RuntimeError("once")
+            return ctx.attempt
+
+        b.job("flaky", retries=1, backoff=0.5)(flaky.handler)  # the same job everywhere
+        result = await b.trigger("flaky")
+        await failed_once.wait()
+        await b.pause(job="flaky")  # while a holds the run in its retry backoff
+        await b.run_until_idle(timeout=30)  # the retry came due and is held, not run
+        assert attempts == [1]
+        await b.resume(job="flaky")
+        run = await b.wait(result.run_id, timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert attempts == [1, 2]

@@ -226,8 +226,11 @@ class Runtime(LiveState):
         """A worker met a pending run that a pause holds back: keep it aside."""
         self.parked[record.id] = record
 
-    def set_paused(self, kind: str, name: str, paused: bool) -> None:
-        """Pause (or resume) a job (``kind="job"``) or a lane (``"key"``); written."""
+    def set_paused(self, kind: str, name: str, paused: bool, *, written: bool = True) -> None:
+        """Pause (or resume) a job (``kind="job"``) or a lane (``"key"``); written.
+
+        ``written=False``: only here (another process's pause, read from shared storage).
+        """
         target = self.paused_jobs if kind == "job" else self.paused_keys
         if paused:
             target.add(name)
@@ -241,7 +244,8 @@ class Runtime(LiveState):
                 self.ready_again(record)
             for run_id in [i for i, r in self.parked.items() if r.status is not PENDING]:
                 del self.parked[run_id]  # cancelled meanwhile
-        self.pipeline.set_pause(kind, name, paused)
+        if written:
+            self.pipeline.set_pause(kind, name, paused)
         self.hub.pause_changed(name if kind == "key" else None)
         if self.waiters.changes:
             self.waiters.changed()

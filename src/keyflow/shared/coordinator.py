@@ -33,4 +33,4 @@ class SharedCoordinator(Leasing):
         """
         async with self.transaction("a pause") as conn:
             await conn.execute(PAUSE if paused else RESUME, kind, name)
-            await self.notify(conn, Notice(work=not paused))
+            await self.notify(conn, Notice(work=not paused, pauses=True))

@@ -53,9 +53,17 @@ class Notice:
     """Running runs asked to cancel: the processes leasing them stop their handlers."""
     due: float | None = None
     """The earliest due time among scheduled runs this transaction made or moved."""
+    pauses: bool = False
+    """A job or a lane was paused or resumed."""
 
     def __bool__(self) -> bool:
-        return self.work or bool(self.changed) or bool(self.cancel) or self.due is not None
+        return (
+            self.work
+            or bool(self.changed)
+            or bool(self.cancel)
+            or self.due is not None
+            or self.pauses
+        )
 
     def add_due(self, due_at: float) -> None:
         """Note a scheduled run's due time."""
@@ -73,9 +81,11 @@ class Notice:
             data["c"] = self.cancel[:100]
         if self.due is not None:
             data["d"] = self.due
+        if self.pauses:
+            data["p"] = 1
         text = json.dumps(data, separators=(",", ":"))
         if len(text) > 7900:  # ids are short; a huge batch just says "look"
-            return json.dumps({"w": 1, "d": self.due} if self.due is not None else {"w": 1})
+            return json.dumps({"w": 1, "p": 1, "d": self.due})
         return text
 
     @classmethod
@@ -88,9 +98,10 @@ class Notice:
                 changed=[str(x) for x in data.get("e", ())],
                 cancel=[str(x) for x in data.get("c", ())],
                 due=float(data["d"]) if data.get("d") is not None else None,
+                pauses=bool(data.get("p")),
             )
         except (ValueError, TypeError, AttributeError, KeyError):
-            return cls(work=True)
+            return cls(work=True, pauses=True)
 
 
 class Leased:
@@ -147,6 +158,7 @@ class SharedDatabase:
                 min_size=1,
                 max_size=self.pool_size,
                 timeout=self.connect_timeout,
+                command_timeout=self.connect_timeout * 3,
                 server_settings=self._settings(),
             )
             await self._listen()
@@ -175,7 +187,7 @@ class SharedDatabase:
 
     def _listener_lost(self, _conn: object) -> None:
         self._listener = None
-        self.deliver(Notice(work=True))  # whatever was missed: look
+        self.deliver(Notice(work=True, pauses=True))  # whatever was missed: look
 
     @property
     def listening(self) -> bool:
@@ -189,7 +201,7 @@ class SharedDatabase:
             return
         with contextlib.suppress(*DRIVER_ERRORS):
             await self._listen()
-            self.deliver(Notice(work=True))
+            self.deliver(Notice(work=True, pauses=True))
 
     async def close_pool(self) -> None:
         """Close the listener and the pool. Idempotent."""

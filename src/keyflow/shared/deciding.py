@@ -48,6 +48,8 @@ class Deciding(SharedDatabase):
             StorageError: the database failed; nothing was stored.
             InvalidInputError: a merge function failed; nothing was stored.
         """
+        for trig in prepared:
+            _refuse_nul(trig)
         for attempt in range(TRIES):
             try:
                 return await self._trigger(prepared, limit_of, new_id, now)
@@ -243,6 +245,23 @@ class Deciding(SharedDatabase):
     async def busy(self, now: float) -> int:
         """How many unfinished runs are due, pending, running or leased."""
         return int(await self.fetchval(sql.BUSY, now))
+
+
+def _refuse_nul(trig: PreparedTrigger) -> None:
+    """PostgreSQL text cannot hold a NUL: refuse such a trigger before any write."""
+    labels = trig.labels or {}
+    fields = {
+        "job": trig.job.name,
+        "concurrency key": trig.key or "",
+        "idempotency key": trig.idempotency_key or "",
+        "labels": "".join(f"{name}{value}" for name, value in labels.items()),
+    }
+    for field, text in fields.items():
+        if "\x00" in text:
+            raise StorageError(
+                f"a run of job {trig.job.name!r} cannot be stored in PostgreSQL: its {field} "
+                "holds a NUL character"
+            )
 
 
 def _is_due(run: RunRecord, owner: str | None, now: float) -> bool:

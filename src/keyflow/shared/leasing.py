@@ -12,6 +12,7 @@ counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASH
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -55,6 +56,12 @@ class Leasing(Deciding):
         """Runs this process leases: id → the lease's generation."""
         self.released: OrderedDict[str, None] = OrderedDict()
         """Runs whose lease this process gave up lately (their ends are its own news)."""
+        self.lost: OrderedDict[str, None] = OrderedDict()
+        """Runs whose lease this process lost lately (their writes are dropped quietly)."""
+        self.on_lost: list[Callable[[list[str]], None]] = []
+        """Called with the runs whose lease was found lost."""
+        self.renewed_at = 0.0
+        """The event loop's time of the last renewal that reached the database."""
         self._saving: set[str] = set()
         """Runs whose write is in flight (a renewal that misses one has not lost it)."""
         self._fresh: dict[str, float] = {}
@@ -118,8 +125,17 @@ class Leasing(Deciding):
                 attempts.append(record.attempt)
             if not ids:
                 return []
+            told = Notice(changed=ids).encode()
             taken = await conn.fetch(
-                sql.TAKE_LEASES, ids, datas, started, self.owner, self.lease_seconds, attempts
+                sql.TAKE_LEASES,
+                ids,
+                datas,
+                started,
+                self.owner,
+                self.lease_seconds,
+                attempts,
+                self.channel,
+                told,
             )
         for run_id, generation in taken:  # committed: the leases are ours
             self.leases[run_id] = generation
@@ -138,6 +154,12 @@ class Leasing(Deciding):
         fresh = self._fresh
         for record in batch.runs:
             run_id = record.id
+            if run_id not in self.leases:
+                # Ended (a batch written earlier took its last change: the records are
+                # live), or known lost: nothing of it is this process's to write.
+                if run_id not in self.released and run_id not in self.lost:
+                    self._lose([run_id])
+                continue
             claimed = fresh.pop(run_id, None)
             if claimed is not None:
                 record.started_at = claimed  # the start the database saw
@@ -196,46 +218,63 @@ class Leasing(Deciding):
             self.released[run_id] = None
         while len(self.released) > RELEASED_KEPT:
             self.released.popitem(last=False)
-        for run_id in lost:
-            self.leases.pop(run_id, None)
-            self._fresh.pop(run_id, None)
-            logger.error(
-                "run %s: this process lost its lease (it expired and the run was reclaimed); "
-                "its late write is refused",
-                run_id,
-            )
+        self._lose(lost)
         return lost
 
+    def abandon(self) -> list[str]:
+        """Give up every lease (renewals failed past the deadline: others take the runs).
+
+        Returns the runs given up; their handlers are stopped (:attr:`on_lost`).
+        """
+        given_up = list(self.leases)
+        self._lose(given_up)
+        return given_up
+
+    def _lose(self, run_ids: list[str]) -> None:
+        """These runs' leases are gone: forget them, log it once, tell the callbacks."""
+        if not run_ids:
+            return
+        for run_id in run_ids:
+            self.leases.pop(run_id, None)
+            self._fresh.pop(run_id, None)
+            self.lost[run_id] = None
+            logger.error(
+                "run %s: this process lost its lease (it expired and the run was reclaimed "
+                "elsewhere); its late writes are refused and its handler is stopped",
+                run_id,
+            )
+        while len(self.lost) > RELEASED_KEPT:
+            self.lost.popitem(last=False)
+        for callback in list(self.on_lost):
+            callback(run_ids)
+
     async def renew(self) -> list[str]:
-        """Extend every lease this process holds; return the runs whose lease was lost.
+        """Extend every lease this process holds; return the runs asked to cancel.
+
+        Runs whose lease was lost are handed to :attr:`on_lost`. A cancel is asked of a
+        run by a notice; this answer is the safety net for a notice that was missed.
 
         Raises:
             StorageError: the database failed (the leases run on until they expire).
         """
         if not self.leases:
+            self.renewed_at = asyncio.get_running_loop().time()
             return []
         ids = list(self.leases)
         generations = [self.leases[run_id] for run_id in ids]
-        kept = {
-            row[0]
-            for row in await self.fetch(sql.RENEW, self.owner, ids, generations, self.lease_seconds)
-        }
-        lost = [
-            run_id
-            for run_id, generation in zip(ids, generations, strict=True)
-            if run_id not in kept
-            and run_id not in self._saving
-            and self.leases.get(run_id) == generation
-        ]
-        for run_id in lost:
-            del self.leases[run_id]
-            self._fresh.pop(run_id, None)
-            logger.error(
-                "run %s: this process lost its lease (expired and reclaimed elsewhere); "
-                "what its handler still does is not written",
-                run_id,
-            )
-        return lost
+        rows = await self.fetch(sql.RENEW, self.owner, ids, generations, self.lease_seconds)
+        self.renewed_at = asyncio.get_running_loop().time()
+        kept = {row[0] for row in rows}
+        self._lose(
+            [
+                run_id
+                for run_id, generation in zip(ids, generations, strict=True)
+                if run_id not in kept
+                and run_id not in self._saving
+                and self.leases.get(run_id) == generation
+            ]
+        )
+        return [row[0] for row in rows if row[1]]
 
     async def reclaim(self, limit_of: LimitOf, now: float) -> int:
         """Take back expired leases (see the module); return how many runs came back.

@@ -45,6 +45,10 @@ POLL_SECONDS: Final = 1.0
 PRUNE_SECONDS: Final = 10.0
 """How often finished runs beyond ``retention`` are deleted."""
 
+FENCE_AT: Final = 0.8
+"""A process that could not renew its leases for this share of their length gives its
+runs up (stops their handlers) before another process may take them."""
+
 MAX_BACKOFF: Final = 5.0
 """The longest pause between two tries while the database cannot be reached."""
 
@@ -72,7 +76,9 @@ class SharedService:
         self._claiming = False
         self._due_timer: TimerHandle | None = None
         self._relay = EventRelay(coordinator, core.hub, self._is_local, core.now)
+        self._pause_refresh: asyncio.Task[None] | None = None
         coordinator.on_notice.append(self._heard)
+        coordinator.on_lost.append(self._lost)
 
     def _is_local(self, run_id: str) -> bool:
         return run_id in self._core.records or run_id in self.coordinator.released
@@ -137,7 +143,14 @@ class SharedService:
                 await task
         with contextlib.suppress(ValueError):
             self.coordinator.on_notice.remove(self._heard)
+        with contextlib.suppress(ValueError):
+            self.coordinator.on_lost.remove(self._lost)
         await self._relay.close()
+        refresh, self._pause_refresh = self._pause_refresh, None
+        if refresh is not None:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
 
     # -- notices ---------------------------------------------------------------------
 
@@ -154,10 +167,39 @@ class SharedService:
                     core.cancel(record)
         if notice.changed:
             self._relay.heard(notice.changed)
+        if notice.pauses and (self._pause_refresh is None or self._pause_refresh.done()):
+            self._pause_refresh = asyncio.get_running_loop().create_task(self._refresh_pauses())
         self._changed.set()
         waiters = self._core.waiters
         if waiters.changes:
             waiters.changed()
+
+    def _lost(self, run_ids: list[str]) -> None:
+        """Leases lost (or given up): stop this process's work on those runs."""
+        core = self._core
+        for run_id in run_ids:
+            record = core.records.get(run_id)
+            if record is not None and not record.status.is_terminal:
+                core.cancel(record)  # its writes are dropped: only the handler stops
+
+    async def _refresh_pauses(self) -> None:
+        """Take the pauses other processes made (or lifted) from the database."""
+        from .reads import paused
+
+        try:
+            jobs, keys = await paused(self.coordinator)
+        except StorageError as exc:
+            logger.warning("reading pauses failed: %s", exc)
+            return
+        core = self._core
+        for kind, now_paused, here in (
+            ("job", jobs, core.paused_jobs),
+            ("key", keys, core.paused_keys),
+        ):
+            for name in now_paused - here:
+                core.set_paused(kind, name, True, written=False)
+            for name in here - now_paused:
+                core.set_paused(kind, name, False, written=False)
 
     async def wait_change(self, timeout: float) -> None:
         """Return at the next notice heard, or after ``timeout`` seconds."""
@@ -211,19 +253,34 @@ class SharedService:
     # -- heartbeat and keeper ------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        interval = self.coordinator.lease_seconds / 3
+        coordinator = self.coordinator
+        interval = coordinator.lease_seconds / 3
+        loop = asyncio.get_running_loop()
+        coordinator.renewed_at = loop.time()
         while True:
             await asyncio.sleep(interval)
             try:
-                lost = await self.coordinator.renew()
+                cancels = await coordinator.renew()
             except StorageError as exc:
-                logger.warning("renewing leases failed (%s); again in %.1fs", exc, interval)
+                overdue = loop.time() - coordinator.renewed_at
+                if coordinator.leases and overdue > coordinator.lease_seconds * FENCE_AT:
+                    # Others may take these runs any moment now: stop them here first.
+                    logger.error(
+                        "leases not renewed for %.1fs (%s): this process gives up its %d "
+                        "runs to the others",
+                        overdue,
+                        exc,
+                        len(coordinator.leases),
+                    )
+                    coordinator.abandon()
+                else:
+                    logger.warning("renewing leases failed (%s); again in %.1fs", exc, interval)
                 continue
             core = self._core
-            for run_id in lost:
+            for run_id in cancels:  # a cancel whose notice this process missed
                 record = core.records.get(run_id)
-                if record is not None and not record.status.is_terminal:
-                    core.cancel(record)  # its end is refused anyway: stop the handler
+                if record is not None and not record.cancel_requested:
+                    core.cancel(record)
 
     async def _keeper(self) -> None:
         coordinator = self.coordinator

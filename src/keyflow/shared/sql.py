@@ -108,17 +108,21 @@ CLAIM: Final = (
 """Pending runs nobody leases, of jobs this process registers, not paused, oldest first."""
 
 TAKE_LEASES: Final = (
-    "UPDATE keyflow_runs AS r SET status = 'running', data = t.data, started_at = t.started, "
-    "attempt = t.attempt, lease_owner = $4, "
+    "WITH taken AS (UPDATE keyflow_runs AS r SET status = 'running', data = t.data, "
+    "started_at = t.started, attempt = t.attempt, lease_owner = $4, "
     "lease_until = clock_timestamp() + make_interval(secs => $5), generation = generation + 1 "
     "FROM unnest($1::text[], $2::text[], $3::float8[], $6::int[]) AS t(id, data, started, attempt) "
-    "WHERE r.id = t.id RETURNING r.id, r.generation"
+    "WHERE r.id = t.id RETURNING r.id, r.generation), "
+    "told AS (SELECT pg_notify($7, $8)) "
+    "SELECT taken.id, taken.generation FROM taken, told"
 )
+"""Lease and start the claimed runs; tell the others (their event streams) they started."""
 
 RENEW: Final = (
     "UPDATE keyflow_runs AS r SET lease_until = clock_timestamp() + make_interval(secs => $4) "
     "FROM unnest($2::text[], $3::bigint[]) AS t(id, generation) "
-    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $1 RETURNING r.id"
+    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $1 "
+    "RETURNING r.id, coalesce((r.data::json ->> 'cancel_requested')::boolean, false)"
 )
 
 EXPIRED_LOCKED: Final = (
@@ -152,7 +156,8 @@ NEXT_DUE: Final = (
 )
 
 BUSY: Final = (
-    "SELECT count(*) FROM keyflow_runs r WHERE status = 'running' OR lease_owner IS NOT NULL "
+    "SELECT count(*) FROM keyflow_runs r WHERE status = 'running' "
+    "OR (status = 'scheduled' AND lease_owner IS NOT NULL) "
     "OR ((status IN ('queued', 'pending') OR (status = 'scheduled' AND due_at <= $1)) "
     "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
     "OR (p.kind = 'key' AND p.name = r.concurrency_key)))"
