@@ -5,6 +5,7 @@ cancels, pauses, reads and events across them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -414,3 +415,39 @@ async def test_a_pause_made_elsewhere_holds_a_retry_this_worker_already_holds(ur
         run = await b.wait(result.run_id, timeout=30)
     assert run.status is RunStatus.COMPLETED
     assert attempts == [1, 2]
+
+
+async def test_a_stop_keeps_the_lease_of_a_handler_that_ignores_it_until_it_ends(
+    url: str,
+) -> None:
+    story: list[str] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    def stubborn_job(kf: keyflow.Keyflow, name: str) -> None:
+        @kf.job("stubborn", concurrency_key=lambda i: "k")
+        async def stubborn(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            story.append(f"{name} starts")
+            started.set()
+            while not release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):  # it ignores every cancel
+                    await release.wait()
+            story.append(f"{name} ends")
+
+    a = keyflow.Keyflow(url, workers=1, cancel_grace=0.2)
+    b = keyflow.Keyflow(url, workers=1)
+    stubborn_job(a, "a")
+    stubborn_job(b, "b")
+    await a.start()
+    result = await a.trigger("stubborn")
+    await started.wait()
+    await a.stop(grace=0.1)  # returns; the handler goes on, abandoned
+    async with b:
+        with pytest.raises(keyflow.WaitTimeoutError):  # b claims at start, and hears
+            await b.wait(result.run_id, timeout=1.0)  # notices: a second is plenty
+        assert story == ["a starts"]  # b did not take the run while a's handler ran
+        release.set()
+        await a.stop()  # waits for the abandoned handler, then hands the run over
+        run = await b.wait(result.run_id, timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert story[:3] == ["a starts", "a ends", "b starts"]

@@ -154,6 +154,8 @@ class Lifecycle:
             if self._shared is not None:
                 self._shared.stop_claiming()
             await self._pool.stop(grace)
+            if self._shared is not None:  # their handlers still run: keep their leases
+                self._shared.coordinator.held.update(r.id for r in self._pool.abandoned_runs)
             self._core.accepting_chained = False  # no handler runs any more
             for handle in self._core.timers.values():
                 handle.cancel()
@@ -168,11 +170,11 @@ class Lifecycle:
                     "keyflow stopped with changes not written to storage: %s",
                     self._core.pipeline.last_error,
                 )
-        if self._shared is not None:
+        abandoned = self._pool.abandoned_tasks
+        if self._shared is not None and not abandoned:
             await self._shared.stop()
         self._core.pipeline.close()  # what an abandoned handler still changes is dropped
         self._hub.close()
-        abandoned = self._pool.abandoned_tasks
         if abandoned:
             # Keep storage (and its lock) until those handlers end: no other process may
             # run their runs while they still execute here.
@@ -223,6 +225,11 @@ class Lifecycle:
 
     async def _close_after(self, tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.wait(tasks)
+        shared = self._shared
+        if shared is not None:  # the handlers ended: their runs may go to the others
+            with contextlib.suppress(StorageError):
+                await shared.coordinator.let_go(self._pool.abandoned_runs, shared.limit_of)
+            await shared.stop()
         await self._backend.close()
 
     async def _drain_due_work(self) -> None:

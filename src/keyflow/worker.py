@@ -103,6 +103,8 @@ class WorkerPool:
         """Such runs waiting for it (pending, in their order), holding no worker."""
         self._spawned = 0
         self._closing = False
+        self.abandoned_runs: list[RunRecord] = []
+        """Runs a stop interrupted while their handlers, abandoned, still execute."""
 
     @property
     def size(self) -> int:
@@ -195,6 +197,7 @@ class WorkerPool:
                         self._core.cancelled(record)
                     else:
                         self._core.interrupt(record)
+                        self.abandoned_runs.append(record)
 
     @property
     def abandoned_tasks(self) -> list[asyncio.Task[None]]:

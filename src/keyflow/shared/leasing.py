@@ -62,6 +62,9 @@ class Leasing(Deciding):
         """Called with the runs whose lease was found lost."""
         self.renewed_at = 0.0
         """The event loop's time of the last renewal that reached the database."""
+        self.held: set[str] = set()
+        """Runs handed back by a stop whose handlers still execute here: their leases are
+        kept (and renewed) until the handlers end (see :meth:`let_go`)."""
         self._saving: set[str] = set()
         """Runs whose write is in flight (a renewal that misses one has not lost it)."""
         self._fresh: dict[str, float] = {}
@@ -196,7 +199,7 @@ class Leasing(Deciding):
                     lost.append(run_id)
                     continue
                 _merge_triggers(record, self.decode(data))
-                keep = _keeps(record)
+                keep = _keeps(record) or run_id in self.held
                 status = await conn.execute(
                     sql.SAVE_LEASED,
                     *update_params(record),
@@ -220,6 +223,15 @@ class Leasing(Deciding):
             self.released.popitem(last=False)
         self._lose(lost)
         return lost
+
+    async def let_go(self, records: list[RunRecord], limit_of: LimitOf) -> None:
+        """The handlers of these held runs ended: hand the runs back to the others.
+
+        Raises:
+            StorageError: the database failed (their leases then expire on their own).
+        """
+        self.held.difference_update(record.id for record in records)
+        await self.save(WriteBatch(runs=records), limit_of)
 
     def abandon(self) -> list[str]:
         """Give up every lease (renewals failed past the deadline: others take the runs).
