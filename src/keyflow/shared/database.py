@@ -160,6 +160,7 @@ class SharedDatabase:
                 timeout=self.connect_timeout,
                 command_timeout=self.connect_timeout * 3,
                 server_settings=self._settings(),
+                reset=_keep_session,
             )
             await self._listen()
         except DRIVER_ERRORS as exc:
@@ -227,6 +228,16 @@ class SharedDatabase:
             raise
         except FAILED as exc:
             raise StorageError(f"{what} in {self.place} failed: {driver_reason(exc)}") from exc
+
+    async def execute(self, query: str, *args: object) -> None:
+        """One statement, in a transaction of its own (autocommit)."""
+        pool = self._pool
+        if pool is None:
+            raise StorageError(f"{self.place} is not open")
+        try:
+            await pool.execute(query, *args, timeout=self.connect_timeout * 3)
+        except FAILED as exc:
+            raise StorageError(f"writing to {self.place} failed: {driver_reason(exc)}") from exc
 
     async def fetchval(self, query: str, *args: object) -> Any:
         """One value, outside any transaction."""
@@ -320,6 +331,14 @@ class SharedDatabase:
             await conn.execute(sql.NOTIFY, self.channel, notice.encode())
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing: a pool connection needs no reset between uses.
+
+    keyflow keeps no session state on them (its locks are transaction locks; only the
+    listener, apart, listens). This saves a round trip per transaction.
+    """
+
+
 def _params(record: RunRecord, *, update: bool = False) -> tuple[Any, ...]:
     c: Mapping[str, Any] = row_columns(record)
     if update:
@@ -346,6 +365,11 @@ def _params(record: RunRecord, *, update: bool = False) -> tuple[Any, ...]:
         c["attempt"],
         c["trigger_count"],
     )
+
+
+def insert_params(record: RunRecord) -> tuple[Any, ...]:
+    """The parameters of :data:`sql.INSERT_RUN` (and the first eleven of its notifying form)."""
+    return _params(record)
 
 
 def update_params(record: RunRecord) -> tuple[Any, ...]:

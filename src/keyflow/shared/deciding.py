@@ -20,7 +20,7 @@ from ..runs import Disposition, TriggerResult
 from ..state import CANCEL, RUNNING, SCHEDULED
 from ..triggers import PreparedTrigger
 from . import sql
-from .database import RETRIED, TRIES, Notice, SharedDatabase
+from .database import RETRIED, TRIES, Notice, SharedDatabase, insert_params
 from .decide import become_due, decide_trigger, lane_from_runs, promote_after
 
 logger = logging.getLogger("keyflow.shared")
@@ -50,6 +50,10 @@ class Deciding(SharedDatabase):
         """
         for trig in prepared:
             _refuse_nul(trig)
+        if len(prepared) == 1:
+            trig = prepared[0]
+            if trig.key is None and trig.idempotency_key is None and not trig.labels:
+                return [await self._trigger_alone(trig, new_id, now())]
         for attempt in range(TRIES):
             try:
                 return await self._trigger(prepared, limit_of, new_id, now)
@@ -126,6 +130,24 @@ class Deciding(SharedDatabase):
                 conn, new, [r for r in changed.values() if r.id not in created_ids], notice
             )
         return results
+
+    async def _trigger_alone(
+        self, trig: PreparedTrigger, new_id: Callable[[], str], now: float
+    ) -> TriggerResult:
+        """Store a trigger without key, idempotency key or labels in one statement.
+
+        There is nothing to lock or look up (it always makes a run): one statement,
+        committed on its own, stores it.
+        """
+        decision = decide_trigger(trig, [], 1, new_id, now)
+        created = decision.created
+        assert created is not None  # without a lane, every trigger creates
+        notice = Notice()
+        note_change(notice, created)
+        await self.execute(
+            sql.INSERT_RUN_NOTIFY, *insert_params(created), self.channel, notice.encode()
+        )
+        return decision.result
 
     async def cancel_run(self, run_id: str, limit_of: LimitOf, now: float) -> str | None:
         """Cancel a run this process does not execute.
