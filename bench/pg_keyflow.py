@@ -1,0 +1,105 @@
+"""keyflow on PostgreSQL shared by several processes: W workers, one triggering producer.
+
+Each worker process runs ``Keyflow(storage=URL, workers=C)`` with a no-op job ``noop``;
+the producer opens the same URL with one worker and triggers ``noop`` N times, one after
+another. The numbers come from the ``keyflow_runs`` rows (``created_at``, ``started_at``,
+``finished_at``: epoch seconds). Several processes writing one schema needs main's
+shared PostgreSQL mode; until it lands a second process gets StorageLockedError, and
+the row reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import keyflow
+from bench.pg_common import (
+    BenchError,
+    Config,
+    Result,
+    Workers,
+    create_schema,
+    drop_schema,
+    measure,
+)
+
+DONE = "SELECT count(*) FROM keyflow_runs WHERE status = 'completed'"
+
+TIMINGS = """
+SELECT created_at, started_at, finished_at FROM keyflow_runs WHERE status = 'completed'
+"""
+
+OPEN_TIMEOUT = 30.0
+"""Seconds opening (or closing) a Keyflow may take."""
+
+
+def storage_url(dsn: str, schema: str) -> str:
+    """keyflow's URL for ``schema`` of the database at ``dsn``."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}schema={quote(schema)}"
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None
+
+
+def scheduler(dsn: str, schema: str, workers: int, jobs: int) -> keyflow.Keyflow:
+    """A Keyflow on ``schema`` with the no-op job, keeping every run of the benchmark."""
+    kf = keyflow.Keyflow(storage=storage_url(dsn, schema), workers=workers, retention=jobs + 10_000)
+    kf.job("noop")(_noop)
+    return kf
+
+
+async def serve(
+    dsn: str,
+    schema: str,
+    concurrency: int,
+    jobs: int,
+    ready: Callable[[], None],
+    stop: asyncio.Future[None],
+) -> None:
+    """One worker process: a Keyflow with ``concurrency`` workers until ``stop`` is done."""
+    kf = scheduler(dsn, schema, concurrency, jobs)
+    await asyncio.wait_for(kf.start(), OPEN_TIMEOUT)
+    try:
+        ready()
+        await stop
+    finally:
+        await asyncio.wait_for(kf.stop(grace=1), OPEN_TIMEOUT)
+
+
+async def run(config: Config, schema: str) -> Result:
+    """Measure keyflow in ``schema`` (created here, dropped after)."""
+    result = Result("keyflow")
+    await create_schema(config.dsn, schema)
+    try:
+        async with Workers(config, "keyflow", schema) as workers:
+            # The first creates keyflow's tables; then the others join it.
+            await workers.start(1)
+            await workers.start(config.workers - 1)
+            kf = scheduler(config.dsn, schema, 1, config.jobs)
+            try:
+                await asyncio.wait_for(kf.start(), OPEN_TIMEOUT)
+            except keyflow.KeyflowError as exc:
+                raise BenchError(f"producer: {type(exc).__name__}: {exc}") from exc
+            try:
+
+                async def trigger(n: int) -> None:
+                    await kf.trigger("noop", {"n": n})
+
+                await measure(
+                    config,
+                    result,
+                    done_sql=DONE,
+                    timings_sql=TIMINGS,
+                    workers=workers,
+                    schema=schema,
+                    producer=trigger,
+                )
+            finally:
+                await asyncio.wait_for(kf.stop(grace=1), OPEN_TIMEOUT)
+    finally:
+        await drop_schema(config.dsn, schema)
+    return result
