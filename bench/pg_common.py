@@ -95,6 +95,7 @@ async def create_schema(dsn: str, schema: str) -> None:
     """Create ``schema`` (dropping a leftover of the same name first)."""
     conn = await connect(dsn)
     try:
+        await conn.execute("SET lock_timeout = '10s'")
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:

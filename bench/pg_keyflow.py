@@ -73,6 +73,7 @@ async def serve(
 async def run(config: Config, schema: str) -> Result:
     """Measure keyflow in ``schema`` (created here, dropped after)."""
     result = Result("keyflow")
+    result.notes.append("(the producer's Keyflow has workers=1: it may run a few jobs too)")
     await create_schema(config.dsn, schema)
     try:
         async with Workers(config, "keyflow", schema) as workers:

@@ -25,6 +25,7 @@ reported as failed and the others still run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
 import time
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 from bench import pg_bare, pg_keyflow, pg_procrastinate
 from bench.command import run
-from bench.pg_common import Config, Result, schema_name
+from bench.pg_common import READY_TIMEOUT, BenchError, Config, Result, schema_name
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SYSTEMS = ("bare", "procrastinate", "keyflow")
@@ -55,9 +56,16 @@ async def measure(system: str, config: Config) -> Result:
         )
     start = time.monotonic()
     try:
-        return await RUNNERS[system](config, schema_name(system))
+        # Every step has its own timeout; this one bounds the sum, whatever hangs.
+        budget = config.timeout + 2 * READY_TIMEOUT + 60
+        return await asyncio.wait_for(RUNNERS[system](config, schema_name(system)), budget)
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TimeoutError) else ""
+        if isinstance(exc, BenchError):
+            message = str(exc)
+        elif isinstance(exc, TimeoutError):
+            message = ""
+        else:
+            message = f"{type(exc).__name__}: {exc}"
         message = message or f"timed out after {time.monotonic() - start:.0f} s"
         return Result(system, error=f"failed: {message}".replace("\n", " "))
 
