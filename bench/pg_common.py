@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -89,6 +91,42 @@ async def connect(dsn: str, schema: str | None = None) -> Any:
     """An asyncpg connection, its search path on ``schema`` when given."""
     settings = {"search_path": schema} if schema else {}
     return await asyncio.wait_for(asyncpg.connect(dsn, server_settings=settings), 10)
+
+
+STALE = re.compile(r"kf_bench_(\d+)_(bare|procrastinate|keyflow)")
+"""The schemas this benchmark makes: the pid of the run that made one is in its name."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def drop_stale_schemas(dsn: str) -> list[str]:
+    """Drop the schemas of earlier runs killed before they could (a local database only).
+
+    Only names of :data:`STALE`'s form whose process is gone from this machine; with a
+    database elsewhere a pid says nothing, and nothing is dropped.
+    """
+    if urlsplit(dsn).hostname not in ("127.0.0.1", "localhost", "::1", None):
+        return []
+    conn = await connect(dsn)
+    try:
+        names = [row[0] for row in await conn.fetch("SELECT nspname FROM pg_namespace")]
+    finally:
+        await conn.close()
+    stale = []
+    for name in names:
+        match = STALE.fullmatch(name)
+        if match and not _alive(int(match[1])):
+            await drop_schema(dsn, name)
+            stale.append(name)
+    return stale
 
 
 async def create_schema(dsn: str, schema: str) -> None:

@@ -33,7 +33,14 @@ from collections.abc import Awaitable, Callable
 
 from bench import pg_bare, pg_keyflow, pg_procrastinate
 from bench.command import run
-from bench.pg_common import READY_TIMEOUT, BenchError, Config, Result, schema_name
+from bench.pg_common import (
+    READY_TIMEOUT,
+    BenchError,
+    Config,
+    Result,
+    drop_stale_schemas,
+    schema_name,
+)
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SYSTEMS = ("bare", "procrastinate", "keyflow")
@@ -138,6 +145,8 @@ async def main(args: argparse.Namespace) -> int:
         f"{config.workers} worker processes x {config.concurrency}, one sequential producer"
     )
     print(f"  database {config.dsn}; worker logs in {config.log_dir}")
+    for name in await drop_stale_schemas(config.dsn):
+        print(f"  dropped {name}, left by a run that was killed")
     results: dict[str, Result] = {}
     for system in systems:
         print(f"  measuring {system} ...", flush=True)
