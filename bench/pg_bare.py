@@ -17,7 +17,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from bench.pg_common import Config, Result, Workers, connect, create_schema, drop_schema, measure
+from bench.pg_common import (
+    Config,
+    Progress,
+    Result,
+    Workers,
+    connect,
+    create_schema,
+    drop_schema,
+    measure,
+)
 
 IDLE_POLL = 1.0
 """Seconds an idle claimer waits for a notification before it claims anyway."""
@@ -151,8 +160,7 @@ async def run(config: Config, schema: str) -> Result:
                 await measure(
                     config,
                     result,
-                    done_sql=DONE,
-                    timings_sql=TIMINGS,
+                    progress=Progress(DONE, TIMINGS),
                     workers=workers,
                     schema=schema,
                     producer=insert,

@@ -258,15 +258,33 @@ class Workers:
         self._files.clear()
 
 
-async def wait_done(conn: Any, done_sql: str, jobs: int, timeout: float, workers: Workers) -> float:
-    """Poll ``done_sql`` (a count) until it reaches ``jobs``; the monotonic time it did.
+class Progress:
+    """How a system's finished jobs are read: a count, and their timestamps."""
+
+    def __init__(self, done_sql: str, timings_sql: str) -> None:
+        self.done_sql = done_sql
+        self.timings_sql = timings_sql
+
+    async def done(self, conn: Any) -> int:
+        """How many jobs are finished (``done_sql``: one count)."""
+        return int(await conn.fetchval(self.done_sql, timeout=10))
+
+    async def timings(self, conn: Any) -> Sequence[Any]:
+        """``(created, started, finished)`` epoch seconds of each finished job."""
+        return list(await conn.fetch(self.timings_sql, timeout=30))
+
+
+async def wait_done(
+    conn: Any, progress: Progress, jobs: int, timeout: float, workers: Workers
+) -> float:
+    """Poll ``progress`` until ``jobs`` are finished; the monotonic time they were.
 
     Raises:
         BenchError: ``timeout`` seconds passed first, or a worker process exited.
     """
     deadline = time.monotonic() + timeout
     while True:
-        done = await conn.fetchval(done_sql, timeout=10)
+        done = await progress.done(conn)
         if done >= jobs:
             return time.monotonic()
         workers.check()
@@ -306,8 +324,7 @@ async def measure(
     config: Config,
     result: Result,
     *,
-    done_sql: str,
-    timings_sql: str,
+    progress: Progress,
     workers: Workers,
     schema: str,
     producer: Callable[[int], Awaitable[object]],
@@ -323,9 +340,9 @@ async def measure(
         triggers = await asyncio.wait_for(produce(config.jobs, producer), config.timeout)
         workers.check()
         end = await wait_done(
-            conn, done_sql, config.jobs, config.timeout - (time.monotonic() - start), workers
+            conn, progress, config.jobs, config.timeout - (time.monotonic() - start), workers
         )
-        timings = await conn.fetch(timings_sql, timeout=30)
+        timings = await progress.timings(conn)
     finally:
         await conn.close()
     fill(result, timings, triggers, end - start)

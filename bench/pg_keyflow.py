@@ -11,14 +11,17 @@ the row reports it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
+
+import asyncpg
 
 import keyflow
 from bench.pg_common import (
     BenchError,
     Config,
+    Progress,
     Result,
     Workers,
     create_schema,
@@ -34,6 +37,33 @@ SELECT created_at, started_at, finished_at FROM keyflow_runs WHERE status = 'com
 
 OPEN_TIMEOUT = 30.0
 """Seconds opening (or closing) a Keyflow may take."""
+
+
+class KeyflowProgress(Progress):
+    """Reads ``keyflow_runs``; through keyflow's API if its columns are not (or no more) there.
+
+    The table is read first: it is what every process writes, whatever the producer's
+    scheduler holds in memory.
+    """
+
+    def __init__(self, kf: keyflow.Keyflow) -> None:
+        super().__init__(DONE, TIMINGS)
+        self.kf = kf
+
+    async def done(self, conn: Any) -> int:
+        """Finished runs of ``noop``."""
+        try:
+            return await super().done(conn)
+        except asyncpg.PostgresError:
+            return await self.kf.count_runs(job="noop", status="completed")
+
+    async def timings(self, conn: Any) -> Sequence[Any]:
+        """``(created, started, finished)`` of each finished run of ``noop``."""
+        try:
+            return await super().timings(conn)
+        except asyncpg.PostgresError:
+            runs = await self.kf.list_runs(job="noop", status="completed", limit=10**9)
+            return [(run.created_at, run.started_at, run.finished_at) for run in runs]
 
 
 def storage_url(dsn: str, schema: str) -> str:
@@ -93,8 +123,7 @@ async def run(config: Config, schema: str) -> Result:
                 await measure(
                     config,
                     result,
-                    done_sql=DONE,
-                    timings_sql=TIMINGS,
+                    progress=KeyflowProgress(kf),
                     workers=workers,
                     schema=schema,
                     producer=trigger,

@@ -14,7 +14,7 @@ import asyncio
 import importlib
 from typing import Any
 
-from bench.pg_common import Config, Result, Workers, create_schema, drop_schema, measure
+from bench.pg_common import Config, Progress, Result, Workers, create_schema, drop_schema, measure
 
 DONE = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
 
@@ -114,8 +114,7 @@ async def run(config: Config, schema: str) -> Result:
                 await measure(
                     config,
                     result,
-                    done_sql=DONE,
-                    timings_sql=TIMINGS,
+                    progress=Progress(DONE, TIMINGS),
                     workers=workers,
                     schema=schema,
                     producer=defer,
