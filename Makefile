@@ -74,9 +74,10 @@ $(BVENV)/installed: pyproject.toml
 	$(BBIN)/pip install --quiet -e '.[postgres]' 'procrastinate>=3,<4' 'psycopg[binary]'
 	touch $@
 
-# Needs PostgreSQL (DSN=postgresql://... to use another database than the default).
+# Needs PostgreSQL (DSN=postgresql://... for another database than the default;
+# BENCH_ARGS="--rounds 3" and the like are passed on).
 bench-postgres: $(BVENV)/installed
-	$(BBIN)/python -m bench.postgres $(if $(DSN),--dsn $(DSN))
+	$(BBIN)/python -m bench.postgres $(if $(DSN),--dsn $(DSN)) $(BENCH_ARGS)
 
 soak: $(BIN)/activate  # the SIGKILL crash test, 300 kills per durable backend
 	$(BIN)/python -m tests.crash_workload --backend sqlite --cycles 300

@@ -192,7 +192,7 @@ def cli() -> None:
     parser.add_argument("--workers", type=int, default=4, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=8, help="jobs at once per process")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds a system may take to finish"
+        "--timeout", type=float, default=90.0, help="seconds a system may take to finish"
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="measure each system this many times, in turn"
