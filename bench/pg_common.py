@@ -83,8 +83,8 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def schema_name(system: str) -> str:
-    """``kf_bench_<pid>_<system>``: unique to this run and system."""
-    return f"kf_bench_{os.getpid()}_{system}"
+    """``kf_bench_<pid>_<system>``: unique to this run and system (``-`` made ``_``)."""
+    return f"kf_bench_{os.getpid()}_{system.replace('-', '_')}"
 
 
 async def connect(dsn: str, schema: str | None = None) -> Any:
@@ -93,7 +93,7 @@ async def connect(dsn: str, schema: str | None = None) -> Any:
     return await asyncio.wait_for(asyncpg.connect(dsn, server_settings=settings), 10)
 
 
-STALE = re.compile(r"kf_bench_(\d+)_(bare|procrastinate|keyflow)")
+STALE = re.compile(r"kf_bench_(\d+)_(bare|procrastinate|keyflow|keyflow_triggers)")
 """The schemas this benchmark makes: the pid of the run that made one is in its name."""
 
 
@@ -315,9 +315,14 @@ def fill(result: Result, timings: Sequence[Any], triggers: Sequence[float], wall
     result.jobs_per_second = len(timings) / span if span > 0 else math.inf
     result.start_p50 = percentile(waits, 0.50)
     result.start_p95 = percentile(waits, 0.95)
+    fill_triggers(result, triggers)
+    result.wall = wall
+
+
+def fill_triggers(result: Result, triggers: Sequence[float]) -> None:
+    """Set ``result``'s trigger latencies from each trigger's seconds."""
     result.trigger_p50 = percentile(triggers, 0.50) * 1000
     result.trigger_p95 = percentile(triggers, 0.95) * 1000
-    result.wall = wall
 
 
 async def measure(

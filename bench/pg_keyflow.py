@@ -1,16 +1,19 @@
 """keyflow on PostgreSQL shared by several processes: W workers, one triggering producer.
 
-Each worker process runs ``Keyflow(storage=URL, workers=C)`` with a no-op job ``noop``;
-the producer opens the same URL with one worker and triggers ``noop`` N times, one after
-another. The numbers come from the ``keyflow_runs`` rows (``created_at``, ``started_at``,
-``finished_at``: epoch seconds). Several processes writing one schema needs main's
-shared PostgreSQL mode; until it lands a second process gets StorageLockedError, and
-the row reports it.
+Each worker process runs ``Keyflow(storage=URL, workers=C)`` with a no-op job ``noop``
+(keyflow's shared PostgreSQL mode, the default for ``postgresql://`` URLs); the producer
+opens the same URL with ``workers=0`` (it only triggers: it runs nothing) and triggers
+``noop`` N times, one after another. The numbers come from the ``keyflow_runs`` rows
+(``created_at``, ``started_at``, ``finished_at``: epoch seconds).
+
+A second row, :func:`run_triggers_only`, is the producer alone: no worker process, so
+nothing claims, and its trigger latencies are what a trigger costs by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +29,9 @@ from bench.pg_common import (
     Workers,
     create_schema,
     drop_schema,
+    fill_triggers,
     measure,
+    produce,
 )
 
 DONE = "SELECT count(*) FROM keyflow_runs WHERE status = 'completed'"
@@ -34,6 +39,9 @@ DONE = "SELECT count(*) FROM keyflow_runs WHERE status = 'completed'"
 TIMINGS = """
 SELECT created_at, started_at, finished_at FROM keyflow_runs WHERE status = 'completed'
 """
+
+TRIGGERS_ONLY = "keyflow sequential trigger, no workers running"
+"""The name of :func:`run_triggers_only`'s row."""
 
 OPEN_TIMEOUT = 30.0
 """Seconds opening (or closing) a Keyflow may take."""
@@ -100,21 +108,26 @@ async def serve(
         await asyncio.wait_for(kf.stop(grace=1), OPEN_TIMEOUT)
 
 
+async def _producer(config: Config, schema: str) -> keyflow.Keyflow:
+    """The producer's Keyflow on ``schema``, started: ``workers=0``, it only triggers."""
+    kf = scheduler(config.dsn, schema, 0, config.jobs)
+    try:
+        await asyncio.wait_for(kf.start(), OPEN_TIMEOUT)
+    except keyflow.KeyflowError as exc:
+        raise BenchError(f"producer: {type(exc).__name__}: {exc}") from exc
+    return kf
+
+
 async def run(config: Config, schema: str) -> Result:
     """Measure keyflow in ``schema`` (created here, dropped after)."""
     result = Result("keyflow")
-    result.notes.append("(the producer's Keyflow has workers=1: it may run a few jobs too)")
     await create_schema(config.dsn, schema)
     try:
         async with Workers(config, "keyflow", schema) as workers:
             # The first creates keyflow's tables; then the others join it.
             await workers.start(1)
             await workers.start(config.workers - 1)
-            kf = scheduler(config.dsn, schema, 1, config.jobs)
-            try:
-                await asyncio.wait_for(kf.start(), OPEN_TIMEOUT)
-            except keyflow.KeyflowError as exc:
-                raise BenchError(f"producer: {type(exc).__name__}: {exc}") from exc
+            kf = await _producer(config, schema)
             try:
 
                 async def trigger(n: int) -> None:
@@ -130,6 +143,35 @@ async def run(config: Config, schema: str) -> Result:
                 )
             finally:
                 await asyncio.wait_for(kf.stop(grace=1), OPEN_TIMEOUT)
+    finally:
+        await drop_schema(config.dsn, schema)
+    return result
+
+
+async def run_triggers_only(config: Config, schema: str) -> Result:
+    """The producer alone in ``schema``: N sequential triggers, no worker process.
+
+    Nothing runs, so only the trigger columns (and the wall time of the N triggers) are
+    filled; the runs are left pending, and dropped with the schema.
+    """
+    result = Result(TRIGGERS_ONLY)
+    await create_schema(config.dsn, schema)
+    try:
+        kf = await _producer(config, schema)
+        try:
+
+            async def trigger(n: int) -> None:
+                await kf.trigger("noop", {"n": n})
+
+            start = time.monotonic()
+            took = await asyncio.wait_for(produce(config.jobs, trigger), config.timeout)
+            result.wall = time.monotonic() - start
+            fill_triggers(result, took)
+            pending = await kf.count_runs(job="noop", status="pending")
+            if pending != config.jobs:
+                raise BenchError(f"{pending}/{config.jobs} runs pending after the triggers")
+        finally:
+            await asyncio.wait_for(kf.stop(grace=1), OPEN_TIMEOUT)
     finally:
         await drop_schema(config.dsn, schema)
     return result
