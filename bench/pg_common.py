@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from bench.pg_cpu import Cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: the worker processes run from there (``python -m bench.pg_worker``)."""
 
@@ -226,6 +228,11 @@ class Workers:
             text = tail[0] if tail else f"exited with {proc.returncode}"
         raise BenchError(f"worker {index}: {text.removeprefix('error: ')}")
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        return [proc.pid for proc in self._procs]
+
     def check(self) -> None:
         """Raise if a worker process has exited.
 
@@ -341,12 +348,13 @@ async def measure(
     """
     conn = await connect(config.dsn, schema)
     try:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), Cpu.now(workers.pids)
         triggers = await asyncio.wait_for(produce(config.jobs, producer), config.timeout)
         workers.check()
         end = await wait_done(
             conn, progress, config.jobs, config.timeout - (time.monotonic() - start), workers
         )
+        result.notes.append(cpu.per_job(Cpu.now(workers.pids), config.jobs))
         timings = await progress.timings(conn)
     finally:
         await conn.close()

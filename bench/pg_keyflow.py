@@ -33,6 +33,7 @@ from bench.pg_common import (
     measure,
     produce,
 )
+from bench.pg_cpu import Cpu
 
 DONE = "SELECT count(*) FROM keyflow_runs WHERE status = 'completed'"
 
@@ -163,9 +164,10 @@ async def run_triggers_only(config: Config, schema: str) -> Result:
             async def trigger(n: int) -> None:
                 await kf.trigger("noop", {"n": n})
 
-            start = time.monotonic()
+            start, cpu = time.monotonic(), Cpu.now(())
             took = await asyncio.wait_for(produce(config.jobs, trigger), config.timeout)
             result.wall = time.monotonic() - start
+            result.notes.append(cpu.per_job(Cpu.now(()), config.jobs))
             fill_triggers(result, took)
             pending = await kf.count_runs(job="noop", status="pending")
             if pending != config.jobs:

@@ -107,7 +107,7 @@ def table(results: list[Result]) -> None:
             f"{_ms(row.start_p95):>11} {_ms(row.trigger_p50):>12} "
             f"{_ms(row.trigger_p95):>12} {row.wall:>6.1f}s"
         )
-        for note in row.notes:
+        for note in filter(None, row.notes):
             print(f"  {'':<{width}} {note}")
 
 
