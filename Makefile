@@ -7,10 +7,13 @@ BIN := $(VENV)/bin
 # The same package with its hot path compiled by mypyc (hatch_build.py), in a venv of its own.
 CVENV ?= .venv-compiled
 CBIN := $(CVENV)/bin
+# keyflow beside procrastinate, for bench-postgres only (never a keyflow dependency).
+BVENV ?= .venv-bench
+BBIN := $(BVENV)/bin
 SOURCES := $(shell find src -type f -not -path '*/__pycache__/*') hatch_build.py pyproject.toml
 
 .PHONY: demo test lint typecheck pytest pytest-compiled compiled chromium bench bench-pure \
-	bench-storage bench-dashboard soak clean
+	bench-storage bench-dashboard bench-postgres soak clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,9 +68,20 @@ bench-storage: $(BIN)/activate
 bench-dashboard: $(BIN)/activate
 	$(BIN)/python -m bench.dashboard
 
+$(BVENV)/installed: pyproject.toml
+	test -x $(BBIN)/python || $(PYTHON) -m venv $(BVENV)
+	$(BBIN)/pip install --quiet --upgrade pip
+	$(BBIN)/pip install --quiet -e '.[postgres]' 'procrastinate>=3,<4' 'psycopg[binary]'
+	touch $@
+
+# Needs PostgreSQL (DSN=postgresql://... for another database than the default;
+# BENCH_ARGS="--rounds 3" and the like are passed on).
+bench-postgres: $(BVENV)/installed
+	$(BBIN)/python -m bench.postgres $(if $(DSN),--dsn $(DSN)) $(BENCH_ARGS)
+
 soak: $(BIN)/activate  # the SIGKILL crash test, 300 kills per durable backend
 	$(BIN)/python -m tests.crash_workload --backend sqlite --cycles 300
 	$(BIN)/python -m tests.crash_workload --backend json --cycles 300
 
 clean:
-	rm -rf $(VENV) $(CVENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CVENV) $(BVENV) .mypy_cache .pytest_cache .ruff_cache
