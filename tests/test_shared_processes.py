@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 import pytest
@@ -58,7 +58,9 @@ def _env(url: str) -> dict[str, str]:
     }
 
 
-def start_workers(url: str, count: int, workers: int = 4) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    url: str, count: int, workers: int = 4, stderr: IO[bytes] | None = None
+) -> list[subprocess.Popen[bytes]]:
     """``count`` ``keyflow worker`` processes running the test app."""
     return [
         subprocess.Popen(
@@ -78,6 +80,7 @@ def start_workers(url: str, count: int, workers: int = 4) -> list[subprocess.Pop
             ],
             cwd=REPO,
             env=_env(url),
+            stderr=stderr,
         )
         for _ in range(count)
     ]
@@ -294,25 +297,7 @@ def test_a_paused_workers_late_writes_are_refused_after_its_lease_moved(
 ) -> None:
     errors = tmp_path / "stalled.err"
     with errors.open("wb") as sink:
-        stalled = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keyflow",
-                "worker",
-                "--app",
-                "tests.shared.app:kf",
-                "--storage",
-                url,
-                "--workers",
-                "2",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=REPO,
-            env=_env(url),
-            stderr=sink,
-        )
+        (stalled,) = start_workers(url, 1, workers=2, stderr=sink)
     others: list[subprocess.Popen[bytes]] = []
     try:
         (run_id,) = run_aside(lambda: _trigger_hold(url, "stall", 6.0))

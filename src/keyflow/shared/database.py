@@ -218,9 +218,7 @@ class SharedDatabase:
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[asyncpg.Connection]:
         """A connection in a transaction; driver errors become :class:`StorageError`."""
-        pool = self._pool
-        if pool is None:
-            raise StorageError(f"{self.place} is not open")
+        pool = self._open_pool()
         try:
             async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
                 yield conn
@@ -229,35 +227,30 @@ class SharedDatabase:
         except FAILED as exc:
             raise StorageError(f"{what} in {self.place} failed: {driver_reason(exc)}") from exc
 
-    async def execute(self, query: str, *args: object) -> None:
-        """One statement, in a transaction of its own (autocommit)."""
+    def _open_pool(self) -> asyncpg.Pool:
         pool = self._pool
         if pool is None:
             raise StorageError(f"{self.place} is not open")
+        return pool
+
+    async def execute(self, query: str, *args: object) -> None:
+        """One statement, in a transaction of its own (autocommit)."""
         try:
-            await pool.execute(query, *args, timeout=self.connect_timeout * 3)
+            await self._open_pool().execute(query, *args, timeout=self.connect_timeout * 3)
         except FAILED as exc:
             raise StorageError(f"writing to {self.place} failed: {driver_reason(exc)}") from exc
 
     async def fetchval(self, query: str, *args: object) -> Any:
         """One value, outside any transaction."""
-        pool = self._pool
-        if pool is None:
-            raise StorageError(f"{self.place} is not open")
-        try:
-            return await pool.fetchval(query, *args, timeout=self.connect_timeout * 3)
-        except FAILED as exc:
-            raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
+        return (await self.fetch(query, *args))[0][0]
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         """Rows, outside any transaction."""
-        pool = self._pool
-        if pool is None:
-            raise StorageError(f"{self.place} is not open")
         try:
-            return list(await pool.fetch(query, *args, timeout=self.connect_timeout * 3))
+            rows = await self._open_pool().fetch(query, *args, timeout=self.connect_timeout * 3)
         except FAILED as exc:
             raise StorageError(f"reading {self.place} failed: {driver_reason(exc)}") from exc
+        return list(rows)
 
     # -- helpers for transactions --------------------------------------------------
 
