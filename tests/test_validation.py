@@ -169,3 +169,21 @@ async def test_a_scheduler_without_workers_triggers_and_runs_nothing(tmp_path: P
         stored = await kf.get_run(result.run_id)
         assert stored is not None
         assert stored.status is keyflow.RunStatus.PENDING
+
+
+async def test_a_job_handle_is_taken_for_its_name_but_not_another_schedulers() -> None:
+    async with keyflow.Keyflow(workers=1) as kf, keyflow.Keyflow(workers=1) as other:
+
+        @kf.job
+        async def process(ctx: keyflow.RunContext, input: dict[str, Any]) -> str:
+            return "done"
+
+        @other.job("process")
+        async def elsewhere(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+            return None
+
+        result = await kf.trigger(process)  # type: ignore[arg-type]  # a Job, not a str
+        assert result.job == "process"
+        assert (await kf.wait(result.run_id, timeout=10)).output == "done"
+        with pytest.raises(keyflow.UnknownJobError, match="unknown job"):
+            await kf.trigger(elsewhere)  # type: ignore[arg-type]  # not this one's job

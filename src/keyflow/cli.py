@@ -24,9 +24,11 @@ keyflow: an asyncio job scheduler with per-key trigger coalescing that never los
 trailing trigger.
 
   keyflow demo        the crawl -> process story, live, with its dashboard
-  keyflow dashboard   a read-only dashboard over storage another process writes
+  keyflow worker      execute an application's jobs (many share postgresql:// storage)
+  keyflow dashboard   a dashboard over storage other processes write (read-only; on
+                      shared postgresql:// storage with a token, with actions)
 
-Run "keyflow demo --help" or "keyflow dashboard --help" for their options.
+Run "keyflow demo --help", "keyflow worker --help" or "keyflow dashboard --help".
 """
 
 DEMO_DESCRIPTION = """\
@@ -352,9 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_worker_parser(commands)
     dash = commands.add_parser(
         "dashboard",
-        help="a read-only dashboard over storage another process writes",
-        description="Serve the dashboard of storage (a file or a database) that another "
-        "keyflow process writes: read-only, live by re-reading it.",
+        help="a dashboard over storage other processes write",
+        description="Serve the dashboard of storage (a file or a database) that other "
+        "keyflow processes write: read-only, live by re-reading it. On shared PostgreSQL "
+        "storage (postgresql://, not mode=ro) with a token, it acts too: cancel, retrigger, "
+        "trigger (with --app), pause and resume, live through the database's notices.",
     )
     dash.add_argument(
         "--storage",

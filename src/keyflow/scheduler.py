@@ -155,6 +155,8 @@ class Keyflow(Observing):
             raise SchedulerNotRunningError("use() changes a Keyflow before its start only")
         if workers is not None:
             count(workers, "workers", minimum=0, maximum=100_000)
+        if self._shared is not None:
+            self._shared.detach()  # the new one (maybe on the same storage) listens
         self._assemble(
             self._backend if storage is None else storage,
             self._pool.size if workers is None else workers,

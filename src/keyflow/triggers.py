@@ -106,7 +106,13 @@ def prepare_trigger(
     Raises:
         TriggerError: a subclass naming the problem; nothing was changed.
     """
-    job = jobs.get(job_name) if isinstance(job_name, str) else None
+    if isinstance(job_name, str):
+        job = jobs.get(job_name)
+    else:  # a Job handle of this scheduler works as its name
+        name = getattr(job_name, "name", None)
+        job = jobs.get(name) if isinstance(name, str) else None
+        if job is not job_name:
+            job = None
     if job is None:
         known = ", ".join(repr(name) for name in sorted(jobs)) or "none"
         raise UnknownJobError(f"unknown job {safe_repr(job_name)} (registered jobs: {known})")

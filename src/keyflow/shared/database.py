@@ -187,6 +187,8 @@ class SharedDatabase:
                 logger.exception("a keyflow notice callback failed")
 
     def _listener_lost(self, _conn: object) -> None:
+        if self._pool is None:
+            return  # closing
         self._listener = None
         self.deliver(Notice(work=True, pauses=True))  # whatever was missed: look
 
@@ -206,11 +208,11 @@ class SharedDatabase:
 
     async def close_pool(self) -> None:
         """Close the listener and the pool. Idempotent."""
+        pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await listener.close(timeout=2)
-        pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await asyncio.wait_for(pool.close(), 5)

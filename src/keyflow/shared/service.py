@@ -132,6 +132,13 @@ class SharedService:
         self._claiming = False
         self._work.set()
 
+    def detach(self) -> None:
+        """Hear no more notices nor lost leases (another service took the coordinator)."""
+        with contextlib.suppress(ValueError):
+            self.coordinator.on_notice.remove(self._heard)
+        with contextlib.suppress(ValueError):
+            self.coordinator.on_lost.remove(self._lost)
+
     async def stop(self) -> None:
         """End the background tasks (the leases still held expire, or were handed back)."""
         self._claiming = False
@@ -141,10 +148,7 @@ class SharedService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(ValueError):
-            self.coordinator.on_notice.remove(self._heard)
-        with contextlib.suppress(ValueError):
-            self.coordinator.on_lost.remove(self._lost)
+        self.detach()
         await self._relay.close()
         refresh, self._pause_refresh = self._pause_refresh, None
         if refresh is not None:
