@@ -19,7 +19,7 @@ from .runs import (
     Run,
     RunStatus,
 )
-from .state import RunState
+from .state import START, RunState
 
 if TYPE_CHECKING:
     pass
@@ -141,6 +141,20 @@ class RunRecord(RunState):
         """How many times its handler was started (reruns after a stop included)."""
         self.unsettled = 0
         """Trigger changes to this run that are not durable yet; it may not run before."""
+
+    def begin_attempt(self, now: float) -> None:
+        """A worker starts an attempt at ``now`` (the same one again after a stop).
+
+        What a start does to the run itself: the single-process core and a shared
+        database's claim both start runs through it.
+        """
+        self.apply(START)
+        self.starts += 1
+        if self.stop_interrupted:  # a stop cut it short: it is that attempt again
+            self.stop_interrupted = False
+        else:
+            self.attempt += 1
+        self.started_at = now
 
     def remove_coalesced(self, evicted: Coalescence | None) -> None:
         """Undo the latest joined trigger (a rolled-back one); put back what it evicted."""

@@ -24,7 +24,6 @@ from .state import (
     RETRY,
     RUNNING,
     SCHEDULED,
-    START,
     Action,
 )
 
@@ -38,13 +37,8 @@ class Runtime(LiveState):
 
     def start(self, record: RunRecord) -> None:
         """A worker starts an attempt of ``record`` (the same one again after a stop)."""
-        record.apply(START)
-        record.starts += 1
-        if record.stop_interrupted:  # a stop cut it short: it is that attempt again
-            record.stop_interrupted = False
-        else:
-            record.attempt += 1
-        record.started_at = self.now()
+        now = self.now()
+        record.begin_attempt(now)
         self.counters.started += 1
         # _moved(record, PENDING), inlined: this runs once per attempt.
         counts = self.status_counts
@@ -53,7 +47,7 @@ class Runtime(LiveState):
         if self._touch_all:
             self.pipeline.touch(record)
         if self.hub.active:
-            self.hub.run_changed(record, PENDING, record.started_at)
+            self.hub.run_changed(record, PENDING, now)
         if self.waiters.changes:
             self.waiters.changed()
 

@@ -23,7 +23,7 @@ from ..errors import StorageError
 from ..records import RunRecord
 from ..recovery import count_crash
 from ..runs import LogEntry, RunStatus
-from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING, START
+from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING
 from ..storage_backends.base import WriteBatch
 from ..storage_backends.postgres import row_columns
 from . import sql
@@ -120,7 +120,7 @@ class Leasing(Deciding):
                         continue  # left pending (its row lock ends with this claim)
                     suspects -= 1
                 before.append(self.decode(data))
-                _start(record, now)
+                record.begin_attempt(now)
                 params = row_columns(record)
                 ids.append(run_id)
                 datas.append(params["data"])
@@ -332,17 +332,6 @@ def _keeps(record: RunRecord) -> bool:
     if status.is_terminal:
         return False
     return not (status is PENDING and record.stop_interrupted)
-
-
-def _start(record: RunRecord, now: float) -> None:
-    # What Runtime.start does to the run itself (the core does it again in memory).
-    record.apply(START)
-    record.starts += 1
-    if record.stop_interrupted:
-        record.stop_interrupted = False
-    else:
-        record.attempt += 1
-    record.started_at = now
 
 
 def _merge_triggers(record: RunRecord, stored: RunRecord) -> None:
