@@ -18,6 +18,7 @@ from ..errors import StorageError
 from ..records import RunRecord
 from ..runs import Disposition, TriggerResult
 from ..state import CANCEL, RUNNING, SCHEDULED
+from ..storage_backends.postgres import nul_field
 from ..triggers import PreparedTrigger
 from . import sql
 from .database import RETRIED, TRIES, Notice, SharedDatabase, insert_params
@@ -271,19 +272,12 @@ class Deciding(SharedDatabase):
 
 def _refuse_nul(trig: PreparedTrigger) -> None:
     """PostgreSQL text cannot hold a NUL: refuse such a trigger before any write."""
-    labels = trig.labels or {}
-    fields = {
-        "job": trig.job.name,
-        "concurrency key": trig.key or "",
-        "idempotency key": trig.idempotency_key or "",
-        "labels": "".join(f"{name}{value}" for name, value in labels.items()),
-    }
-    for field, text in fields.items():
-        if "\x00" in text:
-            raise StorageError(
-                f"a run of job {trig.job.name!r} cannot be stored in PostgreSQL: its {field} "
-                "holds a NUL character"
-            )
+    field = nul_field(trig.job.name, trig.key, trig.idempotency_key, trig.labels)
+    if field is not None:
+        raise StorageError(
+            f"a run of job {trig.job.name!r} cannot be stored in PostgreSQL: its {field} "
+            "holds a NUL character"
+        )
 
 
 def _is_due(run: RunRecord, owner: str | None, now: float) -> bool:

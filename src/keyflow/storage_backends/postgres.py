@@ -380,13 +380,20 @@ def advisory_key(schema_name: str) -> int:
 def _nul_field(record: RunRecord) -> str | None:
     if _NUL in record.id:
         return "id"
-    if _NUL in record.job:
+    return nul_field(record.job, record.key, record.idempotency_key, record.labels)
+
+
+def nul_field(
+    job: str, key: str | None, idempotency_key: str | None, labels: Mapping[str, str] | None
+) -> str | None:
+    """Which of a run's text fields holds a NUL (PostgreSQL text cannot), if any."""
+    if _NUL in job:
         return "job"
-    if record.key is not None and _NUL in record.key:
+    if key is not None and _NUL in key:
         return "concurrency key"
-    if record.idempotency_key is not None and _NUL in record.idempotency_key:
+    if idempotency_key is not None and _NUL in idempotency_key:
         return "idempotency key"
-    if record.labels and any(_NUL in n or _NUL in v for n, v in record.labels.items()):
+    if labels and any(_NUL in n or _NUL in v for n, v in labels.items()):
         return "labels"
     return None
 
