@@ -303,20 +303,14 @@ class SharedDatabase:
         if len(inserts) == 1 and not updates and not labels and payload is not None:
             await conn.execute(sql.INSERT_RUN_NOTIFY, *inserts[0], self.channel, payload)
             return
-        if len(inserts) == 1:
-            await conn.execute(sql.INSERT_RUN, *inserts[0])
-        elif inserts:
-            await conn.executemany(sql.INSERT_RUN, inserts)
+        await _each(conn, sql.INSERT_RUN, inserts)
         if labels:
             ids, names, values = (list(column) for column in zip(*labels, strict=True))
             await conn.execute(sql.INSERT_LABELS, ids, names, values)
         if len(updates) == 1 and payload is not None:
             await conn.execute(sql.UPDATE_RUN_NOTIFY, *updates[0], self.channel, payload)
             return
-        if len(updates) == 1:
-            await conn.execute(sql.UPDATE_RUN, *updates[0])
-        elif updates:
-            await conn.executemany(sql.UPDATE_RUN, updates)
+        await _each(conn, sql.UPDATE_RUN, updates)
         if notice is not None:
             await self.notify(conn, notice)
 
@@ -324,6 +318,14 @@ class SharedDatabase:
         """Send ``notice`` when the transaction commits (nothing if it is empty)."""
         if notice:
             await conn.execute(sql.NOTIFY, self.channel, notice.encode())
+
+
+async def _each(conn: asyncpg.Connection, query: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run ``query`` for each of ``rows`` (one row: a plain execute, cheaper than many)."""
+    if len(rows) == 1:
+        await conn.execute(query, *rows[0])
+    elif rows:
+        await conn.executemany(query, rows)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

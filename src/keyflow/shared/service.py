@@ -231,9 +231,7 @@ class SharedService:
                         self._jobs, free, core.now, suspects=suspects
                     )
                 except StorageError as exc:
-                    backoff = _next_backoff(backoff)
-                    logger.warning("claiming runs failed (%s); again in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
+                    backoff = await _back_off(backoff, "claiming runs", exc)
                     continue
                 backoff = 0.0
                 for record in records:
@@ -307,9 +305,7 @@ class SharedService:
                 await coordinator.sweep_due(self.limit_of, core.now())
                 due = await coordinator.next_due()
             except StorageError as exc:
-                backoff = _next_backoff(backoff)
-                logger.warning("keeping shared runs failed (%s); again in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
+                backoff = await _back_off(backoff, "keeping shared runs", exc)
                 continue
             backoff = 0.0
             wait = min(POLL_SECONDS, reclaim_every, max(next_reclaim - loop.time(), 0.0))
@@ -330,5 +326,9 @@ class SharedService:
         self._arm(due)
 
 
-def _next_backoff(previous: float) -> float:
-    return min(max(previous * 2, 0.1), MAX_BACKOFF)
+async def _back_off(previous: float, what: str, exc: StorageError) -> float:
+    """Log that ``what`` failed and pause, longer each time in a row; the new pause."""
+    pause = min(max(previous * 2, 0.1), MAX_BACKOFF)
+    logger.warning("%s failed (%s); again in %.1fs", what, exc, pause)
+    await asyncio.sleep(pause)
+    return pause
