@@ -371,9 +371,11 @@ class KeyflowSource(DashboardSource):
         return self._order.sorted(self.kf.jobs)
 
     async def paused(self) -> Paused:
-        """What the scheduler holds back now (on shared storage: every process's pauses)."""
-        if self.kf.shared:
-            return (await self.kf.get_statistics()).paused
+        """What the scheduler holds back now.
+
+        On shared storage: every process's pauses (the scheduler follows the database's
+        notices of them).
+        """
         return self.kf.paused()
 
     async def changes(self) -> AsyncIterator[Changes]:
