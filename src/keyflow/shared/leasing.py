@@ -1,9 +1,9 @@
-"""Leases in the shared database: claim, write back fenced, renew, reclaim.
+"""Leases in the shared database: write back fenced, renew, reclaim.
 
 A process executes a run only under a lease: ``lease_owner`` (the process),
-``lease_until`` (the database's clock) and ``generation``. A claim starts the run in
-the same transaction (its start is durable before the handler's first line). Every
-later write by the worker is fenced: ``WHERE generation = $g AND lease_owner = $me``;
+``lease_until`` (the database's clock) and ``generation``, taken by a claim
+(:mod:`keyflow.shared.claiming`), which also starts the run. Every later write by the
+worker is fenced: ``WHERE generation = $g AND lease_owner = $me``;
 a worker whose lease expired and was reclaimed (it was paused, cut off, too slow to
 renew) changes nothing, and its late writes are logged and dropped. Expired leases are
 reclaimed by any process: the run goes back to the head of its lane as a new attempt,
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import asyncpg
 
@@ -25,10 +25,10 @@ from ..recovery import count_crash
 from ..runs import LogEntry, RunStatus
 from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING
 from ..storage_backends.base import WriteBatch
-from ..storage_backends.postgres import row_columns
 from . import sql
+from .claiming import Claiming
 from .database import RETRIED, TRIES, Notice, update_params
-from .deciding import Deciding, LimitOf, note_change
+from .deciding import LimitOf, note_change
 
 logger = logging.getLogger("keyflow.shared")
 
@@ -36,8 +36,8 @@ RECLAIM_BATCH = 100
 RELEASED_KEPT = 10_000
 
 
-class Leasing(Deciding):
-    """Claims, fenced writes, renewals and reclaims (see the module)."""
+class Leasing(Claiming):
+    """Fenced writes, renewals and reclaims of leases (see the module)."""
 
     def __init__(
         self,
@@ -49,11 +49,14 @@ class Leasing(Deciding):
         pool_size: int = 10,
         lease_seconds: float = 30.0,
     ) -> None:
-        super().__init__(dsn, schema, place, connect_timeout=connect_timeout, pool_size=pool_size)
-        self.lease_seconds = lease_seconds
-        """How long a lease lasts without renewal (heartbeats renew it every third)."""
-        self.leases: dict[str, int] = {}
-        """Runs this process leases: id → the lease's generation."""
+        super().__init__(
+            dsn,
+            schema,
+            place,
+            connect_timeout=connect_timeout,
+            pool_size=pool_size,
+            lease_seconds=lease_seconds,
+        )
         self.released: OrderedDict[str, None] = OrderedDict()
         """Runs whose lease this process gave up lately (their ends are its own news)."""
         self.lost: OrderedDict[str, None] = OrderedDict()
@@ -67,83 +70,6 @@ class Leasing(Deciding):
         kept (and renewed) until the handlers end (see :meth:`let_go`)."""
         self._saving: set[str] = set()
         """Runs whose write is in flight (a renewal that misses one has not lost it)."""
-        self._fresh: dict[str, float] = {}
-        """Leased runs whose start the claim wrote, with its time: their first running
-        write is skipped, and the start is the claim's (when the database saw it)."""
-
-    async def claim(
-        self,
-        jobs: Collection[str],
-        limit: int,
-        clock: Callable[[], float],
-        *,
-        suspects: int = 1,
-    ) -> list[RunRecord]:
-        """Lease and start up to ``limit`` pending runs of ``jobs``; oldest first.
-
-        At most ``suspects`` of them may be runs a crash cut short before: such runs
-        execute one at a time (a run that kills its process must not take others down
-        with it), so one is taken only when this process runs none.
-
-        Returns each run as it was before its start (the caller's core starts it again,
-        in memory: the same attempt, already durable).
-
-        Raises:
-            StorageError: the database failed; nothing was claimed.
-        """
-        if limit <= 0 or not jobs:
-            return []
-        for _ in range(TRIES):
-            try:
-                return await self._claim(list(jobs), limit, clock, suspects)
-            except RETRIED:
-                continue
-        return []
-
-    async def _claim(
-        self, jobs: list[str], limit: int, clock: Callable[[], float], suspects: int
-    ) -> list[RunRecord]:
-        async with self.transaction("a claim") as conn:
-            rows = await conn.fetch(sql.CLAIM, jobs, limit)
-            if not rows:
-                return []
-            now = clock()  # the runs are ours from here: their start
-            before: list[RunRecord] = []
-            ids: list[str] = []
-            datas: list[str] = []
-            started: list[float] = []
-            attempts: list[int] = []
-            for run_id, data, _generation in rows:
-                record = self.decode(data)
-                if record.crashes > 0:
-                    if suspects <= 0:
-                        continue  # left pending (its row lock ends with this claim)
-                    suspects -= 1
-                before.append(self.decode(data))
-                record.begin_attempt(now)
-                params = row_columns(record)
-                ids.append(run_id)
-                datas.append(params["data"])
-                started.append(now)
-                attempts.append(record.attempt)
-            if not ids:
-                return []
-            told = Notice(changed=ids).encode()
-            taken = await conn.fetch(
-                sql.TAKE_LEASES,
-                ids,
-                datas,
-                started,
-                self.owner,
-                self.lease_seconds,
-                attempts,
-                self.channel,
-                told,
-            )
-        for run_id, generation in taken:  # committed: the leases are ours
-            self.leases[run_id] = generation
-            self._fresh[run_id] = now
-        return before
 
     async def save(self, batch: WriteBatch, limit_of: LimitOf) -> list[str]:
         """Write what this process's workers changed, fenced by their leases.
@@ -171,9 +97,14 @@ class Leasing(Deciding):
             runs[run_id] = record
         if not runs:
             return []
-        self._saving.update(runs)
+        saving = list(runs)
+        self._saving.update(saving)
         try:
+            for run_id in await self._save_quick(runs):
+                del runs[run_id]
             for attempt in range(TRIES):
+                if not runs:
+                    return []
                 try:
                     return await self._save(runs, limit_of)
                 except RETRIED:
@@ -181,11 +112,55 @@ class Leasing(Deciding):
                         raise StorageError(f"writes to {self.place} kept conflicting") from None
             return []
         finally:
-            self._saving.difference_update(runs)
+            self._saving.difference_update(saving)
+
+    async def _save_quick(self, runs: dict[str, RunRecord]) -> list[str]:
+        """Write in one statement the runs whose write can change nothing else.
+
+        Those are keyless runs, and runs the worker keeps (no slot of a lane frees up).
+        Returns those written; a run changed elsewhere since this process's last write is
+        left for :meth:`_save`, which merges under the lane's lock (and finds lost leases).
+        """
+        rows: list[tuple[object, ...]] = []
+        written: dict[str, tuple[str, bool]] = {}
+        notice = Notice()
+        for run_id, record in runs.items():
+            old = self.stored.get(run_id)
+            keep = _keeps(record) or run_id in self.held
+            if old is None or not (keep or record.key is None):
+                continue
+            params = update_params(record)
+            rows.append((*params, keep, self.leases[run_id], old))
+            written[run_id] = (params[3], keep)
+            notice.changed.append(run_id)
+            if not keep and record.status is PENDING:
+                notice.work = True
+        if not rows:
+            return []
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        saved = [
+            row[0]
+            for row in await self.fetch(
+                sql.SAVE_QUICK, *columns, self.owner, self.channel, notice.encode()
+            )
+        ]
+        for run_id in saved:
+            self._wrote(run_id, *written[run_id])
+        return saved
+
+    def _wrote(self, run_id: str, data: str, keep: bool) -> None:
+        """``data`` is stored: this process holds the run's lease still, or gave it up."""
+        if keep:
+            self.stored[run_id] = data
+        else:
+            self._forget(run_id)
+            self.released[run_id] = None
+            while len(self.released) > RELEASED_KEPT:
+                self.released.popitem(last=False)
 
     async def _save(self, runs: dict[str, RunRecord], limit_of: LimitOf) -> list[str]:
         lost: list[str] = []
-        released: list[str] = []
+        written: dict[str, tuple[str, bool]] = {}
         ending = {r.key for r in runs.values() if r.key is not None and not _keeps(r)}
         notice = Notice()
         async with self.transaction("writing runs") as conn:
@@ -200,27 +175,18 @@ class Leasing(Deciding):
                     continue
                 _merge_triggers(record, self.decode(data))
                 keep = _keeps(record) or run_id in self.held
-                status = await conn.execute(
-                    sql.SAVE_LEASED,
-                    *update_params(record),
-                    keep,
-                    generation,
-                    self.owner,
-                )
+                params = update_params(record)
+                status = await conn.execute(sql.SAVE_LEASED, *params, keep, generation, self.owner)
                 if status.endswith(" 0"):
                     lost.append(run_id)
                     continue
+                written[run_id] = (params[3], keep)
                 notice.changed.append(run_id)
-                if not keep:
-                    released.append(run_id)
-                    if record.status is PENDING:
-                        notice.work = True
+                if not keep and record.status is PENDING:
+                    notice.work = True
             await self.promote_lanes(conn, ending, limit_of, notice)
-        for run_id in released:  # committed: the leases are given up
-            self.leases.pop(run_id, None)
-            self.released[run_id] = None
-        while len(self.released) > RELEASED_KEPT:
-            self.released.popitem(last=False)
+        for run_id, (stored, keep) in written.items():  # committed
+            self._wrote(run_id, stored, keep)
         self._lose(lost)
         return lost
 
@@ -247,8 +213,7 @@ class Leasing(Deciding):
         if not run_ids:
             return
         for run_id in run_ids:
-            self.leases.pop(run_id, None)
-            self._fresh.pop(run_id, None)
+            self._forget(run_id)
             self.lost[run_id] = None
             logger.error(
                 "run %s: this process lost its lease (it expired and the run was reclaimed "

@@ -228,7 +228,7 @@ class SharedService:
                 try:
                     suspects = 0 if any(r.crashes for r in core.records.values()) else 1
                     records = await self.coordinator.claim(
-                        self._jobs, free, core.now, suspects=suspects
+                        self._jobs, free, core.now, self.limit_of, suspects=suspects
                     )
                 except StorageError as exc:
                     backoff = await _back_off(backoff, "claiming runs", exc)
@@ -298,6 +298,7 @@ class SharedService:
                 if loop.time() >= next_reclaim:
                     await coordinator.relisten()
                     await coordinator.reclaim(self.limit_of, core.now())
+                    await coordinator.find_orphans(core.now())
                     next_reclaim = loop.time() + reclaim_every
                 if self._prune is not None and loop.time() >= next_prune:
                     await self._prune()  # retention: one process at a time does it

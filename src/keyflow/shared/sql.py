@@ -99,24 +99,65 @@ INSERT_LABELS: Final = (
 NOTIFY: Final = "SELECT pg_notify($1, $2)"
 
 CLAIM: Final = (
-    "SELECT id, data, generation FROM keyflow_runs r "
+    "UPDATE keyflow_runs SET lease_owner = $3, "
+    "lease_until = clock_timestamp() + make_interval(secs => $4), generation = generation + 1 "
+    "WHERE id IN (SELECT id FROM keyflow_runs r "
     "WHERE status = 'pending' AND lease_owner IS NULL AND job = ANY($1::text[]) "
     "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
     "OR (p.kind = 'key' AND p.name = r.concurrency_key)) "
-    "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+    "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, data, generation, seq"
 )
-"""Pending runs nobody leases, of jobs this process registers, not paused, oldest first."""
+"""Lease pending runs nobody leases, of jobs this process registers, not paused, oldest
+first: one statement, committed on its own (a claim that finds nothing costs one round
+trip). The runs are still pending: :data:`START` starts them."""
 
-TAKE_LEASES: Final = (
-    "WITH taken AS (UPDATE keyflow_runs AS r SET status = 'running', data = t.data, "
-    "started_at = t.started, attempt = t.attempt, lease_owner = $4, "
-    "lease_until = clock_timestamp() + make_interval(secs => $5), generation = generation + 1 "
-    "FROM unnest($1::text[], $2::text[], $3::float8[], $6::int[]) AS t(id, data, started, attempt) "
-    "WHERE r.id = t.id RETURNING r.id, r.generation), "
-    "told AS (SELECT pg_notify($7, $8)) "
-    "SELECT taken.id, taken.generation FROM taken, told"
+START: Final = (
+    "WITH started AS (UPDATE keyflow_runs AS r SET status = 'running', data = t.data, "
+    "started_at = t.started, attempt = t.attempt "
+    "FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[], $5::bigint[], $6::text[]) "
+    "AS t(id, data, started, attempt, generation, old) "
+    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $7 "
+    "AND r.data = t.old RETURNING r.id), "
+    "told AS (SELECT pg_notify($8, $9)) "
+    "SELECT started.id FROM started, told"
 )
-"""Lease and start the claimed runs; tell the others (their event streams) they started."""
+"""Start leased runs that nobody changed since their claim (``old``: their data then);
+tell the others (their event streams) they started. A run another process changed
+meanwhile (a trigger joined it, a cancel ended it) is not started here."""
+
+SAVE_QUICK: Final = (
+    "WITH saved AS (UPDATE keyflow_runs AS r SET status = t.status, finished_at = t.finished, "
+    "data = t.data, due_at = t.due, started_at = t.started, attempt = t.attempt, "
+    "trigger_count = t.count, lease_owner = CASE WHEN t.keep THEN r.lease_owner END, "
+    "lease_until = CASE WHEN t.keep THEN r.lease_until END, "
+    "generation = r.generation + CASE WHEN t.keep THEN 0 ELSE 1 END "
+    "FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[], "
+    "$6::float8[], $7::int[], $8::int[], $9::boolean[], $10::bigint[], $11::text[]) "
+    "AS t(id, status, finished, data, due, started, attempt, count, keep, generation, old) "
+    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $12 "
+    "AND r.data = t.old RETURNING r.id), "
+    "told AS (SELECT pg_notify($13, $14)) "
+    "SELECT saved.id FROM saved, told"
+)
+"""Leased runs' changes by their worker in one statement, where nothing else can be due:
+fenced by the lease and by the data last written (``old``: a run another process
+changed meanwhile is left for the locked path, which merges). ``keep``: the worker keeps
+the lease (False: an end, or a stop handing the run back)."""
+
+UNLEASE: Final = (
+    "UPDATE keyflow_runs SET lease_owner = NULL, lease_until = NULL, "
+    "generation = generation + 1 WHERE id = ANY($1::text[]) AND lease_owner = $2"
+)
+"""Give claimed runs back unstarted (the run itself unchanged)."""
+
+ORPHANS: Final = (
+    "UPDATE keyflow_runs SET lease_until = clock_timestamp() + make_interval(secs => $3) "
+    "WHERE lease_owner = $1 AND NOT (id = ANY($2::text[])) "
+    "RETURNING id, generation, concurrency_key"
+)
+"""Leases this process holds and does not know of, kept from expiring till given back
+(an expiry would count a crash: the run never ran)."""
 
 RENEW: Final = (
     "UPDATE keyflow_runs AS r SET lease_until = clock_timestamp() + make_interval(secs => $4) "
