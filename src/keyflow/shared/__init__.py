@@ -8,6 +8,7 @@ execute; ``LISTEN``/``NOTIFY`` wakes the others. See ``docs/deployment.md``.
 * :mod:`~keyflow.shared.sql` — the statements;
 * :mod:`~keyflow.shared.database` — the pool, transactions and notices;
 * :mod:`~keyflow.shared.deciding` — triggers, cancels and due times under lane locks;
-* :mod:`~keyflow.shared.leasing` — claims, fenced writes, renewals, reclaims;
+* :mod:`~keyflow.shared.claiming` — claims (lease, then start), and lost claims;
+* :mod:`~keyflow.shared.leasing` — fenced writes, renewals, reclaims;
 * :mod:`~keyflow.shared.service` — the background tasks tying them to a scheduler.
 """
