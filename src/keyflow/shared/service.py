@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..clock import TimerHandle
 from ..errors import StorageError
@@ -71,6 +71,9 @@ class SharedService:
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._work = asyncio.Event()
+        self._wanted = True
+        """A claim may find runs: work was announced, or the last claim took all it
+        could (a claim after every local end would mostly find nothing)."""
         self._due = asyncio.Event()
         self._changed = asyncio.Event()
         self._claiming = False
@@ -113,6 +116,7 @@ class SharedService:
                 counters.coalesced += 1
             else:
                 counters.idempotent += 1
+        self._wanted = True
         self._work.set()  # our own notice comes too; a claim now is sooner
         return txn
 
@@ -160,6 +164,7 @@ class SharedService:
 
     def _heard(self, notice: Notice) -> None:
         if notice.work:
+            self._wanted = True
             self._work.set()
         if notice.due is not None:
             self._due.set()
@@ -224,33 +229,51 @@ class SharedService:
         while True:
             self._work.clear()
             free = self._free() if self._claiming else 0
-            if free > 0:
+            if free > 0 and self._wanted:
+                self._wanted = False  # a notice during the claim wants another
                 try:
                     suspects = 0 if any(r.crashes for r in core.records.values()) else 1
                     records = await self.coordinator.claim(
                         self._jobs, free, core.now, self.limit_of, suspects=suspects
                     )
                 except StorageError as exc:
+                    self._wanted = True
                     backoff = await _back_off(backoff, "claiming runs", exc)
                     continue
                 backoff = 0.0
                 for record in records:
                     if self._claiming:
                         core.adopt(record)
-                if len(records) == free:
-                    continue  # there may be more: look again once workers free up
-            change = core.waiters.change_waiter()
-            work: asyncio.Future[bool] = asyncio.ensure_future(self._work.wait())
-            try:
-                await asyncio.wait(
-                    (change, work), timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                work.cancel()
-                if not change.done():
-                    change.cancel()
-                    with contextlib.suppress(ValueError):
-                        core.waiters.changes.remove(change)
+                if len(records) == free or suspects == 0:
+                    # There may be more (or a crash suspect left behind): look again as
+                    # workers free up.
+                    self._wanted = True
+                    continue
+            if not await self._until_work():
+                self._wanted = True  # the safety-net poll
+
+    async def _until_work(self) -> bool:
+        """Wait for announced work, or (if a claim is wanted) a worker freeing up.
+
+        Returns False after :data:`POLL_SECONDS` of neither.
+        """
+        core = self._core
+        work: asyncio.Future[bool] = asyncio.ensure_future(self._work.wait())
+        waits: set[asyncio.Future[Any]] = {work}
+        change = core.waiters.change_waiter() if self._wanted else None
+        if change is not None:
+            waits.add(change)
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            work.cancel()
+            if change is not None and not change.done():
+                change.cancel()
+                with contextlib.suppress(ValueError):
+                    core.waiters.changes.remove(change)
+        return bool(done)
 
     # -- heartbeat and keeper ------------------------------------------------------------
 
