@@ -6,9 +6,11 @@ keyed by the schema's name, on its writer connection for as long as it is open; 
 number may read (``?mode=ro``). Every write is one transaction; the commit pipeline
 groups concurrent triggers into it.
 
-PostgreSQL text cannot hold a NUL character: a run whose id, job, key, idempotency key
-or labels hold one is refused (:data:`~keyflow.storage_backends.base.Refusals`), and
-the rest of its batch is stored. Run data is JSON, where a NUL is written escaped.
+PostgreSQL text cannot hold a NUL character, and an index entry has a size limit: a run
+whose id, job, key, idempotency key or labels hold a NUL or are too long
+(:mod:`~keyflow.storage_backends.postgres_text`) is refused
+(:data:`~keyflow.storage_backends.base.Refusals`), and the rest of its batch is stored.
+Run data is JSON, where a NUL is written escaped.
 
 Several processes deciding about the same keys (row locks per key, leases, LISTEN/NOTIFY)
 come later (issue 14); the schema leaves room for them (``seq``, a schema version).
@@ -36,6 +38,9 @@ from ..records import RunRecord
 from ..runs import Run
 from . import postgres_schema as schema
 from .base import Refusals, RunQuery, StoredState, WriteBatch
+from .postgres_text import NUL as _NUL
+from .postgres_text import nul_field as nul_field
+from .postgres_text import shortened, text_problem, unstorable
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
 from .sql_tables import migrate
@@ -53,8 +58,6 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 
 FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *DRIVER_ERRORS)
 """Every error that means the database failed a request."""
-
-_NUL = "\x00"
 
 KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -266,17 +269,18 @@ class PostgreSQLBackend(SQLReads):
         # Read every record now, before the first await (see the base module).
         refused: dict[str, Exception] = {}
         for record in batch.runs:
-            field = _nul_field(record)
-            if field is not None:
-                refused[record.id] = _nul_error(record.id, field)
-        for job, key, run_id in batch.idempotency:
-            if _NUL in job or _NUL in key:
-                refused.setdefault(run_id, _nul_error(run_id, "idempotency key"))
-        for group in batch.groups:  # runs refused together (one batch_trigger's)
-            reason = next((refused[run_id] for run_id in group if run_id in refused), None)
+            reason = _unstorable(record)
             if reason is not None:
+                refused[record.id] = _refusal(record.id, reason)
+        for job, key, run_id in batch.idempotency:
+            reason = unstorable(job, None, key, None)
+            if reason is not None:
+                refused.setdefault(run_id, _refusal(run_id, reason))
+        for group in batch.groups:  # runs refused together (one batch_trigger's)
+            error = next((refused[run_id] for run_id in group if run_id in refused), None)
+            if error is not None:
                 for run_id in group:
-                    refused.setdefault(run_id, reason)
+                    refused.setdefault(run_id, error)
         rows = [row_columns(record) for record in batch.runs if record.id not in refused]
         keys = [
             {"job": job, "idempotency_key": key, "run_id": run_id}
@@ -324,13 +328,29 @@ class PostgreSQLBackend(SQLReads):
 
     async def _pause(self, conn: AsyncConnection, kind: str, name: str, paused: bool) -> None:
         table = schema.pauses_table
-        if _NUL in name:
-            # No run of it can be stored either: the pause holds in this process only.
-            logger.warning("%s cannot keep the pause of %s %r (a NUL)", self.place, kind, name)
-        elif paused:
+        if not self.keeps_pause(kind, name):
+            return
+        if paused:
             await conn.execute(_INSERT_PAUSE, {"kind": kind, "name": name})
         else:
             await conn.execute(delete(table).where(table.c.kind == kind, table.c.name == name))
+
+    def keeps_pause(self, kind: str, name: str) -> bool:
+        """Can the pause of this job or lane be stored? If not, say so in the log.
+
+        A name with a NUL, or too long (:mod:`.postgres_text`), cannot be stored, and no
+        run of it either: its pause holds in this process only.
+        """
+        problem = text_problem(name)
+        if problem is not None:
+            logger.warning(
+                "%s cannot keep the pause of %s %s: its name %s",
+                self.place,
+                kind,
+                shortened(name),
+                problem,
+            )
+        return problem is None
 
     def _writable(self) -> AsyncConnection:
         if self.read_only:
@@ -377,31 +397,14 @@ def advisory_key(schema_name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _nul_field(record: RunRecord) -> str | None:
+def _unstorable(record: RunRecord) -> str | None:
     if _NUL in record.id:
-        return "id"
-    return nul_field(record.job, record.key, record.idempotency_key, record.labels)
+        return "its id holds a NUL character"
+    return unstorable(record.job, record.key, record.idempotency_key, record.labels)
 
 
-def nul_field(
-    job: str, key: str | None, idempotency_key: str | None, labels: Mapping[str, str] | None
-) -> str | None:
-    """Which of a run's text fields holds a NUL (PostgreSQL text cannot), if any."""
-    if _NUL in job:
-        return "job"
-    if key is not None and _NUL in key:
-        return "concurrency key"
-    if idempotency_key is not None and _NUL in idempotency_key:
-        return "idempotency key"
-    if labels and any(_NUL in n or _NUL in v for n, v in labels.items()):
-        return "labels"
-    return None
-
-
-def _nul_error(run_id: str, field: str) -> StorageError:
-    return StorageError(
-        f"run {run_id!r} cannot be stored in PostgreSQL: its {field} holds a NUL character"
-    )
+def _refusal(run_id: str, reason: str) -> StorageError:
+    return StorageError(f"run {shortened(run_id)} cannot be stored in PostgreSQL: {reason}")
 
 
 def _nul_in_query(query: RunQuery) -> bool:
