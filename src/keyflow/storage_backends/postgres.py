@@ -40,7 +40,7 @@ from . import postgres_schema as schema
 from .base import Refusals, RunQuery, StoredState, WriteBatch
 from .postgres_text import NUL as _NUL
 from .postgres_text import nul_field as nul_field
-from .postgres_text import shortened, text_problem, unstorable
+from .postgres_text import nul_in_query, refusal, run_refusal, shortened, text_problem, unstorable
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
 from .sql_tables import migrate
@@ -58,6 +58,9 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 
 FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *DRIVER_ERRORS)
 """Every error that means the database failed a request."""
+
+_REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+"""A login refused (password, user, pg_hba) or no such database: trying again won't help."""
 
 KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -152,6 +155,30 @@ class PostgreSQLBackend(SQLReads):
         except BaseException:
             await self.close()
             raise
+
+    async def probe(self) -> None:
+        """Connect once and hang up (see :meth:`StorageBackend.probe`).
+
+        Raises:
+            StorageError: the server cannot be reached, or it cannot take us now.
+            ConfigurationError: it refused the login, or has no such database.
+        """
+        url = self.url
+        try:
+            conn = await asyncpg.connect(
+                host=url.host,
+                port=url.port,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+                timeout=self.connect_timeout,
+                server_settings={"application_name": self.application_name},
+            )
+        except _REFUSED as exc:
+            raise ConfigurationError(f"{self.place} refused the connection: {exc}") from None
+        except FAILURES as exc:
+            raise StorageError(f"cannot connect to {self.place}: {driver_reason(exc)}") from exc
+        await conn.close()
 
     async def _open(self) -> StoredState:
         settings = {
@@ -269,13 +296,13 @@ class PostgreSQLBackend(SQLReads):
         # Read every record now, before the first await (see the base module).
         refused: dict[str, Exception] = {}
         for record in batch.runs:
-            reason = _unstorable(record)
-            if reason is not None:
-                refused[record.id] = _refusal(record.id, reason)
+            refusal_ = run_refusal(record)
+            if refusal_ is not None:
+                refused[record.id] = refusal_
         for job, key, run_id in batch.idempotency:
             reason = unstorable(job, None, key, None)
             if reason is not None:
-                refused.setdefault(run_id, _refusal(run_id, reason))
+                refused.setdefault(run_id, refusal(run_id, reason))
         for group in batch.groups:  # runs refused together (one batch_trigger's)
             error = next((refused[run_id] for run_id in group if run_id in refused), None)
             if error is not None:
@@ -374,11 +401,11 @@ class PostgreSQLBackend(SQLReads):
 
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
-        return [] if _nul_in_query(query) else await super().list_runs(query)
+        return [] if nul_in_query(query) else await super().list_runs(query)
 
     async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
         """How many runs match (stopping at ``at_most``)."""
-        return 0 if _nul_in_query(query) else await super().count_runs(query, at_most=at_most)
+        return 0 if nul_in_query(query) else await super().count_runs(query, at_most=at_most)
 
     async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
         """The runs of ``job`` created at ``since`` or later, newest first."""
@@ -395,23 +422,6 @@ def advisory_key(schema_name: str) -> int:
     """The 64-bit advisory lock key of the writer of ``schema_name`` (signed, as PostgreSQL's)."""
     digest = hashlib.sha256(f"keyflow writer {schema_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _unstorable(record: RunRecord) -> str | None:
-    if _NUL in record.id:
-        return "its id holds a NUL character"
-    return unstorable(record.job, record.key, record.idempotency_key, record.labels)
-
-
-def _refusal(run_id: str, reason: str) -> StorageError:
-    return StorageError(f"run {shortened(run_id)} cannot be stored in PostgreSQL: {reason}")
-
-
-def _nul_in_query(query: RunQuery) -> bool:
-    texts = (query.job, query.key, query.key_prefix, query.text)
-    return any(t is not None and _NUL in t for t in texts) or any(
-        _NUL in n or _NUL in v for n, v in query.labels
-    )
 
 
 def row_columns(record: RunRecord) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from ..errors import StorageError
+from ..records import RunRecord
+from .base import RunQuery
 
 MAX_TEXT_BYTES: Final = 1024
 """The longest job name, concurrency key, idempotency key, label name or label value
@@ -96,3 +98,24 @@ def shortened(text: str, limit: int = 60) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def run_refusal(record: RunRecord) -> StorageError | None:
+    """The error that refuses ``record``, if PostgreSQL cannot hold one of its texts."""
+    if NUL in record.id:
+        return refusal(record.id, "its id holds a NUL character")
+    reason = unstorable(record.job, record.key, record.idempotency_key, record.labels)
+    return None if reason is None else refusal(record.id, reason)
+
+
+def refusal(run_id: str, reason: str) -> StorageError:
+    """The error that refuses run ``run_id`` for ``reason`` (see :func:`unstorable`)."""
+    return StorageError(f"run {shortened(run_id)} cannot be stored in PostgreSQL: {reason}")
+
+
+def nul_in_query(query: RunQuery) -> bool:
+    """Whether a question holds a NUL: no stored text does, and PostgreSQL refuses to compare."""
+    texts = (query.job, query.key, query.key_prefix, query.text)
+    return any(t is not None and NUL in t for t in texts) or any(
+        NUL in n or NUL in v for n, v in query.labels
+    )
