@@ -78,6 +78,9 @@ def test_the_command_refuses_open_binds_without_a_token_and_memory_storage(
         read_only_url("sqlite:///a.db?synchronous=full")
         == "sqlite:///a.db?synchronous=full&mode=ro"
     )
+    shared = "postgresql://kf@db/app?schema=k&lease=5&pool=3&mode=shared"
+    assert read_only_url(shared) == "postgresql://kf@db/app?schema=k&mode=ro"  # opens
+    assert open_backend(read_only_url(shared), retention=1).read_only
 
 
 def test_the_token_comes_from_a_file_or_the_environment_before_argv(
