@@ -73,6 +73,15 @@ def test_the_command_refuses_open_binds_without_a_token_and_memory_storage(
     assert "--token" in capsys.readouterr().err
     assert main(["dashboard", "--storage", "memory://"]) == 2
     assert "memory://" in capsys.readouterr().err
+    for storage, token in [
+        ("sqlite:///x.db", ["--token", "t"]),
+        ("postgresql://kf@db/app", []),
+        ("postgresql://kf@db/app?mode=ro", ["--token", "t"]),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(["dashboard", "--storage", storage, "--app", "myapp:kf", *token])
+        assert exited.value.code == 2
+        assert "--app names the jobs" in capsys.readouterr().err
     assert read_only_url("sqlite:///a.db") == "sqlite:///a.db?mode=ro"
     assert (
         read_only_url("sqlite:///a.db?synchronous=full")

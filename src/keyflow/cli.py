@@ -415,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--host {args.host} is reachable by others: set ${TOKEN_VARIABLE}"
                 " (or --token-file) too"
             )
+        if args.app is not None and not (token and is_shared(args.storage)):
+            parser.error(  # it would be ignored: a read-only dashboard triggers nothing
+                "--app names the jobs the dashboard's actions trigger: it needs shared "
+                "postgresql:// storage (not mode=ro or mode=single) and a token"
+            )
         try:
             stored = args.clock == "stored"
             if token and is_shared(args.storage):  # any process may act: with actions
