@@ -56,6 +56,10 @@ def test_an_option_given_twice_is_refused_by_name(url: str, option: str) -> None
         (f"{PG}?application_name=k%C3%A9yflow", "application_name must be"),  # shown as k??yflow
         (f"{PG}?application_name=kf%0Aworker", "application_name must be"),
         (f"{PG}?application_name=kf%00", "application_name must be"),
+        (f"{PG}?schema=information_schema", "one of PostgreSQL's own"),  # tables went in it
+        (f"{PG}?schema=pg_catalog&mode=ro", "one of PostgreSQL's own"),
+        (f"{PG}?schema=pg_keyflow", "one of PostgreSQL's own"),  # reserved: CREATE fails
+        (f"{PG}?schema={'s' * 100_000}", "schema must be a PostgreSQL name"),
         ("sqlite:///runs.db?mode=", "mode must be 'rw' or 'ro'"),  # no longer dropped
         ("sqlite:///runs.db?synchronous=", "synchronous must be"),
         ("memory://?retention=5", "memory:// takes no path or options"),

@@ -109,7 +109,11 @@ class PostgreSQLBackend(SQLReads):
             raise ConfigurationError(f"not a PostgreSQL URL: {exc}") from None
         if not schema or _NUL in schema or len(schema.encode()) > 63:
             raise ConfigurationError(
-                f"schema must be a PostgreSQL name (1 to 63 bytes, no NUL), got {schema!r}"
+                f"schema must be a PostgreSQL name (1 to 63 bytes, no NUL), got {schema[:80]!r}"
+            )
+        if schema.startswith("pg_") or schema == "information_schema":
+            raise ConfigurationError(  # keyflow's tables would go among the catalog's
+                f"schema {schema!r} is one of PostgreSQL's own: name a schema of yours"
             )
         self.url = parsed.set(drivername="postgresql+asyncpg")
         self.schema = schema
