@@ -84,7 +84,12 @@ class Worker:
 
     def finish(self, timeout: float = 30.0) -> tuple[int, list[str]]:
         """Its exit status and every line it wrote."""
-        status = self.process.wait(timeout=timeout)
+        try:
+            status = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # leave no process behind
+            self.process.wait()
+            raise
         while (line := self.lines.get(timeout=timeout)) is not None:
             self.seen.append(line)
         return status, self.seen
