@@ -173,7 +173,7 @@ async def test_a_schema_from_a_newer_keyflow_is_refused(url: str, tmp_path: Path
     with pytest.raises(keyflow.StorageCorruptError, match="schema version 99") as refused:
         await backend.open()
     assert schema_for(tmp_path) in str(refused.value)
-    reader = open_backend(url + "&mode=ro", retention=100)
+    reader = open_backend(url.replace("mode=single", "mode=ro"), retention=100)
     with pytest.raises(keyflow.StorageCorruptError, match="schema version 99"):
         await reader.open()
 
@@ -222,7 +222,7 @@ async def test_ties_of_creation_time_keep_creation_order_across_updates(url: str
             "run-0001",
         ]
     async with opened(url) as backend:
-        again = open_backend(url + "&mode=ro", retention=100)
+        again = open_backend(url.replace("mode=single", "mode=ro"), retention=100)
         state = await again.open()
         await again.close()
         assert [r.id for r in state.unfinished] == ["run-0002", "run-0003"]
@@ -246,12 +246,12 @@ async def test_pruning_takes_a_runs_idempotency_key_and_labels(url: str, tmp_pat
 
 
 async def test_a_read_only_open_reads_beside_the_writer_and_writes_nothing(url: str) -> None:
-    reader = open_backend(url + "&mode=ro", retention=100)
+    reader = open_backend(url.replace("mode=single", "mode=ro"), retention=100)
     with pytest.raises(keyflow.StorageCorruptError, match="no keyflow tables"):
         await reader.open()  # nothing there yet, and a reader creates nothing
     async with opened(url) as writer:
         await writer.write(WriteBatch([record(1)], pauses=[("key", "k", True)]))
-        reader = open_backend(url + "&mode=ro", retention=100)
+        reader = open_backend(url.replace("mode=single", "mode=ro"), retention=100)
         state = await reader.open()  # no lock taken: the writer holds it
         try:
             assert [r.id for r in state.unfinished] == ["run-0001"]

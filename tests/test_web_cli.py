@@ -73,11 +73,23 @@ def test_the_command_refuses_open_binds_without_a_token_and_memory_storage(
     assert "--token" in capsys.readouterr().err
     assert main(["dashboard", "--storage", "memory://"]) == 2
     assert "memory://" in capsys.readouterr().err
+    for storage, token in [
+        ("sqlite:///x.db", ["--token", "t"]),
+        ("postgresql://kf@db/app", []),
+        ("postgresql://kf@db/app?mode=ro", ["--token", "t"]),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(["dashboard", "--storage", storage, "--app", "myapp:kf", *token])
+        assert exited.value.code == 2
+        assert "--app names the jobs" in capsys.readouterr().err
     assert read_only_url("sqlite:///a.db") == "sqlite:///a.db?mode=ro"
     assert (
         read_only_url("sqlite:///a.db?synchronous=full")
         == "sqlite:///a.db?synchronous=full&mode=ro"
     )
+    shared = "postgresql://kf@db/app?schema=k&lease=5&pool=3&mode=shared"
+    assert read_only_url(shared) == "postgresql://kf@db/app?schema=k&mode=ro"  # opens
+    assert open_backend(read_only_url(shared), retention=1).read_only
 
 
 def test_the_token_comes_from_a_file_or_the_environment_before_argv(

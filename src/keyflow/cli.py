@@ -81,7 +81,9 @@ def read_only_url(url: str) -> str:
             f"{scheme}:///runs.{'db' if scheme == 'sqlite' else 'json'} or {scheme}:////abs/path)"
         )
     path, _, query = rest.partition("?")
-    options = [o for o in query.split("&") if o and not o.startswith("mode=")]
+    # A reader takes no lease and no pool (shared mode's): a shared URL reads as it is.
+    dropped = ("mode=", "lease=", "pool=") if scheme.startswith("postgresql") else ("mode=",)
+    options = [o for o in query.split("&") if o and not o.startswith(dropped)]
     # Read-only whatever mode the URL asked for: a dashboard must never take the
     # writer's lock, create the file or write to it.
     return f"{scheme}://{path}?" + "&".join([*options, "mode=ro"])
@@ -357,8 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a dashboard over storage other processes write",
         description="Serve the dashboard of storage (a file or a database) that other "
         "keyflow processes write: read-only, live by re-reading it. On shared PostgreSQL "
-        "storage (postgresql://, not mode=ro) with a token, it acts too: cancel, retrigger, "
-        "trigger (with --app), pause and resume, live through the database's notices.",
+        "storage (postgresql://, not mode=ro or mode=single) with a token, it acts too: "
+        "cancel, retrigger, trigger (with --app), pause and resume, live through the "
+        "database's notices.",
     )
     dash.add_argument(
         "--storage",
@@ -411,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(
                 f"--host {args.host} is reachable by others: set ${TOKEN_VARIABLE}"
                 " (or --token-file) too"
+            )
+        if args.app is not None and not (token and is_shared(args.storage)):
+            parser.error(  # it would be ignored: a read-only dashboard triggers nothing
+                "--app names the jobs the dashboard's actions trigger: it needs shared "
+                "postgresql:// storage (not mode=ro or mode=single) and a token"
             )
         try:
             stored = args.clock == "stored"

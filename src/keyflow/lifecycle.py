@@ -68,6 +68,11 @@ class Lifecycle:
         return self._shared is not None
 
     @property
+    def storage(self) -> StorageBackend:
+        """The storage backend it uses (made from the storage URL; opened by start())."""
+        return self._backend
+
+    @property
     def running(self) -> bool:
         """True between start() and stop()."""
         return self._phase == "running"

@@ -149,7 +149,8 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         """
         await self.coordinator.save(batch, self.limit_of)
         for kind, name, paused in batch.pauses:
-            await self.coordinator.set_paused(kind, name, paused)
+            if self.keeps_pause(kind, name):
+                await self.coordinator.set_paused(kind, name, paused)
         return None
 
     async def change_token(self) -> Hashable:

@@ -7,6 +7,8 @@ is used.
 
 from __future__ import annotations
 
+import math
+
 from .base import RunQuery, StorageBackend, StoredState, WriteBatch
 from .memory import MemoryBackend
 
@@ -36,6 +38,8 @@ def open_backend(storage: str | StorageBackend, *, retention: int) -> StorageBac
     if not sep:
         raise ConfigurationError(f"storage URL {storage!r} has no scheme (e.g. 'memory://')")
     if scheme == "memory":
+        if rest:
+            raise ConfigurationError(f"memory:// takes no path or options, got {storage!r}")
         return MemoryBackend(retention=retention)
     if scheme in ("sqlite", "json"):
         path, options = _file_url(storage, rest)
@@ -70,8 +74,6 @@ def open_backend(storage: str | StorageBackend, *, retention: int) -> StorageBac
 
 def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     """``postgresql://user@host:port/db?schema=name&mode=ro`` (also ``postgresql+asyncpg``)."""
-    from urllib.parse import parse_qsl
-
     from ..errors import ConfigurationError
 
     try:
@@ -85,7 +87,9 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     user, at, host = location.rpartition("@")
     if ":" in user:  # messages never show a password
         url = url.replace(location, f"{user.partition(':')[0]}:***{at}{host}", 1)
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    if len(url) > 200:  # messages quote it: not a megabyte of it
+        url = url[:200] + "…"
+    options = _options(url, query)
     schema = options.pop("schema", "public")
     mode = options.pop("mode", "shared")
     if mode not in ("shared", "single", "ro"):
@@ -96,8 +100,12 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     lease = options.pop("lease", None)
     pool = options.pop("pool", None)
     name = options.pop("application_name", "keyflow")
-    if not name or "\x00" in name or len(name.encode()) > 63:
-        raise ConfigurationError(f"application_name must be 1 to 63 bytes in {url!r}")
+    if not (0 < len(name) <= 63 and name.isascii() and name.isprintable()):
+        # PostgreSQL shows other characters as '?' (or cuts the name): no one finds it
+        raise ConfigurationError(
+            f"application_name must be 1 to 63 printable ASCII characters in {url!r}, "
+            f"got {name[:80]!r}"
+        )
     _no_more(url, options)
     dsn = f"postgresql+asyncpg://{location}"
     if mode != "shared":
@@ -110,16 +118,31 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         dsn,
         schema=schema,
         retention=retention,
-        lease_seconds=_positive(url, "lease", lease, 30.0),
-        pool_size=int(_positive(url, "pool", pool, 10, integer=True)),
+        lease_seconds=_number(url, "lease", lease, 30.0, _LEASE_RANGE),
+        pool_size=int(_number(url, "pool", pool, 10, _POOL_RANGE, integer=True)),
         application_name=name,
     )
 
 
-def _positive(
-    url: str, name: str, text: str | None, default: float, *, integer: bool = False
+_LEASE_RANGE = (1.0, 86_400.0)
+"""``lease=`` in seconds, at least and at most: renewals come every third of it, so a
+shorter lease is lost to any stall; a longer one leaves a dead process's runs for days."""
+
+_POOL_RANGE = (1, 1_000)
+"""``pool=`` (connections per process), at least and at most: more is surely a typo
+(PostgreSQL allows 100 connections in all by default)."""
+
+
+def _number(
+    url: str,
+    name: str,
+    text: str | None,
+    default: float,
+    bounds: tuple[float, float],
+    *,
+    integer: bool = False,
 ) -> float:
-    """A URL option that must be a positive number (an integer with ``integer``)."""
+    """A URL option that must be a number within ``bounds`` (an integer with ``integer``)."""
     from ..errors import ConfigurationError
 
     if text is None:
@@ -127,17 +150,18 @@ def _positive(
     try:
         value = int(text) if integer else float(text)
     except ValueError:
-        value = -1
-    if not (0 < value < 1e9):
-        kind = "a positive integer" if integer else "a positive number of seconds"
-        raise ConfigurationError(f"{name} must be {kind} in {url!r}, got {text!r}")
+        value = math.nan
+    low, high = bounds
+    if not (low <= value <= high):  # NaN too
+        kind = "an integer" if integer else "a number of seconds"
+        raise ConfigurationError(
+            f"{name} must be {kind} from {low:g} to {high:g} in {url!r}, got {text[:80]!r}"
+        )
     return value
 
 
 def _file_url(url: str, rest: str) -> tuple[str, dict[str, str]]:
     """``/rel/path`` (relative) or ``//abs/path`` (absolute), SQLAlchemy style; options."""
-    from urllib.parse import parse_qsl
-
     from ..errors import ConfigurationError
 
     location, _, query = rest.partition("?")
@@ -147,7 +171,21 @@ def _file_url(url: str, rest: str) -> tuple[str, dict[str, str]]:
         raise ConfigurationError(
             f"storage URL {url!r} needs a path: 'sqlite:///relative.db' or 'sqlite:////abs.db'"
         )
-    return location[1:], dict(parse_qsl(query))
+    return location[1:], _options(url, query)
+
+
+def _options(url: str, query: str) -> dict[str, str]:
+    """A URL's query options, each given once (a second value is refused, not picked)."""
+    from urllib.parse import parse_qsl
+
+    from ..errors import ConfigurationError
+
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in options:
+            raise ConfigurationError(f"option {name!r} is given twice in {url!r}: give it once")
+        options[name] = value
+    return options
 
 
 def _read_only(url: str, options: dict[str, str]) -> bool:

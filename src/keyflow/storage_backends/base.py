@@ -250,6 +250,19 @@ class StorageBackend(ABC):
     async def close(self) -> None:
         """Flush and release resources. Idempotent."""
 
+    async def probe(self) -> None:
+        """Check, before :meth:`open`, that the storage can be reached now.
+
+        For a process that waits for its storage (``keyflow worker`` retries while this
+        raises :class:`~keyflow.StorageError`). Opens nothing that outlives the call.
+        The default checks nothing: a file is not "unreachable".
+
+        Raises:
+            StorageError: it cannot be reached now; a later try may succeed.
+            ConfigurationError: it refused us for good (a wrong password, say).
+        """
+        return
+
     @abstractmethod
     async def write(self, batch: WriteBatch) -> Refusals | None:
         """Persist ``batch`` atomically (see the module docstring for the contract).

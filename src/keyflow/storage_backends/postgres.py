@@ -6,9 +6,11 @@ keyed by the schema's name, on its writer connection for as long as it is open; 
 number may read (``?mode=ro``). Every write is one transaction; the commit pipeline
 groups concurrent triggers into it.
 
-PostgreSQL text cannot hold a NUL character: a run whose id, job, key, idempotency key
-or labels hold one is refused (:data:`~keyflow.storage_backends.base.Refusals`), and
-the rest of its batch is stored. Run data is JSON, where a NUL is written escaped.
+PostgreSQL text cannot hold a NUL character, and an index entry has a size limit: a run
+whose id, job, key, idempotency key or labels hold a NUL or are too long
+(:mod:`~keyflow.storage_backends.postgres_text`) is refused
+(:data:`~keyflow.storage_backends.base.Refusals`), and the rest of its batch is stored.
+Run data is JSON, where a NUL is written escaped.
 
 Several processes deciding about the same keys (row locks per key, leases, LISTEN/NOTIFY)
 come later (issue 14); the schema leaves room for them (``seq``, a schema version).
@@ -36,6 +38,9 @@ from ..records import RunRecord
 from ..runs import Run
 from . import postgres_schema as schema
 from .base import Refusals, RunQuery, StoredState, WriteBatch
+from .postgres_text import NUL as _NUL
+from .postgres_text import nul_field as nul_field
+from .postgres_text import nul_in_query, refusal, run_refusal, shortened, text_problem, unstorable
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
 from .sql_tables import migrate
@@ -54,7 +59,8 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *DRIVER_ERRORS)
 """Every error that means the database failed a request."""
 
-_NUL = "\x00"
+_REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+"""A login refused (password, user, pg_hba) or no such database: trying again won't help."""
 
 KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -103,7 +109,11 @@ class PostgreSQLBackend(SQLReads):
             raise ConfigurationError(f"not a PostgreSQL URL: {exc}") from None
         if not schema or _NUL in schema or len(schema.encode()) > 63:
             raise ConfigurationError(
-                f"schema must be a PostgreSQL name (1 to 63 bytes, no NUL), got {schema!r}"
+                f"schema must be a PostgreSQL name (1 to 63 bytes, no NUL), got {schema[:80]!r}"
+            )
+        if schema.startswith("pg_") or schema == "information_schema":
+            raise ConfigurationError(  # keyflow's tables would go among the catalog's
+                f"schema {schema!r} is one of PostgreSQL's own: name a schema of yours"
             )
         self.url = parsed.set(drivername="postgresql+asyncpg")
         self.schema = schema
@@ -149,6 +159,30 @@ class PostgreSQLBackend(SQLReads):
         except BaseException:
             await self.close()
             raise
+
+    async def probe(self) -> None:
+        """Connect once and hang up (see :meth:`StorageBackend.probe`).
+
+        Raises:
+            StorageError: the server cannot be reached, or it cannot take us now.
+            ConfigurationError: it refused the login, or has no such database.
+        """
+        url = self.url
+        try:
+            conn = await asyncpg.connect(
+                host=url.host,
+                port=url.port,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+                timeout=self.connect_timeout,
+                server_settings={"application_name": self.application_name},
+            )
+        except _REFUSED as exc:
+            raise ConfigurationError(f"{self.place} refused the connection: {exc}") from None
+        except FAILURES as exc:
+            raise StorageError(f"cannot connect to {self.place}: {driver_reason(exc)}") from exc
+        await conn.close()
 
     async def _open(self) -> StoredState:
         settings = {
@@ -266,17 +300,18 @@ class PostgreSQLBackend(SQLReads):
         # Read every record now, before the first await (see the base module).
         refused: dict[str, Exception] = {}
         for record in batch.runs:
-            field = _nul_field(record)
-            if field is not None:
-                refused[record.id] = _nul_error(record.id, field)
+            refusal_ = run_refusal(record)
+            if refusal_ is not None:
+                refused[record.id] = refusal_
         for job, key, run_id in batch.idempotency:
-            if _NUL in job or _NUL in key:
-                refused.setdefault(run_id, _nul_error(run_id, "idempotency key"))
-        for group in batch.groups:  # runs refused together (one batch_trigger's)
-            reason = next((refused[run_id] for run_id in group if run_id in refused), None)
+            reason = unstorable(job, None, key, None)
             if reason is not None:
+                refused.setdefault(run_id, refusal(run_id, reason))
+        for group in batch.groups:  # runs refused together (one batch_trigger's)
+            error = next((refused[run_id] for run_id in group if run_id in refused), None)
+            if error is not None:
                 for run_id in group:
-                    refused.setdefault(run_id, reason)
+                    refused.setdefault(run_id, error)
         rows = [row_columns(record) for record in batch.runs if record.id not in refused]
         keys = [
             {"job": job, "idempotency_key": key, "run_id": run_id}
@@ -324,13 +359,29 @@ class PostgreSQLBackend(SQLReads):
 
     async def _pause(self, conn: AsyncConnection, kind: str, name: str, paused: bool) -> None:
         table = schema.pauses_table
-        if _NUL in name:
-            # No run of it can be stored either: the pause holds in this process only.
-            logger.warning("%s cannot keep the pause of %s %r (a NUL)", self.place, kind, name)
-        elif paused:
+        if not self.keeps_pause(kind, name):
+            return
+        if paused:
             await conn.execute(_INSERT_PAUSE, {"kind": kind, "name": name})
         else:
             await conn.execute(delete(table).where(table.c.kind == kind, table.c.name == name))
+
+    def keeps_pause(self, kind: str, name: str) -> bool:
+        """Can the pause of this job or lane be stored? If not, say so in the log.
+
+        A name with a NUL, or too long (:mod:`.postgres_text`), cannot be stored, and no
+        run of it either: its pause holds in this process only.
+        """
+        problem = text_problem(name)
+        if problem is not None:
+            logger.warning(
+                "%s cannot keep the pause of %s %s: its name %s",
+                self.place,
+                kind,
+                shortened(name),
+                problem,
+            )
+        return problem is None
 
     def _writable(self) -> AsyncConnection:
         if self.read_only:
@@ -354,11 +405,11 @@ class PostgreSQLBackend(SQLReads):
 
     async def list_runs(self, query: RunQuery) -> list[Run]:
         """Matching runs, newest first."""
-        return [] if _nul_in_query(query) else await super().list_runs(query)
+        return [] if nul_in_query(query) else await super().list_runs(query)
 
     async def count_runs(self, query: RunQuery, *, at_most: int | None = None) -> int:
         """How many runs match (stopping at ``at_most``)."""
-        return 0 if _nul_in_query(query) else await super().count_runs(query, at_most=at_most)
+        return 0 if nul_in_query(query) else await super().count_runs(query, at_most=at_most)
 
     async def run_timings(self, job: str, since: float, *, limit: int = 100_000) -> list[RunTiming]:
         """The runs of ``job`` created at ``since`` or later, newest first."""
@@ -375,40 +426,6 @@ def advisory_key(schema_name: str) -> int:
     """The 64-bit advisory lock key of the writer of ``schema_name`` (signed, as PostgreSQL's)."""
     digest = hashlib.sha256(f"keyflow writer {schema_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _nul_field(record: RunRecord) -> str | None:
-    if _NUL in record.id:
-        return "id"
-    return nul_field(record.job, record.key, record.idempotency_key, record.labels)
-
-
-def nul_field(
-    job: str, key: str | None, idempotency_key: str | None, labels: Mapping[str, str] | None
-) -> str | None:
-    """Which of a run's text fields holds a NUL (PostgreSQL text cannot), if any."""
-    if _NUL in job:
-        return "job"
-    if key is not None and _NUL in key:
-        return "concurrency key"
-    if idempotency_key is not None and _NUL in idempotency_key:
-        return "idempotency key"
-    if labels and any(_NUL in n or _NUL in v for n, v in labels.items()):
-        return "labels"
-    return None
-
-
-def _nul_error(run_id: str, field: str) -> StorageError:
-    return StorageError(
-        f"run {run_id!r} cannot be stored in PostgreSQL: its {field} holds a NUL character"
-    )
-
-
-def _nul_in_query(query: RunQuery) -> bool:
-    texts = (query.job, query.key, query.key_prefix, query.text)
-    return any(t is not None and _NUL in t for t in texts) or any(
-        _NUL in n or _NUL in v for n, v in query.labels
-    )
 
 
 def row_columns(record: RunRecord) -> dict[str, Any]:
