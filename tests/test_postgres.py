@@ -127,7 +127,7 @@ async def test_a_nul_fails_its_trigger_alone_and_its_batch_neighbours_stand(url:
         )
         failed = [r for r in results if isinstance(r, BaseException)]
         assert len(failed) == 3
-        assert all(isinstance(r, keyflow.StorageError) and "NUL" in str(r) for r in failed)
+        assert all(isinstance(r, keyflow.InvalidInputError) and "NUL" in str(r) for r in failed)
         assert [type(r).__name__ for r in results[:6]].count("TriggerResult") == 5
         await kf.run_until_idle()
         stored = await kf.list_runs(limit=100)
@@ -328,7 +328,7 @@ async def test_a_batch_trigger_with_one_nul_run_is_refused_whole(url: str) -> No
     kf = keyflow.Keyflow(storage=url, workers=2)
     kf.job("work")(_noop)
     async with kf:
-        with pytest.raises(keyflow.StorageError, match="NUL"):
+        with pytest.raises(keyflow.InvalidInputError, match="NUL"):
             await kf.batch_trigger(
                 [
                     keyflow.TriggerRequest("work", concurrency_key="fine"),

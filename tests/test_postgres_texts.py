@@ -51,18 +51,9 @@ async def _noop(ctx: keyflow.RunContext, input: JSONObject) -> None:
     return None
 
 
-def _shared_needs_deciding(request: pytest.FixtureRequest, url: str) -> None:
-    # Shared mode refuses a trigger in keyflow.shared.deciding: it does so once
-    # _refuse_nul calls postgres_text.refuse_unstorable (then drop this marker).
-    if "mode=single" not in url:
-        reason = "deciding._refuse_nul checks NULs only, not lengths"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 async def test_texts_too_long_to_index_fail_their_triggers_alone(
     url: str, request: pytest.FixtureRequest
 ) -> None:
-    _shared_needs_deciding(request, url)
     kf = keyflow.Keyflow(storage=url, workers=2)
     kf.job("work")(_noop)
     kf.job("j" * (MAX_TEXT_BYTES + 1))(_noop)
@@ -80,13 +71,13 @@ async def test_texts_too_long_to_index_fail_their_triggers_alone(
             return_exceptions=True,
         )
         for (field, _options), result in zip(too_long, results, strict=False):
-            assert isinstance(result, keyflow.StorageError), (field, result)
+            assert isinstance(result, keyflow.InvalidInputError), (field, result)
             message = str(result)
             assert f"its {field} is" in message
             assert f"at most {MAX_TEXT_BYTES} bytes" in message
             assert len(message) < 400  # the text itself is not in it
         assert all(isinstance(r, keyflow.TriggerResult) for r in results[len(too_long) :])
-        with pytest.raises(keyflow.StorageError, match="its job name is 1025 bytes long"):
+        with pytest.raises(keyflow.InvalidInputError, match="its job name is 1025 bytes long"):
             await kf.trigger("j" * (MAX_TEXT_BYTES + 1), {})
         await kf.run_until_idle(timeout=30)
         stored = await kf.list_runs(limit=100)
@@ -99,11 +90,10 @@ async def test_texts_too_long_to_index_fail_their_triggers_alone(
 async def test_a_batch_with_one_text_too_long_is_refused_whole(
     url: str, request: pytest.FixtureRequest
 ) -> None:
-    _shared_needs_deciding(request, url)
     kf = keyflow.Keyflow(storage=url, workers=1)
     kf.job("work")(_noop)
     async with kf:
-        with pytest.raises(keyflow.StorageError, match="concurrency key"):
+        with pytest.raises(keyflow.InvalidInputError, match="concurrency key"):
             await kf.batch_trigger(
                 [
                     keyflow.TriggerRequest("work", concurrency_key="fine"),

@@ -377,7 +377,7 @@ async def test_label_filters_find_any_name_and_value(
     odd = ODD_LABELS
     if storage_url.startswith("postgresql"):  # its text holds no NUL: that run is refused
         odd = [labels for labels in ODD_LABELS if "\x00" not in labels.get("nul", "")]
-        with pytest.raises(keyflow.StorageError, match="NUL"):
+        with pytest.raises(keyflow.InvalidInputError, match="NUL"):
             await job.trigger({}, labels={"nul": "a\x00b"})
     made = [(await job.trigger({}, labels=labels)).run_id for labels in odd]
     await kf.run_until_idle(timeout=5)

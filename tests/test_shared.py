@@ -221,7 +221,7 @@ async def test_a_trigger_only_scheduler_runs_nothing_and_waits_for_others(url: s
 
 async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None:
     _a, b, gate = pair
-    with pytest.raises(keyflow.StorageError):
+    with pytest.raises(keyflow.InvalidInputError, match="NUL"):
         await b.trigger("work", {"key": "bad\x00key"})
     assert await b.list_runs() == []  # nothing half-written
     gate.open.set()

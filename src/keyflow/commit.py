@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .errors import StorageError
+from .errors import StorageError, TriggerError
 from .jsonvalue import safe_repr
 from .storage_backends.base import Refusals, StorageBackend, WriteBatch
 from .txn import Txn
@@ -379,11 +379,17 @@ class CommitPipeline:
             reason = next((run_id for run_id in txn.leant_on() if run_id in dead), None)
             if reason is None:
                 continue
-            logger.warning("storage refused run %s: %r", reason, dead[reason])
-            txn.error = StorageError(f"storage refused run {reason}: {dead[reason]}")
+            cause = dead[reason]
+            logger.warning("storage refused run %s: %r", reason, cause)
+            error = (  # a value storage can never hold is the trigger's own error
+                cause
+                if isinstance(cause, TriggerError)
+                else StorageError(f"storage refused run {reason}: {cause}")
+            )
+            txn.error = error
             failed.append(txn)
             for record in txn.created:
-                dead.setdefault(record.id, txn.error)
+                dead.setdefault(record.id, error)
         rolled_back: set[str] = set()
         for txn in reversed(failed):
             self._roll_back(txn)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, TypeAlias
 
-from .errors import StorageError
+from .errors import StorageError, TriggerError
 
 if TYPE_CHECKING:
     from .records import Coalescence, RunRecord
@@ -55,7 +55,7 @@ class Txn:
         """With ``wait``: the run covering each result (None: known only to storage)."""
         self.waiters: list[asyncio.Future[Run] | None] = []
         """With ``wait``: a waiter per result, made when the transaction settled."""
-        self.error: StorageError | None = None
+        self.error: StorageError | TriggerError | None = None
         """Set when storage refused a run of this transaction (it was rolled back)."""
 
     def leant_on(self) -> list[str]:

@@ -18,7 +18,7 @@ from ..errors import StorageError
 from ..records import RunRecord
 from ..runs import Disposition, TriggerResult
 from ..state import CANCEL, RUNNING, SCHEDULED
-from ..storage_backends.postgres import nul_field
+from ..storage_backends.postgres_text import refuse_unstorable
 from ..triggers import PreparedTrigger
 from . import sql
 from .database import RETRIED, TRIES, Notice, SharedDatabase, insert_params
@@ -47,10 +47,11 @@ class Deciding(SharedDatabase):
 
         Raises:
             StorageError: the database failed; nothing was stored.
-            InvalidInputError: a merge function failed; nothing was stored.
+            InvalidInputError: a merge function failed, or a text cannot be stored
+                (a NUL, too long); nothing was stored.
         """
         for trig in prepared:
-            _refuse_nul(trig)
+            _refuse_unstorable(trig)
         if len(prepared) == 1:
             trig = prepared[0]
             if trig.key is None and trig.idempotency_key is None and not trig.labels:
@@ -270,14 +271,9 @@ class Deciding(SharedDatabase):
         return int(await self.fetchval(sql.BUSY, now))
 
 
-def _refuse_nul(trig: PreparedTrigger) -> None:
-    """PostgreSQL text cannot hold a NUL: refuse such a trigger before any write."""
-    field = nul_field(trig.job.name, trig.key, trig.idempotency_key, trig.labels)
-    if field is not None:
-        raise StorageError(
-            f"a run of job {trig.job.name!r} cannot be stored in PostgreSQL: its {field} "
-            "holds a NUL character"
-        )
+def _refuse_unstorable(trig: PreparedTrigger) -> None:
+    """Refuse, before any write, a trigger whose texts PostgreSQL cannot hold."""
+    refuse_unstorable(trig.job.name, trig.key, trig.idempotency_key, trig.labels)
 
 
 def _is_due(run: RunRecord, owner: str | None, now: float) -> bool:

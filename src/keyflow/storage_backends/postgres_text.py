@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from ..errors import StorageError
+from ..errors import InvalidInputError
 from ..records import RunRecord
 from .base import RunQuery
 
@@ -69,11 +69,12 @@ def refuse_unstorable(
     """Refuse a trigger whose texts PostgreSQL cannot hold, before any write.
 
     Raises:
-        StorageError: a text holds a NUL or is longer than :data:`MAX_TEXT_BYTES`.
+        InvalidInputError: a text holds a NUL or is longer than :data:`MAX_TEXT_BYTES`
+            (retrying never helps).
     """
     reason = unstorable(job, key, idempotency_key, labels)
     if reason is not None:
-        raise StorageError(
+        raise InvalidInputError(
             f"a run of job {shortened(job)} cannot be stored in PostgreSQL: {reason}"
         )
 
@@ -100,7 +101,7 @@ def shortened(text: str, limit: int = 60) -> str:
     return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
-def run_refusal(record: RunRecord) -> StorageError | None:
+def run_refusal(record: RunRecord) -> InvalidInputError | None:
     """The error that refuses ``record``, if PostgreSQL cannot hold one of its texts."""
     if NUL in record.id:
         return refusal(record.id, "its id holds a NUL character")
@@ -108,9 +109,9 @@ def run_refusal(record: RunRecord) -> StorageError | None:
     return None if reason is None else refusal(record.id, reason)
 
 
-def refusal(run_id: str, reason: str) -> StorageError:
+def refusal(run_id: str, reason: str) -> InvalidInputError:
     """The error that refuses run ``run_id`` for ``reason`` (see :func:`unstorable`)."""
-    return StorageError(f"run {shortened(run_id)} cannot be stored in PostgreSQL: {reason}")
+    return InvalidInputError(f"run {shortened(run_id)} cannot be stored in PostgreSQL: {reason}")
 
 
 def nul_in_query(query: RunQuery) -> bool:
