@@ -1,10 +1,11 @@
-"""A claim in shared mode is two statements (lease, then start): what happens between
-them, and leases a process holds without knowing it (a reply lost after a commit)."""
+"""Claims in shared mode: one statement leases and starts runs (the start computed in SQL,
+as :meth:`RunRecord.begin_attempt` does it), runs given back unstarted, and leases a
+process holds without knowing it (a reply lost after the commit)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,16 @@ from typing import Any
 import pytest
 
 import keyflow
-from keyflow import Disposition, RunStatus, StorageError
+from keyflow import RunStatus, StorageError
+from keyflow.records import RunRecord
+from keyflow.shared import sql
 from keyflow.shared.backend import SharedPostgreSQLBackend
 from keyflow.shared.coordinator import SharedCoordinator
+from keyflow.storage_backends.rows import record_row
 
 from .pg import drop_schemas, postgres_url, schema_for
 
 pytestmark = pytest.mark.timeout(120)
-
-Start = Callable[[list[Any]], Awaitable[set[str]]]
 
 
 @pytest.fixture
@@ -37,86 +39,6 @@ def _coordinator(kf: keyflow.Keyflow) -> SharedCoordinator:
     return backend.coordinator
 
 
-def _between_claim_and_start(
-    kf: keyflow.Keyflow, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Awaitable[None]]
-) -> None:
-    """Run ``meanwhile`` once, after ``kf``'s next claim leased runs, before it starts them."""
-    coordinator = _coordinator(kf)
-    start: Start = coordinator._start
-    done = False
-
-    async def late_start(starts: list[Any]) -> set[str]:
-        nonlocal done
-        if starts and not done:
-            done = True
-            await meanwhile()
-        return await start(starts)
-
-    monkeypatch.setattr(coordinator, "_start", late_start)
-
-
-def _jobs(kf: keyflow.Keyflow, ran: list[dict[str, Any]]) -> None:
-    @kf.job("work", concurrency_key=lambda i: "k", coalesce="queue")
-    async def work(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
-        ran.append(input)
-
-
-async def test_a_trigger_that_joins_a_claimed_run_before_its_start_is_in_that_run(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ran: list[dict[str, Any]] = []
-    async with AsyncExitStack() as stack:
-        producer = keyflow.Keyflow(url, workers=0)
-        worker = keyflow.Keyflow(url, workers=1)
-        _jobs(producer, ran)
-        _jobs(worker, ran)
-        joined: list[keyflow.TriggerResult] = []
-
-        async def join() -> None:
-            joined.append(await producer.trigger("work", {"n": 2}))
-
-        _between_claim_and_start(worker, monkeypatch, join)
-        await stack.enter_async_context(producer)
-        first = await producer.trigger("work", {"n": 1})
-        await stack.enter_async_context(worker)
-        run = await producer.wait(first.run_id, timeout=60)
-        await worker.run_until_idle(timeout=60)
-    # The second trigger joined the leased, not yet started run: it ran once, with the
-    # newest input, and counts both triggers.
-    assert [j.disposition for j in joined] == [Disposition.COALESCED]
-    assert joined[0].run_id == first.run_id
-    assert run.status is RunStatus.COMPLETED
-    assert run.trigger_count == 2
-    assert ran == [{"n": 2}]
-
-
-async def test_a_cancel_of_a_claimed_run_before_its_start_cancels_it_unrun(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ran: list[dict[str, Any]] = []
-    async with AsyncExitStack() as stack:
-        producer = keyflow.Keyflow(url, workers=0)
-        worker = keyflow.Keyflow(url, workers=1)
-        _jobs(producer, ran)
-        _jobs(worker, ran)
-        await stack.enter_async_context(producer)
-
-        async def cancel() -> None:  # as producer.cancel() does, without its wait
-            coordinator = _coordinator(producer)
-            asked = await coordinator.cancel_run(result.run_id, lambda key: 1, 0.0)
-            assert asked == "requested"  # the run is leased: its worker is asked
-
-        _between_claim_and_start(worker, monkeypatch, cancel)
-        result = await producer.trigger("work", {"n": 1})
-        await stack.enter_async_context(worker)
-        run = await producer.wait(result.run_id, timeout=60)
-        assert run.status is RunStatus.CANCELLED
-        # The lane is free again: the next trigger runs.
-        second = await producer.trigger("work", {"n": 2})
-        assert (await producer.wait(second.run_id, timeout=60)).status is RunStatus.COMPLETED
-    assert ran == [{"n": 2}]
-
-
 async def test_a_start_whose_reply_was_lost_is_given_back_and_runs_as_the_same_attempt(
     url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -131,18 +53,18 @@ async def test_a_start_whose_reply_was_lost_is_given_back_and_runs_as_the_same_a
         producer.job("once")(once.handler)  # the same job everywhere
 
         coordinator = _coordinator(worker)
-        start: Start = coordinator._start
+        fetch = coordinator.fetch
         lost = False
 
-        async def start_then_lose_the_reply(starts: list[Any]) -> set[str]:
+        async def claim_then_lose_the_reply(query: str, *args: object) -> list[Any]:
             nonlocal lost
-            started = await start(starts)  # committed
-            if started and not lost:
+            rows = await fetch(query, *args)  # committed
+            if query == sql.CLAIM and rows and not lost:
                 lost = True
                 raise StorageError("connection lost (as if the reply never came)")
-            return started
+            return rows
 
-        monkeypatch.setattr(coordinator, "_start", start_then_lose_the_reply)
+        monkeypatch.setattr(coordinator, "fetch", claim_then_lose_the_reply)
         result = await producer.trigger("once")
         async with worker:
             run = await producer.wait(result.run_id, timeout=60)
@@ -197,3 +119,90 @@ async def test_a_claim_runs_the_oldest_first_and_each_run_once(url: str) -> None
                 await stack.enter_async_context(kf)
             await asyncio.gather(*(producer.wait(r.run_id, timeout=60) for r in results))
     assert sorted(ran) == list(range(60))
+
+
+async def _json_set(kf: keyflow.Keyflow, run_id: str, path: str, value: str) -> None:
+    """Change one field of a run's stored JSON, behind keyflow's back."""
+    await _coordinator(kf).execute(
+        "UPDATE keyflow_runs SET data = jsonb_set(data::jsonb, $2::text[], $3::jsonb)::text "
+        "WHERE id = $1",
+        run_id,
+        [path],
+        value,
+    )
+
+
+async def test_the_claim_starts_a_run_as_begin_attempt_does(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=0) as kf:
+        kf.job("j")(_noop)
+        fresh, again, retried = [await kf.trigger("j", {"n": n}) for n in range(3)]
+        # A run a stop cut short (the same attempt again, one more start), and a retry.
+        await _json_set(kf, again.run_id, "stop_interrupted", "true")
+        await _json_set(kf, again.run_id, "attempt", "1")
+        await _json_set(kf, again.run_id, "starts", "1")
+        await _json_set(kf, retried.run_id, "attempt", "2")
+        coordinator = _coordinator(kf)
+        before = await coordinator.claim(["j"], 10, lambda: 1234.5678901234567, lambda k: 1)
+        assert [r.id for r in before] == [fresh.run_id, again.run_id, retried.run_id]
+        for record in before:
+            expected = coordinator.decode(coordinator.stored[record.id])  # what SQL wrote
+            started = coordinator.decode(record_json(record))
+            started.begin_attempt(1234.5678901234567)  # what Python does
+            assert record_row(expected) | {"starts": expected.starts} == record_row(started) | {
+                "starts": started.starts
+            }
+        stored = await kf.get_run(again.run_id)
+        assert stored is not None
+        assert (stored.status, stored.attempt, stored.started_at) == (
+            RunStatus.RUNNING,
+            1,
+            1234.5678901234567,
+        )
+
+
+def record_json(record: RunRecord) -> str:
+    """``record`` as the database stores it."""
+    from keyflow.storage_backends.postgres import row_columns
+
+    return str(row_columns(record)["data"])
+
+
+async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+    return None
+
+
+async def test_a_crash_suspect_beyond_its_share_is_given_back_unstarted(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=0) as kf:
+        kf.job("j")(_noop)
+        suspect = await kf.trigger("j")
+        await _json_set(kf, suspect.run_id, "crashes", "1")
+        coordinator = _coordinator(kf)
+        assert await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0) == []
+        assert coordinator.leases == {}
+        run = await kf.get_run(suspect.run_id)
+        assert run is not None
+        assert (run.status, run.attempt, run.started_at) == (RunStatus.PENDING, 0, None)
+        # Unleased: a claim that may take a suspect takes it.
+        taken = await coordinator.claim(["j"], 10, lambda: 6.0, lambda k: 1, suspects=1)
+        assert [r.id for r in taken] == [suspect.run_id]
+
+
+async def test_a_pending_run_asked_to_cancel_is_cancelled_unrun_when_claimed(url: str) -> None:
+    ran: list[int] = []
+    async with keyflow.Keyflow(url, workers=0) as producer:
+        worker = keyflow.Keyflow(url, workers=1)
+        for kf in (producer, worker):
+
+            @kf.job("once", concurrency_key=lambda i: "k")
+            async def once(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+                ran.append(int(input["n"]))
+
+        # Asked to cancel while a process held it (a stop handing it back), which died.
+        asked = await producer.trigger("once", {"n": 1})
+        await _json_set(producer, asked.run_id, "cancel_requested", "true")
+        async with worker:
+            run = await producer.wait(asked.run_id, timeout=60)
+            assert run.status is RunStatus.CANCELLED
+            after = await producer.trigger("once", {"n": 2})  # the lane is free again
+            assert (await producer.wait(after.run_id, timeout=60)).status is RunStatus.COMPLETED
+    assert ran == [2]

@@ -1,11 +1,10 @@
-"""Claims in the shared database: lease pending runs, start them, find lost claims.
+"""Claims in the shared database: lease and start pending runs, find lost claims.
 
-A claim is two statements, each committed on its own: :data:`~keyflow.shared.sql.CLAIM`
-leases pending runs (a claim that finds nothing costs one round trip), then
-:data:`~keyflow.shared.sql.START` starts those nobody changed since (a trigger may join a
-leased pending run, a cancel may end it): those go through a locked transaction
-instead, which starts them as they are now, or gives them back. A run's start is
-durable before its handler's first line.
+A claim is one statement, committed on its own (:data:`~keyflow.shared.sql.CLAIM`): it
+leases pending runs and starts them, so a run's start is durable before its handler's
+first line, and a claim that finds nothing costs one round trip. A claimed run this
+process must not run now (a crash suspect beyond its share, a run asked to cancel) is
+given back unstarted.
 
 A process can hold a lease it does not know of: a statement's reply lost with its
 connection after the commit. :meth:`Claiming.find_orphans` finds such runs (seen twice,
@@ -14,6 +13,7 @@ a sweep apart) and gives them back, unstarted: no false crash is counted.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection
 
@@ -21,16 +21,11 @@ from ..errors import StorageError
 from ..records import RunRecord
 from ..runs import LogEntry
 from ..state import INTERRUPT, PENDING, RUNNING
-from ..storage_backends.postgres import row_columns
 from . import sql
 from .database import RETRIED, TRIES, Notice, update_params
 from .deciding import Deciding, LimitOf
 
 logger = logging.getLogger("keyflow.shared")
-
-Start = tuple[str, str, float, int, int, str]
-"""One run's :data:`~keyflow.shared.sql.START` row: id, data, start, attempt, generation,
-and its data as claimed."""
 
 
 class Claiming(Deciding):
@@ -73,142 +68,63 @@ class Claiming(Deciding):
 
         At most ``suspects`` of them may be runs a crash cut short before: such runs
         execute one at a time (a run that kills its process must not take others down
-        with it), so one is taken only when this process runs none.
+        with it), so one is taken only when this process runs none. Others are given
+        back unstarted, and a run asked to cancel is cancelled, unrun.
 
         Returns each run as it was before its start (the caller's core starts it again,
         in memory: the same attempt, already durable).
 
         Raises:
-            StorageError: the database failed; nothing was started (runs it may have
-                leased are given back, now or by :meth:`find_orphans`).
+            StorageError: the database failed; nothing was started (or, if the reply
+                was lost after the commit, :meth:`find_orphans` gives the runs back).
         """
         if limit <= 0 or not jobs:
             return []
-        rows = await self.fetch(sql.CLAIM, list(jobs), limit, self.owner, self.lease_seconds)
-        if not rows:
-            return []
-        rows.sort(key=lambda row: row[3])  # RETURNING keeps no order: oldest first
-        now = clock()  # the runs are ours from here: their start
-        before: dict[str, RunRecord] = {}
-        starts: list[Start] = []
-        back: list[str] = []
-        cancels: list[str] = []
-        for run_id, data, generation, _seq in rows:
-            record = self.decode(data)
-            if record.cancel_requested:  # asked while a lease, since given back, held it
-                back.append(run_id)
-                cancels.append(run_id)
-                continue
-            if record.crashes > 0:
-                if suspects <= 0:
-                    back.append(run_id)
-                    continue
-                suspects -= 1
-            before[run_id] = self.decode(data)
-            record.begin_attempt(now)
-            started = row_columns(record)["data"]
-            starts.append((run_id, started, now, record.attempt, generation, data))
-        try:
-            if back:
-                await self.execute(sql.UNLEASE, back, self.owner)
-                await self._cancel_unrun(cancels, limit_of, now)
-            started_ids = await self._start(starts)
-            if len(started_ids) < len(starts):
-                started_ids |= await self._start_locked(
-                    [s for s in starts if s[0] not in started_ids], before, now, limit_of
-                )
-        except StorageError:
-            for start in starts:  # unknown: started or not, find_orphans gives them back
-                self._forget(start[0])
-            raise
-        return [before[s[0]] for s in starts if s[0] in started_ids]
-
-    async def _start(self, starts: list[Start]) -> set[str]:
-        """Start the claimed runs nobody changed (one statement); return those started."""
-        if not starts:
-            return set()
-        ids, datas, times, attempts, generations, old = (list(c) for c in zip(*starts, strict=True))
-        for run_id, generation in zip(ids, generations, strict=True):
-            self.leases[run_id] = generation
+        now = clock()  # the runs' start
         rows = await self.fetch(
-            sql.START,
-            ids,
-            datas,
-            times,
-            attempts,
-            generations,
-            old,
+            sql.CLAIM,
+            list(jobs),
+            limit,
             self.owner,
+            self.lease_seconds,
+            now,
+            json.dumps(now),
             self.channel,
-            Notice(changed=ids).encode(),
         )
-        started = {row[0] for row in rows}
-        for run_id, data, when, _attempt, _generation, _old in starts:
-            if run_id in started:
-                self.stored[run_id] = data
-                self._fresh[run_id] = when
-        return started
+        rows.sort(key=lambda row: row[4])  # RETURNING keeps no order: oldest first
+        claimed: list[RunRecord] = []
+        back: list[tuple[RunRecord, int]] = []
+        cancels: list[str] = []
+        for run_id, before, data, generation, _seq in rows:
+            record = self.decode(before)
+            self.leases[run_id] = generation
+            self.stored[run_id] = data
+            self._fresh[run_id] = now
+            if record.cancel_requested:  # asked while a lease, since given back, held it
+                back.append((record, generation))
+                cancels.append(run_id)
+            elif record.crashes > 0 and suspects <= 0:
+                back.append((record, generation))
+            else:
+                suspects -= record.crashes > 0
+                claimed.append(record)
+        if back:
+            await self._give_back_unstarted(back)
+            await self._cancel_unrun(cancels, limit_of, now)
+        return claimed
 
-    async def _start_locked(
-        self, starts: list[Start], before: dict[str, RunRecord], now: float, limit_of: LimitOf
-    ) -> set[str]:
-        """Start claimed runs another process changed since the claim, as they are now.
-
-        A run no more pending (a cancel or a trigger ended it) is given back unstarted;
-        one asked to cancel (it was leased: the asker saw a run in a worker's hands) is
-        given back, then cancelled like any waiting run.
-        """
-        for attempt in range(TRIES):
-            try:
-                started, cancels = await self._start_changed(starts, before, now)
-                break
-            except RETRIED:
-                if attempt == TRIES - 1:
-                    raise StorageError(f"claims in {self.place} kept conflicting") from None
-        else:
-            raise AssertionError("unreachable")
-        await self._cancel_unrun(cancels, limit_of, now)
-        return started
+    async def _give_back_unstarted(self, back: list[tuple[RunRecord, int]]) -> None:
+        """Undo the claim's start of these runs and give their leases up."""
+        for record, generation in back:
+            await self.execute(
+                sql.SAVE_LEASED, *update_params(record), False, generation, self.owner
+            )
+            self._forget(record.id)
 
     async def _cancel_unrun(self, cancels: list[str], limit_of: LimitOf, now: float) -> None:
         """Cancel runs asked to cancel before they started (given back: none leases them)."""
         for run_id in cancels:
             await self.cancel_run(run_id, limit_of, now)
-
-    async def _start_changed(
-        self, starts: list[Start], before: dict[str, RunRecord], now: float
-    ) -> tuple[set[str], list[str]]:
-        started: dict[str, str] = {}
-        gone: list[str] = []
-        cancels: list[str] = []
-        notice = Notice()
-        async with self.transaction("a claim") as conn:
-            for run_id, data, generation, owner, _key in await conn.fetch(
-                sql.RUNS_BY_ID, [s[0] for s in starts]
-            ):
-                if owner != self.owner or generation != self.leases.get(run_id):
-                    gone.append(run_id)  # reclaimed meanwhile: never ours to run
-                    continue
-                record = self.decode(data)
-                if record.status is not PENDING or record.cancel_requested:
-                    gone.append(run_id)
-                    if record.cancel_requested and not record.status.is_terminal:
-                        cancels.append(run_id)
-                    continue
-                before[run_id] = self.decode(data)
-                record.begin_attempt(now)
-                params = update_params(record)
-                await conn.execute(sql.SAVE_LEASED, *params, True, generation, self.owner)
-                started[run_id] = params[3]
-                notice.changed.append(run_id)
-            await conn.execute(sql.UNLEASE, gone, self.owner)
-            await self.notify(conn, notice)
-        for run_id in gone:
-            self._forget(run_id)
-        for run_id, data in started.items():
-            self.stored[run_id] = data
-            self._fresh[run_id] = now
-        return set(started), cancels
 
     def _forget(self, run_id: str) -> None:
         """This process no more holds ``run_id``'s lease (it gave it up, or lost it)."""

@@ -99,32 +99,32 @@ INSERT_LABELS: Final = (
 NOTIFY: Final = "SELECT pg_notify($1, $2)"
 
 CLAIM: Final = (
-    "UPDATE keyflow_runs SET lease_owner = $3, "
-    "lease_until = clock_timestamp() + make_interval(secs => $4), generation = generation + 1 "
-    "WHERE id IN (SELECT id FROM keyflow_runs r "
+    "WITH picked AS (SELECT id, data, data::jsonb AS j FROM keyflow_runs r "
     "WHERE status = 'pending' AND lease_owner IS NULL AND job = ANY($1::text[]) "
     "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
     "OR (p.kind = 'key' AND p.name = r.concurrency_key)) "
-    "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, data, generation, seq"
+    "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    # RunRecord.begin_attempt, on the stored JSON (tests/test_shared_claims.py holds the two
+    # alike): running; a new attempt unless a stop cut the last one short; one more start.
+    "started AS (SELECT id, data, j, (j ->> 'attempt')::int + CASE WHEN "
+    "coalesce((j ->> 'stop_interrupted')::boolean, false) THEN 0 ELSE 1 END AS attempt, "
+    "coalesce((j ->> 'starts')::int, (j ->> 'attempt')::int) + 1 AS starts FROM picked), "
+    "claimed AS (UPDATE keyflow_runs AS r SET lease_owner = $3, "
+    "lease_until = clock_timestamp() + make_interval(secs => $4), "
+    "generation = r.generation + 1, status = 'running', started_at = $5, attempt = s.attempt, "
+    "data = (s.j || jsonb_build_object('status', 'running', 'attempt', s.attempt, "
+    "'starts', s.starts, 'stop_interrupted', false, 'started_at', $6::jsonb))::text "
+    "FROM started AS s WHERE r.id = s.id "
+    "RETURNING r.id, s.data AS before, r.data, r.generation, r.seq), "
+    "told AS (SELECT pg_notify($7, json_build_object('e', (array_agg(id))[1:100])::text) "
+    "FROM claimed HAVING count(*) > 0) "
+    "SELECT c.id, c.before, c.data, c.generation, c.seq FROM claimed AS c LEFT JOIN told ON true"
 )
-"""Lease pending runs nobody leases, of jobs this process registers, not paused, oldest
-first: one statement, committed on its own (a claim that finds nothing costs one round
-trip). The runs are still pending: :data:`START` starts them."""
-
-START: Final = (
-    "WITH started AS (UPDATE keyflow_runs AS r SET status = 'running', data = t.data, "
-    "started_at = t.started, attempt = t.attempt "
-    "FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[], $5::bigint[], $6::text[]) "
-    "AS t(id, data, started, attempt, generation, old) "
-    "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $7 "
-    "AND r.data = t.old RETURNING r.id), "
-    "told AS (SELECT pg_notify($8, $9)) "
-    "SELECT started.id FROM started, told"
-)
-"""Start leased runs that nobody changed since their claim (``old``: their data then);
-tell the others (their event streams) they started. A run another process changed
-meanwhile (a trigger joined it, a cancel ended it) is not started here."""
+"""Lease and start pending runs nobody leases, of jobs this process registers, not
+paused, oldest first; tell the others (their event streams) they started. One
+statement, committed on its own: the start is durable before the handler's first line,
+and a claim that finds nothing costs one round trip. Returns each run's data before and
+after its start."""
 
 SAVE_QUICK: Final = (
     "WITH saved AS (UPDATE keyflow_runs AS r SET status = t.status, finished_at = t.finished, "
@@ -144,12 +144,6 @@ SAVE_QUICK: Final = (
 fenced by the lease and by the data last written (``old``: a run another process
 changed meanwhile is left for the locked path, which merges). ``keep``: the worker keeps
 the lease (False: an end, or a stop handing the run back)."""
-
-UNLEASE: Final = (
-    "UPDATE keyflow_runs SET lease_owner = NULL, lease_until = NULL, "
-    "generation = generation + 1 WHERE id = ANY($1::text[]) AND lease_owner = $2"
-)
-"""Give claimed runs back unstarted (the run itself unchanged)."""
 
 ORPHANS: Final = (
     "UPDATE keyflow_runs SET lease_until = clock_timestamp() + make_interval(secs => $3) "
