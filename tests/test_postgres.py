@@ -183,17 +183,48 @@ async def test_an_older_schema_is_migrated_at_open(
 ) -> None:
     async with opened(url) as backend:
         await backend.write(WriteBatch([record(1)]))
-    # A later version adds a column (as leases will): version 1 is migrated to it.
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    # A later version adds a column: the current version is migrated to it.
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
     monkeypatch.setattr(
-        schema, "MIGRATIONS", {1: ["ALTER TABLE keyflow_runs ADD COLUMN lease_owner TEXT"]}
+        schema, "MIGRATIONS", {current: ["ALTER TABLE keyflow_runs ADD COLUMN note TEXT"]}
     )
     async with opened(url) as backend:
         assert (await backend.get_run("run-0001")) is not None
     async with sql() as conn:
         name = schema_for(tmp_path)
-        assert await conn.fetchval(f'SELECT version FROM "{name}".keyflow_schema') == 2
-        assert await conn.fetchval(f'SELECT lease_owner FROM "{name}".keyflow_runs') is None
+        assert await conn.fetchval(f'SELECT version FROM "{name}".keyflow_schema') == current + 1
+        assert await conn.fetchval(f'SELECT note FROM "{name}".keyflow_runs') is None
+
+
+async def test_a_version_2_schema_is_migrated_to_fewer_index_entries(
+    url: str, tmp_path: Path
+) -> None:
+    async with opened(url) as backend:
+        await backend.write(WriteBatch([finish(record(1)), record(2)]))
+    name = schema_for(tmp_path)
+    async with sql() as conn:  # back to version 2's shape
+        await conn.execute(f'SET search_path TO "{name}"')
+        await conn.execute(
+            "ALTER TABLE keyflow_runs ADD CONSTRAINT keyflow_runs_seq_key UNIQUE (seq)"
+        )
+        await conn.execute("DROP INDEX keyflow_runs_finished")
+        await conn.execute("CREATE INDEX keyflow_runs_finished ON keyflow_runs (finished_at)")
+        await conn.execute("UPDATE keyflow_schema SET version = 2")
+    async with opened(url, retention=1) as backend:
+        assert {r.id for r in await backend.list_runs(RunQuery())} == {"run-0001", "run-0002"}
+        await backend.write(WriteBatch([finish(record(3))]))  # prunes the oldest finished
+        assert {r.id for r in await backend.list_runs(RunQuery())} == {"run-0002", "run-0003"}
+    async with sql() as conn:
+        assert await conn.fetchval(f'SELECT version FROM "{name}".keyflow_schema') == 3
+        indexes = {
+            row[0]: row[1]
+            for row in await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1", name
+            )
+        }
+    assert "keyflow_runs_seq_key" not in indexes
+    assert "WHERE (finished_at IS NOT NULL)" in indexes["keyflow_runs_finished"]
 
 
 async def test_a_schema_shared_with_other_tables_is_fine(url: str, tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ choice (``?schema=``; ``public`` by default), which other tables may share:
 
 Text columns compare in code point order (``COLLATE "C"``), as SQLite does, so that a key
 prefix is an index range whatever the database's locale. Columns for several processes
-(leases, lanes) came with version 2, by migration: :data:`MIGRATIONS` takes a
-database from version ``v`` to ``v + 1``, in one transaction at open.
+(leases, lanes) came with version 2, by migration; version 3 dropped index entries each
+row version paid for nothing. :data:`MIGRATIONS` takes a database from version ``v``
+to ``v + 1``, in one transaction at open.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from sqlalchemy import (
 from .sql_runs import RunTables
 from .sql_tables import Step, run_columns, side_tables
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this version writes; older ones are migrated at open."""
 
 _Text = String(collation="C")
@@ -59,7 +60,7 @@ runs_table = Table(
     "keyflow_runs",
     metadata,
     *run_columns(_Text),
-    Column("seq", BigInteger, Identity(), nullable=False, unique=True),
+    Column("seq", BigInteger, Identity(), nullable=False),
     Column("lease_owner", _Text),
     Column("lease_until", DateTime(timezone=True)),
     Column("generation", BigInteger, nullable=False, server_default="0"),
@@ -67,7 +68,6 @@ runs_table = Table(
     Index("keyflow_runs_job", "job", "created_at"),
     Index("keyflow_runs_key", "concurrency_key", "created_at"),
     Index("keyflow_runs_created", "created_at", "seq"),
-    Index("keyflow_runs_finished", "finished_at"),
 )
 idempotency_table, labels_table, pauses_table = side_tables(metadata, _Text)
 lanes_table = Table(
@@ -101,10 +101,17 @@ _V2_INDEXES = [
 ]
 
 
+_V3_INDEXES = [
+    # Retention: the oldest finished runs (an unfinished row costs this index nothing).
+    "CREATE INDEX keyflow_runs_finished ON keyflow_runs (finished_at, seq) "
+    "WHERE finished_at IS NOT NULL",
+]
+
+
 def create(conn: Connection) -> None:
     """The whole schema, in a schema without keyflow's tables."""
     metadata.create_all(conn)
-    for index in _V2_INDEXES:
+    for index in (*_V2_INDEXES, *_V3_INDEXES):
         conn.exec_driver_sql(index)
 
 
@@ -115,6 +122,13 @@ MIGRATIONS: dict[int, list[Step]] = {
         "ALTER TABLE keyflow_runs ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
         'CREATE TABLE keyflow_lanes (key VARCHAR COLLATE "C" NOT NULL PRIMARY KEY)',
         *_V2_INDEXES,
+    ],
+    # Fewer index entries per row version (each claim and end writes one): seq needs no
+    # unique index (an identity), and retention's index holds finished runs only.
+    2: [
+        "ALTER TABLE keyflow_runs DROP CONSTRAINT IF EXISTS keyflow_runs_seq_key",
+        "DROP INDEX IF EXISTS keyflow_runs_finished",
+        *_V3_INDEXES,
     ],
 }
 """The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""

@@ -303,7 +303,7 @@ async def prune_finished(
     runs = tables.runs
     oldest = (
         select(runs.c.id)
-        .where(runs.c.status.in_(TERMINAL))
+        .where(runs.c.status.in_(TERMINAL), runs.c.finished_at.is_not(None))
         .order_by(runs.c.finished_at, tables.order)
         .limit(excess)
         .scalar_subquery()
