@@ -209,6 +209,7 @@ async def test_a_version_2_schema_is_migrated_to_fewer_index_entries(
             "ALTER TABLE keyflow_runs ADD CONSTRAINT keyflow_runs_seq_key UNIQUE (seq)"
         )
         await conn.execute("DROP INDEX keyflow_runs_finished")
+        await conn.execute("DROP TABLE keyflow_watchers")
         await conn.execute("CREATE INDEX keyflow_runs_finished ON keyflow_runs (finished_at)")
         await conn.execute("UPDATE keyflow_schema SET version = 2")
     async with opened(url, retention=1) as backend:
@@ -225,6 +226,7 @@ async def test_a_version_2_schema_is_migrated_to_fewer_index_entries(
         }
     assert "keyflow_runs_seq_key" not in indexes
     assert "WHERE (finished_at IS NOT NULL)" in indexes["keyflow_runs_finished"]
+    assert "keyflow_watchers_pkey" in indexes
 
 
 async def test_a_schema_shared_with_other_tables_is_fine(url: str, tmp_path: Path) -> None:

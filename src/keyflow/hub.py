@@ -23,6 +23,8 @@ from .runs import JSONObject, LogEntry, Progress, RunStatus
 from .watch import MAX_KEYS, Changes, ChangeWatch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .records import RunRecord
 
 
@@ -46,10 +48,15 @@ class EventHub:
         because the scheduler reads it on every change."""
         self.closed = False
         """True once the scheduler stopped: new subscriptions and watches end at once."""
+        self.on_active: Callable[[], None] | None = None
+        """Called when someone begins listening (the hub turns :attr:`active`)."""
 
     def _refresh(self) -> None:
+        was = self.active
         self._full = bool(self._subscribers)
         self.active = self._full or bool(self._watches)
+        if self.active and not was and self.on_active is not None:
+            self.on_active()
 
     # -- what the scheduler calls when something happens (only while ``active``) --
 

@@ -90,6 +90,7 @@ class Claiming(Deciding):
             now,
             json.dumps(now),
             self.channel,
+            self.watched,
         )
         rows.sort(key=lambda row: row[4])  # RETURNING keeps no order: oldest first
         claimed: list[RunRecord] = []

@@ -55,6 +55,8 @@ class Notice:
     """The earliest due time among scheduled runs this transaction made or moved."""
     pauses: bool = False
     """A job or a lane was paused or resumed."""
+    watch: bool = False
+    """A process watches runs change: name the changed runs in notices from now on."""
 
     def __bool__(self) -> bool:
         return (
@@ -63,6 +65,7 @@ class Notice:
             or bool(self.cancel)
             or self.due is not None
             or self.pauses
+            or self.watch
         )
 
     def add_due(self, due_at: float) -> None:
@@ -83,6 +86,8 @@ class Notice:
             data["d"] = self.due
         if self.pauses:
             data["p"] = 1
+        if self.watch:
+            data["a"] = 1
         text = json.dumps(data, separators=(",", ":"))
         if len(text) > 7900:  # ids are short; a huge batch just says "look"
             return json.dumps({"w": 1, "p": 1, "d": self.due})
@@ -99,6 +104,7 @@ class Notice:
                 cancel=[str(x) for x in data.get("c", ())],
                 due=float(data["d"]) if data.get("d") is not None else None,
                 pauses=bool(data.get("p")),
+                watch=bool(data.get("a")),
             )
         except (ValueError, TypeError, AttributeError, KeyError):
             return cls(work=True, pauses=True)
@@ -141,6 +147,12 @@ class SharedDatabase:
         self._listener: asyncpg.Connection | None = None
         self.on_notice: list[Callable[[Notice], None]] = []
         """Called for every notice heard (from this process too)."""
+        self.watched = True
+        """Some process watches runs change: notices name the changed runs (see
+        :mod:`keyflow.shared.watching`; until known, assume so)."""
+        self.watching: Callable[[], bool] = nobody
+        """Whether this process watches now: its notices then say so too (a process
+        acting on one of them knows of the watch before it acts)."""
 
     def _settings(self) -> dict[str, str]:
         quoted = '"' + self.schema.replace('"', '""') + '"'
@@ -176,7 +188,10 @@ class SharedDatabase:
         self._listener = conn
 
     def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self.deliver(Notice.decode(payload))
+        notice = Notice.decode(payload)
+        if notice.watch:
+            self.watched = True
+        self.deliver(notice)
 
     def deliver(self, notice: Notice) -> None:
         """Hand a notice to every callback (one that raises is logged)."""
@@ -299,7 +314,7 @@ class SharedDatabase:
             if record.labels
             for name, value in record.labels.items()
         ]
-        payload = notice.encode() if notice else None
+        payload = self.payload(notice)
         if len(inserts) == 1 and not updates and not labels and payload is not None:
             await conn.execute(sql.INSERT_RUN_NOTIFY, *inserts[0], self.channel, payload)
             return
@@ -316,8 +331,27 @@ class SharedDatabase:
 
     async def notify(self, conn: asyncpg.Connection, notice: Notice) -> None:
         """Send ``notice`` when the transaction commits (nothing if it is empty)."""
-        if notice:
-            await conn.execute(sql.NOTIFY, self.channel, notice.encode())
+        payload = self.payload(notice)
+        if payload is not None:
+            await conn.execute(sql.NOTIFY, self.channel, payload)
+
+    def payload(self, notice: Notice | None) -> str | None:
+        """``notice`` as sent, or None if nobody needs it.
+
+        The changed runs are named only while some process watches (:attr:`watched`).
+        """
+        if notice is None:
+            return None
+        watch = notice.watch or self.watching()
+        changed = notice.changed if self.watched or watch else []
+        if watch is not notice.watch or changed is not notice.changed:
+            notice = Notice(notice.work, changed, notice.cancel, notice.due, notice.pauses, watch)
+        return notice.encode() if notice else None
+
+
+def nobody() -> bool:
+    """Nobody watches (in this process)."""
+    return False
 
 
 async def _each(conn: asyncpg.Connection, query: str, rows: list[tuple[Any, ...]]) -> None:

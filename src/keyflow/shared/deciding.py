@@ -147,7 +147,10 @@ class Deciding(SharedDatabase):
         notice = Notice()
         note_change(notice, created)
         await self.execute(
-            sql.INSERT_RUN_NOTIFY, *insert_params(created), self.channel, notice.encode()
+            sql.INSERT_RUN_NOTIFY,
+            *insert_params(created),
+            self.channel,
+            self.payload(notice) or "{}",
         )
         return decision.result
 

@@ -141,7 +141,7 @@ class Leasing(Claiming):
         saved = [
             row[0]
             for row in await self.fetch(
-                sql.SAVE_QUICK, *columns, self.owner, self.channel, notice.encode()
+                sql.SAVE_QUICK, *columns, self.owner, self.channel, self.payload(notice) or ""
             )
         ]
         for run_id in saved:

@@ -29,8 +29,9 @@ from ..errors import StorageError
 from ..runs import Disposition
 from ..state import SCHEDULED
 from ..txn import Txn
-from .database import Notice
+from .database import Notice, nobody
 from .relay import EventRelay
+from .watching import Watching
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -79,6 +80,9 @@ class SharedService:
         self._claiming = False
         self._due_timer: TimerHandle | None = None
         self._relay = EventRelay(coordinator, core.hub, self._is_local, core.now)
+        self._watching = Watching(coordinator, core.hub)
+        core.hub.on_active = self._watching.hub_changed
+        coordinator.watching = self._watching.wanted_now
         self._pause_refresh: asyncio.Task[None] | None = None
         coordinator.on_notice.append(self._heard)
         coordinator.on_lost.append(self._lost)
@@ -142,6 +146,11 @@ class SharedService:
             self.coordinator.on_notice.remove(self._heard)
         with contextlib.suppress(ValueError):
             self.coordinator.on_lost.remove(self._lost)
+        hub = self._core.hub
+        if hub.on_active == self._watching.hub_changed:
+            hub.on_active = None
+        if self.coordinator.watching == self._watching.wanted_now:
+            self.coordinator.watching = nobody
 
     async def stop(self) -> None:
         """End the background tasks (the leases still held expire, or were handed back)."""
@@ -154,6 +163,7 @@ class SharedService:
                 await task
         self.detach()
         await self._relay.close()
+        await self._watching.close()
         refresh, self._pause_refresh = self._pause_refresh, None
         if refresh is not None:
             refresh.cancel()
@@ -211,10 +221,14 @@ class SharedService:
                 core.set_paused(kind, name, False, written=False)
 
     async def wait_change(self, timeout: float) -> None:
-        """Return at the next notice heard, or after ``timeout`` seconds."""
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        """Return at the next notice heard, or after ``timeout`` seconds.
+
+        Meanwhile this process watches runs change (the others name them in notices).
+        """
+        async with self._watching.waiting():
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
 
     # -- claims ------------------------------------------------------------------------
 
@@ -286,6 +300,7 @@ class SharedService:
             await asyncio.sleep(interval)
             try:
                 cancels = await coordinator.renew()
+                await self._watching.renew()
             except StorageError as exc:
                 overdue = loop.time() - coordinator.renewed_at
                 if coordinator.leases and overdue > coordinator.lease_seconds * FENCE_AT:
@@ -322,6 +337,7 @@ class SharedService:
                     await coordinator.relisten()
                     await coordinator.reclaim(self.limit_of, core.now())
                     await coordinator.find_orphans(core.now())
+                    await self._watching.refresh()
                     next_reclaim = loop.time() + reclaim_every
                 if self._prune is not None and loop.time() >= next_prune:
                     await self._prune()  # retention: one process at a time does it

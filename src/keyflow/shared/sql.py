@@ -117,11 +117,12 @@ CLAIM: Final = (
     "FROM started AS s WHERE r.id = s.id "
     "RETURNING r.id, s.data AS before, r.data, r.generation, r.seq), "
     "told AS (SELECT pg_notify($7, json_build_object('e', (array_agg(id))[1:100])::text) "
-    "FROM claimed HAVING count(*) > 0) "
+    "FROM claimed HAVING count(*) > 0 AND $8::boolean) "
     "SELECT c.id, c.before, c.data, c.generation, c.seq FROM claimed AS c LEFT JOIN told ON true"
 )
 """Lease and start pending runs nobody leases, of jobs this process registers, not
-paused, oldest first; tell the others (their event streams) they started. One
+paused, oldest first; tell the others (their event streams) they started, if any
+watches (``$8``). One
 statement, committed on its own: the start is durable before the handler's first line,
 and a claim that finds nothing costs one round trip. Returns each run's data before and
 after its start."""
@@ -137,13 +138,14 @@ SAVE_QUICK: Final = (
     "AS t(id, status, finished, data, due, started, attempt, count, keep, generation, old) "
     "WHERE r.id = t.id AND r.generation = t.generation AND r.lease_owner = $12 "
     "AND r.data = t.old RETURNING r.id), "
-    "told AS (SELECT pg_notify($13, $14)) "
-    "SELECT saved.id FROM saved, told"
+    "told AS (SELECT pg_notify($13, $14) WHERE $14 <> '') "
+    "SELECT saved.id FROM saved LEFT JOIN told ON true"
 )
 """Leased runs' changes by their worker in one statement, where nothing else can be due:
 fenced by the lease and by the data last written (``old``: a run another process
 changed meanwhile is left for the locked path, which merges). ``keep``: the worker keeps
-the lease (False: an end, or a stop handing the run back)."""
+the lease (False: an end, or a stop handing the run back). An empty notice (``''``)
+is not sent."""
 
 ORPHANS: Final = (
     "UPDATE keyflow_runs SET lease_until = clock_timestamp() + make_interval(secs => $3) "

@@ -20,7 +20,8 @@ choice (``?schema=``; ``public`` by default), which other tables may share:
 Text columns compare in code point order (``COLLATE "C"``), as SQLite does, so that a key
 prefix is an index range whatever the database's locale. Columns for several processes
 (leases, lanes) came with version 2, by migration; version 3 dropped index entries each
-row version paid for nothing. :data:`MIGRATIONS` takes a database from version ``v``
+row version paid for nothing, and added ``keyflow_watchers`` (processes watching runs
+change: see ``keyflow.shared.watching``). :data:`MIGRATIONS` takes a database from version ``v``
 to ``v + 1``, in one transaction at open.
 """
 
@@ -101,6 +102,12 @@ _V2_INDEXES = [
 ]
 
 
+_V3_TABLES = [
+    # Processes watching runs change (keyflow.shared.watching).
+    'CREATE TABLE keyflow_watchers (owner VARCHAR COLLATE "C" NOT NULL PRIMARY KEY, '
+    "until TIMESTAMP WITH TIME ZONE NOT NULL)",
+]
+
 _V3_INDEXES = [
     # Retention: the oldest finished runs (an unfinished row costs this index nothing).
     "CREATE INDEX keyflow_runs_finished ON keyflow_runs (finished_at, seq) "
@@ -111,7 +118,7 @@ _V3_INDEXES = [
 def create(conn: Connection) -> None:
     """The whole schema, in a schema without keyflow's tables."""
     metadata.create_all(conn)
-    for index in (*_V2_INDEXES, *_V3_INDEXES):
+    for index in (*_V2_INDEXES, *_V3_TABLES, *_V3_INDEXES):
         conn.exec_driver_sql(index)
 
 
@@ -129,6 +136,7 @@ MIGRATIONS: dict[int, list[Step]] = {
         "ALTER TABLE keyflow_runs DROP CONSTRAINT IF EXISTS keyflow_runs_seq_key",
         "DROP INDEX IF EXISTS keyflow_runs_finished",
         *_V3_INDEXES,
+        *_V3_TABLES,
     ],
 }
 """The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""
