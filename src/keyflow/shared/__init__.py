@@ -10,5 +10,6 @@ execute; ``LISTEN``/``NOTIFY`` wakes the others. See ``docs/deployment.md``.
 * :mod:`~keyflow.shared.deciding` — triggers, cancels and due times under lane locks;
 * :mod:`~keyflow.shared.claiming` — claims (lease, then start), and lost claims;
 * :mod:`~keyflow.shared.leasing` — fenced writes, renewals, reclaims;
+* :mod:`~keyflow.shared.watching` — who watches runs change (notices name them then);
 * :mod:`~keyflow.shared.service` — the background tasks tying them to a scheduler.
 """
