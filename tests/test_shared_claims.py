@@ -206,3 +206,31 @@ async def test_a_pending_run_asked_to_cancel_is_cancelled_unrun_when_claimed(url
             after = await producer.trigger("once", {"n": 2})  # the lane is free again
             assert (await producer.wait(after.run_id, timeout=60)).status is RunStatus.COMPLETED
     assert ran == [2]
+
+
+async def test_a_give_back_that_fails_leaves_the_run_to_the_orphan_sweep(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with keyflow.Keyflow(url, workers=0) as kf:
+        kf.job("j")(_noop)
+        normal = await kf.trigger("j")
+        suspect = await kf.trigger("j")
+        await _json_set(kf, suspect.run_id, "crashes", "1")
+        coordinator = _coordinator(kf)
+        execute = coordinator.execute
+
+        async def cut(query: str, *args: object) -> None:
+            if query == sql.SAVE_LEASED:
+                raise StorageError("connection lost")
+            await execute(query, *args)
+
+        monkeypatch.setattr(coordinator, "execute", cut)
+        taken = await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0)
+        monkeypatch.undo()
+        assert [r.id for r in taken] == [normal.run_id]  # the claim stands
+        assert list(coordinator.leases) == [normal.run_id]
+        assert await coordinator.find_orphans(6.0) == 0  # seen once
+        assert await coordinator.find_orphans(7.0) == 1  # seen twice: given back
+        run = await kf.get_run(suspect.run_id)
+        assert run is not None
+        assert run.status is RunStatus.PENDING

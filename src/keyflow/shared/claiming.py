@@ -110,8 +110,13 @@ class Claiming(Deciding):
                 suspects -= record.crashes > 0
                 claimed.append(record)
         if back:
-            await self._give_back_unstarted(back)
-            await self._cancel_unrun(cancels, limit_of, now)
+            try:
+                await self._give_back_unstarted(back)
+                await self._cancel_unrun(cancels, limit_of, now)
+            except StorageError as exc:  # the claimed runs are ours all the same
+                logger.warning("giving back claimed runs failed (%s); a sweep will", exc)
+                for record, _generation in back:
+                    self._forget(record.id)  # (find_orphans gives them back)
         return claimed
 
     async def _give_back_unstarted(self, back: list[tuple[RunRecord, int]]) -> None:
