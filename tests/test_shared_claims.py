@@ -18,7 +18,6 @@ from keyflow.records import RunRecord
 from keyflow.shared import sql
 from keyflow.shared.backend import SharedPostgreSQLBackend
 from keyflow.shared.coordinator import SharedCoordinator
-from keyflow.storage_backends.rows import record_row
 
 from .pg import drop_schemas, postgres_url, schema_for
 
@@ -132,32 +131,66 @@ async def _json_set(kf: keyflow.Keyflow, run_id: str, path: str, value: str) -> 
     )
 
 
+async def _rewrite(kf: keyflow.Keyflow, run_id: str, **fields: Any) -> None:
+    """Change fields of a stored run, behind keyflow's back, stored as keyflow stores it."""
+    coordinator = _coordinator(kf)
+    data = await coordinator.fetchval("SELECT data FROM keyflow_runs WHERE id = $1", run_id)
+    record = coordinator.decode(data)
+    for name, value in fields.items():
+        setattr(record, name, value)
+    await coordinator.execute(
+        "UPDATE keyflow_runs SET data = $2 WHERE id = $1", run_id, record_json(record)
+    )
+
+
+ODD_INPUTS: list[dict[str, Any]] = [
+    {"n": 0},
+    {"x": 1e16, "z": -0.0, "big": 10**30, "tiny": 5e-324},  # numbers JSON may rewrite
+    {"s": "a\x00b", "nested": {"status": "pending", "attempt": 7}},  # a NUL; lookalike keys
+    {"b": 1, "a": 2},  # key order is the handler's to see
+    {"u": "\u00e9\U0001f600", "q": '"status":"pending",'},
+]
+
+
 async def test_the_claim_starts_a_run_as_begin_attempt_does(url: str) -> None:
     async with keyflow.Keyflow(url, workers=0) as kf:
         kf.job("j")(_noop)
-        fresh, again, retried = [await kf.trigger("j", {"n": n}) for n in range(3)]
+        made = [await kf.trigger("j", input) for input in ODD_INPUTS]
+        again, retried = await kf.trigger("j", {"n": 1}), await kf.trigger("j", {"n": 2})
         # A run a stop cut short (the same attempt again, one more start), and a retry.
-        await _json_set(kf, again.run_id, "stop_interrupted", "true")
-        await _json_set(kf, again.run_id, "attempt", "1")
-        await _json_set(kf, again.run_id, "starts", "1")
-        await _json_set(kf, retried.run_id, "attempt", "2")
+        await _rewrite(kf, again.run_id, stop_interrupted=True, attempt=1, starts=1)
+        await _rewrite(kf, retried.run_id, attempt=2, starts=3)
         coordinator = _coordinator(kf)
-        before = await coordinator.claim(["j"], 10, lambda: 1234.5678901234567, lambda k: 1)
-        assert [r.id for r in before] == [fresh.run_id, again.run_id, retried.run_id]
+        at = 1234.5678901234567
+        before = await coordinator.claim(["j"], 10, lambda: at, lambda k: 1)
+        assert [r.id for r in before] == [r.run_id for r in (*made, again, retried)]
         for record in before:
-            expected = coordinator.decode(coordinator.stored[record.id])  # what SQL wrote
             started = coordinator.decode(record_json(record))
-            started.begin_attempt(1234.5678901234567)  # what Python does
-            assert record_row(expected) | {"starts": expected.starts} == record_row(started) | {
-                "starts": started.starts
-            }
+            started.begin_attempt(at)  # what Python does
+            assert coordinator.stored[record.id] == record_json(started)  # byte for byte
+        for result, input in zip(made, ODD_INPUTS, strict=False):
+            run = await kf.get_run(result.run_id)
+            assert run is not None
+            assert run.input == input
+            assert list(run.input) == list(input)
+            assert [type(v) for v in run.input.values()] == [type(v) for v in input.values()]
         stored = await kf.get_run(again.run_id)
         assert stored is not None
-        assert (stored.status, stored.attempt, stored.started_at) == (
-            RunStatus.RUNNING,
-            1,
-            1234.5678901234567,
-        )
+        assert (stored.status, stored.attempt, stored.started_at) == (RunStatus.RUNNING, 1, at)
+
+
+async def test_a_run_stored_in_another_layout_is_started_all_the_same(url: str) -> None:
+    async with keyflow.Keyflow(url, workers=0) as kf:
+        kf.job("j")(_noop)
+        result = await kf.trigger("j", {"b": 1, "a": 2})
+        # Rewritten by jsonb (another key order, as an older keyflow stored runs).
+        await _json_set(kf, result.run_id, "attempt", "0")
+        coordinator = _coordinator(kf)
+        taken = await coordinator.claim(["j"], 10, lambda: 7.0, lambda k: 1)
+        assert [r.id for r in taken] == [result.run_id]  # started by this very claim
+        run = await kf.get_run(result.run_id)
+        assert run is not None
+        assert (run.status, run.attempt, run.started_at) == (RunStatus.RUNNING, 1, 7.0)
 
 
 def record_json(record: RunRecord) -> str:
@@ -175,7 +208,7 @@ async def test_a_crash_suspect_beyond_its_share_is_given_back_unstarted(url: str
     async with keyflow.Keyflow(url, workers=0) as kf:
         kf.job("j")(_noop)
         suspect = await kf.trigger("j")
-        await _json_set(kf, suspect.run_id, "crashes", "1")
+        await _rewrite(kf, suspect.run_id, crashes=1)
         coordinator = _coordinator(kf)
         assert await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0) == []
         assert coordinator.leases == {}
@@ -199,7 +232,7 @@ async def test_a_pending_run_asked_to_cancel_is_cancelled_unrun_when_claimed(url
 
         # Asked to cancel while a process held it (a stop handing it back), which died.
         asked = await producer.trigger("once", {"n": 1})
-        await _json_set(producer, asked.run_id, "cancel_requested", "true")
+        await _rewrite(producer, asked.run_id, cancel_requested=True)
         async with worker:
             run = await producer.wait(asked.run_id, timeout=60)
             assert run.status is RunStatus.CANCELLED
@@ -215,16 +248,13 @@ async def test_a_give_back_that_fails_leaves_the_run_to_the_orphan_sweep(
         kf.job("j")(_noop)
         normal = await kf.trigger("j")
         suspect = await kf.trigger("j")
-        await _json_set(kf, suspect.run_id, "crashes", "1")
+        await _rewrite(kf, suspect.run_id, crashes=1)
         coordinator = _coordinator(kf)
-        execute = coordinator.execute
 
-        async def cut(query: str, *args: object) -> None:
-            if query == sql.SAVE_LEASED:
-                raise StorageError("connection lost")
-            await execute(query, *args)
+        async def cut(*args: object) -> None:
+            raise StorageError("connection lost")
 
-        monkeypatch.setattr(coordinator, "execute", cut)
+        monkeypatch.setattr(coordinator, "lock_lanes", cut)  # the give-back's first step
         taken = await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0)
         monkeypatch.undo()
         assert [r.id for r in taken] == [normal.run_id]  # the claim stands
@@ -234,3 +264,28 @@ async def test_a_give_back_that_fails_leaves_the_run_to_the_orphan_sweep(
         run = await kf.get_run(suspect.run_id)
         assert run is not None
         assert run.status is RunStatus.PENDING
+
+
+async def test_a_log_line_at_a_handlers_first_line_is_stored_while_it_runs(url: str) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    async with keyflow.Keyflow(url, workers=0) as producer:
+        worker = keyflow.Keyflow(url, workers=1)
+        for kf in (producer, worker):
+
+            @kf.job("logs")
+            async def logs(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+                ctx.log.info("start")
+                started.set()
+                await release.wait()
+
+        result = await producer.trigger("logs")
+        async with worker:
+            await started.wait()
+            await worker._core.pipeline.flush()  # what the worker wrote so far
+            run = await producer.get_run(result.run_id)
+            assert run is not None
+            assert run.status is RunStatus.RUNNING
+            assert [entry.message for entry in run.logs] == ["start"]  # not only at the end
+            release.set()
+            assert (await producer.wait(result.run_id, timeout=60)).logs

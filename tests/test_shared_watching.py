@@ -148,3 +148,32 @@ async def test_a_notice_names_changed_runs_only_while_someone_watches(url: str) 
         async with kf.events():  # this process watches: it says so, and names its changes
             told = Notice.decode(coordinator.payload(Notice(changed=["r1"])) or "")
         assert told == Notice(changed=["r1"], watch=True)
+
+
+async def test_events_catch_up_on_ends_missed_while_the_listener_was_cut_off(trio: Trio) -> None:
+    release = asyncio.Event()
+
+    @trio.worker.job("slow")
+    async def slow(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+        await release.wait()
+
+    trio.observer.job("slow")(slow.handler)
+    observer = _coordinator(trio.observer)
+    cut_off = asyncio.Event()
+    observer.on_notice.append(lambda n: cut_off.set() if n.missed else None)
+    async with trio.observer.events() as events:
+        result = await trio.observer.trigger("slow")
+        seen: list[RunStatus] = []
+        async for event in events:
+            if not (isinstance(event, RunChanged) and event.run.id == result.run_id):
+                continue
+            seen.append(event.run.status)
+            if event.run.status is RunStatus.RUNNING:
+                listener = observer._listener
+                assert listener is not None
+                await observer.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+                await cut_off.wait()  # the observer knows it is deaf
+                release.set()  # the run ends while nobody tells the observer
+            if event.run.status.is_terminal:
+                break
+    assert seen[-1] is RunStatus.COMPLETED  # read again once the listener was back

@@ -89,3 +89,11 @@ def test_option_values_at_their_bounds_are_taken(
     coordinator = backend.coordinator
     assert (coordinator.lease_seconds, coordinator.pool_size) == (lease, pool)
     assert backend.application_name == name
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999", "0", "-1"])
+def test_a_postgresql_port_that_is_no_port_is_refused_by_name(port: str) -> None:
+    url = f"postgresql://postgres:secret@127.0.0.1:{port}/test"
+    with pytest.raises(keyflow.ConfigurationError, match="port must be a number") as refused:
+        keyflow.Keyflow(url)
+    assert "secret" not in str(refused.value)

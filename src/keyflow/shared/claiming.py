@@ -21,9 +21,10 @@ from ..errors import StorageError
 from ..records import RunRecord
 from ..runs import LogEntry
 from ..state import INTERRUPT, PENDING, RUNNING
+from ..storage_backends.rows import START_PREFIX
 from . import sql
 from .database import RETRIED, TRIES, Notice, update_params
-from .deciding import Deciding, LimitOf
+from .deciding import Deciding, LimitOf, note_change
 
 logger = logging.getLogger("keyflow.shared")
 
@@ -91,41 +92,85 @@ class Claiming(Deciding):
             json.dumps(now),
             self.channel,
             self.watched,
+            START_PREFIX,
         )
         rows.sort(key=lambda row: row[4])  # RETURNING keeps no order: oldest first
         claimed: list[RunRecord] = []
-        back: list[tuple[RunRecord, int]] = []
+        unstarted: list[tuple[RunRecord, int, str]] = []
+        back: dict[str, RunRecord] = {}
         cancels: list[str] = []
-        for run_id, before, data, generation, _seq in rows:
+        for run_id, before, data, generation, _seq, started in rows:
             record = self.decode(before)
             self.leases[run_id] = generation
             self.stored[run_id] = data
-            self._fresh[run_id] = now
+            if started:
+                self._fresh[run_id] = now
             if record.cancel_requested:  # asked while a lease, since given back, held it
-                back.append((record, generation))
+                back[run_id] = record
                 cancels.append(run_id)
             elif record.crashes > 0 and suspects <= 0:
-                back.append((record, generation))
+                back[run_id] = record
             else:
                 suspects -= record.crashes > 0
-                claimed.append(record)
-        if back:
-            try:
-                await self._give_back_unstarted(back)
+                if started:
+                    claimed.append(record)
+                else:
+                    unstarted.append((record, generation, data))
+        try:
+            for record, generation, data in unstarted:
+                if await self._start(record, generation, data, now):
+                    claimed.append(record)
+                else:
+                    back[record.id] = record
+            if back:
+                await self._give_back_claimed(back)
                 await self._cancel_unrun(cancels, limit_of, now)
-            except StorageError as exc:  # the claimed runs are ours all the same
-                logger.warning("giving back claimed runs failed (%s); a sweep will", exc)
-                for record, _generation in back:
-                    self._forget(record.id)  # (find_orphans gives them back)
+        except StorageError as exc:  # the runs started are ours all the same
+            logger.warning("giving back claimed runs failed (%s); a sweep will", exc)
+            for run_id in back:
+                self._forget(run_id)  # (find_orphans gives them back)
         return claimed
 
-    async def _give_back_unstarted(self, back: list[tuple[RunRecord, int]]) -> None:
-        """Undo the claim's start of these runs and give their leases up."""
-        for record, generation in back:
-            await self.execute(
-                sql.SAVE_LEASED, *update_params(record), False, generation, self.owner
-            )
-            self._forget(record.id)
+    async def _start(self, record: RunRecord, generation: int, old: str, now: float) -> bool:
+        """Start a leased run the claim could not, unless it changed since.
+
+        The claim starts runs by their stored text's prefix; one stored otherwise (by
+        an older keyflow) comes here. True if started.
+        """
+        started = self.decode(old)
+        started.begin_attempt(now)
+        params = update_params(started)
+        rows = await self.fetch(
+            sql.START, record.id, params[3], now, started.attempt, generation, self.owner, old
+        )
+        if rows:
+            self.stored[record.id] = params[3]
+            self._fresh[record.id] = now
+        return bool(rows)
+
+    async def _give_back_claimed(self, back: dict[str, RunRecord]) -> None:
+        """Give these claimed runs back unstarted (each as it is now, but for its start).
+
+        Under the lanes' locks: a trigger or a cancel may have changed a run since its
+        claim, and that stays.
+        """
+        keys = {record.key for record in back.values() if record.key is not None}
+        notice = Notice()
+        async with self.transaction("giving back claimed runs") as conn:
+            await self.lock_lanes(conn, keys)
+            for run_id, data, generation, owner, _key in await conn.fetch(
+                sql.RUNS_BY_ID, list(back)
+            ):
+                if owner != self.owner or generation != self.leases.get(run_id):
+                    continue  # reclaimed meanwhile: not ours to give
+                current = self.decode(data)
+                _unstart(current, back[run_id])
+                params = update_params(current)
+                await conn.execute(sql.SAVE_LEASED, *params, False, generation, self.owner)
+                note_change(notice, current)
+            await self.notify(conn, notice)
+        for run_id in back:
+            self._forget(run_id)
 
     async def _cancel_unrun(self, cancels: list[str], limit_of: LimitOf, now: float) -> None:
         """Cancel runs asked to cancel before they started (given back: none leases them)."""
@@ -209,3 +254,13 @@ def _lost_reply(record: RunRecord, now: float) -> LogEntry:
         {},
         record.attempt,
     )
+
+
+def _unstart(current: RunRecord, before: RunRecord) -> None:
+    """Undo a claim's start of ``current`` (``before``: the run as claimed)."""
+    if current.status is RUNNING:
+        current.status = before.status
+        current.attempt = before.attempt
+        current.starts = before.starts
+        current.started_at = before.started_at
+        current.stop_interrupted = before.stop_interrupted

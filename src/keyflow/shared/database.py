@@ -36,6 +36,9 @@ RETRIED: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 TRIES: Final = 5
 
+CLOSE_ERRORS: Final[tuple[type[BaseException], ...]] = (*DRIVER_ERRORS, TimeoutError)
+"""What closing the pool can fail with (then it is cut)."""
+
 FAILED: Final = (*DRIVER_ERRORS, asyncpg.InternalClientError)
 """What a request to the database can fail with: the driver's and the network's errors,
 and asyncpg's own state errors on a connection cut in the middle of a request."""
@@ -57,6 +60,9 @@ class Notice:
     """A job or a lane was paused or resumed."""
     watch: bool = False
     """A process watches runs change: name the changed runs in notices from now on."""
+    missed: bool = False
+    """Notices may have been missed (the listener was cut off): look at everything
+    again (never sent: this process's own conclusion)."""
 
     def __bool__(self) -> bool:
         return (
@@ -107,7 +113,7 @@ class Notice:
                 watch=bool(data.get("a")),
             )
         except (ValueError, TypeError, AttributeError, KeyError):
-            return cls(work=True, pauses=True)
+            return cls(work=True, pauses=True, missed=True)
 
 
 class Leased:
@@ -205,7 +211,7 @@ class SharedDatabase:
         if self._pool is None:
             return  # closing
         self._listener = None
-        self.deliver(Notice(work=True, pauses=True))  # whatever was missed: look
+        self.deliver(Notice(work=True, pauses=True, missed=True))  # whatever was missed
 
     @property
     def listening(self) -> bool:
@@ -219,7 +225,7 @@ class SharedDatabase:
             return
         with contextlib.suppress(*DRIVER_ERRORS):
             await self._listen()
-            self.deliver(Notice(work=True, pauses=True))
+            self.deliver(Notice(work=True, pauses=True, missed=True))
 
     async def close_pool(self) -> None:
         """Close the listener and the pool. Idempotent."""
@@ -229,8 +235,10 @@ class SharedDatabase:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await listener.close(timeout=2)
         if pool is not None:
-            with contextlib.suppress(*DRIVER_ERRORS):
+            try:
                 await asyncio.wait_for(pool.close(), 5)
+            except CLOSE_ERRORS:
+                pool.terminate()  # requests still in flight: cut them
 
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[asyncpg.Connection]:

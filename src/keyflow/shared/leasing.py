@@ -25,6 +25,7 @@ from ..recovery import count_crash
 from ..runs import LogEntry, RunStatus
 from ..state import CANCEL, FAIL, INTERRUPT, PENDING, RUNNING
 from ..storage_backends.base import WriteBatch
+from ..storage_backends.postgres import row_columns
 from . import sql
 from .claiming import Claiming
 from .database import RETRIED, TRIES, Notice, update_params
@@ -92,8 +93,8 @@ class Leasing(Claiming):
             claimed = fresh.pop(run_id, None)
             if claimed is not None:
                 record.started_at = claimed  # the start the database saw
-                if record.status is RUNNING:
-                    continue  # and wrote
+                if record.status is RUNNING and self.stored.get(run_id) == row_data(record):
+                    continue  # and wrote (a log line or progress since is written)
             runs[run_id] = record
         if not runs:
             return []
@@ -335,3 +336,8 @@ def _reclaimed(record: RunRecord, now: float) -> None:
             record.attempt,
         )
     )
+
+
+def row_data(record: RunRecord) -> str:
+    """``record``'s stored text, as this process would write it now."""
+    return str(row_columns(record)["data"])

@@ -59,6 +59,10 @@ class EventRelay:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._relay())
 
+    def catch_up(self) -> None:
+        """Notices may have been missed: read again every run seen unfinished."""
+        self.heard(list(self._seen))
+
     async def close(self) -> None:
         """Stop relaying."""
         task, self._task = self._task, None

@@ -50,6 +50,9 @@ FENCE_AT: Final = 0.8
 """A process that could not renew its leases for this share of their length gives its
 runs up (stops their handlers) before another process may take them."""
 
+STOP_SECONDS: Final = 5.0
+"""How long a stop waits for the background tasks to end."""
+
 MAX_BACKOFF: Final = 5.0
 """The longest pause between two tries while the database cannot be reached."""
 
@@ -153,22 +156,30 @@ class SharedService:
             self.coordinator.watching = nobody
 
     async def stop(self) -> None:
-        """End the background tasks (the leases still held expire, or were handed back)."""
+        """End the background tasks (the leases still held expire, or were handed back).
+
+        At most :data:`STOP_SECONDS`: a task stuck on an unreachable database (its
+        cancellation waits for the driver) is left behind rather than waited for.
+        """
         self._claiming = False
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.detach()
-        await self._relay.close()
-        await self._watching.close()
         refresh, self._pause_refresh = self._pause_refresh, None
         if refresh is not None:
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
+            tasks.append(refresh)
+        for task in tasks:
+            task.cancel()
+        self.detach()
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(self._relay.close()))
+        tasks.append(loop.create_task(self._watching.close()))
+        _, left = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        for task in left:
+            task.add_done_callback(_quietly)
+        if left:
+            logger.warning(
+                "stopping: %d background task(s) still wait for the database; left behind",
+                len(left),
+            )
 
     # -- notices ---------------------------------------------------------------------
 
@@ -186,6 +197,8 @@ class SharedService:
                     core.cancel(record)
         if notice.changed:
             self._relay.heard(notice.changed)
+        if notice.missed:
+            self._relay.catch_up()
         if notice.pauses and (self._pause_refresh is None or self._pause_refresh.done()):
             self._pause_refresh = asyncio.get_running_loop().create_task(self._refresh_pauses())
         self._changed.set()
@@ -258,11 +271,11 @@ class SharedService:
                 for record in records:
                     if self._claiming:
                         core.adopt(record)
-                if len(records) == free or suspects == 0:
-                    # There may be more (or a crash suspect left behind): look again as
-                    # workers free up.
-                    self._wanted = True
+                if len(records) == free:
+                    self._wanted = True  # there may be more: look again at once
                     continue
+                if suspects == 0:
+                    self._wanted = True  # a crash suspect may be left: look as one ends
             if not await self._until_work():
                 self._wanted = True  # the safety-net poll
 
@@ -364,6 +377,12 @@ class SharedService:
     def arm_next_due(self, due: float) -> None:
         """Make the next due time a timer of the clock (``run_until_idle`` jumps to it)."""
         self._arm(due)
+
+
+def _quietly(task: asyncio.Task[Any]) -> None:
+    """Take a left-behind task's outcome (nobody awaits it any more)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _back_off(previous: float, what: str, exc: StorageError) -> float:

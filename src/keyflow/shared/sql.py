@@ -99,33 +99,46 @@ INSERT_LABELS: Final = (
 NOTIFY: Final = "SELECT pg_notify($1, $2)"
 
 CLAIM: Final = (
-    "WITH picked AS (SELECT id, data, data::jsonb AS j FROM keyflow_runs r "
+    "WITH picked AS (SELECT id, data, regexp_match(data, $9) AS m FROM keyflow_runs r "
     "WHERE status = 'pending' AND lease_owner IS NULL AND job = ANY($1::text[]) "
     "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
     "OR (p.kind = 'key' AND p.name = r.concurrency_key)) "
     "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED), "
-    # RunRecord.begin_attempt, on the stored JSON (tests/test_shared_claims.py holds the two
-    # alike): running; a new attempt unless a stop cut the last one short; one more start.
-    "started AS (SELECT id, data, j, (j ->> 'attempt')::int + CASE WHEN "
-    "coalesce((j ->> 'stop_interrupted')::boolean, false) THEN 0 ELSE 1 END AS attempt, "
-    "coalesce((j ->> 'starts')::int, (j ->> 'attempt')::int) + 1 AS starts FROM picked), "
+    # RunRecord.begin_attempt on the stored text's prefix (rows.START_PREFIX, $9):
+    # running; a new attempt unless a stop cut the last one short; one more start.
+    "started AS (SELECT id, data, m, m[2]::int + CASE WHEN m[4] = 'true' THEN 0 ELSE 1 END "
+    "AS attempt, m[3]::int + 1 AS starts FROM picked), "
     "claimed AS (UPDATE keyflow_runs AS r SET lease_owner = $3, "
     "lease_until = clock_timestamp() + make_interval(secs => $4), "
-    "generation = r.generation + 1, status = 'running', started_at = $5, attempt = s.attempt, "
-    "data = (s.j || jsonb_build_object('status', 'running', 'attempt', s.attempt, "
-    "'starts', s.starts, 'stop_interrupted', false, 'started_at', $6::jsonb))::text "
+    "generation = r.generation + 1, "
+    "status = CASE WHEN s.m IS NULL THEN r.status ELSE 'running' END, "
+    "started_at = CASE WHEN s.m IS NULL THEN r.started_at ELSE $5 END, "
+    "attempt = coalesce(s.attempt, r.attempt), "
+    'data = CASE WHEN s.m IS NULL THEN r.data ELSE \'{"status":"running","attempt":\' '
+    "|| s.attempt || ',\"starts\":' || s.starts || ',\"started_at\":' || $6 "
+    "|| ',\"stop_interrupted\":false,' || substr(r.data, length(s.m[1]) + 1) END "
     "FROM started AS s WHERE r.id = s.id "
-    "RETURNING r.id, s.data AS before, r.data, r.generation, r.seq), "
-    "told AS (SELECT pg_notify($7, json_build_object('e', (array_agg(id))[1:100])::text) "
-    "FROM claimed HAVING count(*) > 0 AND $8::boolean) "
-    "SELECT c.id, c.before, c.data, c.generation, c.seq FROM claimed AS c LEFT JOIN told ON true"
+    "RETURNING r.id, s.data AS before, r.data, r.generation, r.seq, s.m IS NOT NULL AS started), "
+    "told AS (SELECT pg_notify($7, json_build_object('e', "
+    "(array_agg(id) FILTER (WHERE started))[1:100])::text) FROM claimed "
+    "HAVING count(*) FILTER (WHERE started) > 0 AND $8::boolean) "
+    "SELECT c.id, c.before, c.data, c.generation, c.seq, c.started "
+    "FROM claimed AS c LEFT JOIN told ON true"
 )
 """Lease and start pending runs nobody leases, of jobs this process registers, not
 paused, oldest first; tell the others (their event streams) they started, if any
-watches (``$8``). One
-statement, committed on its own: the start is durable before the handler's first line,
-and a claim that finds nothing costs one round trip. Returns each run's data before and
-after its start."""
+watches (``$8``). One statement, committed on its own: the start is durable before the
+handler's first line, and a claim that finds nothing costs one round trip. The start
+rewrites only the prefix of the stored text that :func:`keyflow.storage_backends.rows.
+record_row` puts first (``$6``: the start time as JSON); a run stored otherwise (by an
+older keyflow) is leased unstarted (``started`` false), and :data:`START` starts it.
+Returns each run's data before and after."""
+
+START: Final = (
+    "UPDATE keyflow_runs SET status = 'running', data = $2, started_at = $3, attempt = $4 "
+    "WHERE id = $1 AND generation = $5 AND lease_owner = $6 AND data = $7 RETURNING id"
+)
+"""Start a leased run nobody changed since its claim (``$7``: its data then)."""
 
 SAVE_QUICK: Final = (
     "WITH saved AS (UPDATE keyflow_runs AS r SET status = t.status, finished_at = t.finished, "

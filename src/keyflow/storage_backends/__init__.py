@@ -89,6 +89,7 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         url = url.replace(location, f"{user.partition(':')[0]}:***{at}{host}", 1)
     if len(url) > 200:  # messages quote it: not a megabyte of it
         url = url[:200] + "…"
+    _check_port(host, url)
     options = _options(url, query)
     schema = options.pop("schema", "public")
     mode = options.pop("mode", "shared")
@@ -202,3 +203,17 @@ def _no_more(url: str, options: dict[str, str]) -> None:
 
     if options:
         raise ConfigurationError(f"unknown option(s) {', '.join(sorted(options))} in {url!r}")
+
+
+def _check_port(host: str, url: str) -> None:
+    """Refuse a port that is not a number from 1 to 65535 (``host[:port][/db]``)."""
+    from urllib.parse import urlsplit
+
+    from ..errors import ConfigurationError
+
+    try:
+        port = urlsplit("//" + host.partition("/")[0]).port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigurationError(f"the port must be a number from 1 to 65535 in {url!r}")

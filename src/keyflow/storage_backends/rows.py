@@ -30,23 +30,30 @@ FORMAT_VERSION = 1
 
 
 def record_row(record: RunRecord) -> Row:
-    """The persistent fields of ``record`` now."""
+    """The persistent fields of ``record`` now.
+
+    What a start changes comes first, always in this order, numbers and literals only
+    (:data:`START_PREFIX`): a shared database starts a claimed run by rewriting that
+    prefix of its stored text (``keyflow.shared.sql.CLAIM``), the rest untouched.
+    """
     progress = record.progress
-    row: Row = {
+    return {
+        "status": record.status.value,
+        "attempt": record.attempt,
+        "starts": record.starts,
+        "started_at": record.started_at,
+        "stop_interrupted": record.stop_interrupted,
         "id": record.id,
         "job": record.job,
         "key": record.key,
-        "status": record.status.value,
         "input": record.input,
         "labels": record.labels,
         "idempotency_key": record.idempotency_key,
         "parent_run_id": record.parent_run_id,
-        "attempt": record.attempt,
         "max_attempts": record.max_attempts,
         "trigger_count": record.trigger_count,
         "created_at": record.created_at,
         "due_at": record.due_at,
-        "started_at": record.started_at,
         "finished_at": record.finished_at,
         "output": record.output,
         "error": record.error,
@@ -60,12 +67,17 @@ def record_row(record: RunRecord) -> Row:
         "crashes": record.crashes,
         "retries_used": record.retries_used,
         "cancel_requested": record.cancel_requested,
-        "stop_interrupted": record.stop_interrupted,
         "by_queue": record.by_queue,
     }
-    if record.starts != record.attempt:  # only after reruns a stop cut short
-        row["starts"] = record.starts
-    return row
+
+
+START_PREFIX: Final = (
+    r'^(\{"status":"pending","attempt":([0-9]+),"starts":([0-9]+),"started_at":[^,]*,'
+    r'"stop_interrupted":(true|false),)'
+)
+"""A POSIX regular expression for the start of a pending run's stored text (see
+:func:`record_row`): the whole prefix, its attempt, its starts, and whether a stop cut
+its last attempt short."""
 
 
 _NUMBER = (int, float)
