@@ -211,6 +211,8 @@ class RunOps(Lifecycle):
     async def _cancel_shared(self, run_id: str, shared: SharedService) -> Run:
         """Cancel a run this process does not execute: in the database, or by asking."""
         outcome = await shared.coordinator.cancel_run(run_id, shared.limit_of, self._clock.now())
+        if outcome == "cancelled":  # by this process: its counter, as for a run it holds
+            self._core.counters.cancelled += 1
         if outcome == "requested":
             with contextlib.suppress(WaitTimeoutError):
                 return await self._poll_until_terminal(run_id, self._pool.cancel_grace + 1.0)

@@ -97,7 +97,9 @@ class SharedService:
             InvalidInputError: a merge function failed; nothing was stored.
         """
         core = self._core
-        results = await self.coordinator.trigger(prepared, self.limit_of, core.ids.next, core.now)
+        # A lane_limit function that fails refuses the trigger (ConfigurationError), as in
+        # a single process; only the later writes (ends, reclaims) fall back to one.
+        results = await self.coordinator.trigger(prepared, core.limit_of, core.ids.next, core.now)
         txn = Txn(wait=wait)
         txn.results.extend(results)
         if wait:
