@@ -236,8 +236,11 @@ class Lifecycle:
         if self._pool.size == 0:
             return  # nothing executes here: the runs wait for a process with workers
         core = self._core
-        while any(
-            not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
+        while (
+            any(
+                not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
+            )
+            or await self._shared_due_work()
         ):
             if core.pipeline.last_error is not None:
                 # Runs cannot start or end while storage fails: leave rather than hang
@@ -249,6 +252,23 @@ class Lifecycle:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(core.waiters.change_waiter(), 1.0)
+
+    async def _shared_due_work(self) -> bool:
+        """On shared storage: whether runs of this process's jobs run or wait for a worker.
+
+        They wait in the database, not in this process, until one claims them; a run of
+        a job registered nowhere here is another deployment's to drain.
+        """
+        shared = self._shared
+        if shared is None:
+            return False
+        from .shared import reads
+
+        try:
+            return await reads.due_work(shared.coordinator, list(self._jobs)) > 0
+        except StorageError as exc:  # the database is away: leave rather than hang
+            logger.warning("leaving 'async with' without draining: %s", exc)
+            return False
 
     async def run_until_idle(self, timeout: float | None = None) -> None:
         """Wait until no run is unfinished, delayed and backed-off runs included.
