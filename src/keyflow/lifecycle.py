@@ -170,6 +170,8 @@ class Lifecycle:
                     "keyflow stopped with changes not written to storage: %s",
                     self._core.pipeline.last_error,
                 )
+            if self._shared is not None:
+                await self._hand_back_backoffs(self._shared)
         abandoned = self._pool.abandoned_tasks
         if self._shared is not None and not abandoned:
             await self._shared.stop()
@@ -200,6 +202,22 @@ class Lifecycle:
                 c.cancelled,
                 sum(1 for r in self._core.records.values() if r.stop_interrupted),
             )
+
+    async def _hand_back_backoffs(self, shared: SharedService) -> None:
+        """Give the runs waiting out a retry backoff here to the other processes.
+
+        Their leases would otherwise outlive this process: the runs would wait for the
+        lease to expire, then count a crash they never had.
+        """
+        core = self._core
+        waiting = [r for r in core.records.values() if r.status is RunStatus.SCHEDULED]
+        if waiting:
+            try:
+                await shared.coordinator.let_go(waiting, shared.limit_of)
+            except StorageError as exc:  # their leases expire on their own
+                logger.warning(
+                    "handing back %d runs in a retry backoff failed: %s", len(waiting), exc
+                )
 
     def _failed_start(self) -> None:
         # Nothing may outlive a start that failed (or was cancelled): no retrying
