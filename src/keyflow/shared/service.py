@@ -81,7 +81,13 @@ class SharedService:
         coordinator.on_lost.append(self._lost)
 
     def _is_local(self, run_id: str) -> bool:
-        return run_id in self._core.records or run_id in self.coordinator.released
+        # Leased here (an ended run stays leased until its end is written), or ended here.
+        coordinator = self.coordinator
+        return (
+            run_id in self._core.records
+            or run_id in coordinator.leases
+            or run_id in coordinator.released
+        )
 
     def limit_of(self, key: str) -> int:
         """A key's lane limit, as this process configures it."""
@@ -105,7 +111,7 @@ class SharedService:
         if wait:
             txn.waiters = [None] * len(results)  # waits read the database
         counters = core.counters
-        for result in results:
+        for trig, result in zip(prepared, results, strict=True):
             disposition = result.disposition
             if disposition is Disposition.CREATED:
                 counters.created += 1
@@ -113,6 +119,12 @@ class SharedService:
                 counters.queued += 1
             elif disposition is Disposition.COALESCED:
                 counters.coalesced += 1
+                record = core.records.get(result.run_id)
+                if record is not None:  # it joined a run executing here: tell it here
+                    record.trigger_count += 1  # the worker's writes keep the larger count
+                    if core.hub.active:
+                        entry = (core.now(), trig.input, trig.parent_run_id)
+                        core.hub.trigger_coalesced(record, entry)
             else:
                 counters.idempotent += 1
         self._work.set()  # our own notice comes too; a claim now is sooner
