@@ -61,6 +61,8 @@ class RunOps(Lifecycle):
         await self._fresh()
         runs = await self._backend.list_runs(query)
         live = self._core.records
+        if self._shared is None:
+            return [live[r.id].snapshot() if r.id in live else r for r in runs]
         return [_joined(live[r.id].snapshot(), r) if r.id in live else r for r in runs]
 
     async def count_runs(self, *, at_most: int | None = None, **filters: Unpack[RunFilters]) -> int:
@@ -233,7 +235,7 @@ def _joined(local: Run, stored: Run | None) -> Run:
     database, not in the executing process's record; the worker's writes keep those
     joins (they merge them), and so do the reads.
     """
-    if stored is None or stored.trigger_count <= local.trigger_count:
+    if stored is None or stored.trigger_count < local.trigger_count:
         return local
     return replace(local, trigger_count=stored.trigger_count, coalesced=stored.coalesced)
 
