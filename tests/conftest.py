@@ -31,7 +31,7 @@ def clock() -> VirtualClock:
     return VirtualClock()
 
 
-BACKENDS = ("memory", "sqlite", "json", "postgresql")
+BACKENDS = ("memory", "sqlite", "json", "postgresql", "postgresql-shared")
 DURABLE = ("sqlite", "json", "postgresql")
 """The backends whose runs survive a restart."""
 
@@ -46,9 +46,9 @@ def storage_url_for(backend: str, directory: Path) -> str:
     if backend == "memory":
         return "memory://"
     if backend == "postgresql":
-        # The scheduler suite's single-process semantics: the single-writer mode. Shared
-        # mode (many processes) has suites of its own, tests/test_shared*.py.
-        return postgres_url(directory) + "&mode=single"
+        return postgres_url(directory) + "&mode=single"  # one writing process
+    if backend == "postgresql-shared":
+        return postgres_url(directory) + "&mode=shared"  # many processes may share it
     suffix = "db" if backend == "sqlite" else "json"
     return f"{backend}:///{directory / f'runs.{suffix}'}"
 
@@ -60,7 +60,7 @@ def fresh_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     """
     url = storage_url_for(request.param, tmp_path)
     yield url
-    if request.param == "postgresql":
+    if request.param.startswith("postgresql"):
         drop_schemas(schema_of(url))
 
 
@@ -68,6 +68,38 @@ def files_only(url: str, what: str) -> None:
     """Skip a test of storage files (paths, file locks, disks) on a database: ``what`` says."""
     if url.startswith("postgresql"):
         pytest.skip(f"{what}: a matter of storage files, which PostgreSQL has none of")
+
+
+def shared_differs(url: str, what: str, documented: str) -> None:
+    """Skip on shared storage a test of ``what``, which ``documented`` says differs there."""
+    if url.endswith("mode=shared"):
+        pytest.skip(f"{what}: on shared storage {documented} (docs/deployment.md)")
+
+
+def sync_reads_are_local(url: str, what: str) -> None:
+    """Skip on shared storage a test of ``what`` through the synchronous lane reads.
+
+    There ``lane()``, ``keys()``, ``lane_states()`` and ``statistics()`` show only the
+    runs this process executes, not those waiting in the database (docs/deployment.md,
+    "Reads"); the async reads answer from the database.
+    """
+    shared_differs(url, what, "the synchronous reads show this process's runs only")
+
+
+async def get_run_after_stop(kf: keyflow.Keyflow, url: str, run_id: str) -> keyflow.Run | None:
+    """``kf.get_run(run_id)`` after ``kf.stop()``, read through a read-only backend on shared
+    storage, whose stopped process holds no run in memory (its runs are the database's)."""
+    if not url.endswith("mode=shared"):
+        return await kf.get_run(run_id)
+    from keyflow.cli import read_only_url
+    from keyflow.storage_backends import open_backend
+
+    reader = open_backend(read_only_url(url), retention=10_000)
+    await reader.open()
+    try:
+        return await reader.get_run(run_id)
+    finally:
+        await reader.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -10,11 +10,14 @@ import pytest
 
 import keyflow
 
-from .conftest import MakeKeyflow
+from .conftest import MakeKeyflow, sync_reads_are_local
 from .lanes import LANE_STATES, every_lane_shape
 
 
-async def test_every_async_read_equals_its_synchronous_one(make_keyflow: MakeKeyflow) -> None:
+async def test_every_async_read_equals_its_synchronous_one(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    sync_reads_are_local(storage_url, "async reads equal to the synchronous ones")
     kf, release = await every_lane_shape(make_keyflow)
     every = kf.keys()
     lanes = {lane.key: lane for lane in every}
@@ -60,7 +63,10 @@ async def test_every_async_read_equals_its_synchronous_one(make_keyflow: MakeKey
     assert await kf.get_statistics() == kf.statistics()
 
 
-async def test_list_lanes_takes_a_prefix_and_a_limit(make_keyflow: MakeKeyflow) -> None:
+async def test_list_lanes_takes_a_prefix_and_a_limit(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    sync_reads_are_local(storage_url, "list_lanes compared with keys()")
     kf, release = await every_lane_shape(make_keyflow)
     every = kf.keys()
     assert [lane.key for lane in await kf.list_lanes("a/")] == [

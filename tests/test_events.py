@@ -10,10 +10,15 @@ from keyflow import RunStatus
 from keyflow.events import RunChanged
 from keyflow.hub import EventHub
 
-from .conftest import MakeKeyflow
+from .conftest import MakeKeyflow, shared_differs
 
 
-async def test_events_tell_the_story_of_a_lane(make_keyflow: MakeKeyflow) -> None:
+async def test_events_tell_the_story_of_a_lane(make_keyflow: MakeKeyflow, storage_url: str) -> None:
+    shared_differs(
+        storage_url,
+        "every step of a run not executed here as an event",
+        "events of runs this process does not execute are read once per burst of notices",
+    )
     kf = make_keyflow()
     release = asyncio.Event()
     started = asyncio.Event()
@@ -107,8 +112,13 @@ def test_hub_without_subscribers_is_inactive() -> None:
 
 
 async def test_a_change_watch_gathers_keys_without_building_events(
-    make_keyflow: MakeKeyflow,
+    make_keyflow: MakeKeyflow, storage_url: str
 ) -> None:
+    shared_differs(
+        storage_url,
+        "a join told to a change watch in the batch it happened in",
+        "events of runs this process does not execute are read once per burst of notices",
+    )
     kf = make_keyflow()
     release = asyncio.Event()
 
@@ -155,8 +165,13 @@ def test_changes_merge_and_overflow_to_everything() -> None:
 
 
 async def test_a_watch_hears_everything_when_too_many_keys_changed(
-    make_keyflow: MakeKeyflow,
+    make_keyflow: MakeKeyflow, storage_url: str
 ) -> None:
+    shared_differs(
+        storage_url,
+        "a batch's keys told to a change watch at once",
+        "events of runs this process does not execute are read once per burst of notices",
+    )
     from keyflow.watch import MAX_KEYS
 
     kf = make_keyflow()

@@ -138,6 +138,14 @@ class SchedulerMachine(RuleBasedStateMachine):
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
+    def lanes(self) -> list[keyflow.LaneSnapshot]:
+        """Every lane of the scheduler (the synchronous read: it holds every run)."""
+        return self.kf.keys()
+
+    def unfinished(self) -> dict[str, int]:
+        """How many unfinished runs of each status there are."""
+        return dict(self.kf.statistics().unfinished)
+
     def in_model_order(self, run_ids: Iterable[str]) -> list[str]:
         """``run_ids`` in the order the machine first met them (what a draw picks from).
 
@@ -282,7 +290,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def _check_lanes(self, runs: list[keyflow.Run]) -> None:
         # Every unfinished run is in its lane, where its status says (after a restart,
         # the lanes are what recovery rebuilt from storage).
-        lanes = {lane.key: lane for lane in self.kf.keys()}  # noqa: SIM118  # not a dict
+        lanes = {lane.key: lane for lane in self.lanes()}
         placed: dict[tuple[str, str], set[str]] = defaultdict(set)
         for lane in lanes.values():
             placed["running", lane.key] = set(lane.running)
@@ -316,10 +324,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                     if not gate.done():
                         gate.set_result("ok")
                 self.run(self._settle())
-                stats = self.kf.statistics()
-                if not any(stats.unfinished.values()):
+                unfinished = self.unfinished()
+                if not any(unfinished.values()):
                     break
-                if not self.gates and stats.unfinished["running"] == 0:
+                if not self.gates and unfinished["running"] == 0:
                     self.run(self._jump())
             self.run(self.kf.run_until_idle(timeout=5))
             self._check_final()
@@ -387,7 +395,7 @@ class FileMachine(SchedulerMachine):
     def _lanes(self) -> dict[str, tuple[frozenset[str], tuple[str, ...], frozenset[str]]]:
         return {
             lane.key: (frozenset(lane.running), lane.waiting, frozenset(lane.scheduled))
-            for lane in self.kf.keys()  # noqa: SIM118  # not a dict
+            for lane in self.lanes()
             if lane.running or lane.waiting or lane.scheduled
         }
 
@@ -513,6 +521,46 @@ class PostgreSQLMachine(FileMachine):
             drop_schemas(schema_for(Path(self.directory.name)))
 
 
+WAITING = (
+    "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = "
+    "'scheduled' AND lease_owner IS NULL AND due_at <= $1) FROM keyflow_runs"
+)
+"""Runs waiting for a worker, and delayed runs due but not yet in their lanes."""
+
+
+class SharedPostgreSQLMachine(PostgreSQLMachine):
+    """The same on PostgreSQL in shared mode: decided in the database, claimed by leases.
+
+    One process: its lanes and counts are read from the database (the synchronous reads
+    show only the runs this process executes, docs/deployment.md), and settling waits
+    for the database too (a run pending there is claimed by a task of its own).
+    """
+
+    backend = "postgresql-shared"
+
+    def lanes(self) -> list[keyflow.LaneSnapshot]:
+        return list(self.run(self.kf.list_lanes()))
+
+    def unfinished(self) -> dict[str, int]:
+        return dict(self.run(self.kf.get_statistics()).unfinished)
+
+    async def _settle(self) -> None:
+        shared = self.kf._shared
+        assert shared is not None
+        quiet = 0
+        for _ in range(1000):
+            await self.kf._core.pipeline.barrier()
+            row = (await shared.coordinator.fetch(WAITING, self.clock.now()))[0]
+            busy = self.kf.statistics().workers_busy
+            settled = row[1] == 0 and (row[0] == 0 or busy == 3) and busy == len(self.gates)
+            quiet = quiet + 1 if settled else 0
+            if quiet >= 3:
+                return
+            if not settled:
+                await shared.wait_change(0.05)
+        raise AssertionError("the scheduler did not settle")
+
+
 SETTINGS = settings(
     max_examples=150,
     stateful_step_count=30,
@@ -530,3 +578,5 @@ TestGuaranteesJSONFile = JSONFileMachine.TestCase
 TestGuaranteesJSONFile.settings = FILE_SETTINGS
 TestGuaranteesPostgreSQL = PostgreSQLMachine.TestCase
 TestGuaranteesPostgreSQL.settings = settings(FILE_SETTINGS, max_examples=20)  # a server hop a write
+TestGuaranteesPostgreSQLShared = SharedPostgreSQLMachine.TestCase
+TestGuaranteesPostgreSQLShared.settings = TestGuaranteesPostgreSQL.settings

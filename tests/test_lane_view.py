@@ -13,7 +13,7 @@ from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.web.source import LaneFilters
 from keyflow.web.storage_source import opened
 
-from .conftest import MakeKeyflow
+from .conftest import MakeKeyflow, sync_reads_are_local
 from .lanes import LANE_STATES, every_lane_shape
 
 S = RunStatus
@@ -63,8 +63,9 @@ def _unfinished(runs: list[Run]) -> list[Run]:
 
 
 async def test_lanes_rebuilt_from_stored_runs_equal_the_schedulers(
-    make_keyflow: MakeKeyflow,
+    make_keyflow: MakeKeyflow, storage_url: str
 ) -> None:
+    sync_reads_are_local(storage_url, "stored lanes compared with keys()")
     kf, release = await every_lane_shape(make_keyflow)
     lanes = kf.keys()
     assert {lane.key: lane.state for lane in lanes} == LANE_STATES
@@ -101,6 +102,7 @@ async def test_the_storage_dashboard_shows_the_schedulers_lanes(
 ) -> None:
     if storage_url.startswith("memory"):
         pytest.skip("a storage dashboard reads a file another process writes")
+    sync_reads_are_local(storage_url, "the storage dashboard's lanes compared with keys()")
     kf, release = await every_lane_shape(make_keyflow)
     await kf.count_runs()  # storage has every change so far
     backend = open_backend(read_only_url(storage_url), retention=1000)

@@ -14,7 +14,7 @@ from keyflow import RunStatus
 from keyflow.storage_backends.sqlite import SQLiteBackend
 from keyflow.testing import VirtualClock
 
-from .conftest import MakeKeyflow
+from .conftest import MakeKeyflow, shared_differs
 
 
 async def noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
@@ -96,7 +96,12 @@ async def test_free_text_finds_finished_and_unfinished_runs_alike(kf: keyflow.Ke
     assert await ids(kf, text="no such words") == []
 
 
-async def test_free_text_forgets_pruned_runs(make_keyflow: MakeKeyflow) -> None:
+async def test_free_text_forgets_pruned_runs(make_keyflow: MakeKeyflow, storage_url: str) -> None:
+    shared_differs(
+        storage_url,
+        "pruning at once",
+        "finished runs beyond retention= are pruned every 10 seconds, not at each write",
+    )
     kf = make_keyflow(retention=2)
     kf.job("job")(noop)
     await kf.start()

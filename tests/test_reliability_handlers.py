@@ -161,24 +161,27 @@ async def test_a_handler_that_ignores_cancel_frees_its_worker_but_keeps_its_slot
         return "ran"
 
     await kf.start()
-    deaf_run = await deaf.trigger({})
-    behind = await deaf.trigger({})  # same lane: must not start while deaf runs
-    await started.wait()
-    returned = await kf.cancel(deaf_run.run_id)  # bounded by cancel_grace
-    assert ignored.is_set()
-    assert returned.status is RunStatus.RUNNING
-    # The only worker was replaced: other work runs meanwhile ...
-    assert (await other.trigger_and_wait({}, timeout=5)).output == "ran"
-    # ... but the lane is still held: exclusion holds while the handler lives on.
-    assert kf.lane("k").running == (deaf_run.run_id,)
-    still = await kf.get_run(behind.run_id)
-    assert still is not None
-    assert still.status is RunStatus.QUEUED
-    release.set()
-    done = await kf.wait(deaf_run.run_id, timeout=5)
-    assert done.status is RunStatus.CANCELLED
-    assert (await kf.wait(behind.run_id, timeout=5)).status is RunStatus.COMPLETED
-    assert kf.statistics().workers == 1
+    try:  # a failure below must not leave a handler that ignores every cancel
+        deaf_run = await deaf.trigger({})
+        behind = await deaf.trigger({})  # same lane: must not start while deaf runs
+        await started.wait()
+        returned = await kf.cancel(deaf_run.run_id)  # bounded by cancel_grace
+        assert ignored.is_set()
+        assert returned.status is RunStatus.RUNNING
+        # The only worker was replaced: other work runs meanwhile ...
+        assert (await other.trigger_and_wait({}, timeout=5)).output == "ran"
+        # ... but the lane is still held: exclusion holds while the handler lives on.
+        assert kf.lane("k").running == (deaf_run.run_id,)
+        still = await kf.get_run(behind.run_id)
+        assert still is not None
+        assert still.status is RunStatus.QUEUED
+        release.set()
+        done = await kf.wait(deaf_run.run_id, timeout=5)
+        assert done.status is RunStatus.CANCELLED
+        assert (await kf.wait(behind.run_id, timeout=5)).status is RunStatus.COMPLETED
+        assert kf.statistics().workers == 1
+    finally:
+        release.set()
 
 
 async def test_stop_is_bounded_by_a_handler_that_swallows_cancellation(

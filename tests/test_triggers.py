@@ -11,7 +11,7 @@ import keyflow
 from keyflow import Coalesce, Disposition, RunStatus, TriggerRequest
 from keyflow.testing import VirtualClock
 
-from .conftest import MakeKeyflow
+from .conftest import MakeKeyflow, sync_reads_are_local
 
 
 class Gate:
@@ -40,7 +40,10 @@ async def started_kf(make_keyflow: MakeKeyflow, gate: Gate, **options: Any) -> k
     return kf
 
 
-async def test_plain_triggers_line_up_in_their_lane(make_keyflow: MakeKeyflow) -> None:
+async def test_plain_triggers_line_up_in_their_lane(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    sync_reads_are_local(storage_url, "a lane's waiting runs through lane()")
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     first = await kf.trigger("work", {"n": 1}, concurrency_key="k")
@@ -74,7 +77,10 @@ async def test_keyless_runs_do_not_wait_for_each_other(make_keyflow: MakeKeyflow
     await kf.run_until_idle()
 
 
-async def test_queue_holds_one_follow_up_and_latest_input_wins(make_keyflow: MakeKeyflow) -> None:
+async def test_queue_holds_one_follow_up_and_latest_input_wins(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    sync_reads_are_local(storage_url, "a lane's coalesced count through lane()")
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     first = await kf.trigger("work", {"n": 1}, concurrency_key="k", coalesce="queue")
@@ -144,7 +150,8 @@ async def test_running_input_never_changes(make_keyflow: MakeKeyflow) -> None:
     assert (await kf.wait(first.run_id)).output == {"n": 1}
 
 
-async def test_max_queued_bounds_waiting_runs(make_keyflow: MakeKeyflow) -> None:
+async def test_max_queued_bounds_waiting_runs(make_keyflow: MakeKeyflow, storage_url: str) -> None:
+    sync_reads_are_local(storage_url, "a lane's waiting runs through lane()")
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     strategy = Coalesce("queue", max_queued=2)
@@ -188,8 +195,9 @@ async def test_cancel_strategy_replaces_running_and_waiting_runs(make_keyflow: M
 
 
 async def test_delayed_run_does_not_block_and_skip_can_pull_it_forward(
-    make_keyflow: MakeKeyflow, clock: VirtualClock
+    make_keyflow: MakeKeyflow, clock: VirtualClock, storage_url: str
 ) -> None:
+    sync_reads_are_local(storage_url, "a lane's delayed runs through lane()")
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     delayed = await kf.trigger("work", {"n": 1}, concurrency_key="k", delay=60)
@@ -270,7 +278,10 @@ async def test_a_failing_merge_rolls_back_the_whole_batch(make_keyflow: MakeKeyf
     assert kf.statistics().unfinished["queued"] == 0
 
 
-async def test_keys_names_and_lane_states_agree(make_keyflow: MakeKeyflow) -> None:
+async def test_keys_names_and_lane_states_agree(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    sync_reads_are_local(storage_url, "keys(), key_names() and lane_states()")
     gate = Gate()
     kf = await started_kf(make_keyflow, gate)
     busy = await kf.trigger("work", {}, concurrency_key="org:busy")

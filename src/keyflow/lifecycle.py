@@ -175,6 +175,8 @@ class Lifecycle:
                     "keyflow stopped with changes not written to storage: %s",
                     self._core.pipeline.last_error,
                 )
+            if self._shared is not None:
+                await self._hand_back_backoffs(self._shared)
         abandoned = self._pool.abandoned_tasks
         if self._shared is not None and not abandoned:
             await self._shared.stop()
@@ -205,6 +207,22 @@ class Lifecycle:
                 c.cancelled,
                 sum(1 for r in self._core.records.values() if r.stop_interrupted),
             )
+
+    async def _hand_back_backoffs(self, shared: SharedService) -> None:
+        """Give the runs waiting out a retry backoff here to the other processes.
+
+        Their leases would otherwise outlive this process: the runs would wait for the
+        lease to expire, then count a crash they never had.
+        """
+        core = self._core
+        waiting = [r for r in core.records.values() if r.status is RunStatus.SCHEDULED]
+        if waiting:
+            try:
+                await shared.coordinator.let_go(waiting, shared.limit_of)
+            except StorageError as exc:  # their leases expire on their own
+                logger.warning(
+                    "handing back %d runs in a retry backoff failed: %s", len(waiting), exc
+                )
 
     def _failed_start(self) -> None:
         # Nothing may outlive a start that failed (or was cancelled): no retrying
@@ -241,8 +259,11 @@ class Lifecycle:
         if self._pool.size == 0:
             return  # nothing executes here: the runs wait for a process with workers
         core = self._core
-        while any(
-            not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
+        while (
+            any(
+                not _waits_for_delay(r) and not core.held_by_pause(r) for r in core.records.values()
+            )
+            or await self._shared_due_work()
         ):
             if core.pipeline.last_error is not None:
                 # Runs cannot start or end while storage fails: leave rather than hang
@@ -254,6 +275,23 @@ class Lifecycle:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(core.waiters.change_waiter(), 1.0)
+
+    async def _shared_due_work(self) -> bool:
+        """On shared storage: whether runs of this process's jobs run or wait for a worker.
+
+        They wait in the database, not in this process, until one claims them; a run of
+        a job registered nowhere here is another deployment's to drain.
+        """
+        shared = self._shared
+        if shared is None:
+            return False
+        from .shared import reads
+
+        try:
+            return await reads.due_work(shared.coordinator, list(self._jobs)) > 0
+        except StorageError as exc:  # the database is away: leave rather than hang
+            logger.warning("leaving 'async with' without draining: %s", exc)
+            return False
 
     async def run_until_idle(self, timeout: float | None = None) -> None:
         """Wait until no run is unfinished, delayed and backed-off runs included.

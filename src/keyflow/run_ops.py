@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from math import isfinite
 from typing import TYPE_CHECKING, Unpack
 
@@ -31,10 +32,13 @@ class RunOps(Lifecycle):
     async def get_run(self, run_id: str) -> Run | None:
         """The run with that id (unfinished or retained), or None."""
         record = self._core.records.get(run_id)
-        if record is not None:
+        if record is not None and self._shared is None:
             return record.snapshot()
         await self._fresh()
-        return await self._backend.get_run(run_id)
+        stored = await self._backend.get_run(run_id)
+        if record is not None:  # executed here: joins decided in the database count too
+            return _joined(record.snapshot(), stored)
+        return stored
 
     async def list_runs(
         self, *, limit: int = 50, offset: int = 0, **filters: Unpack[RunFilters]
@@ -57,7 +61,9 @@ class RunOps(Lifecycle):
         await self._fresh()
         runs = await self._backend.list_runs(query)
         live = self._core.records
-        return [live[r.id].snapshot() if r.id in live else r for r in runs]
+        if self._shared is None:
+            return [live[r.id].snapshot() if r.id in live else r for r in runs]
+        return [_joined(live[r.id].snapshot(), r) if r.id in live else r for r in runs]
 
     async def count_runs(self, *, at_most: int | None = None, **filters: Unpack[RunFilters]) -> int:
         """How many runs :meth:`list_runs` would find with these filters and no limit.
@@ -211,6 +217,8 @@ class RunOps(Lifecycle):
     async def _cancel_shared(self, run_id: str, shared: SharedService) -> Run:
         """Cancel a run this process does not execute: in the database, or by asking."""
         outcome = await shared.coordinator.cancel_run(run_id, shared.limit_of, self._clock.now())
+        if outcome == "cancelled":  # by this process: its counter, as for a run it holds
+            self._core.counters.cancelled += 1
         if outcome == "requested":
             with contextlib.suppress(WaitTimeoutError):
                 return await self._poll_until_terminal(run_id, self._pool.cancel_grace + 1.0)
@@ -218,6 +226,18 @@ class RunOps(Lifecycle):
         if run is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         return run
+
+
+def _joined(local: Run, stored: Run | None) -> Run:
+    """A run this process holds, with the triggers that joined it in storage meanwhile.
+
+    On shared storage a trigger (of this process or another) joins a run in the
+    database, not in the executing process's record; the worker's writes keep those
+    joins (they merge them), and so do the reads.
+    """
+    if stored is None or stored.trigger_count < local.trigger_count:
+        return local
+    return replace(local, trigger_count=stored.trigger_count, coalesced=stored.coalesced)
 
 
 def _check_run_id(run_id: object) -> None:

@@ -35,6 +35,12 @@ LANE_SHAPES = (
 STATUS_COUNTS = (
     "SELECT status, count(*) FROM keyflow_runs WHERE status IN " + sql.UNFINISHED + " GROUP BY 1"
 )
+DUE_WORK = (
+    "SELECT count(*) FROM keyflow_runs r WHERE r.job = ANY($1::text[]) AND (r.status = "
+    "'running' OR (r.status IN ('queued', 'pending') AND NOT EXISTS (SELECT 1 FROM "
+    "keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) OR (p.kind = 'key' AND "
+    "p.name = r.concurrency_key))))"
+)
 PAUSED = "SELECT kind, name FROM keyflow_pauses"
 KNOWN_LANES = "SELECT count(*) FROM keyflow_lanes"
 
@@ -107,3 +113,8 @@ async def status_counts(db: SharedDatabase) -> dict[str, int]:
     for status, count in await db.fetch(STATUS_COUNTS):
         counts[status] = int(count)
     return counts
+
+
+async def due_work(db: SharedDatabase, jobs: list[str]) -> int:
+    """How many runs of ``jobs`` run, or wait for a worker and no pause, in any process."""
+    return int(await db.fetchval(DUE_WORK, jobs))

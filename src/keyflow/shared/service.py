@@ -91,7 +91,13 @@ class SharedService:
         coordinator.on_lost.append(self._lost)
 
     def _is_local(self, run_id: str) -> bool:
-        return run_id in self._core.records or run_id in self.coordinator.released
+        # Leased here (an ended run stays leased until its end is written), or ended here.
+        coordinator = self.coordinator
+        return (
+            run_id in self._core.records
+            or run_id in coordinator.leases
+            or run_id in coordinator.released
+        )
 
     def limit_of(self, key: str) -> int:
         """A key's lane limit, as this process configures it."""
@@ -107,13 +113,15 @@ class SharedService:
             InvalidInputError: a merge function failed; nothing was stored.
         """
         core = self._core
-        results = await self.coordinator.trigger(prepared, self.limit_of, core.ids.next, core.now)
+        # A lane_limit function that fails refuses the trigger (ConfigurationError), as in
+        # a single process; only the later writes (ends, reclaims) fall back to one.
+        results = await self.coordinator.trigger(prepared, core.limit_of, core.ids.next, core.now)
         txn = Txn(wait=wait)
         txn.results.extend(results)
         if wait:
             txn.waiters = [None] * len(results)  # waits read the database
         counters = core.counters
-        for result in results:
+        for trig, result in zip(prepared, results, strict=True):
             disposition = result.disposition
             if disposition is Disposition.CREATED:
                 counters.created += 1
@@ -121,6 +129,12 @@ class SharedService:
                 counters.queued += 1
             elif disposition is Disposition.COALESCED:
                 counters.coalesced += 1
+                record = core.records.get(result.run_id)
+                if record is not None:  # it joined a run executing here: tell it here
+                    record.trigger_count += 1  # the worker's writes keep the larger count
+                    if core.hub.active:
+                        entry = (core.now(), trig.input, trig.parent_run_id)
+                        core.hub.trigger_coalesced(record, entry)
             else:
                 counters.idempotent += 1
         self._wanted = True
