@@ -132,7 +132,9 @@ class Keyflow(Observing):
             from .shared.service import SharedService
 
             prune = getattr(self._backend, "prune", None)
-            self._shared = SharedService(coordinator, self._core, self._jobs, workers, prune)
+            self._shared = SharedService(
+                coordinator, self._core, self._jobs, workers, prune, lambda: self._pool.busy
+            )
             self._core.remote = self._shared
             self._backend.limit_of = self._shared.limit_of  # type: ignore[attr-defined]
         for job in self._jobs.values():

@@ -13,6 +13,7 @@ counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASH
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,6 +72,9 @@ class Leasing(Claiming):
         kept (and renewed) until the handlers end (see :meth:`let_go`)."""
         self._saving: set[str] = set()
         """Runs whose write is in flight (a renewal that misses one has not lost it)."""
+        self._letting_go: set[str] = set()
+        """Runs :meth:`let_go` hands back: their write gives the lease up, whatever
+        their status (a retry's backoff too)."""
 
     async def save(self, batch: WriteBatch, limit_of: LimitOf) -> list[str]:
         """Write what this process's workers changed, fenced by their leases.
@@ -81,6 +85,7 @@ class Leasing(Claiming):
             StorageError: the database failed; nothing was stored.
         """
         runs: dict[str, RunRecord] = {}
+        live: dict[str, RunRecord] = {}
         fresh = self._fresh
         for record in batch.runs:
             run_id = record.id
@@ -95,7 +100,10 @@ class Leasing(Claiming):
                 record.started_at = claimed  # the start the database saw
                 if record.status is RUNNING and self.stored.get(run_id) == row_data(record):
                     continue  # and wrote (a log line or progress since is written)
-            runs[run_id] = record
+            # As it is now: what a handler changes during the awaits below goes in the
+            # next batch (a status and its lease's fate must agree).
+            runs[run_id] = copy.copy(record)
+            live[run_id] = record
         if not runs:
             return []
         saving = list(runs)
@@ -107,7 +115,7 @@ class Leasing(Claiming):
                 if not runs:
                     return []
                 try:
-                    return await self._save(runs, limit_of)
+                    return await self._save(runs, live, limit_of)
                 except RETRIED:
                     if attempt == TRIES - 1:
                         raise StorageError(f"writes to {self.place} kept conflicting") from None
@@ -127,7 +135,7 @@ class Leasing(Claiming):
         notice = Notice()
         for run_id, record in runs.items():
             old = self.stored.get(run_id)
-            keep = _keeps(record) or run_id in self.held
+            keep = self._keeps(run_id, record)
             if old is None or not (keep or record.key is None):
                 continue
             params = update_params(record)
@@ -159,10 +167,18 @@ class Leasing(Claiming):
             while len(self.released) > RELEASED_KEPT:
                 self.released.popitem(last=False)
 
-    async def _save(self, runs: dict[str, RunRecord], limit_of: LimitOf) -> list[str]:
+    def _keeps(self, run_id: str, record: RunRecord) -> bool:
+        """Does this process keep the run's lease after writing ``record``?"""
+        if run_id in self._letting_go:
+            return False
+        return _keeps(record) or run_id in self.held
+
+    async def _save(
+        self, runs: dict[str, RunRecord], live: dict[str, RunRecord], limit_of: LimitOf
+    ) -> list[str]:
         lost: list[str] = []
         written: dict[str, tuple[str, bool]] = {}
-        ending = {r.key for r in runs.values() if r.key is not None and not _keeps(r)}
+        ending = {r.key for i, r in runs.items() if r.key is not None and not self._keeps(i, r)}
         notice = Notice()
         async with self.transaction("writing runs") as conn:
             await self.lock_lanes(conn, ending)
@@ -174,8 +190,10 @@ class Leasing(Claiming):
                 if held is None or held != generation or owner != self.owner:
                     lost.append(run_id)
                     continue
-                _merge_triggers(record, self.decode(data))
-                keep = _keeps(record) or run_id in self.held
+                stored = self.decode(data)
+                _merge_triggers(record, stored)
+                _merge_triggers(live[run_id], stored)  # (the next writes keep them)
+                keep = self._keeps(run_id, record)
                 params = update_params(record)
                 status = await conn.execute(sql.SAVE_LEASED, *params, keep, generation, self.owner)
                 if status.endswith(" 0"):
@@ -186,8 +204,8 @@ class Leasing(Claiming):
                 if not keep and record.status is PENDING:
                     notice.work = True
             await self.promote_lanes(conn, ending, limit_of, notice)
-        for run_id, (stored, keep) in written.items():  # committed
-            self._wrote(run_id, stored, keep)
+        for run_id, (text, keep) in written.items():  # committed
+            self._wrote(run_id, text, keep)
         self._lose(lost)
         return lost
 
@@ -197,8 +215,13 @@ class Leasing(Claiming):
         Raises:
             StorageError: the database failed (their leases then expire on their own).
         """
-        self.held.difference_update(record.id for record in records)
-        await self.save(WriteBatch(runs=records), limit_of)
+        ids = {record.id for record in records}
+        self.held.difference_update(ids)
+        self._letting_go.update(ids)
+        try:
+            await self.save(WriteBatch(runs=records), limit_of)
+        finally:
+            self._letting_go.difference_update(ids)
 
     def abandon(self) -> list[str]:
         """Give up every lease (renewals failed past the deadline: others take the runs).

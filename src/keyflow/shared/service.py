@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..clock import TimerHandle
 from ..errors import StorageError
 from ..runs import Disposition
-from ..state import SCHEDULED
+from ..state import PENDING, SCHEDULED
 from ..txn import Txn
 from .database import Notice, nobody
 from .relay import EventRelay
@@ -67,12 +67,16 @@ class SharedService:
         jobs: Collection[str],
         workers: int,
         prune: Callable[[], Awaitable[None]] | None = None,
+        executing: Callable[[], int] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self._prune = prune
         self._core = core
         self._jobs = jobs
         self._workers = workers
+        self._executing = executing
+        """Workers executing a run now (a handler that ignored its cancellation holds
+        none: its worker was replaced)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._work = asyncio.Event()
         self._wanted = True
@@ -261,7 +265,10 @@ class SharedService:
 
     def _free(self) -> int:
         core = self._core
-        busy = len(core.records) - core.status_counts[SCHEDULED.ordinal]
+        if self._executing is not None:
+            busy = self._executing() + core.status_counts[PENDING.ordinal]
+        else:
+            busy = len(core.records) - core.status_counts[SCHEDULED.ordinal]
         return self._workers - busy
 
     async def _claimer(self) -> None:

@@ -28,10 +28,11 @@ LOCK_IDEMPOTENCY: Final = (
 
 FIND_IDEMPOTENT: Final = (
     "SELECT i.job, i.idempotency_key, r.id, r.concurrency_key FROM keyflow_idempotency i "
-    "JOIN keyflow_runs r ON r.id = i.run_id AND r.status IN " + UNFINISHED + " "
+    "JOIN keyflow_runs r ON r.id = i.run_id "
     "WHERE (i.job, i.idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 )
-"""The unfinished runs these idempotency keys name (a finished run's key is free)."""
+"""The runs these idempotency keys name (while a run is kept, finished or not, its key
+names it, as in a single process)."""
 
 LANE_RUNS: Final = (
     "SELECT data, generation, lease_owner FROM keyflow_runs "
@@ -208,8 +209,10 @@ NEXT_DUE: Final = (
 BUSY: Final = (
     "SELECT count(*) FROM keyflow_runs r WHERE status = 'running' "
     "OR (status = 'scheduled' AND lease_owner IS NOT NULL) "
-    "OR ((status IN ('queued', 'pending') OR (status = 'scheduled' AND due_at <= $1)) "
+    "OR ((status = 'pending' OR (status = 'scheduled' AND due_at <= $1)) "
     "AND NOT EXISTS (SELECT 1 FROM keyflow_pauses p WHERE (p.kind = 'job' AND p.name = r.job) "
     "OR (p.kind = 'key' AND p.name = r.concurrency_key)))"
 )
-"""Unfinished runs that are due (or leased): the database is not idle while any are."""
+"""Unfinished runs that are due (or leased): the database is not idle while any are. A
+queued run is not counted: it waits for a slot that one of these holds (or a paused
+run does: it waits with it)."""
