@@ -67,7 +67,7 @@ async def test_start_and_stop_are_summed_up(
     assert "3 workers" in started
     stopped = lines(caplog, "keyflow.scheduler", logging.INFO)[-1]
     assert "keyflow stopped" in stopped
-    assert "1 runs completed" in stopped
+    assert "1 run(s) completed" in stopped
 
 
 async def test_storage_failures_and_recovery_are_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -198,14 +198,18 @@ class Lifecycle:
         self._phase = "stopped"
         if was_running:
             c = self._core.counters
+            interrupted = sum(1 for r in self._core.records.values() if r.stop_interrupted)
             logger.info(
-                "keyflow stopped: %d attempts started, %d runs completed, %d failed, "
-                "%d cancelled since start; %d interrupted runs wait for the next start",
+                "keyflow stopped: %d attempt(s) started, %d run(s) completed, %d failed, "
+                "%d cancelled since start; %d interrupted run(s) %s",
                 c.started,
                 c.completed,
                 c.failed,
                 c.cancelled,
-                sum(1 for r in self._core.records.values() if r.stop_interrupted),
+                interrupted,
+                "went back to their lanes for any process"
+                if self._shared is not None
+                else "wait for the next start",
             )
 
     async def _hand_back_backoffs(self, shared: SharedService) -> None:

@@ -91,7 +91,7 @@ class Runtime(LiveState):
             )
         else:
             record.stop_interrupted = True
-            note = "interrupted by stop: it runs again, as the same attempt, at the next start"
+            note = "interrupted by stop: it runs again, as the same attempt, at its next start"
         record.add_log(LogEntry(self.now(), "warning", note, {}, record.attempt))
         self.counters.interrupted += 1
         self._moved(record, RUNNING)

@@ -367,6 +367,7 @@ class SharedService:
         while True:
             self._due.clear()
             try:
+                await self._watching.ensure()  # (nothing, unless a watch began unannounced)
                 if loop.time() >= next_reclaim:
                     await coordinator.relisten()
                     await coordinator.reclaim(self.limit_of, core.now())

@@ -79,9 +79,17 @@ class Watching:
             self._waits -= 1
 
     def hub_changed(self) -> None:
-        """Someone began (or stopped) listening to this process's events."""
+        """Someone began listening to this process's events: announce it now.
+
+        Outside the event loop (a subscription made before it runs), the keeper's next
+        pass announces it.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
         if self.wanted and (self._announcing is None or self._announcing.done()):
-            self._announcing = asyncio.get_running_loop().create_task(self.ensure())
+            self._announcing = loop.create_task(self.ensure())
 
     async def ensure(self) -> None:
         """Announce this process's watch unless a recent announcement still holds.
