@@ -12,12 +12,16 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+import keyflow
+from keyflow.shared.backend import SharedPostgreSQLBackend
+from keyflow.shared.coordinator import SharedCoordinator
 
 POSTGRES = os.environ.get("KEYFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 """The server the PostgreSQL tests use."""
@@ -120,3 +124,17 @@ def drop_schemas(*names: str) -> None:
             await conn.close()
 
     run_aside(drop)
+
+
+def shared_schema(directory: Path) -> Iterator[str]:
+    """A fresh schema of ``directory`` in shared mode, short leases (2 s), dropped after:
+    the body of a ``url`` fixture."""
+    yield postgres_url(directory) + "&lease=2"
+    drop_schemas(schema_for(directory))
+
+
+def coordinator_of(kf: keyflow.Keyflow) -> SharedCoordinator:
+    """The shared coordinator of a scheduler on shared PostgreSQL storage."""
+    backend = kf._backend
+    assert isinstance(backend, SharedPostgreSQLBackend)
+    return backend.coordinator

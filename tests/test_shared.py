@@ -19,7 +19,7 @@ from keyflow import Coalesce, Disposition, RunStatus
 from keyflow.events import RunChanged
 from keyflow.shared.backend import SharedPostgreSQLBackend
 
-from .pg import drop_schemas, postgres_url, schema_for
+from .pg import shared_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
     """A fresh schema in shared mode, short leases."""
-    found = postgres_url(tmp_path) + "&lease=2"
-    yield found
-    drop_schemas(schema_for(tmp_path))
+    yield from shared_schema(tmp_path)
 
 
 class Gate:

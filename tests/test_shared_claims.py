@@ -16,10 +16,8 @@ import keyflow
 from keyflow import RunStatus, StorageError
 from keyflow.records import RunRecord
 from keyflow.shared import sql
-from keyflow.shared.backend import SharedPostgreSQLBackend
-from keyflow.shared.coordinator import SharedCoordinator
 
-from .pg import drop_schemas, postgres_url, schema_for
+from .pg import coordinator_of, shared_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,15 +25,10 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
     """A fresh schema in shared mode, short leases (a sweep for orphans each second)."""
-    found = postgres_url(tmp_path) + "&lease=2"
-    yield found
-    drop_schemas(schema_for(tmp_path))
+    yield from shared_schema(tmp_path)
 
 
-def _coordinator(kf: keyflow.Keyflow) -> SharedCoordinator:
-    backend = kf._backend
-    assert isinstance(backend, SharedPostgreSQLBackend)
-    return backend.coordinator
+_coordinator = coordinator_of
 
 
 async def test_a_start_whose_reply_was_lost_is_given_back_and_runs_as_the_same_attempt(

@@ -14,11 +14,9 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.events import RunChanged
-from keyflow.shared.backend import SharedPostgreSQLBackend
-from keyflow.shared.coordinator import SharedCoordinator
 from keyflow.shared.database import Notice
 
-from .pg import drop_schemas, postgres_url, schema_for
+from .pg import coordinator_of, shared_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,15 +24,10 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
     """A fresh schema in shared mode, short leases."""
-    found = postgres_url(tmp_path) + "&lease=2"
-    yield found
-    drop_schemas(schema_for(tmp_path))
+    yield from shared_schema(tmp_path)
 
 
-def _coordinator(kf: keyflow.Keyflow) -> SharedCoordinator:
-    backend = kf._backend
-    assert isinstance(backend, SharedPostgreSQLBackend)
-    return backend.coordinator
+_coordinator = coordinator_of
 
 
 class Trio:
