@@ -282,3 +282,29 @@ async def test_a_log_line_at_a_handlers_first_line_is_stored_while_it_runs(url: 
             assert [entry.message for entry in run.logs] == ["start"]  # not only at the end
             release.set()
             assert (await producer.wait(result.run_id, timeout=60)).logs
+
+
+def test_a_copy_of_a_run_record_holds_every_field() -> None:
+    record = RunRecord("r1", "j", "k", RunStatus.RUNNING, {"n": 1}, 1.0, 2.0, 3)
+    values: dict[str, Any] = {
+        "attempt": 4,
+        "trigger_count": 5,
+        "started_at": 6.0,
+        "finished_at": 7.0,
+        "output": {"ok": True},
+        "error": "boom",
+        "interruptions": 8,
+        "crashes": 9,
+        "retries_used": 10,
+        "cancel_requested": True,
+        "stop_interrupted": True,
+        "starts": 11,
+        "unsettled": 12,
+    }
+    for name, value in values.items():
+        setattr(record, name, value)
+    twin = record.copy()
+    slots = {n for cls in type(record).__mro__ for n in getattr(cls, "__slots__", ())}
+    assert set(values) <= slots
+    for name in slots:
+        assert getattr(twin, name) == getattr(record, name), name

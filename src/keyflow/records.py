@@ -142,6 +142,47 @@ class RunRecord(RunState):
         self.unsettled = 0
         """Trigger changes to this run that are not durable yet; it may not run before."""
 
+    def copy(self) -> RunRecord:
+        """A copy of this run now, its lists too.
+
+        What a write decides on while the run itself goes on changing.
+        """
+        twin = RunRecord(
+            self.id,
+            self.job,
+            self.key,
+            self.status,
+            self.input,
+            self.created_at,
+            self.due_at,
+            self.max_attempts,
+            self.labels,
+            self.idempotency_key,
+            self.parent_run_id,
+            self.by_queue,
+            self.durable,
+        )
+        twin.attempt = self.attempt
+        twin.trigger_count = self.trigger_count
+        twin.started_at = self.started_at
+        twin.finished_at = self.finished_at
+        twin.output = self.output
+        twin.error = self.error
+        twin.errors = None if self.errors is None else list(self.errors)
+        twin.progress = self.progress
+        twin.logs = None if self.logs is None else deque(self.logs, self.logs.maxlen)
+        twin.coalesced = (
+            None if self.coalesced is None else deque(self.coalesced, self.coalesced.maxlen)
+        )
+        twin.interruptions = self.interruptions
+        twin.crashes = self.crashes
+        twin.retries_used = self.retries_used
+        twin.cancel_requested = self.cancel_requested
+        twin.stop_interrupted = self.stop_interrupted
+        twin.starts = self.starts
+        twin.unsettled = self.unsettled
+        return twin
+
     def begin_attempt(self, now: float) -> None:
         """A worker starts an attempt at ``now`` (the same one again after a stop).
 

@@ -13,7 +13,6 @@ counted as a crash (a poison pill fails after :data:`~keyflow.recovery.MAX_CRASH
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -102,7 +101,7 @@ class Leasing(Claiming):
                     continue  # and wrote (a log line or progress since is written)
             # As it is now: what a handler changes during the awaits below goes in the
             # next batch (a status and its lease's fate must agree).
-            runs[run_id] = copy.copy(record)
+            runs[run_id] = record.copy()
             live[run_id] = record
         if not runs:
             return []
