@@ -17,7 +17,7 @@ import pytest
 import keyflow
 from keyflow import Coalesce, Disposition, RunStatus
 from keyflow.events import RunChanged
-from keyflow.shared.backend import SharedPostgreSQLBackend
+from keyflow.shared.backend import PRUNE_GRACE, SharedPostgreSQLBackend
 
 from .pg import shared_schema
 
@@ -295,7 +295,10 @@ async def test_finished_runs_beyond_retention_are_pruned(url: str) -> None:
         await kf.run_until_idle(timeout=30)
         backend = kf._backend
         assert isinstance(backend, SharedPostgreSQLBackend)
-        await backend.prune()  # what the keeper does every few seconds
+        now = kf.clock.now()
+        await backend.prune(now)  # what the keeper does: runs just finished stay a while
+        assert await kf.count_runs() == 12
+        await backend.prune(now + PRUNE_GRACE + 1)  # a minute later
         assert await kf.count_runs() == 5
 
 

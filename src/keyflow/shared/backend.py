@@ -22,6 +22,9 @@ from ..storage_backends.sql_runs import driver_reason, prune_finished
 from .coordinator import SharedCoordinator
 from .deciding import LimitOf
 
+PRUNE_GRACE = 60.0
+"""Seconds a finished run stays whatever ``retention`` says (other processes' waits)."""
+
 
 class SharedPostgreSQLBackend(PostgreSQLBackend):
     """PostgreSQL shared by many processes (see the module)."""
@@ -112,8 +115,11 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
             await conn.commit()
         return StoredState(unfinished=[], paused=paused)
 
-    async def prune(self) -> None:
+    async def prune(self, now: float) -> None:
         """Delete the oldest finished runs beyond ``retention`` (one process at a time).
+
+        A run finished less than :data:`PRUNE_GRACE` seconds before ``now`` stays: other
+        processes may be about to read it (a ``wait`` for it, say).
 
         Raises:
             StorageError: the database failed; nothing was deleted.
@@ -129,6 +135,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
                         self.retention + self._prune_slack + 1,
                         self.retention,
                         self._prune_slack,
+                        now - PRUNE_GRACE,
                     )
         except FAILURES as exc:
             raise StorageError(f"pruning {self.place} failed: {driver_reason(exc)}") from exc

@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from ..errors import StorageError
-from ..records import RunRecord
+from ..records import Coalescence, RunRecord
 from ..runs import RunStatus
 
 if TYPE_CHECKING:
@@ -58,6 +58,23 @@ class EventRelay:
         self._pending.update(run_ids)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._relay())
+
+    async def tell_joins(self, joins: Mapping[str, Coalescence]) -> None:
+        """Tell this process's subscribers of its triggers that joined runs elsewhere.
+
+        The relay then counts those joins as seen. A read that fails is logged: the
+        triggers stand, only their events are lost.
+        """
+        try:
+            rows = await self._coordinator.fetch(READ_RUNS, list(joins))
+        except StorageError as exc:
+            logger.warning("reading runs this process's triggers joined failed: %s", exc)
+            return
+        for (data,) in rows:
+            record = self._coordinator.decode(data)
+            self._hub.trigger_coalesced(record, joins[record.id])
+            if not record.status.is_terminal:
+                self._seen[record.id] = (record.status, record.trigger_count)
 
     def catch_up(self) -> None:
         """Notices may have been missed: read again every run seen unfinished."""

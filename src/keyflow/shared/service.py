@@ -35,6 +35,7 @@ from .watching import Watching
 
 if TYPE_CHECKING:
     from ..core import Core
+    from ..records import Coalescence
     from ..triggers import PreparedTrigger
     from .coordinator import SharedCoordinator
 
@@ -66,7 +67,7 @@ class SharedService:
         core: Core,
         jobs: Collection[str],
         workers: int,
-        prune: Callable[[], Awaitable[None]] | None = None,
+        prune: Callable[[float], Awaitable[None]] | None = None,
         executing: Callable[[], int] | None = None,
     ) -> None:
         self.coordinator = coordinator
@@ -125,6 +126,7 @@ class SharedService:
         if wait:
             txn.waiters = [None] * len(results)  # waits read the database
         counters = core.counters
+        elsewhere: dict[str, Coalescence] = {}
         for trig, result in zip(prepared, results, strict=True):
             disposition = result.disposition
             if disposition is Disposition.CREATED:
@@ -134,15 +136,20 @@ class SharedService:
             elif disposition is Disposition.COALESCED:
                 counters.coalesced += 1
                 record = core.records.get(result.run_id)
-                if record is not None:  # it joined a run executing here: tell it here
+                entry = (core.now(), trig.input, trig.parent_run_id)
+                if record is None:
+                    if core.hub.active:  # a run not here: this process's join, told here
+                        elsewhere[result.run_id] = entry
+                else:  # it joined a run executing here: tell it here
                     record.trigger_count += 1  # the worker's writes keep the larger count
                     if core.hub.active:
-                        entry = (core.now(), trig.input, trig.parent_run_id)
                         core.hub.trigger_coalesced(record, entry)
             else:
                 counters.idempotent += 1
         self._wanted = True
         self._work.set()  # our own notice comes too; a claim now is sooner
+        if elsewhere:
+            await self._relay.tell_joins(elsewhere)
         return txn
 
     # -- lifecycle -------------------------------------------------------------------
@@ -375,7 +382,7 @@ class SharedService:
                     await self._watching.refresh()
                     next_reclaim = loop.time() + reclaim_every
                 if self._prune is not None and loop.time() >= next_prune:
-                    await self._prune()  # retention: one process at a time does it
+                    await self._prune(core.now())  # retention: one process at a time
                     next_prune = loop.time() + PRUNE_SECONDS
                 await coordinator.sweep_due(self.limit_of, core.now())
                 due = await coordinator.next_due()

@@ -286,9 +286,17 @@ async def count_finished(conn: AsyncConnection, tables: RunTables) -> int:
 
 
 async def prune_finished(
-    conn: AsyncConnection, tables: RunTables, finished: int, retention: int, slack: int
+    conn: AsyncConnection,
+    tables: RunTables,
+    finished: int,
+    retention: int,
+    slack: int,
+    before: float | None = None,
 ) -> int:
     """Delete the oldest finished runs beyond ``retention`` (with their keys and labels).
+
+    With ``before``, only runs finished before it go (runs just finished stay a while
+    for the waits of other processes to read).
 
     ``finished`` is an estimate of the finished runs stored: they are counted exactly
     only when it is past ``retention + slack``, so that a commit costs O(1). Returns the
@@ -303,7 +311,11 @@ async def prune_finished(
     runs = tables.runs
     oldest = (
         select(runs.c.id)
-        .where(runs.c.status.in_(TERMINAL), runs.c.finished_at.is_not(None))
+        .where(
+            runs.c.status.in_(TERMINAL),
+            runs.c.finished_at.is_not(None),
+            runs.c.finished_at < (float("inf") if before is None else before),
+        )
         .order_by(runs.c.finished_at, tables.order)
         .limit(excess)
         .scalar_subquery()
