@@ -28,9 +28,6 @@ def url(tmp_path: Path) -> Iterator[str]:
     yield from shared_schema(tmp_path)
 
 
-_coordinator = coordinator_of
-
-
 async def test_a_start_whose_reply_was_lost_is_given_back_and_runs_as_the_same_attempt(
     url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -44,7 +41,7 @@ async def test_a_start_whose_reply_was_lost_is_given_back_and_runs_as_the_same_a
 
         producer.job("once")(once.handler)  # the same job everywhere
 
-        coordinator = _coordinator(worker)
+        coordinator = coordinator_of(worker)
         fetch = coordinator.fetch
         lost = False
 
@@ -79,9 +76,9 @@ async def test_a_pending_lease_nobody_knows_of_is_given_back(url: str) -> None:
         producer.job("once")(once.handler)  # the same job everywhere
 
         result = await producer.trigger("once")
-        owner = _coordinator(worker).owner
+        owner = coordinator_of(worker).owner
         # Leased to the worker behind its back (its claim's reply lost), for an hour.
-        await _coordinator(producer).execute(
+        await coordinator_of(producer).execute(
             "UPDATE keyflow_runs SET lease_owner = $1, generation = generation + 1, "
             "lease_until = clock_timestamp() + interval '1 hour' WHERE id = $2",
             owner,
@@ -115,7 +112,7 @@ async def test_a_claim_runs_the_oldest_first_and_each_run_once(url: str) -> None
 
 async def _json_set(kf: keyflow.Keyflow, run_id: str, path: str, value: str) -> None:
     """Change one field of a run's stored JSON, behind keyflow's back."""
-    await _coordinator(kf).execute(
+    await coordinator_of(kf).execute(
         "UPDATE keyflow_runs SET data = jsonb_set(data::jsonb, $2::text[], $3::jsonb)::text "
         "WHERE id = $1",
         run_id,
@@ -126,7 +123,7 @@ async def _json_set(kf: keyflow.Keyflow, run_id: str, path: str, value: str) -> 
 
 async def _rewrite(kf: keyflow.Keyflow, run_id: str, **fields: Any) -> None:
     """Change fields of a stored run, behind keyflow's back, stored as keyflow stores it."""
-    coordinator = _coordinator(kf)
+    coordinator = coordinator_of(kf)
     data = await coordinator.fetchval("SELECT data FROM keyflow_runs WHERE id = $1", run_id)
     record = coordinator.decode(data)
     for name, value in fields.items():
@@ -153,7 +150,7 @@ async def test_the_claim_starts_a_run_as_begin_attempt_does(url: str) -> None:
         # A run a stop cut short (the same attempt again, one more start), and a retry.
         await _rewrite(kf, again.run_id, stop_interrupted=True, attempt=1, starts=1)
         await _rewrite(kf, retried.run_id, attempt=2, starts=3)
-        coordinator = _coordinator(kf)
+        coordinator = coordinator_of(kf)
         at = 1234.5678901234567
         before = await coordinator.claim(["j"], 10, lambda: at, lambda k: 1)
         assert [r.id for r in before] == [r.run_id for r in (*made, again, retried)]
@@ -178,7 +175,7 @@ async def test_a_run_stored_in_another_layout_is_started_all_the_same(url: str) 
         result = await kf.trigger("j", {"b": 1, "a": 2})
         # Rewritten by jsonb (another key order, as an older keyflow stored runs).
         await _json_set(kf, result.run_id, "attempt", "0")
-        coordinator = _coordinator(kf)
+        coordinator = coordinator_of(kf)
         taken = await coordinator.claim(["j"], 10, lambda: 7.0, lambda k: 1)
         assert [r.id for r in taken] == [result.run_id]  # started by this very claim
         run = await kf.get_run(result.run_id)
@@ -202,7 +199,7 @@ async def test_a_crash_suspect_beyond_its_share_is_given_back_unstarted(url: str
         kf.job("j")(_noop)
         suspect = await kf.trigger("j")
         await _rewrite(kf, suspect.run_id, crashes=1)
-        coordinator = _coordinator(kf)
+        coordinator = coordinator_of(kf)
         assert await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0) == []
         assert coordinator.leases == {}
         run = await kf.get_run(suspect.run_id)
@@ -242,7 +239,7 @@ async def test_a_give_back_that_fails_leaves_the_run_to_the_orphan_sweep(
         normal = await kf.trigger("j")
         suspect = await kf.trigger("j")
         await _rewrite(kf, suspect.run_id, crashes=1)
-        coordinator = _coordinator(kf)
+        coordinator = coordinator_of(kf)
 
         async def cut(*args: object) -> None:
             raise StorageError("connection lost")

@@ -27,9 +27,6 @@ def url(tmp_path: Path) -> Iterator[str]:
     yield from shared_schema(tmp_path)
 
 
-_coordinator = coordinator_of
-
-
 class Trio:
     """A worker, a producer and an observer on one schema, and what the observer hears."""
 
@@ -43,7 +40,7 @@ class Trio:
         self.expected = 0
         for kf in (self.worker, self.producer, self.observer):
             kf.job("work")(self._work)
-        _coordinator(self.observer).on_notice.append(self.heard.append)
+        coordinator_of(self.observer).on_notice.append(self.heard.append)
 
     async def _work(self, ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
         self.ended += 1
@@ -56,7 +53,7 @@ class Trio:
             service = kf._shared
             assert service is not None
             await service._watching.refresh()
-            assert _coordinator(kf).watched is False
+            assert coordinator_of(kf).watched is False
 
     def named(self) -> set[str]:
         """Runs the observer's notices named as changed."""
@@ -101,7 +98,7 @@ async def test_a_subscriber_in_any_process_hears_runs_executed_elsewhere(trio: T
                     break
     assert RunStatus.RUNNING in seen  # its start, in the worker, was told
     assert seen[-1] is RunStatus.COMPLETED
-    assert _coordinator(trio.worker).watched is True
+    assert coordinator_of(trio.worker).watched is True
 
 
 async def test_a_wait_for_a_run_executed_elsewhere_announces_a_watch(trio: Trio) -> None:
@@ -118,10 +115,10 @@ async def test_a_wait_for_a_run_executed_elsewhere_announces_a_watch(trio: Trio)
     result = await trio.producer.trigger("slow")
     await started.wait()
     told = asyncio.Event()
-    _coordinator(trio.worker).on_notice.append(lambda n: told.set() if n.watch else None)
+    coordinator_of(trio.worker).on_notice.append(lambda n: told.set() if n.watch else None)
     waiting = asyncio.ensure_future(trio.producer.wait(result.run_id, timeout=60))
     await told.wait()  # the producer's watch reached the worker
-    assert _coordinator(trio.worker).watched
+    assert coordinator_of(trio.worker).watched
     release.set()
     run = await waiting
     assert run.status is RunStatus.COMPLETED
@@ -130,7 +127,7 @@ async def test_a_wait_for_a_run_executed_elsewhere_announces_a_watch(trio: Trio)
 
 async def test_a_notice_names_changed_runs_only_while_someone_watches(url: str) -> None:
     async with keyflow.Keyflow(url, workers=0) as kf:
-        coordinator = _coordinator(kf)
+        coordinator = coordinator_of(kf)
         notice = Notice(work=True, changed=["r1"])
         coordinator.watched = False
         assert coordinator.payload(Notice(changed=["r1"])) is None
@@ -151,7 +148,7 @@ async def test_events_catch_up_on_ends_missed_while_the_listener_was_cut_off(tri
         await release.wait()
 
     trio.observer.job("slow")(slow.handler)
-    observer = _coordinator(trio.observer)
+    observer = coordinator_of(trio.observer)
     cut_off = asyncio.Event()
     observer.on_notice.append(lambda n: cut_off.set() if n.missed else None)
     async with trio.observer.events() as events:

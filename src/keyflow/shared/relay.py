@@ -73,8 +73,7 @@ class EventRelay:
         for (data,) in rows:
             record = self._coordinator.decode(data)
             self._hub.trigger_coalesced(record, joins[record.id])
-            if not record.status.is_terminal:
-                self._seen[record.id] = (record.status, record.trigger_count)
+            self._saw(record)
 
     def catch_up(self) -> None:
         """Notices may have been missed: read again every run seen unfinished."""
@@ -112,6 +111,10 @@ class EventRelay:
             hub.trigger_coalesced(record, record.coalesced[-1])
         if record.status is not previous:
             hub.run_changed(record, previous, self._now())
+        self._saw(record)
+
+    def _saw(self, record: RunRecord) -> None:
+        """Remember ``record`` as published (an unfinished one: its status and joins)."""
         if not record.status.is_terminal:
             self._seen[record.id] = (record.status, record.trigger_count)
             while len(self._seen) > SEEN_KEPT:

@@ -90,7 +90,7 @@ class SharedService:
         self._relay = EventRelay(coordinator, core.hub, self._is_local, core.now)
         self._watching = Watching(coordinator, core.hub)
         core.hub.on_active = self._watching.hub_changed
-        coordinator.watching = self._watching.wanted_now
+        coordinator.watching = self._watching.wanted
         self._pause_refresh: asyncio.Task[None] | None = None
         coordinator.on_notice.append(self._heard)
         coordinator.on_lost.append(self._lost)
@@ -177,7 +177,7 @@ class SharedService:
         hub = self._core.hub
         if hub.on_active == self._watching.hub_changed:
             hub.on_active = None
-        if self.coordinator.watching == self._watching.wanted_now:
+        if self.coordinator.watching == self._watching.wanted:
             self.coordinator.watching = nobody
 
     async def stop(self) -> None:

@@ -59,13 +59,8 @@ class Watching:
         before its expiry in the database)."""
         self._announcing: asyncio.Task[None] | None = None
 
-    @property
     def wanted(self) -> bool:
-        """This process listens for changes now."""
-        return self.wanted_now()
-
-    def wanted_now(self) -> bool:
-        """:attr:`wanted`, as a callable (the coordinator's ``watching``)."""
+        """This process listens for changes now (also the coordinator's ``watching``)."""
         return self._waits > 0 or self._hub.active
 
     @contextlib.asynccontextmanager
@@ -88,7 +83,7 @@ class Watching:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self.wanted and (self._announcing is None or self._announcing.done()):
+        if self.wanted() and (self._announcing is None or self._announcing.done()):
             self._announcing = loop.create_task(self.ensure())
 
     async def ensure(self) -> None:
@@ -97,7 +92,7 @@ class Watching:
         A failure is logged: waits still poll, and the heartbeat tries again.
         """
         loop = asyncio.get_running_loop()
-        if not self.wanted or loop.time() < self._until:
+        if not self.wanted() or loop.time() < self._until:
             return
         coordinator = self._coordinator
         ttl = coordinator.lease_seconds
@@ -112,7 +107,7 @@ class Watching:
 
     async def renew(self) -> None:
         """The heartbeat: keep announcing while this process watches."""
-        if self.wanted:
+        if self.wanted():
             self._until = 0.0
             await self.ensure()
 
@@ -123,7 +118,7 @@ class Watching:
             StorageError: the database failed (the flag is left as it was).
         """
         coordinator = self._coordinator
-        coordinator.watched = bool(await coordinator.fetchval(WATCHED)) or self.wanted
+        coordinator.watched = bool(await coordinator.fetchval(WATCHED)) or self.wanted()
 
     async def close(self) -> None:
         """Watch no more (quietly: a row left behind expires)."""
