@@ -202,6 +202,19 @@ async def test_events_tell_a_trigger_only_scheduler_of_runs_executed_elsewhere(
     assert seen[-1] is RunStatus.COMPLETED
 
 
+async def test_a_run_made_here_is_told_here_at_once(pair: Any) -> None:
+    """The creation is this process's news: told before the trigger returns, not after
+    a read of the notice (by which time a worker elsewhere may have started the run)."""
+    _a, b, gate = pair
+    async with b.events() as events:
+        result = await b.trigger("work", {"key": "k"})
+        first = events.get_nowait()
+        assert isinstance(first, RunChanged)
+        assert (first.run.id, first.previous) == (result.run_id, None)
+        assert first.run.status in (RunStatus.QUEUED, RunStatus.PENDING)
+    gate.open.set()
+
+
 async def test_a_trigger_only_scheduler_runs_nothing_and_waits_for_others(url: str) -> None:
     async with keyflow.Keyflow(url, workers=0) as alone:
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import asyncpg
 
@@ -29,6 +30,15 @@ logger = logging.getLogger("keyflow.shared")
 LimitOf = Callable[[str], int]
 """A key's lane limit."""
 
+
+class Decided(NamedTuple):
+    """What :meth:`Deciding.trigger` stored."""
+
+    results: list[TriggerResult]
+    """One result per trigger, in order."""
+    created: list[RunRecord]
+    """The runs the triggers made, as committed (their creation is this process's news)."""
+
 DUE_BATCH = 200
 """Scheduled runs made due per transaction."""
 
@@ -42,7 +52,7 @@ class Deciding(SharedDatabase):
         limit_of: LimitOf,
         new_id: Callable[[], str],
         now: Callable[[], float],
-    ) -> list[TriggerResult]:
+    ) -> Decided:
         """Decide ``prepared`` in one transaction: all are stored, or none.
 
         Raises:
@@ -55,7 +65,7 @@ class Deciding(SharedDatabase):
         if len(prepared) == 1:
             trig = prepared[0]
             if trig.key is None and trig.idempotency_key is None and not trig.labels:
-                return [await self._trigger_alone(trig, new_id, now())]
+                return await self._trigger_alone(trig, new_id, now())
         for attempt in range(TRIES):
             try:
                 return await self._trigger(prepared, limit_of, new_id, now)
@@ -70,7 +80,7 @@ class Deciding(SharedDatabase):
         limit_of: LimitOf,
         new_id: Callable[[], str],
         clock: Callable[[], float],
-    ) -> list[TriggerResult]:
+    ) -> Decided:
         keys = {t.key for t in prepared if t.key is not None}
         idem = sorted({(t.job.name, t.idempotency_key) for t in prepared if t.idempotency_key})
         notice = Notice()
@@ -131,11 +141,11 @@ class Deciding(SharedDatabase):
             await self.write_runs(
                 conn, new, [r for r in changed.values() if r.id not in created_ids], notice
             )
-        return results
+        return Decided(results, new)
 
     async def _trigger_alone(
         self, trig: PreparedTrigger, new_id: Callable[[], str], now: float
-    ) -> TriggerResult:
+    ) -> Decided:
         """Store a trigger without key, idempotency key or labels in one statement.
 
         There is nothing to lock or look up (it always makes a run): one statement,
@@ -152,7 +162,7 @@ class Deciding(SharedDatabase):
             self.channel,
             self.payload(notice) or "{}",
         )
-        return decision.result
+        return Decided([decision.result], [created])
 
     async def cancel_run(self, run_id: str, limit_of: LimitOf, now: float) -> str | None:
         """Cancel a run this process does not execute.

@@ -59,6 +59,15 @@ class EventRelay:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._relay())
 
+    def tell_created(self, records: Iterable[RunRecord]) -> None:
+        """Tell this process's subscribers of the runs its triggers just made."""
+        now = self._now()
+        for record in records:
+            if self._is_local(record.id) or record.id in self._seen:
+                continue  # already told (this process claimed it first)
+            self._hub.run_changed(record, None, now)
+            self._saw(record)
+
     async def tell_joins(self, joins: Mapping[str, Coalescence]) -> None:
         """Tell this process's subscribers of its triggers that joined runs elsewhere.
 

@@ -120,7 +120,13 @@ class SharedService:
         core = self._core
         # A lane_limit function that fails refuses the trigger (ConfigurationError), as in
         # a single process; only the later writes (ends, reclaims) fall back to one.
-        results = await self.coordinator.trigger(prepared, core.limit_of, core.ids.next, core.now)
+        results, created = await self.coordinator.trigger(
+            prepared, core.limit_of, core.ids.next, core.now
+        )
+        if created and core.hub.active:
+            # Told here, at once: the notice's read could come after a worker elsewhere
+            # started the run, and a subscriber would never see it made.
+            self._relay.tell_created(created)
         txn = Txn(wait=wait)
         txn.results.extend(results)
         if wait:
