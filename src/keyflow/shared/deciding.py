@@ -39,6 +39,7 @@ class Decided(NamedTuple):
     created: list[RunRecord]
     """The runs the triggers made, as committed (their creation is this process's news)."""
 
+
 DUE_BATCH = 200
 """Scheduled runs made due per transaction."""
 
