@@ -17,7 +17,6 @@ same attempt, and the checks above span both schedulers' handlers and events.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -580,10 +578,5 @@ TestGuaranteesJSONFile = JSONFileMachine.TestCase
 TestGuaranteesJSONFile.settings = FILE_SETTINGS
 TestGuaranteesPostgreSQL = PostgreSQLMachine.TestCase
 TestGuaranteesPostgreSQL.settings = settings(FILE_SETTINGS, max_examples=20)  # a server hop a write
-TestGuaranteesPostgreSQLShared = pytest.mark.skipif(
-    os.environ.get("KEYFLOW_SHARED_MACHINE") != "1",
-    reason="known failures on shared storage, being fixed (issue 14's note): lane order "
-    "after delayed triggers and restarts, a retry's run missing from list_lanes after a "
-    "'cancel' trigger; run with KEYFLOW_SHARED_MACHINE=1",
-)(SharedPostgreSQLMachine.TestCase)
+TestGuaranteesPostgreSQLShared = SharedPostgreSQLMachine.TestCase
 TestGuaranteesPostgreSQLShared.settings = TestGuaranteesPostgreSQL.settings

@@ -211,13 +211,16 @@ async def test_a_version_2_schema_is_migrated_to_fewer_index_entries(
         await conn.execute("DROP INDEX keyflow_runs_finished")
         await conn.execute("DROP TABLE keyflow_watchers")
         await conn.execute("CREATE INDEX keyflow_runs_finished ON keyflow_runs (finished_at)")
+        await conn.execute("ALTER TABLE keyflow_runs DROP COLUMN entered")
+        await conn.execute("DROP SEQUENCE keyflow_entered")
         await conn.execute("UPDATE keyflow_schema SET version = 2")
     async with opened(url, retention=1) as backend:
         assert {r.id for r in await backend.list_runs(RunQuery())} == {"run-0001", "run-0002"}
         await backend.write(WriteBatch([finish(record(3))]))  # prunes the oldest finished
         assert {r.id for r in await backend.list_runs(RunQuery())} == {"run-0002", "run-0003"}
     async with sql() as conn:
-        assert await conn.fetchval(f'SELECT version FROM "{name}".keyflow_schema') == 3
+        version = await conn.fetchval(f'SELECT version FROM "{name}".keyflow_schema')
+        assert version == schema.SCHEMA_VERSION
         indexes = {
             row[0]: row[1]
             for row in await conn.fetch(
@@ -227,6 +230,33 @@ async def test_a_version_2_schema_is_migrated_to_fewer_index_entries(
     assert "keyflow_runs_seq_key" not in indexes
     assert "WHERE (finished_at IS NOT NULL)" in indexes["keyflow_runs_finished"]
     assert "keyflow_watchers_pkey" in indexes
+
+
+async def test_a_version_3_schema_keeps_its_queues_order_when_migrated(
+    url: str, tmp_path: Path
+) -> None:
+    late = record(1)
+    late.due_at = T0 + 10  # became due after the two made next: it waits behind them
+    async with opened(url) as backend:
+        await backend.write(WriteBatch([late, record(2), record(3), finish(record(5))]))
+    name = schema_for(tmp_path)
+    async with sql() as conn:  # back to version 3's shape
+        await conn.execute(f'SET search_path TO "{name}"')
+        await conn.execute("ALTER TABLE keyflow_runs DROP COLUMN entered")
+        await conn.execute("DROP SEQUENCE keyflow_entered")
+        await conn.execute("UPDATE keyflow_schema SET version = 3")
+    async with opened(url) as backend:
+        await backend.write(WriteBatch([record(4)]))  # made after the migration
+    async with sql() as conn:
+        await conn.execute(f'SET search_path TO "{name}"')
+        assert await conn.fetchval("SELECT version FROM keyflow_schema") == 4
+        order = [
+            row[0]
+            for row in await conn.fetch(
+                "SELECT id FROM keyflow_runs WHERE status = 'queued' ORDER BY entered"
+            )
+        ]
+    assert order == ["run-0002", "run-0003", "run-0001", "run-0004"]
 
 
 async def test_a_schema_shared_with_other_tables_is_fine(url: str, tmp_path: Path) -> None:

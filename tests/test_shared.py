@@ -465,3 +465,44 @@ async def test_a_stop_keeps_the_lease_of_a_handler_that_ignores_it_until_it_ends
         run = await b.wait(result.run_id, timeout=30)
     assert run.status is RunStatus.COMPLETED
     assert story[:3] == ["a starts", "a ends", "b starts"]
+
+
+async def test_a_cancel_trigger_from_elsewhere_ends_a_run_in_its_retry_backoff(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backoff keeps the run's lease; a ``"cancel"`` trigger in another process
+    cancels the run at once and takes the lease back: the leasing process drops it
+    quietly (no false "lost its lease"), and it never runs again."""
+    attempts: list[str] = []
+    failed = asyncio.Event()
+    backoff = RunStatus.SCHEDULED  # a retry waits
+    async with (
+        keyflow.Keyflow(url, workers=2) as a,
+        keyflow.Keyflow(url, workers=0) as b,
+    ):
+        for kf in (a, b):
+
+            @kf.job("flaky", concurrency_key="k", retries=3, backoff=30.0)
+            async def flaky(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
+                attempts.append(ctx.run_id)
+                if input.get("fail"):
+                    failed.set()
+                    raise RuntimeError("first attempt fails")
+
+        async with b.events() as events:
+            first = await b.trigger("flaky", {"fail": True})
+            async for event in events:  # told from the database: the backoff is stored
+                run = event.run if isinstance(event, RunChanged) else None
+                if run is not None and (run.id, run.status) == (first.run_id, backoff):
+                    break
+        assert failed.is_set()
+        second = await b.trigger("flaky", {}, coalesce=Coalesce("cancel"))
+        assert second.disposition is Disposition.CREATED  # the backoff's slot is free
+        assert (await b.wait(second.run_id, timeout=30)).status is RunStatus.COMPLETED
+        cancelled = await a.wait(first.run_id, timeout=30)
+        assert cancelled.status is RunStatus.CANCELLED
+        stored = await a.get_run(first.run_id)
+        assert stored is not None
+        assert stored.status is RunStatus.CANCELLED
+    assert attempts == [first.run_id, second.run_id]
+    assert "lost its lease" not in caplog.text

@@ -156,7 +156,7 @@ class Claiming(Deciding):
         """
         keys = {record.key for record in back.values() if record.key is not None}
         notice = Notice()
-        async with self.transaction("giving back claimed runs") as conn:
+        async with self.transaction("giving back claimed runs", notice) as conn:
             await self.lock_lanes(conn, keys)
             for run_id, data, generation, owner, _key in await conn.fetch(
                 sql.RUNS_BY_ID, list(back)
@@ -216,7 +216,7 @@ class Claiming(Deciding):
         keys = {key for _id, key in orphans if key is not None}
         notice = Notice(work=True)
         given: list[str] = []
-        async with self.transaction("giving back runs") as conn:
+        async with self.transaction("giving back runs", notice) as conn:
             await self.lock_lanes(conn, keys)
             for run_id, data, generation, owner, _key in await conn.fetch(
                 sql.RUNS_BY_ID, [run_id for run_id, _key in orphans]

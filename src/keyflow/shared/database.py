@@ -63,6 +63,9 @@ class Notice:
     missed: bool = False
     """Notices may have been missed (the listener was cut off): look at everything
     again (never sent: this process's own conclusion)."""
+    runs: list[RunRecord] = field(default_factory=list)
+    """The changed runs themselves, as this process decided them (never sent: told to
+    this process's own subscribers when the transaction commits)."""
 
     def __bool__(self) -> bool:
         return (
@@ -119,12 +122,21 @@ class Notice:
 class Leased:
     """A run read under lock, with its lease (``owner`` None: nobody leases it)."""
 
-    __slots__ = ("generation", "owner", "record")
+    __slots__ = ("entered", "generation", "owner", "record")
 
-    def __init__(self, record: RunRecord, generation: int, owner: str | None) -> None:
+    def __init__(
+        self, record: RunRecord, generation: int, owner: str | None, entered: int = 0
+    ) -> None:
         self.record = record
         self.generation = generation
         self.owner = owner
+        self.entered = entered
+        """When the run entered its lane's queue (the database's ``entered``)."""
+
+
+def entered_order(lanes: Iterable[list[Leased]]) -> dict[str, int]:
+    """The order in which these runs entered their lanes' queues, by run id."""
+    return {leased.record.id: leased.entered for runs in lanes for leased in runs}
 
 
 class SharedDatabase:
@@ -153,6 +165,9 @@ class SharedDatabase:
         self._listener: asyncpg.Connection | None = None
         self.on_notice: list[Callable[[Notice], None]] = []
         """Called for every notice heard (from this process too)."""
+        self.on_decided: list[Callable[[list[RunRecord]], None]] = []
+        """Called with the runs a decision of this process changed, once it committed
+        (before the notice comes back: this process's subscribers hear it first)."""
         self.watched = True
         """Some process watches runs change: notices name the changed runs (see
         :mod:`keyflow.shared.watching`; until known, assume so)."""
@@ -241,8 +256,13 @@ class SharedDatabase:
                 pool.terminate()  # requests still in flight: cut them
 
     @contextlib.asynccontextmanager
-    async def transaction(self, what: str) -> AsyncIterator[asyncpg.Connection]:
-        """A connection in a transaction; driver errors become :class:`StorageError`."""
+    async def transaction(
+        self, what: str, notice: Notice | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction; driver errors become :class:`StorageError`.
+
+        Once it commits, the runs ``notice`` holds are told (:attr:`on_decided`).
+        """
         pool = self._open_pool()
         try:
             async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
@@ -251,6 +271,14 @@ class SharedDatabase:
             raise
         except FAILED as exc:
             raise StorageError(f"{what} in {self.place} failed: {driver_reason(exc)}") from exc
+        if notice is not None:
+            self.decided(notice)
+
+    def decided(self, notice: Notice) -> None:
+        """``notice``'s transaction committed: tell :attr:`on_decided` its runs."""
+        if notice.runs:
+            for callback in list(self.on_decided):
+                callback(notice.runs)
 
     def _open_pool(self) -> asyncpg.Pool:
         pool = self._pool
@@ -296,10 +324,10 @@ class SharedDatabase:
         found: dict[str, list[Leased]] = {key: [] for key in keys}
         if not found:
             return found
-        for data, generation, owner in await conn.fetch(sql.LANE_RUNS, list(found)):
+        for data, generation, owner, entered in await conn.fetch(sql.LANE_RUNS, list(found)):
             record = self.decode(data)
             if record.key is not None:
-                found.setdefault(record.key, []).append(Leased(record, generation, owner))
+                found.setdefault(record.key, []).append(Leased(record, generation, owner, entered))
         return found
 
     async def write_runs(
@@ -308,8 +336,12 @@ class SharedDatabase:
         new: Iterable[RunRecord] = (),
         changed: Iterable[RunRecord] = (),
         notice: Notice | None = None,
+        *,
+        released: Iterable[RunRecord] = (),
     ) -> None:
         """Insert the new runs (with their labels), update the changed ones, notify.
+
+        ``released`` are changed runs whose lease is taken back with the change.
 
         A single row's statement carries the ``NOTIFY`` too (one round trip less on
         the path of every trigger).
@@ -323,6 +355,7 @@ class SharedDatabase:
             for name, value in record.labels.items()
         ]
         payload = self.payload(notice)
+        await _each(conn, sql.RELEASE, [_params(record, update=True) for record in released])
         if len(inserts) == 1 and not updates and not labels and payload is not None:
             await conn.execute(sql.INSERT_RUN_NOTIFY, *inserts[0], self.channel, payload)
             return

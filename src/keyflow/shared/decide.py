@@ -9,7 +9,7 @@ caller writes back the runs each function reports changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from ..admission import join_run, new_record
@@ -29,21 +29,31 @@ from ..state import (
 )
 from ..triggers import PreparedTrigger
 
+Entered = Mapping[str, int]
+"""When runs entered their lanes' queues (the database's ``entered``), by run id."""
 
-def lane_from_runs(key: str, limit: int, runs: Iterable[RunRecord]) -> tuple[Lane, list[RunRecord]]:
+
+def lane_from_runs(
+    key: str, limit: int, runs: Iterable[RunRecord], entered: Entered | None = None
+) -> tuple[Lane, list[RunRecord]]:
     """The lane of ``key`` rebuilt from its unfinished runs, in creation order.
 
-    Queued runs wait in the order they became due (due time, then creation), as a
-    restart restores them. Returns the lane and the runs :meth:`Lane.enforce_limit`
-    requeued (a lane holding more slots than ``limit``: a lower limit in this process).
+    Queued runs wait in the order they entered the queue (``entered``: a run made queued
+    joins its back, and so does a delayed run when it becomes queued, whatever its
+    creation time; a run not in ``entered`` entered last). Without ``entered``: in the
+    order they became due (due time, then creation). Returns the lane and the runs
+    :meth:`Lane.enforce_limit` requeued (a lane holding more slots than ``limit``: a
+    lower limit in this process).
     """
     lane = Lane(key, limit)
     queued: list[tuple[float, int, RunRecord]] = []
+    last = float("inf")
     for index, run in enumerate(runs):
         lane.restore(run)
         if run.status is QUEUED:
-            queued.append((run.due_at, index, run))
-    for _due, _index, run in sorted(queued, key=lambda item: item[:2]):
+            order = run.due_at if entered is None else entered.get(run.id, last)
+            queued.append((order, index, run))
+    for _order, _index, run in sorted(queued, key=lambda item: item[:2]):
         lane.restore_waiting(run)
     requeued = [run for run in lane.enforce_limit() if isinstance(run, RunRecord)]
     return lane, requeued
@@ -67,6 +77,7 @@ def decide_trigger(
     limit: int,
     new_id: Callable[[], str],
     now: float,
+    entered: Entered | None = None,
 ) -> Decision:
     """Decide ``trig`` against its key's unfinished ``runs`` (creation order); apply it.
 
@@ -80,7 +91,7 @@ def decide_trigger(
     lane: Lane | None = None
     changed: list[RunRecord] = []
     if key is not None:
-        lane, requeued = lane_from_runs(key, limit, runs)
+        lane, requeued = lane_from_runs(key, limit, runs, entered)
         changed.extend(requeued)
     coalesce = trig.coalesce
     plan = plan_trigger(lane, job, coalesce)  # the one decision (state.py)
@@ -118,19 +129,25 @@ def decide_trigger(
     )
 
 
-def promote_after(key: str, limit: int, runs: list[RunRecord]) -> list[RunRecord]:
+def promote_after(
+    key: str, limit: int, runs: list[RunRecord], entered: Entered | None = None
+) -> list[RunRecord]:
     """A key's runs after some of them ended: the runs that take the slots freed.
 
     ``runs`` are the key's unfinished runs, in creation order, the ended ones left out.
     Returns every run to write (requeued over a lower limit, or promoted).
     """
-    lane, changed = lane_from_runs(key, limit, runs)
+    lane, changed = lane_from_runs(key, limit, runs, entered)
     _mark(changed, lane.promote())
     return changed
 
 
 def become_due(
-    key: str | None, limit: int, runs: list[RunRecord], due: RunRecord
+    key: str | None,
+    limit: int,
+    runs: list[RunRecord],
+    due: RunRecord,
+    entered: Entered | None = None,
 ) -> list[RunRecord]:
     """``due``, a scheduled run among ``runs``, reached its due time; return runs to write."""
     if key is None:
@@ -140,7 +157,7 @@ def become_due(
             due.apply(BECOME_DUE)
             due.apply(PROMOTE)  # a due run without a key never waits
         return [due]
-    lane, changed = lane_from_runs(key, limit, runs)
+    lane, changed = lane_from_runs(key, limit, runs, entered)
     if due.status is not SCHEDULED:
         return changed
     moved = lane.become_due(due)

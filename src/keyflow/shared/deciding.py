@@ -18,11 +18,11 @@ import asyncpg
 from ..errors import StorageError
 from ..records import RunRecord
 from ..runs import Disposition, TriggerResult
-from ..state import CANCEL, RUNNING, SCHEDULED
+from ..state import CANCEL, QUEUED, RUNNING, SCHEDULED
 from ..storage_backends.postgres_text import refuse_unstorable
 from ..triggers import PreparedTrigger
 from . import sql
-from .database import RETRIED, TRIES, Notice, SharedDatabase, insert_params
+from .database import RETRIED, TRIES, Notice, SharedDatabase, entered_order, insert_params
 from .decide import become_due, decide_trigger, lane_from_runs, promote_after
 
 logger = logging.getLogger("keyflow.shared")
@@ -36,8 +36,9 @@ class Decided(NamedTuple):
 
     results: list[TriggerResult]
     """One result per trigger, in order."""
-    created: list[RunRecord]
-    """The runs the triggers made, as committed (their creation is this process's news)."""
+    overruled: tuple[str, ...] = ()
+    """Leased runs the triggers cancelled (a retry's backoff): their leases were taken
+    back, and the processes that held them must drop them."""
 
 
 DUE_BATCH = 200
@@ -86,7 +87,7 @@ class Deciding(SharedDatabase):
         idem = sorted({(t.job.name, t.idempotency_key) for t in prepared if t.idempotency_key})
         notice = Notice()
         results: list[TriggerResult] = []
-        async with self.transaction("a trigger") as conn:
+        async with self.transaction("a trigger", notice) as conn:
             existing: dict[tuple[str, str], tuple[str, str | None]] = {}
             if idem:
                 jobs, idem_keys = [j for j, _ in idem], [k for _, k in idem]
@@ -96,10 +97,11 @@ class Deciding(SharedDatabase):
                 ):
                     existing[job, idem_key] = (run_id, run_key)
             await self.lock_lanes(conn, keys)
-            lanes = {
-                key: [leased.record for leased in runs]
-                for key, runs in (await self.lane_runs(conn, keys)).items()
-            }
+            leased = await self.lane_runs(conn, keys)
+            lanes = {key: [run.record for run in runs] for key, runs in leased.items()}
+            owned = {run.record.id for runs in leased.values() for run in runs if run.owner}
+            entered = entered_order(leased.values())
+            last_entered = max(entered.values(), default=0)
             # Read under the locks, after the runs: a key's runs are made in time order,
             # and a start this decision saw happened before it.
             now = clock()
@@ -117,9 +119,14 @@ class Deciding(SharedDatabase):
                         continue
                 runs = lanes.get(trig.key, []) if trig.key is not None else []
                 limit = limit_of(trig.key) if trig.key is not None else 1
-                decision = decide_trigger(trig, runs, limit, new_id, now)
+                waited = {run.id for run in runs if run.status is SCHEDULED}
+                decision = decide_trigger(trig, runs, limit, new_id, now, entered)
                 results.append(decision.result)
                 created = decision.created
+                for run in (*decision.changed, *([created] if created else [])):
+                    if run.status is QUEUED and (run is created or run.id in waited):
+                        last_entered += 1  # (the next trigger of this batch sees it)
+                        entered[run.id] = last_entered
                 if created is not None:
                     new.append(created)
                     if trig.key is not None:
@@ -139,10 +146,22 @@ class Deciding(SharedDatabase):
             if idem_rows:
                 columns = [list(column) for column in zip(*idem_rows, strict=True)]
                 await conn.execute(sql.UPSERT_IDEMPOTENCY, *columns)
+            # A leased run a trigger finished (``"cancel"`` of a run in a retry's backoff,
+            # which holds its lease between attempts) loses its lease with it: its
+            # process is told to drop it, and its late writes are fenced off.
+            overruled = [
+                run for run in changed.values() if run.id in owned and run.status.is_terminal
+            ]
+            notice.cancel.extend(run.id for run in overruled)
+            skip = created_ids | {run.id for run in overruled}
             await self.write_runs(
-                conn, new, [r for r in changed.values() if r.id not in created_ids], notice
+                conn,
+                new,
+                [r for r in changed.values() if r.id not in skip],
+                notice,
+                released=overruled,
             )
-        return Decided(results, new)
+        return Decided(results, tuple(run.id for run in overruled))
 
     async def _trigger_alone(
         self, trig: PreparedTrigger, new_id: Callable[[], str], now: float
@@ -163,7 +182,8 @@ class Deciding(SharedDatabase):
             self.channel,
             self.payload(notice) or "{}",
         )
-        return Decided([decision.result], [created])
+        self.decided(notice)
+        return Decided([decision.result])
 
     async def cancel_run(self, run_id: str, limit_of: LimitOf, now: float) -> str | None:
         """Cancel a run this process does not execute.
@@ -181,7 +201,7 @@ class Deciding(SharedDatabase):
             return None
         key: str | None = key_rows[0][0]
         notice = Notice()
-        async with self.transaction("a cancel") as conn:
+        async with self.transaction("a cancel", notice) as conn:
             if key is not None:
                 await self.lock_lanes(conn, [key])
             rows = await conn.fetch(sql.RUNS_BY_ID, [run_id])
@@ -203,9 +223,10 @@ class Deciding(SharedDatabase):
             if key is None:
                 record.apply(CANCEL)
             else:
-                runs = [leased.record for leased in (await self.lane_runs(conn, [key]))[key]]
+                leased = (await self.lane_runs(conn, [key]))[key]
+                runs = [entry.record for entry in leased]
                 mine = next(r for r in runs if r.id == run_id)
-                lane, requeued = lane_from_runs(key, limit_of(key), runs)
+                lane, requeued = lane_from_runs(key, limit_of(key), runs, entered_order([leased]))
                 changed = [mine, *requeued]
                 for promoted in lane.finish(mine, CANCEL):
                     if isinstance(promoted, RunRecord) and promoted not in changed:
@@ -241,15 +262,16 @@ class Deciding(SharedDatabase):
         due_ids = {run_id for run_id, _key in due_rows}
         notice = Notice(work=True)
         changed: dict[str, RunRecord] = {}
-        async with self.transaction("making runs due") as conn:
+        async with self.transaction("making runs due", notice) as conn:
             await self.lock_lanes(conn, keys)
             lanes = await self.lane_runs(conn, keys)
             for key, leased in lanes.items():
                 runs = [entry.record for entry in leased]
+                entered = entered_order([leased])
                 for entry in leased:
                     run = entry.record
                     if run.id in due_ids and _is_due(run, entry.owner, now):
-                        for c in become_due(key, limit_of(key), runs, run):
+                        for c in become_due(key, limit_of(key), runs, run, entered):
                             changed[c.id] = c
             if keyless:
                 for _id, data, _generation, owner, _key in await conn.fetch(
@@ -270,7 +292,8 @@ class Deciding(SharedDatabase):
         """Runs of these (locked) keys ended: give their slots to the next runs; notify."""
         changed: list[RunRecord] = []
         for key, leased in (await self.lane_runs(conn, keys)).items():
-            changed.extend(promote_after(key, limit_of(key), [e.record for e in leased]))
+            runs = [entry.record for entry in leased]
+            changed.extend(promote_after(key, limit_of(key), runs, entered_order([leased])))
         for run in changed:
             note_change(notice, run)
         await self.write_runs(conn, changed=changed, notice=notice)
@@ -297,6 +320,7 @@ def _is_due(run: RunRecord, owner: str | None, now: float) -> bool:
 def note_change(notice: Notice, run: RunRecord) -> None:
     """Tell the other processes about ``run``'s change (and any work or due time in it)."""
     notice.changed.append(run.id)
+    notice.runs.append(run)
     status = run.status
     if status is SCHEDULED:
         notice.add_due(run.due_at)

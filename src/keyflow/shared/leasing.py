@@ -176,20 +176,24 @@ class Leasing(Claiming):
         self, runs: dict[str, RunRecord], live: dict[str, RunRecord], limit_of: LimitOf
     ) -> list[str]:
         lost: list[str] = []
+        overruled: list[str] = []
         written: dict[str, tuple[str, bool]] = {}
         ending = {r.key for i, r in runs.items() if r.key is not None and not self._keeps(i, r)}
         notice = Notice()
-        async with self.transaction("writing runs") as conn:
+        async with self.transaction("writing runs", notice) as conn:
             await self.lock_lanes(conn, ending)
             for run_id, data, generation, owner, _key in await conn.fetch(
                 sql.RUNS_BY_ID, list(runs)
             ):
                 record = runs[run_id]
                 held = self.leases.get(run_id)
-                if held is None or held != generation or owner != self.owner:
-                    lost.append(run_id)
-                    continue
                 stored = self.decode(data)
+                if held is None or held != generation or owner != self.owner:
+                    if _overruled(stored, owner, generation, held):
+                        overruled.append(run_id)
+                    else:
+                        lost.append(run_id)
+                    continue
                 _merge_triggers(record, stored)
                 _merge_triggers(live[run_id], stored)  # (the next writes keep them)
                 keep = self._keeps(run_id, record)
@@ -206,7 +210,22 @@ class Leasing(Claiming):
         for run_id, (text, keep) in written.items():  # committed
             self._wrote(run_id, text, keep)
         self._lose(lost)
+        self._overrule(overruled)
         return lost
+
+    def _overrule(self, run_ids: list[str]) -> None:
+        """Drop, quietly, runs another process finished and took the leases of.
+
+        That is a trigger's ``"cancel"`` of a run in a retry's backoff (its lease is kept
+        between attempts).
+        """
+        if not run_ids:
+            return
+        for run_id in run_ids:
+            self._wrote(run_id, "", keep=False)
+            logger.info("run %s was cancelled by another process; dropped here", run_id)
+        for callback in list(self.on_lost):
+            callback(run_ids)
 
     async def let_go(self, records: list[RunRecord], limit_of: LimitOf) -> None:
         """The handlers of these held runs ended: hand the runs back to the others.
@@ -265,15 +284,21 @@ class Leasing(Claiming):
         rows = await self.fetch(sql.RENEW, self.owner, ids, generations, self.lease_seconds)
         self.renewed_at = asyncio.get_running_loop().time()
         kept = {row[0] for row in rows}
-        self._lose(
-            [
+        gone = [
+            run_id
+            for run_id, generation in zip(ids, generations, strict=True)
+            if run_id not in kept
+            and run_id not in self._saving
+            and self.leases.get(run_id) == generation
+        ]
+        if gone:
+            overruled = [
                 run_id
-                for run_id, generation in zip(ids, generations, strict=True)
-                if run_id not in kept
-                and run_id not in self._saving
-                and self.leases.get(run_id) == generation
+                for run_id, data, generation, owner, _key in await self.fetch(sql.RUNS_NOW, gone)
+                if _overruled(self.decode(data), owner, generation, self.leases.get(run_id))
             ]
-        )
+            self._overrule([run_id for run_id in overruled if run_id in self.leases])
+            self._lose([run_id for run_id in gone if run_id in self.leases])
         return [row[0] for row in rows if row[1]]
 
     async def reclaim(self, limit_of: LimitOf, now: float) -> int:
@@ -298,7 +323,7 @@ class Leasing(Claiming):
         keys = {key for _id, key in rows if key is not None}
         notice = Notice(work=True)
         released: list[RunRecord] = []
-        async with self.transaction("a reclaim") as conn:
+        async with self.transaction("a reclaim", notice) as conn:
             await self.lock_lanes(conn, keys)
             for _id, data, _generation, _owner, _key in await conn.fetch(
                 sql.EXPIRED_LOCKED, [run_id for run_id, _key in rows]
@@ -363,3 +388,14 @@ def _reclaimed(record: RunRecord, now: float) -> None:
 def row_data(record: RunRecord) -> str:
     """``record``'s stored text, as this process would write it now."""
     return str(row_columns(record)["data"])
+
+
+def _overruled(stored: RunRecord, owner: str | None, generation: int, held: int | None) -> bool:
+    """Did another process finish this run and take its lease back, and nothing else?
+
+    Such a decision (:meth:`Deciding.trigger`) moves the generation on by one; a reclaim
+    followed by a claim elsewhere moves it on by two or more (the lease was lost).
+    """
+    return (
+        owner is None and stored.status.is_terminal and held is not None and generation == held + 1
+    )

@@ -21,7 +21,7 @@ from .database import SharedDatabase
 from .decide import lane_from_runs
 
 UNFINISHED_OF = (
-    "SELECT data FROM keyflow_runs WHERE concurrency_key = ANY($1::text[]) "
+    "SELECT data, entered FROM keyflow_runs WHERE concurrency_key = ANY($1::text[]) "
     "AND status IN " + sql.UNFINISHED + " ORDER BY seq"
 )
 ACTIVE_KEYS = (
@@ -64,16 +64,18 @@ async def lanes(
 ) -> list[LaneSnapshot]:
     """The snapshots of these keys' lanes, in the order given."""
     runs: dict[str, list[RunRecord]] = defaultdict(list)
+    entered: dict[str, int] = {}
     if keys:
-        for (data,) in await db.fetch(UNFINISHED_OF, keys):
+        for data, order in await db.fetch(UNFINISHED_OF, keys):
             record = db.decode(data)
             if record.key is not None:
                 runs[record.key].append(record)
+                entered[record.id] = order
     _jobs, paused_keys = await paused(db)
     snapshots = []
     for key in keys:
         members = runs.get(key, [])
-        lane, _requeued = lane_from_runs(key, limit_of(key), members)
+        lane, _requeued = lane_from_runs(key, limit_of(key), members, entered)
         snapshots.append(
             lane_snapshot(
                 key,

@@ -59,14 +59,17 @@ class EventRelay:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._relay())
 
-    def tell_created(self, records: Iterable[RunRecord]) -> None:
-        """Tell this process's subscribers of the runs its triggers just made."""
-        now = self._now()
-        for record in records:
-            if self._is_local(record.id) or record.id in self._seen:
-                continue  # already told (this process claimed it first)
-            self._hub.run_changed(record, None, now)
-            self._saw(record)
+    def tell_decided(self, records: list[RunRecord]) -> None:
+        """Tell this process's subscribers of the runs its own decision just changed.
+
+        At once, as a single process would: the notice's read could come after another
+        process changed a run again (a worker started it), and a subscriber would never
+        see it made, or see runs enter a lane in another order than they did. (The joins
+        are told by :meth:`tell_joins`, with the triggers that made them.)
+        """
+        if self._hub.active:
+            for record in records:
+                self._publish(record, joins=False)
 
     async def tell_joins(self, joins: Mapping[str, Coalescence]) -> None:
         """Tell this process's subscribers of its triggers that joined runs elsewhere.
@@ -110,13 +113,13 @@ class EventRelay:
             for (data,) in rows:
                 self._publish(self._coordinator.decode(data))
 
-    def _publish(self, record: RunRecord) -> None:
+    def _publish(self, record: RunRecord, joins: bool = True) -> None:
         if self._is_local(record.id):
             return  # this process's core tells its own changes
         seen = self._seen.pop(record.id, None)
         previous = None if seen is None else seen[0]
         hub = self._hub
-        if seen is not None and record.trigger_count > seen[1] and record.coalesced:
+        if joins and seen is not None and record.trigger_count > seen[1] and record.coalesced:
             hub.trigger_coalesced(record, record.coalesced[-1])
         if record.status is not previous:
             hub.run_changed(record, previous, self._now())

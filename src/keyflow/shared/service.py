@@ -93,6 +93,7 @@ class SharedService:
         coordinator.watching = self._watching.wanted
         self._pause_refresh: asyncio.Task[None] | None = None
         coordinator.on_notice.append(self._heard)
+        coordinator.on_decided.append(self._relay.tell_decided)
         coordinator.on_lost.append(self._lost)
 
     def _is_local(self, run_id: str) -> bool:
@@ -120,13 +121,11 @@ class SharedService:
         core = self._core
         # A lane_limit function that fails refuses the trigger (ConfigurationError), as in
         # a single process; only the later writes (ends, reclaims) fall back to one.
-        results, created = await self.coordinator.trigger(
+        results, overruled = await self.coordinator.trigger(
             prepared, core.limit_of, core.ids.next, core.now
         )
-        if created and core.hub.active:
-            # Told here, at once: the notice's read could come after a worker elsewhere
-            # started the run, and a subscriber would never see it made.
-            self._relay.tell_created(created)
+        if overruled:  # the notice tells the others; this process's own, at once
+            self._heard(Notice(cancel=list(overruled)))
         txn = Txn(wait=wait)
         txn.results.extend(results)
         if wait:
@@ -180,6 +179,8 @@ class SharedService:
             self.coordinator.on_notice.remove(self._heard)
         with contextlib.suppress(ValueError):
             self.coordinator.on_lost.remove(self._lost)
+        with contextlib.suppress(ValueError):
+            self.coordinator.on_decided.remove(self._relay.tell_decided)
         hub = self._core.hub
         if hub.on_active == self._watching.hub_changed:
             hub.on_active = None

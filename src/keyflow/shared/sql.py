@@ -35,16 +35,23 @@ FIND_IDEMPOTENT: Final = (
 names it, as in a single process)."""
 
 LANE_RUNS: Final = (
-    "SELECT data, generation, lease_owner FROM keyflow_runs "
+    "SELECT data, generation, lease_owner, entered FROM keyflow_runs "
     "WHERE concurrency_key = ANY($1::text[]) AND status IN " + UNFINISHED + " "
     "ORDER BY seq FOR UPDATE"
 )
-"""The unfinished runs of these keys, in creation order, locked."""
+"""The unfinished runs of these keys, locked in creation order (every transaction locks
+runs in that order), with the order they entered their lane's queue."""
 
 RUNS_BY_ID: Final = (
     "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
     "WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE"
 )
+
+RUNS_NOW: Final = (
+    "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
+    "WHERE id = ANY($1::text[])"
+)
+"""These runs as they are now (unlocked)."""
 
 COLUMNS: Final = (
     "id, job, concurrency_key, status, created_at, finished_at, data, due_at, started_at, "
@@ -62,16 +69,22 @@ INSERT_RUN_NOTIFY: Final = (
 )
 """One new run and the transaction's notice, in one statement."""
 
+ENTERED: Final = (
+    "entered = CASE WHEN status = 'scheduled' AND $2::varchar = 'queued' "
+    "THEN nextval('keyflow_entered') ELSE entered END"
+)
+"""A delayed run that becomes queued enters its lane's queue now (at its back)."""
+
 UPDATE_RUN: Final = (
     "UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, due_at = $5, "
-    "started_at = $6, attempt = $7, trigger_count = $8 WHERE id = $1"
+    f"started_at = $6, attempt = $7, trigger_count = $8, {ENTERED} WHERE id = $1"
 )
 """A run's fields after a change decided under its lane's lock (its lease untouched)."""
 
 UPDATE_RUN_NOTIFY: Final = (
     "WITH changed AS (UPDATE keyflow_runs SET status = $2, finished_at = $3, data = $4, "
-    "due_at = $5, started_at = $6, attempt = $7, trigger_count = $8 WHERE id = $1 "
-    "RETURNING id) SELECT pg_notify($9, $10)"
+    f"due_at = $5, started_at = $6, attempt = $7, trigger_count = $8, {ENTERED} "
+    "WHERE id = $1 RETURNING id) SELECT pg_notify($9, $10)"
 )
 """One run's change and the transaction's notice, in one statement."""
 

@@ -21,7 +21,10 @@ Text columns compare in code point order (``COLLATE "C"``), as SQLite does, so t
 prefix is an index range whatever the database's locale. Columns for several processes
 (leases, lanes) came with version 2, by migration; version 3 dropped index entries each
 row version paid for nothing, and added ``keyflow_watchers`` (processes watching runs
-change: see ``keyflow.shared.watching``). :data:`MIGRATIONS` takes a database from version ``v``
+change: see ``keyflow.shared.watching``); version 4 added ``entered``, the order in which
+runs entered their lanes' queues (from the sequence ``keyflow_entered``: a run made
+queued takes a number, and so does a delayed run when it becomes queued), which orders a
+lane's waiting runs in shared mode. :data:`MIGRATIONS` takes a database from version ``v``
 to ``v + 1``, in one transaction at open.
 """
 
@@ -43,7 +46,7 @@ from sqlalchemy import (
 from .sql_runs import RunTables
 from .sql_tables import Step, run_columns, side_tables
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema this version writes; older ones are migrated at open."""
 
 _Text = String(collation="C")
@@ -115,10 +118,18 @@ _V3_INDEXES = [
 ]
 
 
+_V4_COLUMNS = [
+    # The order runs entered their lanes' queues (keyflow.shared.decide.lane_from_runs).
+    "CREATE SEQUENCE keyflow_entered",
+    "ALTER TABLE keyflow_runs ADD COLUMN entered BIGINT NOT NULL "
+    "DEFAULT nextval('keyflow_entered')",
+]
+
+
 def create(conn: Connection) -> None:
     """The whole schema, in a schema without keyflow's tables."""
     metadata.create_all(conn)
-    for index in (*_V2_INDEXES, *_V3_TABLES, *_V3_INDEXES):
+    for index in (*_V2_INDEXES, *_V3_TABLES, *_V3_INDEXES, *_V4_COLUMNS):
         conn.exec_driver_sql(index)
 
 
@@ -137,6 +148,14 @@ MIGRATIONS: dict[int, list[Step]] = {
         "DROP INDEX IF EXISTS keyflow_runs_finished",
         *_V3_INDEXES,
         *_V3_TABLES,
+    ],
+    # Lanes' queues in the order runs entered them; the runs waiting now keep the order
+    # version 3 gave them (due time, then creation), ahead of every later one.
+    3: [
+        *_V4_COLUMNS,
+        "UPDATE keyflow_runs AS r SET entered = o.n FROM (SELECT id, row_number() OVER "
+        "(ORDER BY due_at, seq) AS n FROM keyflow_runs WHERE status = 'queued') AS o "
+        "WHERE r.id = o.id",
     ],
 }
 """The steps that take a database from version ``v`` to ``v + 1``, by ``v``."""
