@@ -506,3 +506,42 @@ async def test_a_cancel_trigger_from_elsewhere_ends_a_run_in_its_retry_backoff(
         assert stored.status is RunStatus.CANCELLED
     assert attempts == [first.run_id, second.run_id]
     assert "lost its lease" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["shared", "single"])
+async def test_sslmode_reaches_the_server(url: str, mode: str) -> None:
+    """This server has no TLS: ``disable`` connects, ``require`` fails to, clearly."""
+    url = url.replace("&lease=2", "") + f"&mode={mode}"
+    async with keyflow.Keyflow(f"{url}&sslmode=disable", workers=1) as kf:
+
+        @kf.job("plain")
+        async def plain(ctx: keyflow.RunContext, input: dict[str, Any]) -> str:
+            return "ok"
+
+        assert (await kf.trigger_and_wait("plain", timeout=30)).output == "ok"
+    with pytest.raises(keyflow.StorageError, match=r"(?i)ssl"):
+        async with keyflow.Keyflow(f"{url}&sslmode=require", workers=0):
+            pass
+
+
+async def test_a_cancel_is_told_once_to_the_process_that_made_it(pair: Any) -> None:
+    """The canceller tells its subscribers at once; the notice's read that follows
+    brings the same run again, and is not told a second time (as a new run)."""
+    _a, b, gate = pair
+    told: list[tuple[str, RunStatus | None, RunStatus]] = []
+    async with b.events() as events:
+        first = await b.trigger("work", {"key": "k"})
+        await gate.started.wait()  # running: the next trigger queues behind it
+        second = await b.trigger("work", {"key": "k"})
+        assert second.disposition is Disposition.QUEUED
+        assert (await b.cancel(second.run_id)).status is RunStatus.CANCELLED
+        gate.open.set()  # the first ends after the cancel: its end is told after it
+        async for event in events:
+            if isinstance(event, RunChanged):
+                told.append((event.run.id, event.previous, event.run.status))
+                if event.run.id == first.run_id and event.run.status.is_terminal:
+                    break
+    assert [(p, s) for run_id, p, s in told if run_id == second.run_id] == [
+        (None, RunStatus.QUEUED),
+        (RunStatus.QUEUED, RunStatus.CANCELLED),
+    ]

@@ -21,6 +21,7 @@ PG = "postgresql://kf:s3cret@127.0.0.1:1/db"
         (f"{PG}?mode=ro&mode=shared", "mode"),
         (f"{PG}?mode=single&pool=2&pool=2", "pool"),  # even the same value
         (f"{PG}?application_name=a&application_name=b", "application_name"),
+        (f"{PG}?sslmode=require&sslmode=disable", "sslmode"),
         ("postgresql+asyncpg://kf@h/db?schema=a&schema=", "schema"),
         ("sqlite:///runs.db?synchronous=full&synchronous=normal", "synchronous"),
         ("sqlite:///runs.db?mode=ro&mode=rw", "mode"),
@@ -60,6 +61,9 @@ def test_an_option_given_twice_is_refused_by_name(url: str, option: str) -> None
         (f"{PG}?schema=pg_catalog&mode=ro", "one of PostgreSQL's own"),
         (f"{PG}?schema=pg_keyflow", "one of PostgreSQL's own"),  # reserved: CREATE fails
         (f"{PG}?schema={'s' * 100_000}", "schema must be a PostgreSQL name"),
+        (f"{PG}?sslmode=on", "sslmode must be one of disable, allow, prefer, require"),
+        (f"{PG}?sslmode=", "sslmode must be one of"),
+        (f"{PG}?sslmode=REQUIRE&mode=single", "sslmode must be one of"),  # libpq's case
         ("sqlite:///runs.db?mode=", "mode must be 'rw' or 'ro'"),  # no longer dropped
         ("sqlite:///runs.db?synchronous=", "synchronous must be"),
         ("memory://?retention=5", "memory:// takes no path or options"),
@@ -89,6 +93,17 @@ def test_option_values_at_their_bounds_are_taken(
     coordinator = backend.coordinator
     assert (coordinator.lease_seconds, coordinator.pool_size) == (lease, pool)
     assert backend.application_name == name
+
+
+@pytest.mark.parametrize(
+    "mode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+)
+def test_every_sslmode_of_libpq_is_taken_for_every_connection(mode: str) -> None:
+    shared = open_backend(f"{PG}?sslmode={mode}", retention=5)
+    assert isinstance(shared, SharedPostgreSQLBackend)
+    assert (shared.sslmode, shared.coordinator.sslmode) == (mode, mode)
+    single = open_backend(f"{PG}?sslmode={mode}&mode=single", retention=5)
+    assert getattr(single, "sslmode", None) == mode
 
 
 @pytest.mark.parametrize("port", ["notaport", "99999", "0", "-1"])

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import StorageError
 from ..storage_backends.base import Refusals, StoredState, WriteBatch
 from ..storage_backends.postgres import FAILURES, PostgreSQLBackend, advisory_key
+from ..storage_backends.postgres_tls import SSLMode
 from ..storage_backends.sql_runs import driver_reason, prune_finished
 from .coordinator import SharedCoordinator
 from .deciding import LimitOf
@@ -39,6 +40,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         lease_seconds: float = 30.0,
         pool_size: int = 10,
         application_name: str = "keyflow",
+        sslmode: SSLMode | None = None,
     ) -> None:
         """A backend over the schema ``schema`` of the database at ``url``.
 
@@ -51,11 +53,18 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
                 process that dies loses its runs to others after this long.
             pool_size: connections this process opens at most (plus one listening).
             application_name: how its sessions are named in ``pg_stat_activity``.
+            sslmode: TLS to the server, by libpq's names (``require``, ``verify-full``…).
 
         Raises:
             ConfigurationError: the URL or the schema name is not valid.
         """
-        super().__init__(url, schema=schema, retention=retention, connect_timeout=connect_timeout)
+        super().__init__(
+            url,
+            schema=schema,
+            retention=retention,
+            connect_timeout=connect_timeout,
+            sslmode=sslmode,
+        )
         dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.coordinator = SharedCoordinator(
             dsn,
@@ -67,6 +76,7 @@ class SharedPostgreSQLBackend(PostgreSQLBackend):
         )
         """Decides, claims and writes in the database (see :mod:`keyflow.shared`)."""
         self.application_name = self.coordinator.application_name = application_name
+        self.coordinator.sslmode = self.sslmode
         self.prune_key = advisory_key(f"{schema} (pruning)")
         """The advisory lock a pruning process holds (the others skip their turn)."""
         self.limit_of: LimitOf = lambda _key: 1

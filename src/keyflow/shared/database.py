@@ -25,6 +25,7 @@ import asyncpg
 from ..errors import StorageError
 from ..records import RunRecord
 from ..storage_backends.postgres import DRIVER_ERRORS, KEEPALIVE, row_columns
+from ..storage_backends.postgres_tls import ssl_args
 from ..storage_backends.rows import loads_row, row_record
 from ..storage_backends.sql_runs import driver_reason
 from . import sql
@@ -157,6 +158,8 @@ class SharedDatabase:
         self.connect_timeout = connect_timeout
         self.pool_size = pool_size
         self.application_name = "keyflow"
+        self.sslmode: str | None = None
+        """TLS to the server (libpq's ``sslmode``; None: asyncpg's default)."""
         """How its sessions are named in ``pg_stat_activity``."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         """This process's name on the leases it holds."""
@@ -194,6 +197,7 @@ class SharedDatabase:
                 command_timeout=self.connect_timeout * 3,
                 server_settings=self._settings(),
                 reset=_keep_session,
+                **ssl_args(self.sslmode),
             )
             await self._listen()
         except DRIVER_ERRORS as exc:
@@ -202,7 +206,10 @@ class SharedDatabase:
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(
-            self.dsn, timeout=self.connect_timeout, server_settings=self._settings()
+            self.dsn,
+            timeout=self.connect_timeout,
+            server_settings=self._settings(),
+            **ssl_args(self.sslmode),
         )
         await conn.add_listener(self.channel, self._heard)
         conn.add_termination_listener(self._listener_lost)

@@ -30,7 +30,8 @@ logger = logging.getLogger("keyflow.shared")
 SEEN_KEPT: Final = 10_000
 """Runs whose last status the relay remembers (the oldest are forgotten)."""
 
-READ_RUNS: Final = "SELECT data FROM keyflow_runs WHERE id = ANY($1::text[])"
+READ_RUNS: Final = "SELECT data, lease_owner FROM keyflow_runs WHERE id = ANY($1::text[])"
+"""The runs, and who leases them (a run this process leased is its own news)."""
 
 
 class EventRelay:
@@ -82,14 +83,25 @@ class EventRelay:
         except StorageError as exc:
             logger.warning("reading runs this process's triggers joined failed: %s", exc)
             return
-        for (data,) in rows:
+        for data, _owner in rows:
             record = self._coordinator.decode(data)
             self._hub.trigger_coalesced(record, joins[record.id])
             self._saw(record)
 
+    def adopted(self, record: RunRecord) -> None:
+        """This process claimed ``record``: its core tells its changes from now on.
+
+        A status it went through elsewhere since the relay last told it (promoted from
+        queued to pending by another process's end) is told first, so a subscriber's
+        events of the run follow one another.
+        """
+        seen = self._seen.pop(record.id, None)
+        if seen is not None and seen[0] is not record.status and self._hub.active:
+            self._hub.run_changed(record, seen[0], self._now())
+
     def catch_up(self) -> None:
         """Notices may have been missed: read again every run seen unfinished."""
-        self.heard(list(self._seen))
+        self.heard([run_id for run_id, (status, _) in self._seen.items() if not status.is_terminal])
 
     async def close(self) -> None:
         """Stop relaying."""
@@ -110,8 +122,10 @@ class EventRelay:
             except StorageError as exc:
                 logger.warning("reading runs changed elsewhere failed: %s", exc)
                 return
-            for (data,) in rows:
-                self._publish(self._coordinator.decode(data))
+            mine = self._coordinator.owner
+            for data, owner in rows:
+                if owner != mine:  # (a run this process claimed meanwhile: its core tells)
+                    self._publish(self._coordinator.decode(data))
 
     def _publish(self, record: RunRecord, joins: bool = True) -> None:
         if self._is_local(record.id):
@@ -126,8 +140,7 @@ class EventRelay:
         self._saw(record)
 
     def _saw(self, record: RunRecord) -> None:
-        """Remember ``record`` as published (an unfinished one: its status and joins)."""
-        if not record.status.is_terminal:
-            self._seen[record.id] = (record.status, record.trigger_count)
-            while len(self._seen) > SEEN_KEPT:
-                self._seen.popitem(last=False)
+        """Remember ``record``'s status and joins as published (a later read repeats them)."""
+        self._seen[record.id] = (record.status, record.trigger_count)
+        while len(self._seen) > SEEN_KEPT:
+            self._seen.popitem(last=False)

@@ -305,6 +305,7 @@ class SharedService:
                 backoff = 0.0
                 for record in records:
                     if self._claiming:
+                        self._relay.adopted(record)
                         core.adopt(record)
                 if len(records) == free:
                     self._wanted = True  # there may be more: look again at once

@@ -75,6 +75,7 @@ def open_backend(storage: str | StorageBackend, *, retention: int) -> StorageBac
 def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     """``postgresql://user@host:port/db?schema=name&mode=ro`` (also ``postgresql+asyncpg``)."""
     from ..errors import ConfigurationError
+    from .postgres_tls import check_sslmode
 
     try:
         from .postgres import PostgreSQLBackend
@@ -101,6 +102,7 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     lease = options.pop("lease", None)
     pool = options.pop("pool", None)
     name = options.pop("application_name", "keyflow")
+    sslmode = check_sslmode(options.pop("sslmode", None))
     if not (0 < len(name) <= 63 and name.isascii() and name.isprintable()):
         # PostgreSQL shows other characters as '?' (or cuts the name): no one finds it
         raise ConfigurationError(
@@ -112,7 +114,9 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
     if mode != "shared":
         if lease is not None or pool is not None:
             raise ConfigurationError(f"lease= and pool= apply to mode=shared only, in {url!r}")
-        return PostgreSQLBackend(dsn, schema=schema, retention=retention, read_only=mode == "ro")
+        return PostgreSQLBackend(
+            dsn, schema=schema, retention=retention, read_only=mode == "ro", sslmode=sslmode
+        )
     from ..shared.backend import SharedPostgreSQLBackend
 
     return SharedPostgreSQLBackend(
@@ -122,6 +126,7 @@ def _postgres(url: str, rest: str, retention: int) -> StorageBackend:
         lease_seconds=_number(url, "lease", lease, 30.0, _LEASE_RANGE),
         pool_size=int(_number(url, "pool", pool, 10, _POOL_RANGE, integer=True)),
         application_name=name,
+        sslmode=sslmode,
     )
 
 

@@ -41,6 +41,7 @@ from .base import Refusals, RunQuery, StoredState, WriteBatch
 from .postgres_text import NUL as _NUL
 from .postgres_text import nul_field as nul_field
 from .postgres_text import nul_in_query, refusal, run_refusal, shortened, text_problem, unstorable
+from .postgres_tls import SSLMode, check_sslmode, ssl_args
 from .rows import encode_row, loads_row, record_row, row_record
 from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
 from .sql_tables import migrate
@@ -69,9 +70,8 @@ KEEPALIVE: Final[Mapping[str, str]] = MappingProxyType(
         "tcp_keepalives_count": "3",
     }
 )
-"""The server probes our idle sessions: a writer whose machine died without closing its
-connection loses its session, and so its lock, within about 25 s (not the operating
-system's default of hours). Over TCP only."""
+"""The server probes our idle sessions: a writer whose machine died loses its session,
+and so its lock, within about 25 s (not the system's default of hours). Over TCP only."""
 
 
 class PostgreSQLBackend(SQLReads):
@@ -88,6 +88,7 @@ class PostgreSQLBackend(SQLReads):
         retention: int = 10_000,
         read_only: bool = False,
         connect_timeout: float = 10.0,
+        sslmode: SSLMode | None = None,
     ) -> None:
         """A backend over the database at ``url`` (SQLAlchemy's form, any driver named).
 
@@ -97,6 +98,7 @@ class PostgreSQLBackend(SQLReads):
             retention: finished runs kept; older ones are deleted.
             read_only: only read (no lock, no writes, no schema changes).
             connect_timeout: seconds a connection may take before it fails.
+            sslmode: TLS to the server, by libpq's names (:mod:`.postgres_tls`).
 
         Raises:
             ConfigurationError: the URL or the schema name is not valid.
@@ -121,6 +123,7 @@ class PostgreSQLBackend(SQLReads):
         self.retention = retention
         self.read_only = read_only
         self.connect_timeout = connect_timeout
+        self.sslmode = check_sslmode(sslmode)  # None: asyncpg's default
         self.application_name = "keyflow"
         """How its sessions are named in ``pg_stat_activity``."""
         self.lock_key = advisory_key(schema)
@@ -177,6 +180,7 @@ class PostgreSQLBackend(SQLReads):
                 database=url.database,
                 timeout=self.connect_timeout,
                 server_settings={"application_name": self.application_name},
+                **ssl_args(self.sslmode),
             )
         except _REFUSED as exc:
             raise ConfigurationError(f"{self.place} refused the connection: {exc}") from None
@@ -197,7 +201,8 @@ class PostgreSQLBackend(SQLReads):
         engine = self._engine = create_async_engine(
             self.url,
             isolation_level="AUTOCOMMIT",
-            connect_args={"timeout": self.connect_timeout, "server_settings": settings},
+            connect_args={"timeout": self.connect_timeout, "server_settings": settings}
+            | ssl_args(self.sslmode),
         )
         try:
             conn = await engine.connect()
