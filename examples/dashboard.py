@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import random
 import signal
+import socket
 from typing import Any
 
 import uvicorn
@@ -63,6 +64,14 @@ async def produce(kf: keyflow.Keyflow) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     """Run the scheduler, the producer and the dashboard together, until Ctrl-C."""
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((args.host, args.port))
+    except OSError as exc:
+        listening.close()
+        print(f"cannot listen on {args.host}:{args.port} ({exc.strerror}): pass --port")
+        raise SystemExit(2) from None
     kf = build(args.storage)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,8 +82,9 @@ async def main(args: argparse.Namespace) -> None:
         server = uvicorn.Server(
             uvicorn.Config(create_app(kf), host=args.host, port=args.port, log_level="warning")
         )
-        serving = asyncio.create_task(server.serve())
-        print(f"dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
+        port = listening.getsockname()[1]  # (--port 0: the one the system chose)
+        print(f"dashboard on http://{args.host}:{port}/ (Ctrl-C stops)", flush=True)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait((serving, stopping), return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
