@@ -1,9 +1,12 @@
-"""Durable storage benchmarks (issue #3): SQLite and JSON file against raw aiosqlite.
+"""Durable storage benchmarks (issues #3, #15): SQLite and JSON file against raw primitives.
 
-Run with ``make bench-storage`` (or ``python -m bench.storage``). The baseline is raw
-aiosqlite on the same disk in the same run: one row INSERT + COMMIT per transaction
-(WAL, ``synchronous=NORMAL``), and 100 rows per transaction.
+Run with ``make bench-storage`` (or ``python -m bench.storage [--part sequential]``). The
+baselines are measured on the same disk in the same run: raw aiosqlite, one row INSERT +
+COMMIT per transaction (WAL, ``synchronous=NORMAL``) and 100 rows per transaction; and an
+append + flush + fsync of one journal line.
 
+* one sequential producer: acknowledged durable triggers/s (SQLite against the one-row
+  commit, JSON against the fsync), and end-to-end no-op jobs/s with 100 workers;
 * acknowledged durable triggers/s with 100 concurrent producers (the runs are delayed,
   so the number is the trigger path alone);
 * end-to-end no-op jobs/s on SQLite (trigger, run, finish: every change written);
@@ -49,8 +52,49 @@ async def raw_sqlite_rows_per_second(path: Path, rows: int, per_transaction: int
         return rows / (time.perf_counter() - start)
 
 
+def raw_append_fsync_per_second(path: Path, lines: int) -> float:
+    """The JSON baseline: append one journal-sized line, flush, fsync; lines/s."""
+    line = b'{"op":"run","id":"r000001","job":"noop","input":{"n":1},"status":"queued"}\n'
+    with path.open("ab") as out:
+        start = time.perf_counter()
+        for _ in range(lines):
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        return lines / (time.perf_counter() - start)
+
+
 async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
     return None
+
+
+async def sequential_triggers_per_second(url: str, count: int) -> float:
+    """One producer awaiting each durable trigger in turn (delayed runs); triggers/s."""
+    kf = keyflow.Keyflow(storage=url, retention=count * 2)
+    kf.job("noop")(_noop)
+    await kf.start()
+    try:
+        start = time.perf_counter()
+        for n in range(count):
+            await kf.trigger("noop", {"n": n}, concurrency_key=f"k{n % 50}", delay=3_600)
+        return count / (time.perf_counter() - start)
+    finally:
+        await kf.stop(grace=0)
+
+
+async def sequential_end_to_end_jobs_per_second(url: str, count: int) -> float:
+    """One producer triggering no-op jobs in turn while 100 workers run them; jobs/s."""
+    kf = keyflow.Keyflow(storage=url, retention=count * 2, workers=100)
+    kf.job("noop")(_noop)
+    await kf.start()
+    try:
+        start = time.perf_counter()
+        for n in range(count):
+            await kf.trigger("noop", {"n": n})
+        await kf.run_until_idle()
+        return count / (time.perf_counter() - start)
+    finally:
+        await kf.stop()
 
 
 async def _produce(kf: keyflow.Keyflow, count: int, *, delay: float) -> float:
@@ -147,6 +191,50 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  one row per INSERT + COMMIT:      {one:>10,.0f} rows/s")
     print(f"  100 rows per transaction:         {hundred:>10,.0f} rows/s")
 
+    fsync = max(
+        raw_append_fsync_per_second(root / f"raw-{i}.journal", args.rows // 2)
+        for i in range(args.rounds)
+    )
+    print(f"  append + flush + fsync one line:  {fsync:>10,.0f} lines/s")
+
+    print("\none sequential producer, each trigger durable before the next")
+    seq = max(
+        [
+            await sequential_triggers_per_second(fresh("sqlite"), args.sequential)
+            for _ in range(args.rounds)
+        ]
+    )
+    report("SQLite trigger()", seq, seq >= one, ">= 1.0x 1-row", f"({seq / one:.2f}x 1-row)")
+    seq_json = max(
+        [
+            await sequential_triggers_per_second(fresh("json"), args.sequential)
+            for _ in range(args.rounds)
+        ]
+    )
+    report(
+        "JSON trigger()",
+        seq_json,
+        seq_json >= 0.5 * fsync,
+        ">= 0.5x fsync",
+        f"({seq_json / fsync:.2f}x fsync)",
+    )
+    seq_e2e = max(
+        [
+            await sequential_end_to_end_jobs_per_second(fresh("sqlite"), args.sequential)
+            for _ in range(args.rounds)
+        ]
+    )
+    report(
+        "SQLite no-op jobs, 100 workers",
+        seq_e2e,
+        seq_e2e >= 0.5 * one,
+        ">= 0.5x 1-row",
+        f"({seq_e2e / one:.2f}x 1-row)",
+    )
+
+    if args.part == "sequential":
+        return 1 if failures and args.strict else 0
+
     print(f"\nacknowledged durable triggers, {PRODUCERS} concurrent producers")
     sqlite_rate = max(
         [await triggers_per_second(fresh("sqlite"), args.triggers) for _ in range(args.rounds)]
@@ -154,8 +242,8 @@ async def main(args: argparse.Namespace) -> int:
     report(
         "SQLite trigger()",
         sqlite_rate,
-        sqlite_rate >= 10_000,
-        ">= 10k/s",
+        sqlite_rate >= 30_000,
+        ">= 30k/s",
         f"({sqlite_rate / one:.2f}x 1-row)",
     )
     report(
@@ -171,8 +259,8 @@ async def main(args: argparse.Namespace) -> int:
     report(
         "JSON trigger()",
         json_rate,
-        json_rate >= 5_000,
-        ">= 5k/s",
+        json_rate >= 15_000,
+        ">= 15k/s",
         f"({json_rate / one:.2f}x 1-row)",
     )
 
@@ -219,6 +307,8 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=5_000, help="baseline rows (x10 batched)")
     parser.add_argument("--triggers", type=int, default=20_000)
+    parser.add_argument("--sequential", type=int, default=3_000, help="one producer's")
+    parser.add_argument("--part", choices=("all", "sequential"), default="all")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--retained", type=int, default=100_000)
     run(parser, main)

@@ -23,6 +23,7 @@ from keyflow.records import RunRecord
 from keyflow.storage_backends import WriteBatch, open_backend
 from keyflow.storage_backends.postgres import PostgreSQLBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
+from keyflow.storage_backends.sqlite_writer import Retention, SQLiteWriter
 from keyflow.testing import VirtualClock
 
 from .conftest import DURABLE, MakeKeyflow, fresh_storage_url
@@ -199,15 +200,30 @@ async def test_a_second_writer_is_refused_and_a_reader_is_welcome(
     await successor.start()
 
 
-class FailingSQLite(SQLiteBackend):
-    """SQLite whose transactions fail after writing, like a disk that filled up."""
+class FailingWriter(SQLiteWriter):
+    """A SQLite writer whose transactions fail after writing, like a disk that filled up."""
 
     failing = False
 
-    async def _prune(self, conn: Any, finished: int) -> int:
+    def prune(self, conn: Any, finished: int, retention: Retention) -> int:
         if self.failing:  # the rows are in the transaction already: it must roll back
             raise sqlite3.OperationalError("database or disk is full")
-        return await super()._prune(conn, finished)
+        return super().prune(conn, finished, retention)
+
+
+class FailingSQLite(SQLiteBackend):
+    """SQLite whose transactions fail after writing (see :class:`FailingWriter`)."""
+
+    writer_class = FailingWriter
+
+    @property
+    def failing(self) -> bool:
+        return isinstance(self._thread, FailingWriter) and self._thread.failing
+
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        assert isinstance(self._thread, FailingWriter)
+        self._thread.failing = value
 
 
 class FailingJSON(FaultyJSON):

@@ -16,7 +16,18 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, Table, bindparam, case, delete, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Select,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -278,36 +289,23 @@ def driver_reason(exc: BaseException) -> str:
     return str(cause) if cause is not None and str(cause) else str(original)
 
 
+def count_finished_query(tables: RunTables) -> Select[int]:
+    """How many finished runs are stored (one integer)."""
+    runs = tables.runs
+    return select(func.count()).select_from(runs).where(runs.c.status.in_(TERMINAL))
+
+
 async def count_finished(conn: AsyncConnection, tables: RunTables) -> int:
     """How many finished runs are stored."""
-    runs = tables.runs
-    query = select(func.count()).select_from(runs).where(runs.c.status.in_(TERMINAL))
-    return int((await conn.execute(query)).scalar_one())
+    return int((await conn.execute(count_finished_query(tables))).scalar_one())
 
 
-async def prune_finished(
-    conn: AsyncConnection,
-    tables: RunTables,
-    finished: int,
-    retention: int,
-    slack: int,
-    before: float | None = None,
-) -> int:
-    """Delete the oldest finished runs beyond ``retention`` (with their keys and labels).
+def prune_statements(tables: RunTables, excess: int, before: float | None) -> list[Delete]:
+    """The deletes of the ``excess`` oldest finished runs, with their keys and labels.
 
-    With ``before``, only runs finished before it go (runs just finished stay a while
-    for the waits of other processes to read).
-
-    ``finished`` is an estimate of the finished runs stored: they are counted exactly
-    only when it is past ``retention + slack``, so that a commit costs O(1). Returns the
-    new estimate.
+    With ``before``, only runs finished before it go. Run them in order, in one
+    transaction (the runs go last: the others find them by the runs' ids).
     """
-    if finished <= retention + slack:
-        return finished
-    finished = await count_finished(conn, tables)
-    excess = finished - retention
-    if excess <= 0:
-        return finished
     runs = tables.runs
     oldest = (
         select(runs.c.id)
@@ -321,7 +319,41 @@ async def prune_finished(
         .scalar_subquery()
     )
     idempotency, labels = tables.idempotency, tables.labels
-    await conn.execute(delete(idempotency).where(idempotency.c.run_id.in_(oldest)))
-    await conn.execute(delete(labels).where(labels.c.run_id.in_(oldest)))
-    await conn.execute(delete(runs).where(runs.c.id.in_(oldest)))
+    return [
+        delete(idempotency).where(idempotency.c.run_id.in_(oldest)),
+        delete(labels).where(labels.c.run_id.in_(oldest)),
+        delete(runs).where(runs.c.id.in_(oldest)),
+    ]
+
+
+def prune_due(finished: int, retention: int, slack: int) -> bool:
+    """Is ``finished`` (an estimate of the finished runs stored) worth an exact count?
+
+    They are counted exactly only past ``retention + slack``, so that a commit costs O(1).
+    """
+    return finished > retention + slack
+
+
+async def prune_finished(
+    conn: AsyncConnection,
+    tables: RunTables,
+    finished: int,
+    retention: int,
+    slack: int,
+    before: float | None = None,
+) -> int:
+    """Delete the oldest finished runs beyond ``retention`` (with their keys and labels).
+
+    With ``before``, only runs finished before it go (runs just finished stay a while
+    for the waits of other processes to read). ``finished`` is an estimate of the
+    finished runs stored (see :func:`prune_due`). Returns the new estimate.
+    """
+    if not prune_due(finished, retention, slack):
+        return finished
+    finished = await count_finished(conn, tables)
+    excess = finished - retention
+    if excess <= 0:
+        return finished
+    for statement in prune_statements(tables, excess, before):
+        await conn.execute(statement)
     return finished - excess

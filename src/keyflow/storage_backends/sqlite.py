@@ -1,10 +1,12 @@
-"""``sqlite:///path.db``: runs in a SQLite file, through SQLAlchemy Core + aiosqlite.
+"""``sqlite:///path.db``: runs in a SQLite file, through SQLAlchemy Core.
 
 One table of runs: the columns queries filter and sort on, plus the whole run as JSON
 text (``data``). WAL journal; ``synchronous=NORMAL`` survives a process crash and
-``FULL`` a power loss. Every write is one ``BEGIN IMMEDIATE`` transaction; the commit
-pipeline groups concurrent triggers into it, so they share one commit. One process
-writes (``<file>.lock``); any number may read (``mode="ro"``).
+``FULL`` a power loss. Every write is one ``BEGIN IMMEDIATE`` transaction, run whole on
+the writer's thread (``sqlite_writer``: one hop from the event loop per commit); the
+commit pipeline groups concurrent triggers into it, so they share one commit. Reads go
+through aiosqlite. One process writes (``<file>.lock``); any number may read
+(``mode="ro"``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import delete, event, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -26,26 +28,20 @@ from . import sqlite_schema as schema
 from .base import Refusals, StoredState, WriteBatch
 from .lockfile import WriterLock
 from .rows import encode_row, loads_row, record_row, row_record
-from .sql_runs import count_finished, driver_reason, prune_finished
+from .sql_runs import count_finished
 from .sql_tables import migrate
 from .sqlite_reads import TABLES, SQLiteReads, register_functions
-from .sqlite_schema import (
-    INSERT_IDEMPOTENCY,
-    INSERT_LABELS,
-    ROWID,
-    TERMINAL,
-    UPSERT_RUN,
-    insert_pause,
-    pauses_table,
-    runs_table,
-    schema_table,
-)
+from .sqlite_schema import ROWID, TERMINAL, pauses_table, runs_table, schema_table
+from .sqlite_writer import Batch, Retention, SQLiteWriter
 
 Synchronous = Literal["NORMAL", "FULL"]
 
 
 class SQLiteBackend(SQLiteReads):
     """Runs in a SQLite database file."""
+
+    writer_class: type[SQLiteWriter] = SQLiteWriter
+    """The writer's thread (a subclass may stand in for it, in tests)."""
 
     def __init__(
         self,
@@ -66,7 +62,8 @@ class SQLiteBackend(SQLiteReads):
         self.read_only = read_only
         self._lock = WriterLock(self.path)
         self._engine: AsyncEngine | None = None
-        self._writer: AsyncConnection | None = None
+        self._writer: AsyncConnection | None = None  # opens (schema, restore) only
+        self._thread: SQLiteWriter | None = None  # every write after the open
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
         self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._wal_identity: tuple[int, int] | None = None
@@ -102,6 +99,11 @@ class SQLiteBackend(SQLiteReads):
                     self._lock.hold(self.path)
             state = await self._open()
             if not self.read_only:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await writer.close()
+                self._thread = self.writer_class(self.path, self.sync_mode)
+                await self._thread.open()
                 if not self._lock.holds(self.path):
                     self._lock.hold(self.path)
                 state = replace(state, started=self.open_start_marks(self.path))
@@ -201,8 +203,11 @@ class SQLiteBackend(SQLiteReads):
         pulled from under a query, nor left open by one.
         """
         writer, self._writer = self._writer, None
+        thread, self._thread = self._thread, None
         engine, self._engine = self._engine, None  # no read starts from now on
         try:
+            if thread is not None:
+                await thread.close()  # after the write in flight, if any
             await self._reads_done.wait()
             watcher, self._watcher = self._watcher, None
             self.close_start_marks()
@@ -233,34 +238,13 @@ class SQLiteBackend(SQLiteReads):
             for name, value in record.labels.items()
         ]
         newly_finished = sum(1 for row in rows if row[_STATUS] in TERMINAL)
-        pauses = list(batch.pauses)
-        conn = self._writable()
+        thread = self._writable()
         self._check_identity()
-        try:
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                if rows:
-                    await conn.exec_driver_sql(UPSERT_RUN, rows)
-                if keys:
-                    await conn.exec_driver_sql(INSERT_IDEMPOTENCY, keys)
-                if labels:
-                    await conn.exec_driver_sql(INSERT_LABELS, labels)
-                for kind, name, paused in pauses:
-                    if paused:
-                        await conn.execute(insert_pause, {"kind": kind, "name": name})
-                    else:
-                        await conn.execute(
-                            delete(pauses_table).where(
-                                pauses_table.c.kind == kind, pauses_table.c.name == name
-                            )
-                        )
-                pruned = await self._prune(conn, self._finished + newly_finished)
-                await conn.exec_driver_sql("COMMIT")
-            except BaseException:
-                await _roll_back(conn)  # the error that matters is this one, not ROLLBACK's
-                raise
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
-            raise StorageError(f"writing to {self.path} failed: {driver_reason(exc)}") from exc
+        pruned = await thread.write(
+            Batch(rows, keys, labels, list(batch.pauses)),
+            self._finished + newly_finished,
+            Retention(self.retention, self._prune_slack),
+        )
         self._finished = pruned
         return None
 
@@ -278,15 +262,12 @@ class SQLiteBackend(SQLiteReads):
                 "file): restart keyflow to open the file anew"
             )
 
-    async def _prune(self, conn: AsyncConnection, finished: int) -> int:
-        return await prune_finished(conn, TABLES, finished, self.retention, self._prune_slack)
-
-    def _writable(self) -> AsyncConnection:
+    def _writable(self) -> SQLiteWriter:
         if self.read_only:
             raise StorageError(f"{self.path} is open read-only")
-        if self._writer is None:
+        if self._thread is None:
             raise StorageError(f"{self.path} is not open")
-        return self._writer
+        return self._thread
 
 
 async def _roll_back(conn: AsyncConnection) -> None:

@@ -1,0 +1,179 @@
+"""The SQLite writer: one thread owns the writing connection; a commit is one hop to it.
+
+Through aiosqlite every statement is a trip from the event loop to the driver's thread
+and back, with SQLAlchemy's async machinery around each; a batch's write is several
+statements (BEGIN, the upserts, idempotency keys, labels, pauses, retention, COMMIT),
+so several trips for one commit. Here the whole transaction is one function run on the
+writer's own thread, over SQLAlchemy Core's synchronous connection (the stdlib driver):
+the event loop hands it over and awaits one future, and never touches the disk itself.
+Readers keep their own connections (``sqlite_reads``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, delete
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from ..errors import StorageError
+from .sql_runs import count_finished_query, driver_reason, prune_due, prune_statements
+from .sqlite_reads import TABLES
+from .sqlite_schema import INSERT_IDEMPOTENCY, INSERT_LABELS, UPSERT_RUN, insert_pause, pauses_table
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How many finished runs to keep, and how far the estimate may run past it."""
+
+    keep: int
+    slack: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """A batch's rows, ready for SQL (read from the records on the event loop)."""
+
+    runs: list[tuple[Any, ...]]
+    idempotency: list[tuple[str, str, str]]
+    labels: list[tuple[str, str, str]]
+    pauses: list[tuple[str, str, bool]]
+
+
+class SQLiteWriter:
+    """The thread that owns a SQLite file's writing connection (see the module)."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
+
+    async def open(self) -> None:
+        """Start the thread and connect on it.
+
+        Raises:
+            StorageError: the file cannot be opened for writing.
+        """
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="keyflow-sqlite-writer")
+        try:
+            await self._call(self._connect)
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise StorageError(f"{self.path} cannot be opened for writing: {exc}") from exc
+
+    def _connect(self) -> None:
+        engine = self._engine = create_engine(
+            f"sqlite:///{self.path}",
+            isolation_level="AUTOCOMMIT",  # transactions are BEGIN IMMEDIATE … COMMIT
+            poolclass=NullPool,
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+        conn = engine.connect()
+        conn.exec_driver_sql(f"PRAGMA synchronous={self.synchronous}")
+        self._conn = conn
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the writer's thread; its result.
+
+        Calls are served one at a time, in order. A caller cancelled meanwhile leaves
+        ``work`` to finish on the thread (a transaction is never cut in half).
+        """
+        executor = self._executor
+        if executor is None:
+            raise StorageError(f"{self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None:
+            raise StorageError(f"{self.path} is not open")
+        return conn
+
+    async def write(self, batch: Batch, finished: int, retention: Retention) -> int:
+        """Store ``batch`` in one transaction; the new estimate of finished runs.
+
+        Raises:
+            StorageError: nothing of the batch was stored.
+        """
+        try:
+            return await self._call(
+                lambda: self.transaction(self._connection(), batch, finished, retention)
+            )
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"writing to {self.path} failed: {driver_reason(exc)}") from exc
+
+    async def close(self) -> None:
+        """Close the connection and end the thread. Idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
+            await loop.run_in_executor(executor, self._disconnect)
+        executor.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        engine, self._engine = self._engine, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+    def transaction(
+        self, conn: Connection, batch: Batch, finished: int, retention: Retention
+    ) -> int:
+        """The transaction of one batch (on the writer's thread); see :meth:`write`."""
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            if batch.runs:
+                conn.exec_driver_sql(UPSERT_RUN, batch.runs)
+            if batch.idempotency:
+                conn.exec_driver_sql(INSERT_IDEMPOTENCY, batch.idempotency)
+            if batch.labels:
+                conn.exec_driver_sql(INSERT_LABELS, batch.labels)
+            for kind, name, paused in batch.pauses:
+                if paused:
+                    conn.execute(insert_pause, {"kind": kind, "name": name})
+                else:
+                    conn.execute(
+                        delete(pauses_table).where(
+                            pauses_table.c.kind == kind, pauses_table.c.name == name
+                        )
+                    )
+            finished = self.prune(conn, finished, retention)
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            # SQLite rolls a transaction back by itself on some failures (a full disk):
+            # then ROLLBACK fails with "no transaction is active", which must not hide
+            # the cause.
+            with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        return finished
+
+    def prune(self, conn: Connection, finished: int, retention: Retention) -> int:
+        """Retention, inside the batch's transaction; the new estimate of finished runs."""
+        if not prune_due(finished, retention.keep, retention.slack):
+            return finished
+        finished = int(conn.execute(count_finished_query(TABLES)).scalar_one())
+        excess = finished - retention.keep
+        if excess <= 0:
+            return finished
+        for statement in prune_statements(TABLES, excess, None):
+            conn.execute(statement)
+        return finished - excess
