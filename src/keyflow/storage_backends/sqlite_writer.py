@@ -138,14 +138,19 @@ class SQLiteWriter:
         self, conn: Connection, batch: Batch, finished: int, retention: Retention
     ) -> int:
         """The transaction of one batch (on the writer's thread); see :meth:`write`."""
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # The statements of every commit go straight to the driver (its statement cache
+        # keeps them prepared); SQLAlchemy's per-statement work would cost as much as
+        # SQLite's own for a one-run commit. The rare ones (pauses, retention) go
+        # through Core.
+        raw = _driver(conn)
+        raw.execute("BEGIN IMMEDIATE")
         try:
             if batch.runs:
-                conn.exec_driver_sql(UPSERT_RUN, batch.runs)
+                raw.executemany(UPSERT_RUN, batch.runs)
             if batch.idempotency:
-                conn.exec_driver_sql(INSERT_IDEMPOTENCY, batch.idempotency)
+                raw.executemany(INSERT_IDEMPOTENCY, batch.idempotency)
             if batch.labels:
-                conn.exec_driver_sql(INSERT_LABELS, batch.labels)
+                raw.executemany(INSERT_LABELS, batch.labels)
             for kind, name, paused in batch.pauses:
                 if paused:
                     conn.execute(insert_pause, {"kind": kind, "name": name})
@@ -156,13 +161,13 @@ class SQLiteWriter:
                         )
                     )
             finished = self.prune(conn, finished, retention)
-            conn.exec_driver_sql("COMMIT")
+            raw.execute("COMMIT")
         except BaseException:
             # SQLite rolls a transaction back by itself on some failures (a full disk):
             # then ROLLBACK fails with "no transaction is active", which must not hide
             # the cause.
-            with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
-                conn.exec_driver_sql("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error, OSError):
+                raw.execute("ROLLBACK")
             raise
         return finished
 
@@ -177,3 +182,10 @@ class SQLiteWriter:
         for statement in prune_statements(TABLES, excess, None):
             conn.execute(statement)
         return finished - excess
+
+
+def _driver(conn: Connection) -> sqlite3.Connection:
+    """The stdlib connection under ``conn`` (in autocommit: ``isolation_level`` None)."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw

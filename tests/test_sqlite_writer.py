@@ -1,0 +1,77 @@
+"""The SQLite writer's thread: every commit runs there whole, one at a time, in order;
+a cancelled caller never cuts a transaction in half."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from keyflow.backend_contract import record
+from keyflow.storage_backends import RunQuery, WriteBatch
+from keyflow.storage_backends.sqlite import SQLiteBackend
+from keyflow.storage_backends.sqlite_writer import Batch, Retention, SQLiteWriter
+
+
+class HeldWriter(SQLiteWriter):
+    """A writer whose transactions wait for the test, noting the thread they run on."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        super().__init__(path, synchronous)
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+        self.threads: list[str] = []
+        self.order: list[list[str]] = []
+
+    def transaction(self, conn: Any, batch: Batch, finished: int, retention: Retention) -> int:
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.release.wait(timeout=30)
+        self.order.append([row[0] for row in batch.runs])
+        return super().transaction(conn, batch, finished, retention)
+
+
+class HeldSQLite(SQLiteBackend):
+    writer_class = HeldWriter
+
+    @property
+    def writer(self) -> HeldWriter:
+        assert isinstance(self._thread, HeldWriter)
+        return self._thread
+
+
+async def test_every_commit_runs_on_the_writers_thread(tmp_path: Path) -> None:
+    backend = HeldSQLite(tmp_path / "runs.db")
+    await backend.open()
+    writer = backend.writer
+    try:
+        await backend.write(WriteBatch([record(1)]))
+        await backend.write(WriteBatch([record(2)]))
+    finally:
+        await backend.close()
+    threads = writer.threads
+    assert len(threads) == 2
+    assert all(name.startswith("keyflow-sqlite-writer") for name in threads)
+    assert threading.current_thread().name not in threads
+
+
+async def test_a_cancelled_write_still_commits_whole_before_the_next(tmp_path: Path) -> None:
+    backend = HeldSQLite(tmp_path / "runs.db")
+    await backend.open()
+    try:
+        writer = backend.writer
+        writer.release.clear()
+        first = asyncio.create_task(backend.write(WriteBatch([record(1), record(2)])))
+        await asyncio.to_thread(writer.entered.wait, 30)  # inside the transaction
+        first.cancel()
+        second = asyncio.create_task(backend.write(WriteBatch([record(3)])))
+        writer.release.set()
+        await second
+        assert first.cancelled()
+        ids = {run.id for run in await backend.list_runs(RunQuery())}
+    finally:
+        await backend.close()
+    assert ids == {"run-0001", "run-0002", "run-0003"}  # the first batch whole
+    assert writer.order == [["run-0001", "run-0002"], ["run-0003"]]
