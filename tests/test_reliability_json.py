@@ -203,3 +203,31 @@ async def test_close_waits_for_a_stalled_append_before_it_lets_go(tmp_path: Path
         assert await rival.get_run("r1") is not None  # the append landed where it belongs
     finally:
         await rival.close()
+
+
+async def test_a_start_whose_recovery_cannot_be_written_fails_and_a_later_one_recovers(
+    make_keyflow: MakeKeyflow, tmp_path: Path
+) -> None:
+    """A run left running must have its crash counted durably before it runs again; on a
+    full disk that write fails: the start raises (it used to retry for ever), and a start
+    once there is space recovers the run."""
+    path = tmp_path / "runs.json"
+    setup = JSONFileBackend(path)
+    await setup.open()
+    left = RunRecord("left-1", "work", "k", RunStatus.PENDING, {}, 1.0, 1.0, 3)
+    left.status, left.attempt, left.started_at = RunStatus.RUNNING, 1, 2.0
+    await setup.write(WriteBatch([left]))
+    await setup.close()
+    full = FaultyJSON(path)
+    full.faults.append = True
+    refused = make_keyflow(storage=full)
+    refused.job("work")(Recorder().handler)
+    with pytest.raises(keyflow.StorageError, match="No space left"):
+        await asyncio.wait_for(refused.start(), timeout=30)
+    recorder = Recorder()
+    kf = make_keyflow(storage=f"json:///{path}")
+    kf.job("work")(recorder.handler)
+    await kf.start()
+    run = await kf.wait("left-1", timeout=30)
+    assert run.status is RunStatus.COMPLETED
+    assert run.interruptions == 1

@@ -213,17 +213,24 @@ class CommitPipeline:
             with contextlib.suppress(StorageError):
                 await asyncio.shield(target.waiter())
 
-    async def flush(self) -> None:
+    async def flush(self, *, give_up: bool = False) -> None:
         """Return once every change queued so far is durable.
 
-        While writes keep failing this keeps waiting; bound it with a timeout.
+        While writes keep failing this keeps waiting (bound it with a timeout), unless
+        ``give_up``: then the first failed write raises its error.
+
+        Raises:
+            StorageError: a write failed (only with ``give_up``).
         """
         while not self.idle and not self._closed:
             target = self._inflight or self._open
             if self._flush_task is None and self._inflight is None:
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
-            with contextlib.suppress(StorageError):
+            try:
                 await asyncio.shield(target.waiter())
+            except StorageError:
+                if give_up:
+                    raise
 
     async def barrier(self) -> None:
         """Wait until the batch open or in flight now is written (or has failed)."""

@@ -103,7 +103,9 @@ class Lifecycle:
             for kind, name in stored.paused:
                 (self._core.paused_jobs if kind == "job" else self._core.paused_keys).add(name)
             restore(self._core, stored.unfinished, self._jobs, stored.started)
-            await self._core.pipeline.flush()  # crash counts are durable before a rerun
+            # Crash counts are durable before a rerun; a storage that cannot take them
+            # now (a full disk) fails the start rather than hang it.
+            await self._core.pipeline.flush(give_up=True)
             self._backend.marks_recovered()
         except BaseException:
             self._failed_start()
