@@ -238,12 +238,11 @@ class SQLiteBackend(SQLiteReads):
             for name, value in record.labels.items()
         ]
         newly_finished = sum(1 for row in rows if row[_STATUS] in TERMINAL)
-        thread = self._writable()
-        self._check_identity()
-        pruned = await thread.write(
+        pruned = await self._writable().write(
             Batch(rows, keys, labels, list(batch.pauses)),
             self._finished + newly_finished,
             Retention(self.retention, self._prune_slack),
+            check=self._check_identity,
         )
         self._finished = pruned
         return None

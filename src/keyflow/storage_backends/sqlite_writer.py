@@ -101,16 +101,28 @@ class SQLiteWriter:
             raise StorageError(f"{self.path} is not open")
         return conn
 
-    async def write(self, batch: Batch, finished: int, retention: Retention) -> int:
+    async def write(
+        self,
+        batch: Batch,
+        finished: int,
+        retention: Retention,
+        check: Callable[[], None] = lambda: None,
+    ) -> int:
         """Store ``batch`` in one transaction; the new estimate of finished runs.
+
+        ``check`` runs first, on the thread too (the files' identities: a ``stat`` or
+        three the event loop need not wait for); what it raises, the write raises.
 
         Raises:
             StorageError: nothing of the batch was stored.
         """
+
+        def work() -> int:
+            check()
+            return self.transaction(self._connection(), batch, finished, retention)
+
         try:
-            return await self._call(
-                lambda: self.transaction(self._connection(), batch, finished, retention)
-            )
+            return await self._call(work)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"writing to {self.path} failed: {driver_reason(exc)}") from exc
 
