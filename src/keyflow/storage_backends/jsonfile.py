@@ -197,27 +197,26 @@ class JSONFileBackend(JSONRows):
         # Before the first await (see the base module).
         rows, text = encode_rows([record_row(record) for record in batch.runs])
         self._writable()
-        self._check_identity()
         pruned, self._to_prune = self._to_prune, []
         line = (
             '{"runs":'
             + text
             + ',"idempotency":'
-            + dumps(batch.idempotency)
+            + (dumps(batch.idempotency) if batch.idempotency else "[]")
             + ',"pruned":'
-            + dumps(pruned)
+            + (dumps(pruned) if pruned else "[]")
             + (',"pauses":' + dumps(batch.pauses) if batch.pauses else "")
             + "}\n"
         ).encode()
         try:
             if self._needs_journal:
+                self._check_identity()
                 await self._start_journal()
             journal = self._journal
             assert journal is not None
             if self._needs_cut and not await self._cut(journal):
                 raise OSError("the journal still holds the tail of a failed append")
-            self._check_size(journal)
-            await self._in_thread(journal.append, line)
+            await self._in_thread(self._append, journal, line)
         except OSError as exc:
             self._to_prune = pruned + self._to_prune
             if self._journal is not None and not self._needs_journal:
@@ -241,6 +240,16 @@ class JSONFileBackend(JSONRows):
                 )
                 logger.warning("%s; compaction will be tried again later", exc)
         return None
+
+    def _append(self, journal: JournalFile, line: bytes) -> None:
+        """Append ``line`` (in the writing thread), once the files are checked to be ours.
+
+        The checks (``stat``s of the files) run here too: the event loop does no disk
+        work of its own on a commit.
+        """
+        self._check_identity()
+        self._check_size(journal)
+        journal.append(line)
 
     async def _cut(self, journal: JournalFile) -> bool:
         # Cut the journal back to its last good line, so a failed append leaves nothing
