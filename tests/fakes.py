@@ -30,13 +30,15 @@ class DiskFaults:
     snapshot: bool = False
     """Writing a snapshot (compaction) fails."""
     new_journal: bool = False
-    """Starting a new journal (the second half of a compaction) fails."""
+    """Starting a new journal (after a compaction rotated the old one out) fails."""
     directory_sync: bool = False
     """Syncing the folder after a snapshot's rename fails."""
     open_journal: bool = False
     """Opening a journal for appending fails (too many open files)."""
     stall: threading.Event | None = None
     """Appends wait in their thread until this is set (a disk that stalls)."""
+    snapshot_stall: threading.Event | None = None
+    """Snapshots wait in their thread until this is set (a big store, a slow disk)."""
     stalled: threading.Event = field(default_factory=threading.Event)
     """Set once an append is waiting on ``stall``."""
 
@@ -73,10 +75,12 @@ class FaultyJSON(JSONFileBackend):
         self.faults = DiskFaults()
         self.journal_file = lambda p: FaultyJournal(p, self.faults)
 
-    def _write_snapshot(self, document: dict[str, Any]) -> None:
+    def _write_snapshot(self, document: dict[str, Any], *, strict: bool = False) -> None:
         if self.faults.snapshot:
             raise disk_full()
-        super()._write_snapshot(document)
+        if self.faults.snapshot_stall is not None:
+            self.faults.snapshot_stall.wait(timeout=60)
+        super()._write_snapshot(document, strict=strict)
 
     def _sync_directory(self, path: Path) -> None:
         if self.faults.directory_sync:
@@ -84,7 +88,7 @@ class FaultyJSON(JSONFileBackend):
         super()._sync_directory(path)
 
     def _new_journal(self) -> None:
-        if self.faults.new_journal and self.journal_path.exists():  # not at the first open
+        if self.faults.new_journal and self._journal is not None:  # not at the first open
             raise disk_full()
         super()._new_journal()
 

@@ -19,8 +19,7 @@ import pytest
 import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
-from keyflow.storage_backends import WriteBatch
-from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends import WriteBatch, jsonfile_snapshots
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 
 from .conftest import MakeKeyflow
@@ -79,7 +78,7 @@ async def test_a_refused_json_append_is_not_written_at_stop(
 async def test_a_failed_compaction_never_fails_a_durable_append(
     make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)  # compact early
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)  # compact early
     path = tmp_path / "runs.json"
     backend = FaultyJSON(path)
     kf = make_keyflow(storage=backend)
@@ -96,16 +95,16 @@ async def test_a_failed_compaction_never_fails_a_durable_append(
     assert set(await stored_runs(f"json:///{path}")) == {r.run_id for r in made}
 
 
-async def test_a_compaction_cut_between_snapshot_and_journal_loses_nothing(
+async def test_a_compaction_cut_before_its_new_journal_loses_nothing(
     make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
     backend = FaultyJSON(path)
     kf = make_keyflow(storage=backend)
     kf.job("work")(Recorder().handler)
     await kf.start()
-    backend.faults.new_journal = True  # the snapshot is written, the new journal is not
+    backend.faults.new_journal = True  # the journal is rotated out, the new one not made
     acknowledged: list[str] = []
     refused = 0
     for n in range(30):
@@ -115,7 +114,7 @@ async def test_a_compaction_cut_between_snapshot_and_journal_loses_nothing(
             refused += 1
         else:
             acknowledged.append(result.run_id)
-    assert refused > 0  # nothing may go to the journal the snapshot already folded in
+    assert refused > 0  # nothing may go to the journal rotated out
     backend.faults.new_journal = False
     acknowledged.append((await kf.trigger("work", {"n": 99}, delay=60)).run_id)
     await kf.stop()
@@ -125,7 +124,7 @@ async def test_a_compaction_cut_between_snapshot_and_journal_loses_nothing(
 async def test_a_folder_sync_failing_after_a_compaction_wedges_nothing(
     make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
     backend = FaultyJSON(path)
     kf = make_keyflow(storage=backend)
@@ -148,7 +147,7 @@ async def test_a_folder_sync_failing_after_a_compaction_wedges_nothing(
 async def test_a_journal_that_cannot_be_reopened_once_wedges_nothing(
     make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
     backend = FaultyJSON(path)
     kf = make_keyflow(storage=backend)
@@ -231,3 +230,68 @@ async def test_a_start_whose_recovery_cannot_be_written_fails_and_a_later_one_re
     run = await kf.wait("left-1", timeout=30)
     assert run.status is RunStatus.COMPLETED
     assert run.interruptions == 1
+
+
+async def test_commits_go_on_while_a_compaction_writes_its_snapshot(
+    make_keyflow: MakeKeyflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot is written in the background: triggers are acknowledged meanwhile
+    (appended to the new journal), and files copied mid-compaction, as a crash would
+    leave them, hold every run acknowledged by then."""
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
+    path = tmp_path / "runs.json"
+    backend = FaultyJSON(path)
+    kf = make_keyflow(storage=backend)
+    kf.job("work")(Recorder().handler)
+    await kf.start()
+    backend.faults.snapshot_stall = threading.Event()
+    made: list[str] = []
+    try:
+        while not backend.old_journal_path.exists():  # until a compaction rotates
+            made.append((await kf.trigger("work", {"pad": "x" * 300}, delay=60)).run_id)
+        assert len(made) < 50
+        for n in range(20):  # its snapshot is stalled: the commits are not
+            made.append((await kf.trigger("work", {"n": n}, delay=60)).run_id)
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for name in ("runs.json", "runs.json.journal", "runs.json.journal.old"):
+            (crashed / name).write_bytes((tmp_path / name).read_bytes())
+    finally:
+        backend.faults.snapshot_stall.set()
+    await backend.compact()  # (waits for the stalled one, then compacts again)
+    await kf.stop()
+    assert not backend.old_journal_path.exists()  # folded in, then deleted
+    assert set(await stored_runs(f"json:///{path}")) == set(made)
+    # The crash's files: the old snapshot, the old journal, the new journal.
+    assert set(await stored_runs(f"json:///{crashed / 'runs.json'}")) == set(made)
+    reopened = JSONFileBackend(crashed / "runs.json")
+    await reopened.open()  # a writer's open finishes the compaction first
+    await reopened.close()
+    assert not (crashed / "runs.json.journal.old").exists()
+    assert json.loads((crashed / "runs.json").read_text())["generation"] == 2
+    assert set(await stored_runs(f"json:///{crashed / 'runs.json'}")) == set(made)
+
+
+async def test_an_old_journal_left_after_its_snapshot_is_ignored_and_deleted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.json"
+    backend = JSONFileBackend(path)
+    await backend.open()
+    first = RunRecord("a", "work", None, RunStatus.QUEUED, {}, 1.0, 1.0, 3)
+    await backend.write(WriteBatch([first]))
+    await backend.compact()
+    stale = backend.journal_path.read_bytes()  # generation 2, holding nothing new
+    done = first.copy()
+    done.status, done.finished_at = RunStatus.CANCELLED, 2.0
+    await backend.write(WriteBatch([done]))
+    await backend.compact()  # generation 3; a crash before the old journal went:
+    await backend.close()
+    backend.old_journal_path.write_bytes(stale)
+    reopened = JSONFileBackend(path)
+    await reopened.open()
+    run = await reopened.get_run("a")
+    await reopened.close()
+    assert run is not None
+    assert run.status is RunStatus.CANCELLED
+    assert not reopened.old_journal_path.exists()

@@ -13,8 +13,13 @@ import keyflow
 from keyflow import RunStatus
 from keyflow.records import RunRecord
 from keyflow.runs import LogEntry
-from keyflow.storage_backends import RunQuery, WriteBatch, open_backend, sqlite_schema
-from keyflow.storage_backends import jsonfile as jsonfile_module
+from keyflow.storage_backends import (
+    RunQuery,
+    WriteBatch,
+    jsonfile_snapshots,
+    open_backend,
+    sqlite_schema,
+)
 from keyflow.storage_backends import rows as rows_module
 from keyflow.storage_backends.jsonfile import JSONFileBackend
 from keyflow.storage_backends.sqlite import SQLiteBackend
@@ -124,7 +129,7 @@ async def test_a_journal_older_than_the_snapshot_is_ignored(tmp_path: Path) -> N
 async def test_compaction_folds_the_journal_into_a_readable_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jsonfile_module, "MIN_COMPACT_BYTES", 2_000)
+    monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
     journal = tmp_path / "runs.json.journal"
     await write_json(path, *([record(f"r{n}")] for n in range(40)))

@@ -216,21 +216,16 @@ class CommitPipeline:
     async def flush(self, *, give_up: bool = False) -> None:
         """Return once every change queued so far is durable.
 
-        While writes keep failing this keeps waiting (bound it with a timeout), unless
-        ``give_up``: then the first failed write raises its error.
-
-        Raises:
-            StorageError: a write failed (only with ``give_up``).
+        While writes keep failing this keeps waiting (bound it with a timeout); with
+        ``give_up``, the first failed write raises its ``StorageError`` instead.
         """
+        ignored = () if give_up else (StorageError,)
         while not self.idle and not self._closed:
             target = self._inflight or self._open
             if self._flush_task is None and self._inflight is None:
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
-            try:
+            with contextlib.suppress(*ignored):
                 await asyncio.shield(target.waiter())
-            except StorageError:
-                if give_up:
-                    raise
 
     async def barrier(self) -> None:
         """Wait until the batch open or in flight now is written (or has failed)."""

@@ -2,15 +2,24 @@
 
 Two files: ``path.json``, a snapshot of every stored run, and ``path.json.journal``,
 JSON lines appended since that snapshot, one per committed batch. A commit appends
-one line and fsyncs it: it costs O(change), not O(all runs). Once the journal outgrows
-the snapshot, compaction writes a new snapshot atomically (temporary file in the same
-directory, fsync, ``os.replace``, fsync of the directory) and starts a new journal.
+one line and fsyncs it: it costs O(change), not O(all runs).
 
-Both files carry a generation number: a journal older than the snapshot (a crash
-between the two replacements) is already folded in and is ignored. A torn last
-journal line (a crash mid-append) was never acknowledged and is dropped; anything
-else unreadable stops the open with an error naming the file and line, touching
-nothing.
+Compaction never holds commits up for the snapshot. Once the journal outgrows the
+snapshot, the write that saw it rotates the journal (``path.json.journal`` becomes
+``path.json.journal.old`` and a new journal of the next generation starts: a rename
+and a small file), then returns; the snapshot of that moment is written in the
+background (temporary file, fsync, ``os.replace``, fsync of the directory) while
+commits go on appending to the new journal, and the old journal is deleted once the
+snapshot is durable. The snapshot says how many bytes of its generation's journal it
+holds (``journal_offset``).
+
+Both files carry a generation number. Opening replays the old journal (if it is of
+the snapshot's generation: the snapshot was not written yet) past the bytes the
+snapshot holds, then the journal; a journal older than the snapshot is folded in
+already and is ignored; an open that replayed an old journal finishes the compaction
+first. A torn last journal line (a crash mid-append) was never acknowledged and is
+dropped; anything else unreadable stops the open with an error naming the file and
+line, touching nothing.
 
 A full disk never breaks the store for good: a failed append is cut back to the last
 good line (or, if even that fails, before the next append), and a failed compaction
@@ -23,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -32,20 +40,19 @@ from typing import Any
 
 from ..errors import StorageCorruptError, StorageError
 from .base import Refusals, StoredState, WriteBatch
-from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
-from .jsonfile_rows import JOURNAL_FORMAT, SNAPSHOT_FORMAT, TERMINAL, VERSION, JSONRows
+from .journal import JournalFile, identity
+from .jsonfile_rows import TERMINAL
+from .jsonfile_snapshots import Snapshots
 from .lockfile import WriterLock
 from .rows import dumps, encode_rows, record_row, row_record
 
 logger = logging.getLogger("keyflow.storage")
 
-MIN_COMPACT_BYTES = 1 << 20
-"""The journal is folded into the snapshot once it is larger than this and the snapshot."""
 REFRESH_SECONDS = 0.5
 """A read-only open reloads the files at most this often."""
 
 
-class JSONFileBackend(JSONRows):
+class JSONFileBackend(Snapshots):
     """Runs in a JSON snapshot file and its append-only journal."""
 
     journal_file: Callable[[Path], JournalFile] = JournalFile
@@ -58,6 +65,12 @@ class JSONFileBackend(JSONRows):
         super().__init__(retention)
         self.path = Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
+        self.old_journal_path = self.path.with_name(self.path.name + ".journal.old")
+        self._old_journal = "none"
+        self._folding: asyncio.Task[None] | None = None
+        """The background half of a compaction (the snapshot), while it runs."""
+        self._snapshotting = False
+        """The snapshot file is being replaced (its identity is not checked meanwhile)."""
         self.read_only = read_only
         self._lock = WriterLock(self.path)
         self._generation = 0
@@ -73,8 +86,8 @@ class JSONFileBackend(JSONRows):
         self._closed = False
         self._ops: set[asyncio.Future[Any]] = set()
         """Blocking file operations running in a thread now (see close())."""
-        self._compact_at = MIN_COMPACT_BYTES
-        self._seen: tuple[float, int, float, int] | None = None  # read-only: file stats
+        self._compact_at = 0  # (set at open)
+        self._seen: tuple[object, ...] | None = None  # read-only: the files' stats
         self._loaded_at = 0.0
         self.refresh_seconds = REFRESH_SECONDS
         """Read-only: the longest a change of the files goes unnoticed."""
@@ -130,10 +143,15 @@ class JSONFileBackend(JSONRows):
                 os.truncate(self.journal_path, good_journal_bytes)  # drop the torn last line
             self._journal_size = self.journal_path.stat().st_size
             self._journal = self.journal_file(self.journal_path)
+            if self._old_journal == "replayed":  # a compaction cut short: finish it first
+                document = self._snapshot(self._generation, self._journal_size)
+                await asyncio.to_thread(self._fold, document)
+            elif self._old_journal == "stale":
+                await asyncio.to_thread(self._drop_old_journal)
         except OSError as exc:
             raise StorageError(f"{self.path} cannot be opened for writing: {exc}") from exc
         self._snapshot_id = identity(self.path)
-        self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
+        self._reset_compact_at()
         self._apply_retention()
 
     async def close(self) -> None:
@@ -147,6 +165,8 @@ class JSONFileBackend(JSONRows):
         if self._closed:
             return
         self._closed = True
+        if self._folding is not None:
+            self._folding.cancel()  # its thread, if it runs, is waited for below
         self.close_start_marks()
         if self._ops:
             logger.warning(
@@ -176,15 +196,6 @@ class JSONFileBackend(JSONRows):
             journal.close()
         finally:
             self._lock.release()
-
-    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        # Every blocking file operation goes through here: close() knows what is in
-        # flight. Shielded: a cancelled caller leaves the operation running (as a thread
-        # does), still tracked.
-        op = asyncio.get_running_loop().run_in_executor(None, function, *args)
-        self._ops.add(op)
-        op.add_done_callback(self._ops.discard)
-        return await asyncio.shield(op)
 
     # -- writing -----------------------------------------------------------------
 
@@ -230,15 +241,15 @@ class JSONFileBackend(JSONRows):
             self._remember_key(job, key, run_id)
         self._apply_pauses(batch.pauses)
         self._apply_retention()
-        if self._journal_size > self._compact_at:
+        if self._journal_size > self._compact_at and self._folding is None:
             # The batch is durable: a compaction that fails only comes later.
             try:
-                await self.compact()
+                if not self._old_pending():
+                    await self._rotate_journal()
             except StorageError as exc:
-                self._compact_at = self._journal_size + max(
-                    MIN_COMPACT_BYTES, self._journal_size // 4
-                )
-                logger.warning("%s; compaction will be tried again later", exc)
+                self._compaction_failed(exc)
+            else:
+                self._folding = asyncio.get_running_loop().create_task(self._fold_later())
         return None
 
     def _append(self, journal: JournalFile, line: bytes) -> None:
@@ -266,7 +277,7 @@ class JSONFileBackend(JSONRows):
         # Files deleted or replaced under us would swallow every later commit.
         self._lock.check()
         journal = self._journal
-        replaced = identity(self.path) != self._snapshot_id or (
+        replaced = (not self._snapshotting and identity(self.path) != self._snapshot_id) or (
             not self._needs_journal
             and journal is not None
             and (identity(self.journal_path) or (0, 0, 0))[:2] != journal.identity()
@@ -287,70 +298,6 @@ class JSONFileBackend(JSONRows):
                 "wrote: it was changed under keyflow; refusing to write: restart keyflow"
             )
 
-    async def compact(self) -> None:
-        """Fold the journal into a new snapshot and start an empty journal.
-
-        Raises:
-            StorageError: the snapshot or the new journal could not be written; nothing
-                is lost (the old files, or the new snapshot, hold everything) and later
-                writes go on.
-        """
-        self._writable()
-        document = self._snapshot(self._generation + 1)
-        try:
-            # Serialised in the thread too: the rows are never changed in place, only
-            # replaced, so the lists taken here stay the state of this moment.
-            await self._in_thread(self._write_snapshot, document)
-        except OSError as exc:
-            raise StorageError(f"compacting {self.path} failed: {exc}") from exc
-        self._generation += 1
-        self._snapshot_id = identity(self.path)
-        # The old journal is folded in now: nothing may be appended to it any more.
-        self._needs_journal = True
-        try:
-            await self._start_journal()
-        except OSError as exc:
-            raise StorageError(f"starting a new {self.journal_path} failed: {exc}") from exc
-
-    async def _start_journal(self) -> None:
-        # The new journal's rename is synced with its directory, which makes the new
-        # snapshot's durable too (a directory sync that failed after it is redone here).
-        await self._in_thread(self._new_journal)
-        fresh = self.journal_file(self.journal_path)  # may fail: tried again next write
-        old, self._journal = self._journal, fresh
-        if old is not None:
-            old.close()
-        self._journal_size = fresh.size()
-        self._needs_journal = self._needs_cut = False
-        self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
-
-    def _snapshot(self, generation: int) -> dict[str, Any]:
-        idempotency = [[job, key, run_id] for (job, key), run_id in self._idempotency.items()]
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "version": VERSION,
-            "generation": generation,
-            "runs": list(self._runs.values()),
-            "idempotency": idempotency,
-            "paused": sorted([kind, name] for kind, name in self._paused),
-        }
-
-    def _write_snapshot(self, document: dict[str, Any]) -> None:
-        data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
-        replace_file(self.path, data)
-        self._snapshot_size = len(data)
-        try:
-            self._sync_directory(self.path)
-        except OSError as exc:  # the new journal's sync makes the rename durable
-            logger.warning("syncing the folder of %s failed (%r); retried", self.path, exc)
-
-    def _sync_directory(self, path: Path) -> None:
-        sync_directory(path)
-
-    def _new_journal(self) -> None:
-        header = {"format": JOURNAL_FORMAT, "version": VERSION, "generation": self._generation}
-        replace_atomically(self.journal_path, (dumps(header) + "\n").encode())
-
     def _writable(self) -> None:
         if self.read_only:
             raise StorageError(f"{self.path} is open read-only")
@@ -368,8 +315,11 @@ class JSONFileBackend(JSONRows):
             return
         for attempt in range(3):  # a compaction may replace the files between our reads
             try:
-                snap, journal = self.path.stat(), self.journal_path.stat()
-                seen = (snap.st_mtime, snap.st_size, journal.st_mtime, journal.st_size)
+                snap = self.path.stat()
+                journal, old = _stat(self.journal_path), _stat(self.old_journal_path)
+                if journal is None and old is None:
+                    raise FileNotFoundError(2, "No such file", str(self.journal_path))
+                seen = (snap.st_mtime, snap.st_size, journal, old)
                 if seen != self._seen:
                     self._load()
                     self._seen = seen
@@ -390,3 +340,12 @@ class JSONFileBackend(JSONRows):
             await self._refresh()
             return self._seen
         return (self._generation, self._journal_size)
+
+
+def _stat(path: Path) -> tuple[float, int] | None:
+    """``path``'s modification time and size, or None if it does not exist."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return (found.st_mtime, found.st_size)

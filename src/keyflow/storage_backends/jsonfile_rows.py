@@ -31,6 +31,10 @@ class JSONRows(StorageBackend):
 
     path: Path
     journal_path: Path
+    old_journal_path: Path
+    _old_journal: str
+    """What the last load found of the rotated-out journal: ``"none"``, ``"stale"``
+    (folded in already) or ``"replayed"`` (its snapshot was not written yet)."""
     _generation: int
     _snapshot_size: int
 
@@ -76,6 +80,7 @@ class JSONRows(StorageBackend):
         self._check_version(snapshot, self.path)
         try:
             self._generation = int(snapshot["generation"])
+            folded = int(snapshot.get("journal_offset", 0))  # (older files: none)
             for row in snapshot["runs"]:
                 self._put(check_row(row, f"{self.path}: malformed snapshot"))
             for job, key, run_id in snapshot["idempotency"]:
@@ -84,11 +89,30 @@ class JSONRows(StorageBackend):
                 self._paused.add((str(kind), str(name)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageCorruptError(f"{self.path}: malformed snapshot ({exc!r})") from None
+        # A compaction in progress (or cut short by a crash) left the journal it rotated
+        # out: its lines past ``folded`` come first, then the new journal's, whole.
+        snapshot_generation = self._generation
+        self._old_journal = "none"
+        if self.old_journal_path.exists():
+            data = self.old_journal_path.read_bytes()
+            if self._replay(data, self.old_journal_path, snapshot_generation, folded) is None:
+                self._old_journal = "stale"
+            else:
+                self._old_journal = "replayed"
+                self._generation = snapshot_generation + 1
+                folded = 0
         if not self.journal_path.exists():
             return None
-        return self._replay(self.journal_path.read_bytes())
+        return self._replay(
+            self.journal_path.read_bytes(), self.journal_path, self._generation, folded
+        )
 
-    def _replay(self, data: bytes) -> int | None:
+    def _replay(self, data: bytes, path: Path, generation: int, folded: int) -> int | None:
+        """Apply the journal ``data`` (of ``path``) if it is of ``generation``.
+
+        Its first ``folded`` bytes are in the snapshot already. Returns the bytes to
+        keep (None: the journal is stale, folded in already).
+        """
         lines = data.split(b"\n")
         # Every complete line ends with "\n"; what follows the last one is a torn append.
         complete, torn = lines[:-1], lines[-1]
@@ -99,27 +123,31 @@ class JSONRows(StorageBackend):
         except (json.JSONDecodeError, UnicodeDecodeError):
             header = None
         if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
-            raise StorageCorruptError(f"{self.journal_path}:1: not a keyflow journal header")
-        self._check_version(header, self.journal_path)
-        generation = header.get("generation")
-        if generation != self._generation:
-            if isinstance(generation, int) and generation < self._generation:
+            raise StorageCorruptError(f"{path}:1: not a keyflow journal header")
+        self._check_version(header, path)
+        found = header.get("generation")
+        if found != generation:
+            if isinstance(found, int) and found < generation:
                 return None  # already folded into the snapshot
             raise StorageCorruptError(
-                f"{self.journal_path}:1: generation {generation!r} does not follow the "
-                f"snapshot's ({self._generation})"
+                f"{path}:1: generation {found!r} does not follow the snapshot's ({generation})"
             )
         kept = len(complete[0]) + 1
+        if folded > len(data):
+            raise StorageCorruptError(
+                f"{path} is {len(data)} bytes, shorter than the {folded} its snapshot folded in"
+            )
         for number, line in enumerate(complete[1:], start=2):
+            if kept < folded:  # in the snapshot already
+                kept += len(line) + 1
+                continue
             try:
                 entry = json.loads(line)
                 self._apply_entry(entry)
             except (KeyError, TypeError, ValueError, AttributeError):  # JSON errors included
                 if number == len(complete) and not torn:
                     break  # the last line, cut short by a crash before its newline landed
-                raise StorageCorruptError(
-                    f"{self.journal_path}:{number}: unreadable journal entry"
-                ) from None
+                raise StorageCorruptError(f"{path}:{number}: unreadable journal entry") from None
             kept += len(line) + 1
         return kept
 
