@@ -10,7 +10,10 @@ These calls block; the backend runs them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -79,10 +82,17 @@ def replace_atomically(path: Path, data: bytes) -> None:
     sync_directory(path)
 
 
-def replace_file(path: Path, data: bytes) -> None:
+def replace_file(
+    path: Path,
+    data: bytes,
+    lock: threading.Lock | None = None,
+    replaced: Callable[[], None] | None = None,
+) -> None:
     """Temporary file in the same directory, fsync, ``os.replace``.
 
-    The new name is durable once the directory is synced (:func:`sync_directory`).
+    The new name is durable once the directory is synced (:func:`sync_directory`). With
+    ``lock``, the rename and ``replaced`` (which notes the new file) happen under it, so
+    that a thread checking the file under the same lock never sees one without the other.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -90,7 +100,10 @@ def replace_file(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, path)
+        with lock if lock is not None else contextlib.nullcontext():
+            os.replace(temporary, path)
+            if replaced is not None:
+                replaced()
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

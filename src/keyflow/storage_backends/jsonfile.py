@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,9 @@ class JSONFileBackend(Snapshots):
         self._old_journal = "none"
         self._folding: asyncio.Task[None] | None = None
         """The background half of a compaction (the snapshot), while it runs."""
-        self._snapshotting = False
-        """The snapshot file is being replaced (its identity is not checked meanwhile)."""
+        self._snapshot_lock = threading.Lock()
+        """Held while the snapshot file is renamed into place and its identity noted,
+        and while a write checks that identity (they run in different threads)."""
         self.read_only = read_only
         self._lock = WriterLock(self.path)
         self._generation = 0
@@ -277,7 +279,9 @@ class JSONFileBackend(Snapshots):
         # Files deleted or replaced under us would swallow every later commit.
         self._lock.check()
         journal = self._journal
-        replaced = (not self._snapshotting and identity(self.path) != self._snapshot_id) or (
+        with self._snapshot_lock:
+            snapshot_moved = identity(self.path) != self._snapshot_id
+        replaced = snapshot_moved or (
             not self._needs_journal
             and journal is not None
             and (identity(self.journal_path) or (0, 0, 0))[:2] != journal.identity()

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ class Snapshots(JSONRows):
     _snapshot_id: tuple[int, int, int] | None
     _compact_at: int
     _folding: asyncio.Task[None] | None
-    _snapshotting: bool
+    _snapshot_lock: threading.Lock
     _ops: set[asyncio.Future[Any]]
 
     def _writable(self) -> None:
@@ -142,11 +143,7 @@ class Snapshots(JSONRows):
         The old journal goes only once the snapshot's rename is durable (the folder
         synced): otherwise a power cut could keep the deletion and lose the rename.
         """
-        self._snapshotting = True
-        try:
-            self._write_snapshot(document, strict=True)
-        finally:
-            self._snapshotting = False
+        self._write_snapshot(document, strict=True)
         self._drop_old_journal()
 
     def _drop_old_journal(self) -> None:
@@ -178,10 +175,13 @@ class Snapshots(JSONRows):
             "paused": sorted([kind, name] for kind, name in self._paused),
         }
 
+    def _note_snapshot(self) -> None:
+        """The snapshot file just replaced is ours (even if the folder sync fails)."""
+        self._snapshot_id = identity(self.path)
+
     def _write_snapshot(self, document: dict[str, Any], *, strict: bool = False) -> None:
         data = (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
-        replace_file(self.path, data)
-        self._snapshot_id = identity(self.path)  # ours, even if the folder sync fails
+        replace_file(self.path, data, self._snapshot_lock, self._note_snapshot)
         self._snapshot_size = len(data)
         try:
             self._sync_directory(self.path)
