@@ -49,6 +49,9 @@ from .rows import dumps, encode_rows, record_row, row_record
 
 logger = logging.getLogger("keyflow.storage")
 
+FOLD_PATIENCE = 10.0
+"""Seconds a close waits for a compaction's snapshot to be written (then goes on: the
+old journal, kept, is replayed by the next open)."""
 REFRESH_SECONDS = 0.5
 """A read-only open reloads the files at most this often."""
 
@@ -167,8 +170,10 @@ class JSONFileBackend(Snapshots):
         if self._closed:
             return
         self._closed = True
-        if self._folding is not None:
-            self._folding.cancel()  # its thread, if it runs, is waited for below
+        folding = self._folding
+        if folding is not None:  # a compaction's snapshot: let it finish, a while
+            await asyncio.wait({folding}, timeout=FOLD_PATIENCE)
+            folding.cancel()  # (done; or its thread, still writing, is waited for below)
         self.close_start_marks()
         if self._ops:
             logger.warning(
