@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,33 +70,35 @@ async def _noop(ctx: keyflow.RunContext, input: dict[str, Any]) -> None:
     return None
 
 
-async def sequential_triggers_per_second(url: str, count: int) -> float:
-    """One producer awaiting each durable trigger in turn (delayed runs); triggers/s."""
-    kf = keyflow.Keyflow(storage=url, retention=count * 2)
+@contextlib.asynccontextmanager
+async def running(url: str, retention: int, workers: int = 1) -> AsyncIterator[keyflow.Keyflow]:
+    """A started scheduler with the no-op job, stopped after (running runs cut short)."""
+    kf = keyflow.Keyflow(storage=url, retention=retention, workers=workers)
     kf.job("noop")(_noop)
     await kf.start()
     try:
-        start = time.perf_counter()
-        for n in range(count):
-            await kf.trigger("noop", {"n": n}, concurrency_key=f"k{n % 50}", delay=3_600)
-        return count / (time.perf_counter() - start)
+        yield kf
     finally:
         await kf.stop(grace=0)
 
 
+async def sequential_triggers_per_second(url: str, count: int) -> float:
+    """One producer awaiting each durable trigger in turn (delayed runs); triggers/s."""
+    async with running(url, count * 2) as kf:
+        start = time.perf_counter()
+        for n in range(count):
+            await kf.trigger("noop", {"n": n}, concurrency_key=f"k{n % 50}", delay=3_600)
+        return count / (time.perf_counter() - start)
+
+
 async def sequential_end_to_end_jobs_per_second(url: str, count: int) -> float:
     """One producer triggering no-op jobs in turn while 100 workers run them; jobs/s."""
-    kf = keyflow.Keyflow(storage=url, retention=count * 2, workers=100)
-    kf.job("noop")(_noop)
-    await kf.start()
-    try:
+    async with running(url, count * 2, workers=100) as kf:
         start = time.perf_counter()
         for n in range(count):
             await kf.trigger("noop", {"n": n})
         await kf.run_until_idle()
         return count / (time.perf_counter() - start)
-    finally:
-        await kf.stop()
 
 
 async def _produce(kf: keyflow.Keyflow, count: int, *, delay: float) -> float:
@@ -112,27 +116,17 @@ async def _produce(kf: keyflow.Keyflow, count: int, *, delay: float) -> float:
 
 async def triggers_per_second(url: str, count: int, retention: int = 1_000_000) -> float:
     """Acknowledged durable triggers/s (delayed runs: nothing executes meanwhile)."""
-    kf = keyflow.Keyflow(storage=url, retention=retention)
-    kf.job("noop")(_noop)
-    await kf.start()
-    try:
+    async with running(url, retention) as kf:
         return await _produce(kf, count, delay=3_600)
-    finally:
-        await kf.stop(grace=0)
 
 
 async def end_to_end_jobs_per_second(url: str, count: int) -> float:
     """Trigger ``count`` no-op jobs from 100 producers and run them all; jobs/s."""
-    kf = keyflow.Keyflow(storage=url, retention=count * 2, workers=20)
-    kf.job("noop")(_noop)
-    await kf.start()
-    try:
+    async with running(url, count * 2, workers=20) as kf:
         start = time.perf_counter()
         await _produce(kf, count, delay=0)
         await kf.run_until_idle()
         return count / (time.perf_counter() - start)
-    finally:
-        await kf.stop()
 
 
 async def fill(url: str, finished: int) -> None:
@@ -198,38 +192,26 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  append + flush + fsync one line:  {fsync:>10,.0f} lines/s")
 
     print("\none sequential producer, each trigger durable before the next")
-    seq = max(
-        [
-            await sequential_triggers_per_second(fresh("sqlite"), args.sequential)
-            for _ in range(args.rounds)
-        ]
+
+    async def best(measure: Callable[[str, int], Awaitable[float]], kind: str) -> float:
+        return max([await measure(fresh(kind), args.sequential) for _ in range(args.rounds)])
+
+    def against(name: str, value: float, factor: float, base: float, unit: str) -> None:
+        ratio = f"({value / base:.2f}x {unit})"
+        report(name, value, value >= factor * base, f">= {factor:.1f}x {unit}", ratio)
+
+    against(
+        "SQLite trigger()", await best(sequential_triggers_per_second, "sqlite"), 1.0, one, "1-row"
     )
-    report("SQLite trigger()", seq, seq >= one, ">= 1.0x 1-row", f"({seq / one:.2f}x 1-row)")
-    seq_json = max(
-        [
-            await sequential_triggers_per_second(fresh("json"), args.sequential)
-            for _ in range(args.rounds)
-        ]
+    against(
+        "JSON trigger()", await best(sequential_triggers_per_second, "json"), 0.5, fsync, "fsync"
     )
-    report(
-        "JSON trigger()",
-        seq_json,
-        seq_json >= 0.5 * fsync,
-        ">= 0.5x fsync",
-        f"({seq_json / fsync:.2f}x fsync)",
-    )
-    seq_e2e = max(
-        [
-            await sequential_end_to_end_jobs_per_second(fresh("sqlite"), args.sequential)
-            for _ in range(args.rounds)
-        ]
-    )
-    report(
+    against(
         "SQLite no-op jobs, 100 workers",
-        seq_e2e,
-        seq_e2e >= 0.5 * one,
-        ">= 0.5x 1-row",
-        f"({seq_e2e / one:.2f}x 1-row)",
+        await best(sequential_end_to_end_jobs_per_second, "sqlite"),
+        0.5,
+        one,
+        "1-row",
     )
 
     if args.part == "sequential":

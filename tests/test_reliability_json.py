@@ -33,14 +33,20 @@ def storage_url(tmp_path: Path) -> str:
     return f"json:///{tmp_path / 'runs.json'}"
 
 
-async def test_json_recovers_when_neither_the_append_nor_its_repair_could_be_written(
-    make_keyflow: MakeKeyflow, tmp_path: Path
-) -> None:
-    path = tmp_path / "runs.json"
+async def started(make_keyflow: MakeKeyflow, path: Path) -> tuple[FaultyJSON, keyflow.Keyflow]:
+    """A scheduler started on a fault-injecting store at ``path``, with a ``work`` job."""
     backend = FaultyJSON(path)
     kf = make_keyflow(storage=backend)
     kf.job("work")(Recorder().handler)
     await kf.start()
+    return backend, kf
+
+
+async def test_json_recovers_when_neither_the_append_nor_its_repair_could_be_written(
+    make_keyflow: MakeKeyflow, tmp_path: Path
+) -> None:
+    path = tmp_path / "runs.json"
+    backend, kf = await started(make_keyflow, path)
     kept = await kf.trigger("work", {"n": 0}, delay=60)
     backend.faults.append = backend.faults.cut = True
     for n in (1, 2):
@@ -63,10 +69,7 @@ async def test_a_refused_json_append_is_not_written_at_stop(
     make_keyflow: MakeKeyflow, tmp_path: Path
 ) -> None:
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     backend.faults.append = True
     with pytest.raises(keyflow.StorageError):
         await kf.trigger("work", {"n": 1}, delay=60)
@@ -80,10 +83,7 @@ async def test_a_failed_compaction_never_fails_a_durable_append(
 ) -> None:
     monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)  # compact early
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     backend.faults.snapshot = True
     made = [await kf.trigger("work", {"n": n, "pad": "x" * 300}, delay=60) for n in range(20)]
     assert kf.statistics().storage_error is None  # every append landed: no failure
@@ -100,10 +100,7 @@ async def test_a_compaction_cut_before_its_new_journal_loses_nothing(
 ) -> None:
     monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     backend.faults.new_journal = True  # the journal is rotated out, the new one not made
     acknowledged: list[str] = []
     refused = 0
@@ -126,10 +123,7 @@ async def test_a_folder_sync_failing_after_a_compaction_wedges_nothing(
 ) -> None:
     monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     acknowledged: list[str] = []
     for n in range(30):  # several compactions: the first one's folder sync fails
         backend.faults.directory_sync = n < 10
@@ -149,10 +143,7 @@ async def test_a_journal_that_cannot_be_reopened_once_wedges_nothing(
 ) -> None:
     monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     backend.faults.open_journal = True  # too many open files, for a while
     acknowledged: list[str] = []
     refused = 0
@@ -240,10 +231,7 @@ async def test_commits_go_on_while_a_compaction_writes_its_snapshot(
     leave them, hold every run acknowledged by then."""
     monkeypatch.setattr(jsonfile_snapshots, "MIN_COMPACT_BYTES", 2_000)
     path = tmp_path / "runs.json"
-    backend = FaultyJSON(path)
-    kf = make_keyflow(storage=backend)
-    kf.job("work")(Recorder().handler)
-    await kf.start()
+    backend, kf = await started(make_keyflow, path)
     backend.faults.snapshot_stall = threading.Event()
     made: list[str] = []
     try:
