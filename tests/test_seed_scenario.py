@@ -93,8 +93,11 @@ async def test_queue_processes_every_pr_after_its_crawl_ended(make_keyflow: Make
     assert set(world.processed) == fetched, "queue left PRs behind"
     for pr, crawl_ended in world.raw.items():
         assert world.processed[pr] > crawl_ended, f"{pr} processed by a run older than its crawl"
-    # one follow-up queued, the other trigger joined it: nothing piled up
-    assert world.dispositions == [Disposition.CREATED, Disposition.QUEUED, Disposition.COALESCED]
+    # one follow-up queued, the other trigger joined it: nothing piled up (the two
+    # crawls run in parallel: which of them queued and which joined is theirs to race)
+    first, *later = world.dispositions
+    assert first is Disposition.CREATED
+    assert sorted(later) == sorted([Disposition.QUEUED, Disposition.COALESCED])
     runs = await kf.list_runs(job="process")
     assert [r.trigger_count for r in runs] == [2, 1]
     assert kf.statistics().triggers.coalesced == 1
