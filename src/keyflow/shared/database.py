@@ -125,9 +125,7 @@ class Leased:
 
     __slots__ = ("entered", "generation", "owner", "record")
 
-    def __init__(
-        self, record: RunRecord, generation: int, owner: str | None, entered: int = 0
-    ) -> None:
+    def __init__(self, record: RunRecord, generation: int, owner: str | None, entered: int) -> None:
         self.record = record
         self.generation = generation
         self.owner = owner
@@ -158,9 +156,9 @@ class SharedDatabase:
         self.connect_timeout = connect_timeout
         self.pool_size = pool_size
         self.application_name = "keyflow"
+        """How its sessions are named in ``pg_stat_activity``."""
         self.sslmode: str | None = None
         """TLS to the server (libpq's ``sslmode``; None: asyncpg's default)."""
-        """How its sessions are named in ``pg_stat_activity``."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         """This process's name on the leases it holds."""
         self.channel = "keyflow_" + hashlib.sha256(schema.encode()).hexdigest()[:20]

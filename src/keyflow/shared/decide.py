@@ -34,14 +34,13 @@ Entered = Mapping[str, int]
 
 
 def lane_from_runs(
-    key: str, limit: int, runs: Iterable[RunRecord], entered: Entered | None = None
+    key: str, limit: int, runs: Iterable[RunRecord], entered: Entered
 ) -> tuple[Lane, list[RunRecord]]:
     """The lane of ``key`` rebuilt from its unfinished runs, in creation order.
 
     Queued runs wait in the order they entered the queue (``entered``: a run made queued
     joins its back, and so does a delayed run when it becomes queued, whatever its
-    creation time; a run not in ``entered`` entered last). Without ``entered``: in the
-    order they became due (due time, then creation). Returns the lane and the runs
+    creation time; a run not in ``entered`` entered last). Returns the lane and the runs
     :meth:`Lane.enforce_limit` requeued (a lane holding more slots than ``limit``: a
     lower limit in this process).
     """
@@ -51,8 +50,7 @@ def lane_from_runs(
     for index, run in enumerate(runs):
         lane.restore(run)
         if run.status is QUEUED:
-            order = run.due_at if entered is None else entered.get(run.id, last)
-            queued.append((order, index, run))
+            queued.append((entered.get(run.id, last), index, run))
     for _order, _index, run in sorted(queued, key=lambda item: item[:2]):
         lane.restore_waiting(run)
     requeued = [run for run in lane.enforce_limit() if isinstance(run, RunRecord)]
@@ -77,7 +75,7 @@ def decide_trigger(
     limit: int,
     new_id: Callable[[], str],
     now: float,
-    entered: Entered | None = None,
+    entered: Entered,
 ) -> Decision:
     """Decide ``trig`` against its key's unfinished ``runs`` (creation order); apply it.
 
@@ -129,9 +127,7 @@ def decide_trigger(
     )
 
 
-def promote_after(
-    key: str, limit: int, runs: list[RunRecord], entered: Entered | None = None
-) -> list[RunRecord]:
+def promote_after(key: str, limit: int, runs: list[RunRecord], entered: Entered) -> list[RunRecord]:
     """A key's runs after some of them ended: the runs that take the slots freed.
 
     ``runs`` are the key's unfinished runs, in creation order, the ended ones left out.
@@ -147,7 +143,7 @@ def become_due(
     limit: int,
     runs: list[RunRecord],
     due: RunRecord,
-    entered: Entered | None = None,
+    entered: Entered,
 ) -> list[RunRecord]:
     """``due``, a scheduled run among ``runs``, reached its due time; return runs to write."""
     if key is None:

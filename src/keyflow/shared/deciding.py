@@ -171,7 +171,7 @@ class Deciding(SharedDatabase):
         There is nothing to lock or look up (it always makes a run): one statement,
         committed on its own, stores it.
         """
-        decision = decide_trigger(trig, [], 1, new_id, now)
+        decision = decide_trigger(trig, [], 1, new_id, now, {})
         created = decision.created
         assert created is not None  # without a lane, every trigger creates
         notice = Notice()
@@ -279,7 +279,7 @@ class Deciding(SharedDatabase):
                 ):
                     run = self.decode(data)
                     if _is_due(run, owner, now):
-                        for c in become_due(None, 1, [run], run):
+                        for c in become_due(None, 1, [run], run, {}):
                             changed[c.id] = c
             for run in changed.values():
                 note_change(notice, run)

@@ -42,16 +42,14 @@ LANE_RUNS: Final = (
 """The unfinished runs of these keys, locked in creation order (every transaction locks
 runs in that order), with the order they entered their lane's queue."""
 
-RUNS_BY_ID: Final = (
-    "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
-    "WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE"
-)
-
 RUNS_NOW: Final = (
     "SELECT id, data, generation, lease_owner, concurrency_key FROM keyflow_runs "
     "WHERE id = ANY($1::text[])"
 )
 """These runs as they are now (unlocked)."""
+
+RUNS_BY_ID: Final = RUNS_NOW + " ORDER BY seq FOR UPDATE"
+"""These runs, locked (in creation order, as every transaction locks runs)."""
 
 COLUMNS: Final = (
     "id, job, concurrency_key, status, created_at, finished_at, data, due_at, started_at, "
