@@ -16,7 +16,7 @@ import pytest
 
 import keyflow
 from keyflow import Coalesce, Disposition, RunStatus
-from keyflow.events import RunChanged
+from keyflow.events import RunChanged, TriggerCoalesced
 from keyflow.shared.backend import PRUNE_GRACE, SharedPostgreSQLBackend
 
 from .pg import shared_schema
@@ -545,3 +545,22 @@ async def test_a_cancel_is_told_once_to_the_process_that_made_it(pair: Any) -> N
         (None, RunStatus.QUEUED),
         (RunStatus.QUEUED, RunStatus.CANCELLED),
     ]
+
+
+async def test_a_join_made_here_is_told_here_before_the_trigger_returns(pair: Any) -> None:
+    """The decision's own copy of the joined run is told: no read of the notice needed,
+    even for a run made before the subscription (never told before)."""
+    _a, b, gate = pair
+    await b.trigger("work", {"key": "k"})
+    await gate.started.wait()  # running elsewhere: the next trigger queues
+    queued = await b.trigger("work", {"key": "k"})
+    async with b.events() as events:
+        joined = await b.trigger("work", {"key": "k"})
+        assert joined.disposition is Disposition.COALESCED
+        told = []
+        while (event := events.get_nowait()) is not None:
+            told.append(event)
+    coalesced = [e for e in told if isinstance(e, TriggerCoalesced)]
+    assert [e.run_id for e in coalesced] == [queued.run_id]
+    assert coalesced[0].trigger_count == 2
+    gate.open.set()

@@ -67,6 +67,8 @@ class Notice:
     runs: list[RunRecord] = field(default_factory=list)
     """The changed runs themselves, as this process decided them (never sent: told to
     this process's own subscribers when the transaction commits)."""
+    joined: set[str] = field(default_factory=set)
+    """Of those, the runs this process's triggers joined (never sent, as ``runs``)."""
 
     def __bool__(self) -> bool:
         return (
@@ -166,9 +168,10 @@ class SharedDatabase:
         self._listener: asyncpg.Connection | None = None
         self.on_notice: list[Callable[[Notice], None]] = []
         """Called for every notice heard (from this process too)."""
-        self.on_decided: list[Callable[[list[RunRecord]], None]] = []
-        """Called with the runs a decision of this process changed, once it committed
-        (before the notice comes back: this process's subscribers hear it first)."""
+        self.on_decided: list[Callable[[Notice], None]] = []
+        """Called with a decision of this process (its notice, with the runs it changed
+        and joined) once it committed, before the notice comes back: this process's
+        subscribers hear it first."""
         self.watched = True
         """Some process watches runs change: notices name the changed runs (see
         :mod:`keyflow.shared.watching`; until known, assume so)."""
@@ -283,7 +286,7 @@ class SharedDatabase:
         """``notice``'s transaction committed: tell :attr:`on_decided` its runs."""
         if notice.runs:
             for callback in list(self.on_decided):
-                callback(notice.runs)
+                callback(notice)
 
     def _open_pool(self) -> asyncpg.Pool:
         pool = self._pool

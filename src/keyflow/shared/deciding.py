@@ -122,6 +122,8 @@ class Deciding(SharedDatabase):
                 waited = {run.id for run in runs if run.status is SCHEDULED}
                 decision = decide_trigger(trig, runs, limit, new_id, now, entered)
                 results.append(decision.result)
+                if decision.result.disposition is Disposition.COALESCED:
+                    notice.joined.add(decision.result.run_id)
                 created = decision.created
                 for run in (*decision.changed, *([created] if created else [])):
                     if run.status is QUEUED and (run is created or run.id in waited):

@@ -14,16 +14,17 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from ..errors import StorageError
-from ..records import Coalescence, RunRecord
+from ..records import RunRecord
 from ..runs import RunStatus
 
 if TYPE_CHECKING:
     from ..hub import EventHub
     from .coordinator import SharedCoordinator
+    from .database import Notice
 
 logger = logging.getLogger("keyflow.shared")
 
@@ -60,33 +61,16 @@ class EventRelay:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._relay())
 
-    def tell_decided(self, records: list[RunRecord]) -> None:
+    def tell_decided(self, notice: Notice) -> None:
         """Tell this process's subscribers of the runs its own decision just changed.
 
         At once, as a single process would: the notice's read could come after another
         process changed a run again (a worker started it), and a subscriber would never
-        see it made, or see runs enter a lane in another order than they did. (The joins
-        are told by :meth:`tell_joins`, with the triggers that made them.)
+        see it made, see runs enter a lane in another order than they did, or miss a join.
         """
         if self._hub.active:
-            for record in records:
-                self._publish(record, joins=False)
-
-    async def tell_joins(self, joins: Mapping[str, Coalescence]) -> None:
-        """Tell this process's subscribers of its triggers that joined runs elsewhere.
-
-        The relay then counts those joins as seen. A read that fails is logged: the
-        triggers stand, only their events are lost.
-        """
-        try:
-            rows = await self._coordinator.fetch(READ_RUNS, list(joins))
-        except StorageError as exc:
-            logger.warning("reading runs this process's triggers joined failed: %s", exc)
-            return
-        for data, _owner in rows:
-            record = self._coordinator.decode(data)
-            self._hub.trigger_coalesced(record, joins[record.id])
-            self._saw(record)
+            for record in notice.runs:
+                self._publish(record, joined=record.id in notice.joined)
 
     def adopted(self, record: RunRecord) -> None:
         """This process claimed ``record``: its core tells its changes from now on.
@@ -127,13 +111,23 @@ class EventRelay:
                 if owner != mine:  # (a run this process claimed meanwhile: its core tells)
                     self._publish(self._coordinator.decode(data))
 
-    def _publish(self, record: RunRecord, joins: bool = True) -> None:
+    def _publish(self, record: RunRecord, joined: bool = False) -> None:
+        """Tell what changed in ``record`` since it was last told.
+
+        A join is told once, by whichever comes first: the read of a notice (the trigger
+        count grew), or this process's own decision (``joined``) for a run not told yet.
+        A read older than what was told (in flight across a join) is dropped.
+        """
         if self._is_local(record.id):
             return  # this process's core tells its own changes
-        seen = self._seen.pop(record.id, None)
+        seen = self._seen.get(record.id)
+        if seen is not None and record.trigger_count < seen[1]:
+            return
+        self._seen.pop(record.id, None)
         previous = None if seen is None else seen[0]
         hub = self._hub
-        if joins and seen is not None and record.trigger_count > seen[1] and record.coalesced:
+        grew = joined if seen is None else record.trigger_count > seen[1]
+        if grew and record.coalesced:
             hub.trigger_coalesced(record, record.coalesced[-1])
         if record.status is not previous:
             hub.run_changed(record, previous, self._now())

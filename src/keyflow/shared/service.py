@@ -35,7 +35,6 @@ from .watching import Watching
 
 if TYPE_CHECKING:
     from ..core import Core
-    from ..records import Coalescence
     from ..triggers import PreparedTrigger
     from .coordinator import SharedCoordinator
 
@@ -131,7 +130,6 @@ class SharedService:
         if wait:
             txn.waiters = [None] * len(results)  # waits read the database
         counters = core.counters
-        elsewhere: dict[str, Coalescence] = {}
         for trig, result in zip(prepared, results, strict=True):
             disposition = result.disposition
             if disposition is Disposition.CREATED:
@@ -141,20 +139,16 @@ class SharedService:
             elif disposition is Disposition.COALESCED:
                 counters.coalesced += 1
                 record = core.records.get(result.run_id)
-                entry = (core.now(), trig.input, trig.parent_run_id)
-                if record is None:
-                    if core.hub.active:  # a run not here: this process's join, told here
-                        elsewhere[result.run_id] = entry
-                else:  # it joined a run executing here: tell it here
+                if record is not None:  # it joined a run executing here: tell it here
                     record.trigger_count += 1  # the worker's writes keep the larger count
                     if core.hub.active:
+                        entry = (core.now(), trig.input, trig.parent_run_id)
                         core.hub.trigger_coalesced(record, entry)
+                # (a join of a run not here is told with the decision: EventRelay)
             else:
                 counters.idempotent += 1
         self._wanted = True
         self._work.set()  # our own notice comes too; a claim now is sooner
-        if elsewhere:
-            await self._relay.tell_joins(elsewhere)
         return txn
 
     # -- lifecycle -------------------------------------------------------------------
