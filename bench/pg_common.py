@@ -95,7 +95,9 @@ async def connect(dsn: str, schema: str | None = None) -> Any:
     return await asyncio.wait_for(asyncpg.connect(dsn, server_settings=settings), 10)
 
 
-STALE = re.compile(r"kf_bench_(\d+)_(bare|procrastinate|keyflow|keyflow_triggers)")
+STALE = re.compile(
+    r"kf_bench_(\d+)_(bare|procrastinate|keyflow|keyflow_triggers|storage_raw|storage_single)"
+)
 """The schemas this benchmark makes: the pid of the run that made one is in its name."""
 
 

@@ -28,7 +28,9 @@ from typing import Any
 import aiosqlite
 
 import keyflow
+from bench import storage_postgres
 from bench.command import run
+from bench.pg_common import schema_name
 from keyflow.records import RunRecord
 from keyflow.runs import RunStatus
 from keyflow.storage_backends import WriteBatch, open_backend
@@ -191,30 +193,70 @@ async def main(args: argparse.Namespace) -> int:
     )
     print(f"  append + flush + fsync one line:  {fsync:>10,.0f} lines/s")
 
-    print("\none sequential producer, each trigger durable before the next")
-
-    async def best(measure: Callable[[str, int], Awaitable[float]], kind: str) -> float:
-        return max([await measure(fresh(kind), args.sequential) for _ in range(args.rounds)])
-
     def against(name: str, value: float, factor: float, base: float, unit: str) -> None:
         ratio = f"({value / base:.2f}x {unit})"
         report(name, value, value >= factor * base, f">= {factor:.1f}x {unit}", ratio)
 
-    against(
-        "SQLite trigger()", await best(sequential_triggers_per_second, "sqlite"), 1.0, one, "1-row"
-    )
-    against(
-        "JSON trigger()", await best(sequential_triggers_per_second, "json"), 0.5, fsync, "fsync"
-    )
-    against(
-        "SQLite no-op jobs, 100 workers",
-        await best(sequential_end_to_end_jobs_per_second, "sqlite"),
-        0.5,
-        one,
-        "1-row",
-    )
+    async def best(measure: Callable[[str, int], Awaitable[float]], kind: str) -> float:
+        return max([await measure(fresh(kind), args.sequential) for _ in range(args.rounds)])
 
-    if args.part == "sequential":
+    if args.part != "postgres":
+        print("\none sequential producer, each trigger durable before the next")
+        against(
+            "SQLite trigger()",
+            await best(sequential_triggers_per_second, "sqlite"),
+            1.0,
+            one,
+            "1-row",
+        )
+        against(
+            "JSON trigger()",
+            await best(sequential_triggers_per_second, "json"),
+            0.5,
+            fsync,
+            "fsync",
+        )
+        against(
+            "SQLite no-op jobs, 100 workers",
+            await best(sequential_end_to_end_jobs_per_second, "sqlite"),
+            0.5,
+            one,
+            "1-row",
+        )
+
+    if args.part in ("all", "postgres") and await storage_postgres.reachable(args.dsn):
+        print("\nPostgreSQL single-writer mode (mode=single), one sequential producer")
+        raw = max(
+            [
+                await storage_postgres.raw_insert_rows_per_second(
+                    args.dsn, schema_name("storage_raw"), args.rows // 2
+                )
+                for _ in range(args.rounds)
+            ]
+        )
+        print(f"  baseline: one row per INSERT (autocommit): {raw:>10,.0f} rows/s")
+        pg_rates = []
+        for _ in range(args.rounds):
+            async with storage_postgres.single_mode_url(
+                args.dsn, schema_name("storage_single")
+            ) as url:
+                pg_rates.append(await sequential_triggers_per_second(url, args.sequential))
+        against("PostgreSQL trigger()", max(pg_rates), 0.5, raw, "1-row")
+        pg_rates = []
+        for _ in range(args.rounds):
+            async with storage_postgres.single_mode_url(
+                args.dsn, schema_name("storage_single")
+            ) as url:
+                pg_rates.append(await triggers_per_second(url, args.triggers))
+        report(
+            f"PostgreSQL trigger(), {PRODUCERS} producers (no target)",
+            max(pg_rates),
+            True,
+            "-",
+            f"({max(pg_rates) / raw:.2f}x 1-row)",
+        )
+
+    if args.part in ("sequential", "postgres"):
         return 1 if failures and args.strict else 0
 
     print(f"\nacknowledged durable triggers, {PRODUCERS} concurrent producers")
@@ -290,7 +332,8 @@ def cli() -> None:
     parser.add_argument("--rows", type=int, default=5_000, help="baseline rows (x10 batched)")
     parser.add_argument("--triggers", type=int, default=20_000)
     parser.add_argument("--sequential", type=int, default=3_000, help="one producer's")
-    parser.add_argument("--part", choices=("all", "sequential"), default="all")
+    parser.add_argument("--part", choices=("all", "sequential", "postgres"), default="all")
+    parser.add_argument("--dsn", default=storage_postgres.DSN, help="PostgreSQL part's")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--retained", type=int, default=100_000)
     run(parser, main)

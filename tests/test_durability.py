@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 import keyflow
@@ -239,14 +238,36 @@ class FailingJSON(FaultyJSON):
 
 
 class FailingPostgreSQL(PostgreSQLBackend):
-    """PostgreSQL whose transactions fail after writing, like a server whose disk filled up."""
+    """PostgreSQL whose writes fail after storing their rows, like a server whose disk filled.
+
+    The server itself fails them: while ``failing``, a trigger on the count of writes
+    (which every write bumps, whichever way it is written) raises PostgreSQL's
+    ``disk_full``, after the rows are in the statement or transaction, which must then
+    leave nothing behind.
+    """
 
     failing = False
+    _armed = False
 
-    async def _prune(self, conn: Any, finished: int) -> int:
-        if self.failing:  # the rows are in the transaction already: it must roll back
-            raise asyncpg.DiskFullError("could not extend file: No space left on device")
-        return await super()._prune(conn, finished)
+    async def write(self, batch: WriteBatch) -> dict[str, Exception] | None:
+        if self.failing != self._armed:
+            raw = (await self._writable().get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute(
+                _DISK_FULL if self.failing else "DROP TRIGGER disk_full ON keyflow_schema"
+            )
+            self._armed = self.failing
+        refused = await super().write(batch)
+        return None if refused is None else dict(refused)
+
+
+_DISK_FULL = """
+CREATE OR REPLACE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100';
+END $$;
+CREATE TRIGGER disk_full BEFORE UPDATE ON keyflow_schema FOR EACH ROW EXECUTE FUNCTION disk_full();
+"""
 
 
 def failing_backend(url: str) -> FailingSQLite | FailingJSON | FailingPostgreSQL:

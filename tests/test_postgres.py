@@ -111,6 +111,35 @@ async def test_a_writer_whose_session_ended_locks_again_before_it_writes(url: st
         assert [r.id for r in await backend.list_runs(RunQuery())] == ["run-0003"]
 
 
+async def test_a_batch_is_one_statement_unless_it_stores_a_pause(url: str) -> None:
+    async with opened(url) as backend:
+        driver = (await backend._writable().get_raw_connection()).driver_connection
+        assert driver is not None
+        await backend.write(WriteBatch([record(1)]))  # the first: asyncpg learns the types
+        statements: list[str] = []  # (asyncpg tells its query loggers at its next turn)
+        driver.add_query_logger(lambda query: statements.append(query.query))
+        labelled = record(2, labels={"org": "acme"})
+        await backend.write(WriteBatch([record(1), labelled], [("crawl", "idem", "run-0002")]))
+        await backend.write(WriteBatch([finish(record(1))]))
+        assert await backend.find_idempotent("crawl", "idem") == "run-0002"  # (reads: elsewhere)
+        found = await backend.list_runs(RunQuery(labels=(("org", "acme"),)))
+        assert [run.id for run in found] == ["run-0002"]
+        stored = await backend.get_run("run-0001")
+        assert stored is not None
+        assert stored.status is keyflow.RunStatus.COMPLETED
+        assert len(statements) == 2  # runs, keys, labels, the count of writes: one each
+        paused = WriteBatch([record(3)])
+        paused.pauses = [("job", "crawl", True)]
+        await backend.write(paused)  # the rare batch: a transaction of statements
+        assert await backend.get_run("run-0003") is not None
+        assert len(statements) > 3
+    again = open_backend(url, retention=1_000)
+    state = await again.open()
+    await again.close()
+    assert ("job", "crawl") in state.paused
+    assert [run.id for run in state.unfinished] == ["run-0002", "run-0003"]
+
+
 # -- NUL characters: refused one run at a time ---------------------------------------
 
 

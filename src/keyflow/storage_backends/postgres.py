@@ -27,8 +27,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -38,12 +37,19 @@ from ..records import RunRecord
 from ..runs import Run
 from . import postgres_schema as schema
 from .base import Refusals, RunQuery, StoredState, WriteBatch
+from .postgres_batch import BatchRows, write_one_statement, write_statements
 from .postgres_text import NUL as _NUL
 from .postgres_text import nul_field as nul_field
 from .postgres_text import nul_in_query, refusal, run_refusal, shortened, text_problem, unstorable
 from .postgres_tls import SSLMode, check_sslmode, ssl_args
 from .rows import encode_row, loads_row, record_row, row_record
-from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_finished
+from .sql_runs import (
+    TERMINAL,
+    SQLReads,
+    count_finished,
+    driver_reason,
+    prune_due,
+)
 from .sql_tables import migrate
 from .summaries import RunTiming
 
@@ -319,17 +325,15 @@ class PostgreSQLBackend(SQLReads):
                     refused.setdefault(run_id, error)
         rows = [row_columns(record) for record in batch.runs if record.id not in refused]
         keys = [
-            {"job": job, "idempotency_key": key, "run_id": run_id}
-            for job, key, run_id in batch.idempotency
-            if run_id not in refused
+            (job, key, run_id) for job, key, run_id in batch.idempotency if run_id not in refused
         ]
         labels = [  # a run's labels never change: inserted once, ignored after
-            {"run_id": record.id, "name": name, "value": value}
+            (record.id, name, value)
             for record in batch.runs
             if record.labels and record.id not in refused
             for name, value in record.labels.items()
         ]
-        newly_finished = sum(1 for row in rows if row["status"] in TERMINAL)
+        finished = self._finished + sum(1 for row in rows if row["status"] in TERMINAL)
         pauses = list(batch.pauses)
         conn = self._writable()
         try:
@@ -341,35 +345,19 @@ class PostgreSQLBackend(SQLReads):
                 with contextlib.suppress(*FAILURES):  # a transaction the failure left open
                     await conn.rollback()
                 await self._lock(conn)
-            async with conn.begin():
-                if rows:
-                    await conn.execute(_UPSERT_RUN, rows)
-                if keys:
-                    await conn.execute(_INSERT_IDEMPOTENCY, keys)
-                if labels:
-                    await conn.execute(_INSERT_LABELS, labels)
-                for kind, name, paused in pauses:
-                    await self._pause(conn, kind, name, paused)
-                await conn.execute(
-                    update(schema.schema_table).values(writes=schema.schema_table.c.writes + 1)
-                )
-                finished = await self._prune(conn, self._finished + newly_finished)
+            if pauses or prune_due(finished, self.retention, self._prune_slack):
+                kept = [pause for pause in pauses if self.keeps_pause(pause[0], pause[1])]
+                rest = BatchRows(rows, keys, labels, kept)
+                slack = self._prune_slack
+                finished = await write_statements(conn, rest, finished, self.retention, slack)
+            else:
+                self._locked = False  # until the statement is known to have left it whole
+                await write_one_statement(conn, BatchRows(rows, keys, labels, []))
+                self._locked = True
         except FAILURES as exc:
             raise StorageError(f"writing to {self.place} failed: {driver_reason(exc)}") from exc
         self._finished = finished
         return refused or None
-
-    async def _prune(self, conn: AsyncConnection, finished: int) -> int:
-        return await prune_finished(conn, self.tables, finished, self.retention, self._prune_slack)
-
-    async def _pause(self, conn: AsyncConnection, kind: str, name: str, paused: bool) -> None:
-        table = schema.pauses_table
-        if not self.keeps_pause(kind, name):
-            return
-        if paused:
-            await conn.execute(_INSERT_PAUSE, {"kind": kind, "name": name})
-        else:
-            await conn.execute(delete(table).where(table.c.kind == kind, table.c.name == name))
 
     def keeps_pause(self, kind: str, name: str) -> bool:
         """Can the pause of this job or lane be stored? If not, say so in the log.
@@ -449,12 +437,3 @@ def row_columns(record: RunRecord) -> dict[str, Any]:
         "attempt": row["attempt"],
         "trigger_count": row["trigger_count"],
     }
-
-
-_upsert = pg_insert(schema.runs_table)
-_UPSERT_RUN = _upsert.on_conflict_do_update(
-    index_elements=["id"], set_={name: _upsert.excluded[name] for name in schema.RUN_UPDATED}
-)
-_INSERT_IDEMPOTENCY = pg_insert(schema.idempotency_table).on_conflict_do_nothing()
-_INSERT_LABELS = pg_insert(schema.labels_table).on_conflict_do_nothing()
-_INSERT_PAUSE = pg_insert(schema.pauses_table).on_conflict_do_nothing()
