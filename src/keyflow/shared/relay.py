@@ -49,7 +49,8 @@ class EventRelay:
         self._hub = hub
         self._is_local = is_local
         self._now = now
-        self._seen: OrderedDict[str, tuple[RunStatus, int]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[RunStatus, int, bool]] = OrderedDict()
+        """Run id → status and trigger count told, and whether a read saw it first."""
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -85,7 +86,7 @@ class EventRelay:
 
     def catch_up(self) -> None:
         """Notices may have been missed: read again every run seen unfinished."""
-        self.heard([run_id for run_id, (status, _) in self._seen.items() if not status.is_terminal])
+        self.heard([run_id for run_id, seen in self._seen.items() if not seen[0].is_terminal])
 
     async def close(self) -> None:
         """Stop relaying."""
@@ -115,26 +116,35 @@ class EventRelay:
         """Tell what changed in ``record`` since it was last told.
 
         A join is told once, by whichever comes first: the read of a notice (the trigger
-        count grew), or this process's own decision (``joined``) for a run not told yet.
-        A read older than what was told (in flight across a join) is dropped.
+        count grew), or this process's own decision (``joined``) for a run not told yet,
+        or first seen by a read (which cannot tell a join from one made before anyone
+        listened) at this very count. A read older than what was told (in flight across
+        a join) is dropped.
         """
         if self._is_local(record.id):
             return  # this process's core tells its own changes
         seen = self._seen.get(record.id)
-        if seen is not None and record.trigger_count < seen[1]:
+        count = record.trigger_count
+        if seen is not None and count < seen[1]:
             return
         self._seen.pop(record.id, None)
         previous = None if seen is None else seen[0]
         hub = self._hub
-        grew = joined if seen is None else record.trigger_count > seen[1]
+        if seen is None:
+            grew = joined
+        else:
+            grew = count > seen[1] or (joined and count == seen[1] and seen[2])
         if grew and record.coalesced:
             hub.trigger_coalesced(record, record.coalesced[-1])
         if record.status is not previous:
             hub.run_changed(record, previous, self._now())
-        self._saw(record)
+        self._saw(record, unsure=(seen is None or seen[2]) and not joined and not grew)
 
-    def _saw(self, record: RunRecord) -> None:
-        """Remember ``record``'s status and joins as published (a later read repeats them)."""
-        self._seen[record.id] = (record.status, record.trigger_count)
+    def _saw(self, record: RunRecord, unsure: bool = False) -> None:
+        """Remember ``record``'s status and joins as published (a later read repeats them).
+
+        ``unsure``: a read saw its trigger count first, and told no join of it.
+        """
+        self._seen[record.id] = (record.status, record.trigger_count, unsure)
         while len(self._seen) > SEEN_KEPT:
             self._seen.popitem(last=False)
