@@ -36,26 +36,29 @@ RETRY_DELAYS = (0.01, 0.05, 0.2, 1.0, 5.0)
 
 
 class _Batch:
-    __slots__ = ("future", "pauses", "records", "txns")
+    __slots__ = ("pauses", "records", "txns", "waiters")
 
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
         self.txns: list[Txn] = []
         self.pauses: dict[tuple[str, str], bool] = {}
         """Pause changes, the latest per ``(kind, name)``."""
-        self.future: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
 
     def waiter(self) -> asyncio.Future[None]:
-        if self.future is None:
-            self.future = asyncio.get_running_loop().create_future()
-            # A waiter that was cancelled must not leave an unretrieved exception behind.
-            self.future.add_done_callback(_consume)
-        return self.future
+        # One waiter's own future of the write: cancelling it leaves the others' alone.
+        self.waiters.append(future := asyncio.get_running_loop().create_future())
+        return future
 
-
-def _consume(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+    def tell(self, error: StorageError | None) -> None:  # durable, or failed with error
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if future.done():  # its waiter was cancelled
+                pass
+            elif error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 class CommitPipeline:
@@ -189,8 +192,7 @@ class CommitPipeline:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
         else:
             self._wake_retry()  # a trigger does not wait out the retry pause: it fails fast
-        # shield: a cancelled caller must not cancel the batch its neighbours wait on.
-        await asyncio.shield(batch.waiter())
+        await batch.waiter()
         if txn.error is not None:
             raise txn.error
 
@@ -211,7 +213,7 @@ class CommitPipeline:
             else:
                 return
             with contextlib.suppress(StorageError):
-                await asyncio.shield(target.waiter())
+                await target.waiter()
 
     async def flush(self, *, give_up: bool = False) -> None:
         """Return once every change queued so far is durable.
@@ -225,7 +227,7 @@ class CommitPipeline:
             if self._flush_task is None and self._inflight is None:
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
             with contextlib.suppress(*ignored):
-                await asyncio.shield(target.waiter())
+                await target.waiter()
 
     async def barrier(self) -> None:
         """Wait until the batch open or in flight now is written (or has failed)."""
@@ -239,7 +241,7 @@ class CommitPipeline:
         if self._flush_task is None and self._inflight is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
         with contextlib.suppress(StorageError):
-            await asyncio.shield(target.waiter())
+            await target.waiter()
 
     def _flush_now(self) -> None:
         self._flush_soon = None
@@ -358,8 +360,7 @@ class CommitPipeline:
                 self._settle(txn)
             except Exception:  # a bug: the batch is durable, its waiters must hear so
                 logger.exception("keyflow failed to settle a durable transaction")
-        if batch.future is not None and not batch.future.done():
-            batch.future.set_result(None)
+        batch.tell(None)
 
     def _refused(self, batch: _Batch, refused: Refusals) -> bool:
         """Storage stored ``batch`` but the runs in ``refused``: undo what needs them.
@@ -433,8 +434,7 @@ class CommitPipeline:
                 self._roll_back(txn)
                 rolled_back.update(r.id for r in txn.created)
         for waiting in (batch, pending):
-            if waiting.future is not None and not waiting.future.done():
-                waiting.future.set_exception(error)
+            waiting.tell(error)
         # Execution changes are kept and retried, in order, in the next batch.
         retry = _Batch()
         for record in (*batch.records.values(), *pending.records.values()):

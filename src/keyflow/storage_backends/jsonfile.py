@@ -46,6 +46,7 @@ from .jsonfile_rows import TERMINAL
 from .jsonfile_snapshots import Snapshots
 from .lockfile import WriterLock
 from .rows import dumps, encode_rows, record_row, row_record
+from .writer_thread import WriterThread
 
 logger = logging.getLogger("keyflow.storage")
 
@@ -91,6 +92,8 @@ class JSONFileBackend(Snapshots):
         self._closed = False
         self._ops: set[asyncio.Future[Any]] = set()
         """Blocking file operations running in a thread now (see close())."""
+        self._appender: WriterThread | None = None
+        """The thread of the journal's appends (while open for writing)."""
         self._compact_at = 0  # (set at open)
         self._seen: tuple[object, ...] | None = None  # read-only: the files' stats
         self._loaded_at = 0.0
@@ -158,6 +161,8 @@ class JSONFileBackend(Snapshots):
         self._snapshot_id = identity(self.path)
         self._reset_compact_at()
         self._apply_retention()
+        self._appender = WriterThread("keyflow-json-appender")
+        self._appender.start()
 
     async def close(self) -> None:
         """Close the journal and release the lock. Idempotent.
@@ -190,6 +195,7 @@ class JSONFileBackend(Snapshots):
                     await self._cut(journal)
                 journal.close()
         finally:
+            self._stop_appender()
             self._lock.release()
 
     def _close_when_idle(self, _op: asyncio.Future[Any]) -> None:
@@ -202,7 +208,13 @@ class JSONFileBackend(Snapshots):
                     journal.truncate(self._journal_size)  # rare: a blocking call is fine
             journal.close()
         finally:
+            self._stop_appender()
             self._lock.release()
+
+    def _stop_appender(self) -> None:
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            appender.stop()
 
     # -- writing -----------------------------------------------------------------
 
@@ -234,7 +246,7 @@ class JSONFileBackend(Snapshots):
             assert journal is not None
             if self._needs_cut and not await self._cut(journal):
                 raise OSError("the journal still holds the tail of a failed append")
-            await self._in_thread(self._append, journal, line)
+            await self._in_thread(self._append, journal, line, append=True)
         except OSError as exc:
             self._to_prune = pruned + self._to_prune
             if self._journal is not None and not self._needs_journal:
@@ -273,7 +285,7 @@ class JSONFileBackend(Snapshots):
         # Cut the journal back to its last good line, so a failed append leaves nothing
         # behind; True when done (else it is tried again before the next append).
         try:
-            await self._in_thread(journal.truncate, self._journal_size)
+            await self._in_thread(journal.truncate, self._journal_size, append=True)
         except OSError as exc:
             logger.error("cannot cut %s back after a failed append: %r", self.journal_path, exc)
             return False

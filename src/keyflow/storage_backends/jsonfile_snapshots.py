@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from ..errors import StorageError
 from .journal import JournalFile, identity, replace_atomically, replace_file, sync_directory
 from .jsonfile_rows import JOURNAL_FORMAT, SNAPSHOT_FORMAT, VERSION, JSONRows
 from .rows import dumps
+from .writer_thread import WriterThread
 
 logger = logging.getLogger("keyflow.storage")
 
@@ -43,6 +45,7 @@ class Snapshots(JSONRows):
     _folding: asyncio.Task[None] | None
     _snapshot_lock: threading.Lock
     _ops: set[asyncio.Future[Any]]
+    _appender: WriterThread | None
 
     def _writable(self) -> None:
         raise NotImplementedError
@@ -51,11 +54,18 @@ class Snapshots(JSONRows):
         """Compact again once the journal outgrows the snapshot (and the minimum)."""
         self._compact_at = max(MIN_COMPACT_BYTES, self._snapshot_size)
 
-    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _in_thread(
+        self, function: Callable[..., Any], *args: Any, append: bool = False
+    ) -> Any:
         # Every blocking file operation goes through here: close() knows what is in
         # flight. Shielded: a cancelled caller leaves the operation running (as a thread
-        # does), still tracked.
-        op = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        # does), still tracked. The journal's appends (and cuts) run in order on the
+        # appender's own thread, a snapshot's writing in the default pool beside them.
+        appender = self._appender
+        if append and appender is not None and appender.running:
+            op: asyncio.Future[Any] = appender.call(functools.partial(function, *args))
+        else:
+            op = asyncio.get_running_loop().run_in_executor(None, function, *args)
         self._ops.add(op)
         op.add_done_callback(self._ops.discard)
         return await asyncio.shield(op)

@@ -11,11 +11,9 @@ Readers keep their own connections (``sqlite_reads``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from ..errors import StorageError
 from .sql_runs import count_finished_query, driver_reason, prune_due, prune_statements
 from .sqlite_reads import TABLES
 from .sqlite_schema import INSERT_IDEMPOTENCY, INSERT_LABELS, UPSERT_RUN, insert_pause, pauses_table
+from .writer_thread import WriterThread
 
 T = TypeVar("T")
 
@@ -56,7 +55,7 @@ class SQLiteWriter:
     def __init__(self, path: Path, synchronous: str) -> None:
         self.path = path
         self.synchronous = synchronous
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: WriterThread | None = None
         self._engine: Engine | None = None
         self._conn: Connection | None = None
 
@@ -66,7 +65,8 @@ class SQLiteWriter:
         Raises:
             StorageError: the file cannot be opened for writing.
         """
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="keyflow-sqlite-writer")
+        self._thread = WriterThread("keyflow-sqlite-writer")
+        self._thread.start()
         try:
             await self._call(self._connect)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
@@ -90,10 +90,10 @@ class SQLiteWriter:
         Calls are served one at a time, in order. A caller cancelled meanwhile leaves
         ``work`` to finish on the thread (a transaction is never cut in half).
         """
-        executor = self._executor
-        if executor is None:
+        thread = self._thread
+        if thread is None or not thread.running:
             raise StorageError(f"{self.path} is not open")
-        return await asyncio.get_running_loop().run_in_executor(executor, work)
+        return await thread.call(work)
 
     def _connection(self) -> Connection:
         conn = self._conn
@@ -128,13 +128,13 @@ class SQLiteWriter:
 
     async def close(self) -> None:
         """Close the connection and end the thread. Idempotent."""
-        executor, self._executor = self._executor, None
-        if executor is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
-            await loop.run_in_executor(executor, self._disconnect)
-        executor.shutdown(wait=False)
+        if thread.running:
+            with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
+                await thread.call(self._disconnect)
+        thread.stop()
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
