@@ -326,6 +326,27 @@ async def test_schema_from_a_newer_keyflow_is_refused(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+async def test_a_sequential_producers_job_costs_one_commit(
+    make_keyflow: MakeKeyflow, storage_url: str
+) -> None:
+    # A trigger's commit; the run promoted once it is durable; started and finished by
+    # a worker at once; the next trigger. The promotion waits a turn of the loop for
+    # the start, the finish and the next trigger to join it: one commit per job.
+    kf = make_keyflow(workers=4)
+    recorder = Recorder()
+    kf.job("work")(recorder.handler)
+    await kf.start()
+    before = kf.statistics().storage_batches
+    for n in range(40):
+        await kf.trigger("work", {"n": n})
+    await kf.run_until_idle()
+    batches = kf.statistics().storage_batches - before
+    assert sorted(data["n"] for _, _, data in recorder.started) == list(range(40))
+    assert batches <= 40 + 5  # (was two per job: the promotion alone, then the rest)
+    stored = await kf.list_runs(limit=100)
+    assert [run.status for run in stored] == [RunStatus.COMPLETED] * 40
+
+
 async def test_concurrent_triggers_share_commits(
     make_keyflow: MakeKeyflow, storage_url: str
 ) -> None:

@@ -17,6 +17,7 @@ HOT_PATH_MODULES = (
     "triggers",
     "jsonvalue",
     "txn",
+    "commit_batch",
     "commit",
     "worker",
     "storage_backends.memory",

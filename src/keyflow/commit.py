@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from .commit_batch import CommitBatch
 from .errors import StorageError, TriggerError
 from .jsonvalue import safe_repr
 from .storage_backends.base import Refusals, StorageBackend, WriteBatch
@@ -33,32 +34,6 @@ logger = logging.getLogger("keyflow.commit")
 
 RETRY_DELAYS = (0.01, 0.05, 0.2, 1.0, 5.0)
 """Seconds between retries of a failed write of execution changes."""
-
-
-class _Batch:
-    __slots__ = ("pauses", "records", "txns", "waiters")
-
-    def __init__(self) -> None:
-        self.records: dict[str, RunRecord] = {}
-        self.txns: list[Txn] = []
-        self.pauses: dict[tuple[str, str], bool] = {}
-        """Pause changes, the latest per ``(kind, name)``."""
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def waiter(self) -> asyncio.Future[None]:
-        # One waiter's own future of the write: cancelling it leaves the others' alone.
-        self.waiters.append(future := asyncio.get_running_loop().create_future())
-        return future
-
-    def tell(self, error: StorageError | None) -> None:  # durable, or failed with error
-        waiters, self.waiters = self.waiters, []
-        for future in waiters:
-            if future.done():  # its waiter was cancelled
-                pass
-            elif error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
 
 
 class CommitPipeline:
@@ -82,8 +57,8 @@ class CommitPipeline:
         self._shares_records = backend.shares_records
         self._settle = settle
         self._roll_back = roll_back
-        self._open = _Batch()
-        self._inflight: _Batch | None = None
+        self._open = CommitBatch()
+        self._inflight: CommitBatch | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._closed = False
@@ -255,14 +230,23 @@ class CommitPipeline:
 
     async def _flush_loop(self) -> None:
         try:
+            fresh = True  # (a new task starts a turn of the loop after it was made)
             while (self._open.records or self._open.txns or self._open.pauses) and not self._closed:
                 if self._failures and not self._open.txns:
                     # Execution changes were put back; wait before trying again. A
                     # trigger never waits out the pause (it cuts one short, too): it
                     # should fail, or pass, at once.
                     await self._pause(RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1])
+                elif not fresh and not self._open.txns:
+                    # Execution changes only, right after a write: what that write woke
+                    # (workers starting the runs it promoted, handlers done at once, the
+                    # next trigger) joins them if it gets a turn of the loop first.
+                    fresh = True
+                    await asyncio.sleep(0)
+                    continue
                 with contextlib.suppress(StorageError):
                     await self._write_open_batch()
+                fresh = False
         finally:
             self._flush_task = None
 
@@ -279,9 +263,9 @@ class CommitPipeline:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    def _seal(self) -> tuple[_Batch, WriteBatch]:
+    def _seal(self) -> tuple[CommitBatch, WriteBatch]:
         batch = self._open
-        self._open = _Batch()
+        self._open = CommitBatch()
         self._inflight = batch
         write = WriteBatch(list(batch.records.values()))
         if batch.pauses:
@@ -299,7 +283,7 @@ class CommitPipeline:
 
         Counts and logs the failure like any other; returns the error to raise.
         """
-        return self._fail(_Batch(), exc)
+        return self._fail(CommitBatch(), exc)
 
     def _write_alone(self, txn: Txn, records: list[RunRecord]) -> None:
         # One transaction and nothing else pending: skip the batch bookkeeping.
@@ -310,7 +294,7 @@ class CommitPipeline:
         try:
             refused = _refusals(self._backend.write_sync(write))
         except Exception as exc:
-            batch = _Batch()
+            batch = CommitBatch()
             batch.txns.append(txn)
             for record in records:
                 batch.records[record.id] = record
@@ -318,7 +302,7 @@ class CommitPipeline:
         self._recovered()
         self.batches_written += 1
         if refused:
-            batch = _Batch()
+            batch = CommitBatch()
             batch.txns.append(txn)
             self._refused(batch, refused)
         if txn.error is None:
@@ -348,7 +332,7 @@ class CommitPipeline:
             self._failures = 0
             self.last_error = None
 
-    def _written(self, batch: _Batch, refused: Refusals | None = None) -> None:
+    def _written(self, batch: CommitBatch, refused: Refusals | None = None) -> None:
         self._inflight = None
         self.batches_written += 1
         if not (refused and self._refused(batch, refused)):
@@ -362,7 +346,7 @@ class CommitPipeline:
                 logger.exception("keyflow failed to settle a durable transaction")
         batch.tell(None)
 
-    def _refused(self, batch: _Batch, refused: Refusals) -> bool:
+    def _refused(self, batch: CommitBatch, refused: Refusals) -> bool:
         """Storage stored ``batch`` but the runs in ``refused``: undo what needs them.
 
         A transaction fails, and is rolled back and told why, when it made or joined a
@@ -418,7 +402,7 @@ class CommitPipeline:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
         return True
 
-    def _fail(self, batch: _Batch, exc: Exception) -> StorageError:
+    def _fail(self, batch: CommitBatch, exc: Exception) -> StorageError:
         self._failures += 1
         self.last_error = exc
         logger.error("storage write failed (%d in a row): %r", self._failures, exc)
@@ -436,7 +420,7 @@ class CommitPipeline:
         for waiting in (batch, pending):
             waiting.tell(error)
         # Execution changes are kept and retried, in order, in the next batch.
-        retry = _Batch()
+        retry = CommitBatch()
         for record in (*batch.records.values(), *pending.records.values()):
             if record.id not in rolled_back:
                 retry.records[record.id] = record
