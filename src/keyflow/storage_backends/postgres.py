@@ -58,10 +58,14 @@ logger = logging.getLogger("keyflow.storage")
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
-"""What asyncpg (and the network under it) raises, besides SQLAlchemy's errors."""
+"""What asyncpg (and the network under it) raises, besides SQLAlchemy's errors.
+
+(``InternalClientError``: the connection's protocol broke, e.g. the server ended the
+session while a statement was on its way.)"""
 
 FAILURES: tuple[type[BaseException], ...] = (SQLAlchemyError, *DRIVER_ERRORS)
 """Every error that means the database failed a request."""
