@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # The same package with its hot path compiled by mypyc (hatch_build.py), in a venv of its own.
 CVENV ?= .venv-compiled
 CBIN := $(CVENV)/bin
-# keyflow beside procrastinate, for bench-postgres only (never a keyflow dependency).
+# keyflow beside its benchmark peers, procrastinate (bench-postgres) and huey
+# (bench-storage): never keyflow dependencies.
 BVENV ?= .venv-bench
 BBIN := $(BVENV)/bin
 SOURCES := $(shell find src -type f -not -path '*/__pycache__/*') hatch_build.py pyproject.toml
@@ -62,8 +63,9 @@ bench: compiled  # the build a user installs from a wheel
 bench-pure: $(BIN)/activate  # the sources as they are
 	$(BIN)/python -m bench.core
 
-bench-storage: $(BIN)/activate
-	$(BIN)/python -m bench.storage
+# BENCH_ARGS="--rounds 2 --part sequential" and the like are passed on.
+bench-storage: $(BVENV)/installed
+	$(BBIN)/python -m bench.storage $(BENCH_ARGS)
 
 bench-dashboard: $(BIN)/activate
 	$(BIN)/python -m bench.dashboard
@@ -71,7 +73,8 @@ bench-dashboard: $(BIN)/activate
 $(BVENV)/installed: pyproject.toml
 	test -x $(BBIN)/python || $(PYTHON) -m venv $(BVENV)
 	$(BBIN)/pip install --quiet --upgrade pip
-	$(BBIN)/pip install --quiet -e '.[postgres]' 'procrastinate>=3,<4' 'psycopg[binary]'
+	$(BBIN)/pip install --quiet -e '.[postgres]' 'procrastinate>=3,<4' 'psycopg[binary]' \
+		'huey>=2.5,<4'
 	touch $@
 
 # Needs PostgreSQL (DSN=postgresql://... for another database than the default;

@@ -6,7 +6,10 @@ COMMIT per transaction (WAL, ``synchronous=NORMAL``) and 100 rows per transactio
 append + flush + fsync of one journal line.
 
 * one sequential producer: acknowledged durable triggers/s (SQLite against the one-row
-  commit, JSON against the fsync), and end-to-end no-op jobs/s with 100 workers;
+  commit, JSON against the fsync), and end-to-end no-op jobs/s with 100 workers (also
+  against huey's SQLite queue, a benchmark-only peer: ``bench/storage_huey.py``);
+* PostgreSQL's single-writer mode, one sequential producer, against a raw one-row INSERT
+  (``bench/storage_postgres.py``; skipped when the database does not answer);
 * acknowledged durable triggers/s with 100 concurrent producers (the runs are delayed,
   so the number is the trigger path alone);
 * end-to-end no-op jobs/s on SQLite (trigger, run, finish: every change written);
@@ -28,7 +31,7 @@ from typing import Any
 import aiosqlite
 
 import keyflow
-from bench import storage_postgres
+from bench import storage_huey, storage_postgres
 from bench.command import run
 from bench.pg_common import schema_name
 from keyflow.records import RunRecord
@@ -216,13 +219,14 @@ async def main(args: argparse.Namespace) -> int:
             fsync,
             "fsync",
         )
-        against(
-            "SQLite no-op jobs, 100 workers",
-            await best(sequential_end_to_end_jobs_per_second, "sqlite"),
-            0.5,
-            one,
-            "1-row",
-        )
+        sequential_e2e = await best(sequential_end_to_end_jobs_per_second, "sqlite")
+        against("SQLite no-op jobs, 100 workers", sequential_e2e, 0.5, one, "1-row")
+        if storage_huey.available():
+            huey, workers = storage_huey.best_jobs_per_second(root, args.sequential, args.rounds)
+            print(f"  peer: huey's SQLite queue ({workers} worker thread(s)): {huey:,.0f} jobs/s")
+            against("SQLite no-op jobs, 100 workers vs huey", sequential_e2e, 2.0, huey, "huey")
+        else:
+            print("  (huey is not installed here: make bench-storage installs it; peer skipped)")
 
     if args.part in ("all", "postgres") and await storage_postgres.reachable(args.dsn):
         print("\nPostgreSQL single-writer mode (mode=single), one sequential producer")
