@@ -175,3 +175,43 @@ async def test_a_run_never_executes_an_input_that_was_rolled_back(
     run = await kf.get_run(follow.run_id)
     assert run is not None
     assert run.trigger_count == 1
+
+
+
+class SlowLookups(DiskLikeBackend):
+    """The first idempotency lookup answers what storage held when it was asked, but
+    only once ``answer`` is set (a slow disk, a busy database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def find_idempotent(self, job: str, idempotency_key: str) -> str | None:
+        found = await super().find_idempotent(job, idempotency_key)
+        if not self.asked.is_set():
+            self.asked.set()
+            await self.answer.wait()
+        return found
+
+
+async def test_a_key_whose_run_ran_and_ended_during_a_lookup_is_not_run_again(
+    make_keyflow: MakeKeyflow,
+) -> None:
+    # One trigger asks storage about its key; meanwhile another with the same key makes
+    # the run, which is stored, runs and ends (memory forgets it). The first answer,
+    # "no such key", is stale: the trigger must still find that run, not make another.
+    backend = SlowLookups()
+    kf = make_keyflow(storage=backend)
+    kf.job("echo")(echo)
+    await kf.start()
+    late = asyncio.ensure_future(kf.trigger("echo", {"n": 1}, idempotency_key="once"))
+    await backend.asked.wait()
+    first = await kf.trigger("echo", {"n": 2}, idempotency_key="once")
+    assert first.disposition is Disposition.CREATED
+    assert (await kf.wait(first.run_id)).status is RunStatus.COMPLETED
+    backend.answer.set()
+    result = await late
+    assert (result.run_id, result.disposition) == (first.run_id, Disposition.IDEMPOTENT)
+    await kf.run_until_idle(timeout=5)
+    assert [run.id for run in await kf.list_runs()] == [first.run_id]

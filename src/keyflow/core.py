@@ -143,13 +143,30 @@ class Core(Admission):
         return None
 
     async def _stored_idempotency(self, prepared: list[PreparedTrigger]) -> dict[int, str]:
-        """Run ids of idempotency keys known to storage but no longer in memory."""
+        """Run ids of idempotency keys known to storage but no longer in memory.
+
+        A run with the key may be made, stored, run and ended while storage is asked
+        (by a concurrent trigger): the answer misses it and memory forgets it as it
+        ends, so such an end is noted for the lookup (``idempotency_ended``).
+        """
         found: dict[int, str] = {}
+        lookups, ended = self.idempotency_lookups, self.idempotency_ended
         for trig in prepared:
             key = trig.idempotency_key
             if key is None or (trig.job.name, key) in self.idempotency:
                 continue
-            run_id = await self.backend.find_idempotent(trig.job.name, key)
+            idempotency = (trig.job.name, key)
+            lookups[idempotency] = lookups.get(idempotency, 0) + 1
+            try:
+                run_id = await self.backend.find_idempotent(trig.job.name, key)
+            finally:
+                if (count := lookups[idempotency] - 1) > 0:
+                    lookups[idempotency] = count
+                    ended_meanwhile = ended.get(idempotency)
+                else:
+                    del lookups[idempotency]
+                    ended_meanwhile = ended.pop(idempotency, None)
+            run_id = run_id or ended_meanwhile
             if run_id is not None:
                 found[id(trig)] = run_id
         return found

@@ -96,6 +96,11 @@ class LiveState:
         """Non-empty lanes by key."""
         self.idempotency: dict[tuple[str, str], RunRecord] = {}
         """Idempotency keys of unfinished runs (finished ones are asked of storage)."""
+        self.idempotency_lookups: dict[tuple[str, str], int] = {}
+        """Keys being looked up in storage now (how many lookups of each)."""
+        self.idempotency_ended: dict[tuple[str, str], str] = {}
+        """Runs that ended (left :attr:`idempotency`) while their key was being looked up:
+        a lookup begun before the run was stored misses it, and memory forgets it."""
         self.ready: deque[RunRecord] = deque()
         """Pending runs, in the order workers should take them."""
         self.timers: dict[str, TimerHandle] = {}

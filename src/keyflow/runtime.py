@@ -156,7 +156,10 @@ class Runtime(LiveState):
         record.finished_at = self.now()
         del self.records[record.id]
         if record.idempotency_key is not None:
-            self.idempotency.pop((record.job, record.idempotency_key), None)
+            idempotency = (record.job, record.idempotency_key)
+            self.idempotency.pop(idempotency, None)
+            if idempotency in self.idempotency_lookups:
+                self.idempotency_ended[idempotency] = record.id
         # _moved(record, previous), inlined: this runs once per run.
         self.status_counts[previous.ordinal] -= 1
         self.pipeline.touch(record)
