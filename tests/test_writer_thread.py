@@ -76,3 +76,13 @@ async def test_a_stop_ends_after_the_calls_queued_before_it_and_refuses_later_on
     assert await queued == "queued before the stop"
     with pytest.raises(RuntimeError, match="not running"):
         thread.call(lambda: None)
+
+
+async def test_stopped_returns_once_the_thread_has_ended() -> None:
+    thread = WriterThread("test-writer-ends")
+    thread.start()
+    queued = thread.call(lambda: "done")
+    thread.stop()
+    await thread.stopped()
+    assert await queued == "done"
+    assert "test-writer-ends" not in {t.name for t in threading.enumerate()}

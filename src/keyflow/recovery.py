@@ -124,7 +124,8 @@ def _enforce_limit(core: Core, lane: Lane) -> None:
         return
     logger.warning(
         "lane %r holds %d more runs than its limit of %d allows (a lower lane_limit since "
-        "they were stored): they wait again at the head of the lane",
+        "they were stored, or a crash before a run's end was written while the next had "
+        "started): they wait again at the head of the lane",
         lane.key,
         len(requeued),
         lane.limit,

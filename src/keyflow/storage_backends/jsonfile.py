@@ -195,8 +195,10 @@ class JSONFileBackend(Snapshots):
                     await self._cut(journal)
                 journal.close()
         finally:
-            self._stop_appender()
+            appender = self._stop_appender()
             self._lock.release()
+        if appender is not None:
+            await appender.stopped()
 
     def _close_when_idle(self, _op: asyncio.Future[Any]) -> None:
         if self._ops or self._journal is None:
@@ -211,10 +213,11 @@ class JSONFileBackend(Snapshots):
             self._stop_appender()
             self._lock.release()
 
-    def _stop_appender(self) -> None:
+    def _stop_appender(self) -> WriterThread | None:
         appender, self._appender = self._appender, None
         if appender is not None:
             appender.stop()
+        return appender
 
     # -- writing -----------------------------------------------------------------
 

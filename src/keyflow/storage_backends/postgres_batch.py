@@ -17,6 +17,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -107,9 +108,14 @@ async def write_one_statement(conn: AsyncConnection, batch: BatchRows) -> None:
     assert raw is not None
     try:
         await raw.execute(BATCH_STATEMENT, *batch_arguments(batch))
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(SQLAlchemyError, OSError):
             await conn.invalidate()
+        if isinstance(exc, asyncpg.InternalClientError):  # its words name its own states
+            raise OSError(
+                "the connection to PostgreSQL broke during the write (the server ended the "
+                f"session?): {exc}"
+            ) from exc
         raise
 
 

@@ -135,6 +135,7 @@ class SQLiteWriter:
             with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
                 await thread.call(self._disconnect)
         thread.stop()
+        await thread.stopped()
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -39,10 +39,12 @@ class WriterThread:
         # write cut short there leaves behind is what a crash would: storage copes).
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._stopping = False
+        self._ended: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Start the thread, answering on the running event loop."""
         self._loop = asyncio.get_running_loop()
+        self._ended = self._loop.create_future()
         self._thread.start()
 
     @property
@@ -73,9 +75,18 @@ class WriterThread:
         self._stopping = True
         self._calls.put(None)
 
+    async def stopped(self) -> None:
+        """Return once the thread has ended (call :meth:`stop` first)."""
+        ended = self._ended
+        if ended is None:
+            return
+        await asyncio.shield(ended)
+        self._thread.join(1.0)  # (it is returning: its last act was to tell ``ended``)
+
     def _serve(self) -> None:
-        loop = self._loop
+        loop, ended = self._loop, self._ended
         assert loop is not None
+        assert ended is not None
         while (call := self._calls.get()) is not None:
             work, future = call
             try:
@@ -84,6 +95,7 @@ class WriterThread:
                 _answer(loop, future, None, exc)
             else:
                 _answer(loop, future, result, None)
+        _answer(loop, ended, None, None)
 
 
 def _answer(
