@@ -177,7 +177,6 @@ async def test_a_run_never_executes_an_input_that_was_rolled_back(
     assert run.trigger_count == 1
 
 
-
 class SlowLookups(DiskLikeBackend):
     """The first idempotency lookup answers what storage held when it was asked, but
     only once ``answer`` is set (a slow disk, a busy database)."""
