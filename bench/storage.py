@@ -268,26 +268,16 @@ async def main(args: argparse.Namespace) -> int:
             ]
         )
         print(f"  baseline: one row per INSERT (autocommit): {raw:>10,.0f} rows/s")
-        pg_rates = []
-        for _ in range(args.rounds):
-            async with storage_postgres.single_mode_url(
-                args.dsn, schema_name("storage_single")
-            ) as url:
-                pg_rates.append(await sequential_triggers_per_second(url, args.sequential))
-        against("PostgreSQL trigger()", max(pg_rates), 0.5, raw, "1-row")
-        pg_rates = []
-        for _ in range(args.rounds):
-            async with storage_postgres.single_mode_url(
-                args.dsn, schema_name("storage_single")
-            ) as url:
-                pg_rates.append(await triggers_per_second(url, args.triggers))
-        report(
-            f"PostgreSQL trigger(), {PRODUCERS} producers (no target)",
-            max(pg_rates),
-            True,
-            "-",
-            f"({max(pg_rates) / raw:.2f}x 1-row)",
+        schema = schema_name("storage_single")
+        sequential = await storage_postgres.best_in_single_mode(
+            args.dsn, schema, sequential_triggers_per_second, args.sequential, args.rounds
         )
+        against("PostgreSQL trigger()", sequential, 0.5, raw, "1-row")
+        concurrent = await storage_postgres.best_in_single_mode(
+            args.dsn, schema, triggers_per_second, args.triggers, args.rounds
+        )
+        name = f"PostgreSQL trigger(), {PRODUCERS} producers (no target)"
+        report(name, concurrent, True, "-", f"({concurrent / raw:.2f}x 1-row)")
 
     if args.part in ("sequential", "postgres"):
         return 1 if failures and args.strict else 0

@@ -10,7 +10,7 @@ in one statement (one round trip) too, so a sequential producer should come clos
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from bench.pg_common import connect, create_schema, drop_schema
@@ -46,6 +46,17 @@ async def single_mode_url(dsn: str, schema: str) -> AsyncIterator[str]:
         await drop_schema(dsn, schema)
 
 
+async def best_in_single_mode(
+    dsn: str, schema: str, measure: Callable[[str, int], Awaitable[float]], count: int, rounds: int
+) -> float:
+    """The best of ``rounds`` runs of ``measure(url, count)``, each in a fresh schema."""
+    rates = []
+    for _ in range(rounds):
+        async with single_mode_url(dsn, schema) as url:
+            rates.append(await measure(url, count))
+    return max(rates)
+
+
 async def reachable(dsn: str) -> bool:
     """Does the benchmark's database answer?"""
     try:
@@ -58,7 +69,3 @@ async def reachable(dsn: str) -> bool:
         return False
     await conn.close()
     return True
-
-
-Report = Callable[[str, float, float, float, str], None]
-"""``against(name, value, factor, base, unit)`` of ``bench.storage``."""
