@@ -4,6 +4,8 @@ a cancelled caller never cuts a transaction in half."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 from keyflow.backend_contract import record
 from keyflow.storage_backends import RunQuery, WriteBatch
 from keyflow.storage_backends.sqlite import SQLiteBackend
+from keyflow.storage_backends.sqlite_checkpoints import EVERY_COMMITS
 from keyflow.storage_backends.sqlite_writer import Batch, Retention, SQLiteWriter
 
 
@@ -75,3 +78,32 @@ async def test_a_cancelled_write_still_commits_whole_before_the_next(tmp_path: P
         await backend.close()
     assert ids == {"run-0001", "run-0002", "run-0003"}  # the first batch whole
     assert writer.order == [["run-0001", "run-0002"], ["run-0003"]]
+
+
+def rows_in_the_database_file(path: Path) -> int:
+    """Runs in the database file itself, the WAL ignored (what checkpoints copied)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if "keyflow_runs" not in tables:  # (not even the schema was copied yet)
+            return 0
+        return int(db.execute("SELECT count(*) FROM keyflow_runs").fetchone()[0])
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer_not_by_a_commit(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    backend = HeldSQLite(path)
+    await backend.open()
+    writer = backend.writer
+    try:
+        for n in range(EVERY_COMMITS - 1):
+            await backend.write(WriteBatch([record(n)]))
+        await writer.checkpoints.settled()
+        assert rows_in_the_database_file(path) == 0  # all in the WAL: no commit copied it
+        await backend.write(WriteBatch([record(EVERY_COMMITS)]))
+        await writer.checkpoints.settled()
+        assert rows_in_the_database_file(path) == EVERY_COMMITS  # the checkpointer did
+        assert "keyflow-sqlite-checkpoints" in {t.name for t in threading.enumerate()}
+        assert len(await backend.list_runs(RunQuery(limit=1_000))) == EVERY_COMMITS
+    finally:
+        await backend.close()
+    assert "keyflow-sqlite-checkpoints" not in {t.name for t in threading.enumerate()}

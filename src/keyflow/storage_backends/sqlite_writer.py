@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import StorageError
 from .sql_runs import count_finished_query, driver_reason, prune_due, prune_statements
+from .sqlite_checkpoints import BACKSTOP_PAGES, Checkpointer
 from .sqlite_reads import TABLES
 from .sqlite_schema import INSERT_IDEMPOTENCY, INSERT_LABELS, UPSERT_RUN, insert_pause, pauses_table
 from .writer_thread import WriterThread
@@ -58,6 +59,7 @@ class SQLiteWriter:
         self._thread: WriterThread | None = None
         self._engine: Engine | None = None
         self._conn: Connection | None = None
+        self._checkpoints = Checkpointer(path)
 
     async def open(self) -> None:
         """Start the thread and connect on it.
@@ -69,6 +71,7 @@ class SQLiteWriter:
         self._thread.start()
         try:
             await self._call(self._connect)
+            await self._checkpoints.open()
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             await self.close()
             raise StorageError(f"{self.path} cannot be opened for writing: {exc}") from exc
@@ -82,6 +85,7 @@ class SQLiteWriter:
         )
         conn = engine.connect()
         conn.exec_driver_sql(f"PRAGMA synchronous={self.synchronous}")
+        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # (a backstop)
         self._conn = conn
 
     async def _call(self, work: Callable[[], T]) -> T:
@@ -122,12 +126,20 @@ class SQLiteWriter:
             return self.transaction(self._connection(), batch, finished, retention)
 
         try:
-            return await self._call(work)
+            finished = await self._call(work)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"writing to {self.path} failed: {driver_reason(exc)}") from exc
+        self._checkpoints.wrote(len(batch.runs))
+        return finished
+
+    @property
+    def checkpoints(self) -> Checkpointer:
+        """The background checkpoints of this file's WAL."""
+        return self._checkpoints
 
     async def close(self) -> None:
         """Close the connection and end the thread. Idempotent."""
+        await self._checkpoints.close()  # (the writer's close then checkpoints the rest)
         thread, self._thread = self._thread, None
         if thread is None:
             return
