@@ -13,7 +13,7 @@ from typing import Any
 from keyflow.backend_contract import record
 from keyflow.storage_backends import RunQuery, WriteBatch
 from keyflow.storage_backends.sqlite import SQLiteBackend
-from keyflow.storage_backends.sqlite_checkpoints import EVERY_COMMITS
+from keyflow.storage_backends.sqlite_checkpoints import BACKSTOP_PAGES, EVERY_COMMITS
 from keyflow.storage_backends.sqlite_writer import Batch, Retention, SQLiteWriter
 
 
@@ -107,3 +107,22 @@ async def test_the_wal_is_checkpointed_beside_the_writer_not_by_a_commit(tmp_pat
     finally:
         await backend.close()
     assert "keyflow-sqlite-checkpoints" not in {t.name for t in threading.enumerate()}
+
+
+async def test_the_wal_stays_bounded_while_a_writer_keeps_writing(tmp_path: Path) -> None:
+    # A checkpoint beside a busy writer never copies every frame, so the WAL never starts
+    # again by itself: the writer's own checkpoint at BACKSTOP_PAGES bounds it.
+    path = tmp_path / "runs.db"
+    backend = SQLiteBackend(path)
+    await backend.open()
+    largest = 0
+    try:
+        for first in range(0, 30_000, 100):
+            runs = [record(n, key=f"k{n % 100}") for n in range(first, first + 100)]
+            await backend.write(WriteBatch(runs))
+            largest = max(largest, Path(f"{path}-wal").stat().st_size)
+    finally:
+        await backend.close()
+    page = 4096
+    assert largest > BACKSTOP_PAGES * page // 2  # (the load reached the backstop's scale)
+    assert largest < (BACKSTOP_PAGES + 1_000) * page

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import StorageError
 from .sql_runs import count_finished_query, driver_reason, prune_due, prune_statements
-from .sqlite_checkpoints import BACKSTOP_PAGES, Checkpointer
+from .sqlite_checkpoints import BACKSTOP_PAGES, WAL_SIZE_LIMIT, Checkpointer
 from .sqlite_reads import TABLES
 from .sqlite_schema import INSERT_IDEMPOTENCY, INSERT_LABELS, UPSERT_RUN, insert_pause, pauses_table
 from .writer_thread import WriterThread
@@ -86,6 +86,7 @@ class SQLiteWriter:
         conn = engine.connect()
         conn.exec_driver_sql(f"PRAGMA synchronous={self.synchronous}")
         conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # (a backstop)
+        conn.exec_driver_sql(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._conn = conn
 
     async def _call(self, work: Callable[[], T]) -> T:
