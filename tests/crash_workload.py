@@ -287,6 +287,13 @@ def check(report: Report, runs: dict[str, keyflow.Run]) -> list[str]:
                     earlier_run = runs.get(previous)
                     if crashed_in_between and earlier_run and earlier_run.interruptions:
                         continue
+                    # On shared storage a run starts when it is claimed, in the database,
+                    # before its handler logs "S": a trigger in between (logged first)
+                    # rightly made a run. The stored times tell (its latest start, if
+                    # anything, is later than its first).
+                    began = None if earlier_run is None else earlier_run.started_at
+                    if began is not None and began <= run.created_at:
+                        continue
                     problems.append(f"line {trig.line}: {trig.run_id} made while {previous} waited")
                 earlier.append((trig.run_id, trig.line))
     for key, started in report.first_start_order.items():
