@@ -41,6 +41,9 @@ from keyflow.storage_backends.writer_thread import WriterThread
 
 PRODUCERS = 100
 
+JOURNAL_LINE = b'{"op":"run","id":"r000001","job":"noop","input":{"n":1},"status":"queued"}\n'
+"""The JSON baselines' line: about the size of a one-run journal line."""
+
 
 async def raw_sqlite_rows_per_second(path: Path, rows: int, per_transaction: int) -> float:
     """The baseline: INSERT + COMMIT, ``per_transaction`` rows each, WAL/NORMAL."""
@@ -62,11 +65,10 @@ async def raw_sqlite_rows_per_second(path: Path, rows: int, per_transaction: int
 
 def raw_append_fsync_per_second(path: Path, lines: int) -> float:
     """The JSON baseline: append one journal-sized line, flush, fsync; lines/s."""
-    line = b'{"op":"run","id":"r000001","job":"noop","input":{"n":1},"status":"queued"}\n'
     with path.open("ab") as out:
         start = time.perf_counter()
         for _ in range(lines):
-            out.write(line)
+            out.write(JOURNAL_LINE)
             out.flush()
             os.fsync(out.fileno())
         return lines / (time.perf_counter() - start)
@@ -75,13 +77,12 @@ def raw_append_fsync_per_second(path: Path, lines: int) -> float:
 async def hop_append_fsync_per_second(path: Path, lines: int) -> float:
     """The ceiling of an event loop that never blocks on the disk: each line's append +
     fsync on a thread (keyflow's own writer thread), awaited in turn; lines/s."""
-    line = b'{"op":"run","id":"r000001","job":"noop","input":{"n":1},"status":"queued"}\n'
     thread = WriterThread("bench-appender")
     thread.start()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def append() -> None:
-        os.write(fd, line)
+        os.write(fd, JOURNAL_LINE)
         os.fsync(fd)
 
     try:

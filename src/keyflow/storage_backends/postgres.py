@@ -43,13 +43,7 @@ from .postgres_text import nul_field as nul_field
 from .postgres_text import nul_in_query, refusal, run_refusal, shortened, text_problem, unstorable
 from .postgres_tls import SSLMode, check_sslmode, ssl_args
 from .rows import encode_row, loads_row, record_row, row_record
-from .sql_runs import (
-    TERMINAL,
-    SQLReads,
-    count_finished,
-    driver_reason,
-    prune_due,
-)
+from .sql_runs import TERMINAL, SQLReads, count_finished, driver_reason, prune_due
 from .sql_tables import migrate
 from .summaries import RunTiming
 

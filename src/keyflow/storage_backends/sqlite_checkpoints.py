@@ -16,7 +16,6 @@ fail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -109,13 +108,8 @@ class Checkpointer:
     async def close(self) -> None:
         """Let a checkpoint in progress finish, close the connection, end the thread."""
         thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if thread.running:
-            with contextlib.suppress(sqlite3.Error, OSError):
-                await thread.call(self._disconnect)
-        thread.stop()
-        await thread.stopped()
+        if thread is not None:
+            await thread.end(self._disconnect, (sqlite3.Error, OSError))
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -142,13 +142,8 @@ class SQLiteWriter:
         """Close the connection and end the thread. Idempotent."""
         await self._checkpoints.close()  # (the writer's close then checkpoints the rest)
         thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if thread.running:
-            with contextlib.suppress(SQLAlchemyError, sqlite3.Error, OSError):
-                await thread.call(self._disconnect)
-        thread.stop()
-        await thread.stopped()
+        if thread is not None:
+            await thread.end(self._disconnect, (SQLAlchemyError, sqlite3.Error, OSError))
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

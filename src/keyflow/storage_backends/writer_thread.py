@@ -75,6 +75,16 @@ class WriterThread:
         self._stopping = True
         self._calls.put(None)
 
+    async def end(
+        self, last: Callable[[], object], ignored: tuple[type[BaseException], ...] = ()
+    ) -> None:
+        """Run ``last`` (its ``ignored`` errors suppressed), then stop; return once ended."""
+        if self.running:
+            with contextlib.suppress(*ignored):
+                await self.call(last)
+        self.stop()
+        await self.stopped()
+
     async def stopped(self) -> None:
         """Return once the thread has ended (call :meth:`stop` first)."""
         ended = self._ended
