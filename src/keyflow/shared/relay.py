@@ -116,9 +116,9 @@ class EventRelay:
         """Tell what changed in ``record`` since it was last told.
 
         A join is told once, by whichever comes first: the read of a notice (the trigger
-        count grew), or this process's own decision (``joined``) for a run not told yet,
-        or first seen by a read (which cannot tell a join from one made before anyone
-        listened) at this very count. A read older than what was told (in flight across
+        count grew), or this process's own decision (``joined``) for a run not told yet
+        or whose count so far was only seen by a read (which cannot tell a join from one
+        made before anyone listened). A read older than what was told (in flight across
         a join) is dropped.
         """
         if self._is_local(record.id):
@@ -138,7 +138,7 @@ class EventRelay:
             hub.trigger_coalesced(record, record.coalesced[-1])
         if record.status is not previous:
             hub.run_changed(record, previous, self._now())
-        self._saw(record, unsure=(seen is None or seen[2]) and not joined and not grew)
+        self._saw(record, unsure=(seen is None or seen[2]) and not grew)
 
     def _saw(self, record: RunRecord, unsure: bool = False) -> None:
         """Remember ``record``'s status and joins as published (a later read repeats them).
