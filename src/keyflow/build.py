@@ -9,6 +9,7 @@ HOT_PATH_MODULES = (
     "transitions",
     "state",
     "records",
+    "due_timers",
     "live",
     "waiters",
     "runtime",

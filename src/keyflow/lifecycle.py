@@ -164,8 +164,6 @@ class Lifecycle:
             if self._shared is not None:  # their handlers still run: keep their leases
                 self._shared.coordinator.held.update(r.id for r in self._pool.abandoned_runs)
             self._core.accepting_chained = False  # no handler runs any more
-            for handle in self._core.timers.values():
-                handle.cancel()
             self._core.timers.clear()
             try:
                 async with asyncio.timeout(STOP_FLUSH_SECONDS):

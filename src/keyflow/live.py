@@ -14,10 +14,10 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from .commit import CommitPipeline
+from .due_timers import DueTimers
 from .errors import ConfigurationError
 from .hub import EventHub
 from .records import RunIds, RunRecord
@@ -27,7 +27,7 @@ from .txn import Txn
 from .waiters import Waiters
 
 if TYPE_CHECKING:
-    from .clock import Clock, TimerHandle
+    from .clock import Clock
     from .jobs import Job
     from .port import RemoteTriggers
     from .storage_backends.base import StorageBackend
@@ -103,7 +103,8 @@ class LiveState:
         a lookup begun before the run was stored misses it, and memory forgets it."""
         self.ready: deque[RunRecord] = deque()
         """Pending runs, in the order workers should take them."""
-        self.timers: dict[str, TimerHandle] = {}
+        self.timers = DueTimers(clock, self._due)
+        """The timers of scheduled runs (delays, retry backoffs)."""
         self.key_coalesced: OrderedDict[str, int] = OrderedDict()
         """Coalesced triggers per key, least recently active first (bounded)."""
         self.status_counts: list[int] = [0] * len(RunStatus)
@@ -238,13 +239,10 @@ class LiveState:
 
     def arm(self, record: RunRecord) -> None:
         """Set (or reset) the timer of a scheduled run at its due time."""
-        old = self.timers.pop(record.id, None)
-        if old is not None:
-            old.cancel()
-        self.timers[record.id] = self.clock.call_at(record.due_at, partial(self._due, record.id))
+        self.timers.arm(record.id, record.due_at)
 
     def _due(self, run_id: str) -> None:
-        self.timers.pop(run_id, None)
+        self.timers.disarm(run_id)
         record = self.records.get(run_id)
         if record is None or record.status is not SCHEDULED:
             return

@@ -108,9 +108,7 @@ class Runtime(LiveState):
                 self.pipeline.touch(record)  # written: a restart honours it too
                 self._on_cancel_running(record)
             return True
-        timer = self.timers.pop(record.id, None)
-        if timer is not None:
-            timer.cancel()
+        self.timers.disarm(record.id)
         self.counters.cancelled += 1
         self.finish(record, CANCEL, status)
         return False
@@ -126,9 +124,7 @@ class Runtime(LiveState):
                 at=self.now(),
             )
         )
-        timer = self.timers.pop(record.id, None)
-        if timer is not None:
-            timer.cancel()
+        self.timers.disarm(record.id)
         self.counters.failed += 1
         self.finish(record, REJECT, record.status)
 
