@@ -92,7 +92,7 @@ class DueTimers:
                     self._fire(run_id)
         finally:
             # (A run armed by ``fire`` may have set the clock's timer past the head.)
-            handle = self._handle
+            handle: TimerHandle | None = self._handle
             if heap and (handle is None or heap[0][0] < self._handle_at):
                 if handle is not None:
                     handle.cancel()
