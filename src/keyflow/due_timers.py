@@ -79,24 +79,31 @@ class DueTimers:
         self._handle = self._clock.call_at(when, self._on_time)
 
     def _on_time(self) -> None:
+        self._handle = None
+        try:
+            self._fire_due()
+        finally:
+            self._rearm()
+
+    def _fire_due(self) -> None:
         # Everything due by the clock's timer fires (as a timer per run would have),
         # and whatever the wall clock says is due by now.
-        self._handle = None
         limit = max(self._handle_at, self._clock.now())
         heap, armed = self._heap, self._armed
-        try:
-            while heap and heap[0][0] <= limit:
-                when, _, run_id = heapq.heappop(heap)
-                if armed.get(run_id) == when:
-                    del armed[run_id]
-                    self._fire(run_id)
-        finally:
-            # (A run armed by ``fire`` may have set the clock's timer past the head.)
-            handle: TimerHandle | None = self._handle
-            if heap and (handle is None or heap[0][0] < self._handle_at):
-                if handle is not None:
-                    handle.cancel()
-                self._set_handle(heap[0][0])
+        while heap and heap[0][0] <= limit:
+            when, _, run_id = heapq.heappop(heap)
+            if armed.get(run_id) == when:
+                del armed[run_id]
+                self._fire(run_id)
+
+    def _rearm(self) -> None:
+        # After firing: at the head (a run armed by ``fire`` may have set the clock's
+        # timer past it).
+        heap, handle = self._heap, self._handle
+        if heap and (handle is None or heap[0][0] < self._handle_at):
+            if handle is not None:
+                handle.cancel()
+            self._set_handle(heap[0][0])
 
     def _compact(self) -> None:
         heap = self._heap
