@@ -234,23 +234,32 @@ async def test_a_pending_run_asked_to_cancel_is_cancelled_unrun_when_claimed(url
 async def test_a_give_back_that_fails_leaves_the_run_to_the_orphan_sweep(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with keyflow.Keyflow(url, workers=0) as kf:
+    kf = keyflow.Keyflow(url, workers=0)
+    coordinator = coordinator_of(kf)
+    sweep = coordinator.find_orphans
+
+    async def no_sweep(now: float) -> int:
+        return 0
+
+    # The scheduler's own sweeps (each second here) would see the orphan first on a slow
+    # machine: this test sweeps by itself.
+    monkeypatch.setattr(coordinator, "find_orphans", no_sweep)
+    async with kf:
         kf.job("j")(_noop)
         normal = await kf.trigger("j")
         suspect = await kf.trigger("j")
         await _rewrite(kf, suspect.run_id, crashes=1)
-        coordinator = coordinator_of(kf)
 
         async def cut(*args: object) -> None:
             raise StorageError("connection lost")
 
-        monkeypatch.setattr(coordinator, "lock_lanes", cut)  # the give-back's first step
-        taken = await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0)
-        monkeypatch.undo()
+        with monkeypatch.context() as patch:
+            patch.setattr(coordinator, "lock_lanes", cut)  # the give-back's first step
+            taken = await coordinator.claim(["j"], 10, lambda: 5.0, lambda k: 1, suspects=0)
         assert [r.id for r in taken] == [normal.run_id]  # the claim stands
         assert list(coordinator.leases) == [normal.run_id]
-        assert await coordinator.find_orphans(6.0) == 0  # seen once
-        assert await coordinator.find_orphans(7.0) == 1  # seen twice: given back
+        assert await sweep(6.0) == 0  # seen once
+        assert await sweep(7.0) == 1  # seen twice: given back
         run = await kf.get_run(suspect.run_id)
         assert run is not None
         assert run.status is RunStatus.PENDING
