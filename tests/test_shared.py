@@ -228,6 +228,9 @@ async def test_a_trigger_only_scheduler_runs_nothing_and_waits_for_others(url: s
         stored = await alone.get_run(result.run_id)
         assert stored is not None
         assert stored.status is RunStatus.PENDING
+        # It holds none of the database's runs: a timeout says what is still busy.
+        with pytest.raises(keyflow.WaitTimeoutError, match=r"shared database still had runs"):
+            await alone.run_until_idle(timeout=0.3)
 
 
 async def test_a_trigger_the_database_cannot_hold_fails_alone(pair: Any) -> None:

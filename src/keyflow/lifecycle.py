@@ -322,8 +322,14 @@ class Lifecycle:
                 if error is not None
                 else ""
             )
+            here = len(self._core.records)
+            if self._shared is not None:  # (the database's runs are not counted here)
+                raise WaitTimeoutError(
+                    f"the shared database still had runs due, pending or running after "
+                    f"{timeout}s ({here} of them held by this process){waiting}"
+                ) from None
             raise WaitTimeoutError(
-                f"still {len(self._core.records)} unfinished runs after {timeout}s{waiting}"
+                f"still {here} unfinished runs after {timeout}s{waiting}"
             ) from None
 
     async def _until_idle(self) -> None:
