@@ -55,11 +55,7 @@ class DueTimers:
         self._armed[run_id] = when
         heapq.heappush(self._heap, (when, next(self._seq), run_id))
         self._compact()
-        handle = self._handle
-        if handle is None or when < self._handle_at:
-            if handle is not None:
-                handle.cancel()
-            self._set_handle(when)
+        self._wake_by(when)
 
     def disarm(self, run_id: str) -> None:
         """Do not fire ``run_id`` (nothing if it is not armed)."""
@@ -74,16 +70,23 @@ class DueTimers:
         if handle is not None:
             handle.cancel()
 
-    def _set_handle(self, when: float) -> None:
-        self._handle_at = when
-        self._handle = self._clock.call_at(when, self._on_time)
+    def _wake_by(self, when: float) -> None:
+        """Have the clock's timer fire at ``when``, unless it fires earlier already."""
+        handle = self._handle
+        if handle is None or when < self._handle_at:
+            if handle is not None:
+                handle.cancel()
+            self._handle_at = when
+            self._handle = self._clock.call_at(when, self._on_time)
 
     def _on_time(self) -> None:
         self._handle = None
         try:
             self._fire_due()
         finally:
-            self._rearm()
+            # At the head now (a run armed by ``fire`` may have set the timer past it).
+            if self._heap:
+                self._wake_by(self._heap[0][0])
 
     def _fire_due(self) -> None:
         # Everything due by the clock's timer fires (as a timer per run would have),
@@ -95,15 +98,6 @@ class DueTimers:
             if armed.get(run_id) == when:
                 del armed[run_id]
                 self._fire(run_id)
-
-    def _rearm(self) -> None:
-        # After firing: at the head (a run armed by ``fire`` may have set the clock's
-        # timer past it).
-        heap, handle = self._heap, self._handle
-        if heap and (handle is None or heap[0][0] < self._handle_at):
-            if handle is not None:
-                handle.cancel()
-            self._set_handle(heap[0][0])
 
     def _compact(self) -> None:
         heap = self._heap
